@@ -1,0 +1,90 @@
+//! The record of one clock-change attempt, sent from the kernel over a ring buffer.
+
+/// Which kernel hook saw the attempt.
+pub mod hook {
+    /// BPF LSM `settime` (clock_settime, settimeofday, stime: the requested time is exact).
+    pub const SETTIME: u8 = 1;
+    /// BPF LSM `capable(CAP_SYS_TIME)` (adjtimex, clock_adjtime and other privileged paths).
+    pub const CAPABLE: u8 = 2;
+    /// A syscall tracepoint: seen, not decided (observe-only mode).
+    pub const TRACEPOINT: u8 = 3;
+
+    pub fn name(h: u8) -> &'static str {
+        match h {
+            SETTIME => "lsm/settime",
+            CAPABLE => "lsm/capable",
+            TRACEPOINT => "tracepoint",
+            _ => "unknown",
+        }
+    }
+}
+
+/// The syscall ABI the request came through.
+pub mod abi {
+    pub const NATIVE: u8 = 0;
+    /// 32-bit compat (`int 0x80` on x86_64).
+    pub const COMPAT: u8 = 1;
+    /// No syscall context (a kernel thread).
+    pub const KERNEL: u8 = 2;
+}
+
+pub const COMM_LEN: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ClockEvent {
+    /// CLOCK_BOOTTIME when the kernel decided: it does not move when the wall clock is stepped.
+    pub boot_ns: u64,
+    pub exe_dev: u64,
+    pub exe_ino: u64,
+    /// The requested time (step) or offset (ADJ_SETOFFSET), seconds and nanoseconds.
+    pub time_sec: i64,
+    pub time_nsec: i64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `clock::op` bits of the request.
+    pub operations: u32,
+    pub rule_id: u32,
+    pub generation: u32,
+    /// `struct timex` modes, when the request was an adjtimex.
+    pub timex_modes: u32,
+    /// The syscall number in `abi`'s table, -1 when unknown.
+    pub syscall: i32,
+    /// The clock id argument, -1 when the syscall has none.
+    pub clock_id: i32,
+    pub hook: u8,
+    pub verdict: u8,
+    pub abi: u8,
+    /// 1 when `time_sec`/`time_nsec` hold a value.
+    pub has_time: u8,
+    pub comm: [u8; COMM_LEN],
+}
+
+impl ClockEvent {
+    pub const EMPTY: ClockEvent = ClockEvent {
+        boot_ns: 0,
+        exe_dev: 0,
+        exe_ino: 0,
+        time_sec: 0,
+        time_nsec: 0,
+        pid: 0,
+        tgid: 0,
+        uid: 0,
+        gid: 0,
+        operations: 0,
+        rule_id: 0,
+        generation: 0,
+        timex_modes: 0,
+        syscall: -1,
+        clock_id: -1,
+        hook: 0,
+        verdict: 0,
+        abi: 0,
+        has_time: 0,
+        comm: [0; COMM_LEN],
+    };
+}
+
+crate::pod!(ClockEvent);

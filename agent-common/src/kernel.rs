@@ -1,0 +1,182 @@
+//! Facts about the running kernel that the programs need and cannot learn themselves.
+
+/// Byte offsets of kernel struct fields, read from the running kernel's BTF by the agent and
+/// handed to the programs as a global: Rust eBPF has no CO-RE relocations, and these offsets
+/// differ between kernel builds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KernelOffsets {
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.thread_info.status` (x86: holds `TS_COMPAT` during a 32-bit syscall)
+    pub task_ti_status: u32,
+    /// `mm_struct.exe_file`
+    pub mm_exe_file: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
+    /// `user_namespace` address of `init_user_ns` is not known to Rust eBPF; instead the
+    /// agent gives `user_namespace.level` so a non-initial namespace can be told apart.
+    pub userns_level: u32,
+}
+
+crate::pod!(KernelOffsets);
+
+/// The capability whose check guards every privileged change of the system clock.
+pub const CAP_SYS_TIME: i32 = 25;
+
+/// `thread_info.status` bit set while a task runs a 32-bit compat syscall (x86).
+pub const TS_COMPAT: u32 = 0x0002;
+
+/// x86_64 `struct pt_regs` field offsets (ABI-stable: ptrace exposes this layout).
+pub mod pt_regs {
+    pub const R10: usize = 56;
+    pub const DX: usize = 96;
+    pub const SI: usize = 104;
+    pub const DI: usize = 112;
+    pub const CX: usize = 88;
+    pub const BX: usize = 40;
+    pub const ORIG_AX: usize = 120;
+}
+
+/// Syscalls that can change the clock, by ABI.
+pub mod nr {
+    /// x86_64 native.
+    pub mod native {
+        pub const IOCTL: i64 = 16;
+        pub const ADJTIMEX: i64 = 159;
+        pub const SETTIMEOFDAY: i64 = 164;
+        pub const CLOCK_SETTIME: i64 = 227;
+        pub const CLOCK_ADJTIME: i64 = 305;
+    }
+    /// i386 compat (`int 0x80`).
+    pub mod compat {
+        pub const STIME: i64 = 25;
+        pub const IOCTL: i64 = 54;
+        pub const SETTIMEOFDAY: i64 = 79;
+        pub const ADJTIMEX: i64 = 124;
+        pub const CLOCK_SETTIME: i64 = 264;
+        pub const CLOCK_ADJTIME: i64 = 343;
+        pub const CLOCK_SETTIME64: i64 = 404;
+        pub const CLOCK_ADJTIME64: i64 = 405;
+    }
+    /// Set on x32 syscall numbers; masked off before lookup.
+    pub const X32_BIT: i64 = 0x4000_0000;
+}
+
+/// Layout of the `struct timex` a syscall passes, which differs between ABIs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimexLayout {
+    pub status: usize,
+    /// `time.tv_sec` / `time.tv_usec`: the offset of ADJ_SETOFFSET.
+    pub time_sec: usize,
+    pub time_usec: usize,
+    /// Whether the time fields are 64-bit.
+    pub wide: bool,
+}
+
+/// `struct __kernel_timex` (x86_64 adjtimex/clock_adjtime, i386 clock_adjtime64).
+pub const TIMEX64: TimexLayout = TimexLayout {
+    status: 40,
+    time_sec: 72,
+    time_usec: 80,
+    wide: true,
+};
+/// `struct old_timex32` (i386 adjtimex and clock_adjtime).
+pub const TIMEX32: TimexLayout = TimexLayout {
+    status: 20,
+    time_sec: 36,
+    time_usec: 40,
+    wide: false,
+};
+
+/// What a syscall that reached a CAP_SYS_TIME check is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockSyscall {
+    /// clock_settime/settimeofday/stime: the LSM `settime` hook decides with the exact time.
+    SetTime,
+    /// adjtimex (`arg` is the timex pointer's argument index).
+    Adjtimex {
+        timex_arg: usize,
+        layout: TimexLayout,
+    },
+    /// clock_adjtime (clock id in argument 0, timex in argument 1).
+    ClockAdjtime { layout: TimexLayout },
+    /// ioctl on a device (RTC_SET_TIME, PPS_KC_BIND...).
+    Ioctl,
+    /// Anything else: not a clock syscall we know.
+    Other,
+}
+
+/// Classifies a syscall by ABI and number.
+pub const fn classify_syscall(compat: bool, nr: i64) -> ClockSyscall {
+    use ClockSyscall::*;
+    if compat {
+        match nr {
+            nr::compat::STIME
+            | nr::compat::SETTIMEOFDAY
+            | nr::compat::CLOCK_SETTIME
+            | nr::compat::CLOCK_SETTIME64 => SetTime,
+            nr::compat::ADJTIMEX => Adjtimex {
+                timex_arg: 0,
+                layout: TIMEX32,
+            },
+            nr::compat::CLOCK_ADJTIME => ClockAdjtime { layout: TIMEX32 },
+            nr::compat::CLOCK_ADJTIME64 => ClockAdjtime { layout: TIMEX64 },
+            nr::compat::IOCTL => Ioctl,
+            _ => Other,
+        }
+    } else {
+        match nr & !nr::X32_BIT {
+            nr::native::SETTIMEOFDAY | nr::native::CLOCK_SETTIME => SetTime,
+            nr::native::ADJTIMEX => Adjtimex {
+                timex_arg: 0,
+                layout: TIMEX64,
+            },
+            nr::native::CLOCK_ADJTIME => ClockAdjtime { layout: TIMEX64 },
+            nr::native::IOCTL => Ioctl,
+            _ => Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_and_compat_tables_differ() {
+        assert_eq!(classify_syscall(false, 227), ClockSyscall::SetTime);
+        assert_eq!(classify_syscall(true, 227), ClockSyscall::Other);
+        assert_eq!(classify_syscall(true, 25), ClockSyscall::SetTime);
+        assert_eq!(
+            classify_syscall(true, 124),
+            ClockSyscall::Adjtimex {
+                timex_arg: 0,
+                layout: TIMEX32
+            }
+        );
+        assert_eq!(
+            classify_syscall(false, 305),
+            ClockSyscall::ClockAdjtime { layout: TIMEX64 }
+        );
+        // x32 numbers carry a high bit.
+        assert_eq!(
+            classify_syscall(false, 159 | nr::X32_BIT),
+            ClockSyscall::Adjtimex {
+                timex_arg: 0,
+                layout: TIMEX64
+            }
+        );
+        assert_eq!(classify_syscall(false, 1), ClockSyscall::Other);
+    }
+}

@@ -1,0 +1,119 @@
+//! Who is asking: the executable actually running (device + inode, never the process name),
+//! the ids, and the syscall the request came through.
+
+use agent_common::{
+    event::{abi, ClockEvent},
+    kernel::{pt_regs, KernelOffsets, TS_COMPAT},
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+    bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_user,
+};
+
+/// Field offsets of the running kernel, set by the agent at load time from its BTF.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    task_mm: 0,
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_ti_status: 0,
+    mm_exe_file: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    userns_level: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: a read-only global the loader rewrites; volatile so the compiler keeps the load.
+    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub fn kread<T>(base: *const u8, off: u32) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).ok() }
+}
+
+/// Reads a `T` at `base + off` in the calling process's memory.
+#[inline(always)]
+pub fn uread<T>(base: u64, off: usize) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_user((base as usize + off) as *const T).ok() }
+}
+
+/// The (device, inode) of the current task's executable; (0, 0) for a kernel thread.
+#[inline(always)]
+pub fn current_exe(off: &KernelOffsets) -> (u64, u64) {
+    // SAFETY: the helper returns the current task; it is only read through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Some(mm) = kread::<*const u8>(task, off.task_mm) else {
+        return (0, 0);
+    };
+    let Some(file) = kread::<*const u8>(mm, off.mm_exe_file) else {
+        return (0, 0);
+    };
+    let Some(inode) = kread::<*const u8>(file, off.file_inode) else {
+        return (0, 0);
+    };
+    let ino = kread::<u64>(inode, off.inode_ino).unwrap_or(0);
+    let dev = kread::<*const u8>(inode, off.inode_sb)
+        .and_then(|sb| kread::<u32>(sb, off.sb_dev))
+        .unwrap_or(0);
+    (dev as u64, ino)
+}
+
+/// The syscall a task is in: ABI, number and its first arguments, from its saved registers.
+pub struct Syscall {
+    pub abi: u8,
+    pub nr: i64,
+    pub args: [u64; 3],
+}
+
+#[inline(always)]
+pub fn current_syscall(off: &KernelOffsets) -> Syscall {
+    // SAFETY: the BTF task pointer is what bpf_task_pt_regs requires.
+    let task = unsafe { bpf_get_current_task_btf() };
+    let regs = unsafe { aya_ebpf::helpers::generated::bpf_task_pt_regs(task) } as *const u8;
+    let status = kread::<u32>(task as *const u8, off.task_ti_status).unwrap_or(0);
+    let nr = kread::<i64>(regs, pt_regs::ORIG_AX as u32).unwrap_or(-1);
+    let reg = |o: usize| kread::<u64>(regs, o as u32).unwrap_or(0);
+    if status & TS_COMPAT != 0 {
+        // i386 syscall arguments: ebx, ecx, edx.
+        Syscall {
+            abi: abi::COMPAT,
+            nr,
+            args: [reg(pt_regs::BX), reg(pt_regs::CX), reg(pt_regs::DX)],
+        }
+    } else {
+        Syscall {
+            abi: abi::NATIVE,
+            nr,
+            args: [reg(pt_regs::DI), reg(pt_regs::SI), reg(pt_regs::DX)],
+        }
+    }
+}
+
+/// Fills the "who" part of an event.
+#[inline(always)]
+pub fn fill_who(ev: &mut ClockEvent, off: &KernelOffsets) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.pid = pid_tgid as u32;
+    ev.tgid = (pid_tgid >> 32) as u32;
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let (dev, ino) = current_exe(off);
+    ev.exe_dev = dev;
+    ev.exe_ino = ino;
+}

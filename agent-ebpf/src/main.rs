@@ -1,0 +1,21 @@
+//! timeguard's kernel programs: look up, decide, count, emit.
+//!
+//! - `clock`: the BPF LSM hooks that decide every change of the system clock, and the
+//!   tracepoints that only observe when the kernel refuses LSM programs.
+//! - `caller`: who is asking (executable identity, ids, syscall context).
+//! - `policy`: the compiled policy maps and the lookup of the rule in force.
+//! - `record`: exact counters and events to userspace.
+#![no_std]
+#![no_main]
+
+mod caller;
+mod clock;
+mod policy;
+mod record;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; it exists for the compiler.
+    loop {}
+}

@@ -1,0 +1,148 @@
+//! Clock events from the kernel, as one JSON line each (the audit trail's schema).
+
+use std::time::{Duration, SystemTime};
+
+use agent_common::{
+    clock::op,
+    event::{abi, hook, ClockEvent},
+    kernel::{classify_syscall, nr, ClockSyscall},
+    policy::verdict,
+};
+use serde_json::{json, Value};
+
+use crate::policy::{CompiledPolicy, ExeId};
+
+/// Reads a POSIX clock in nanoseconds.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into `ts`.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The wall time of a kernel boot-clock timestamp, derived now: a step of the wall clock
+/// between the event and its reading does not shift it.
+pub fn wall_time(boot_ns: u64) -> SystemTime {
+    let now_boot = clock_ns(libc::CLOCK_BOOTTIME);
+    let now_wall = SystemTime::now();
+    now_wall - Duration::from_nanos(now_boot.saturating_sub(boot_ns))
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+pub fn operation_names(bits: u32) -> Vec<&'static str> {
+    op::ALL
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+fn syscall_name(abi_: u8, nr_: i32) -> String {
+    let nr_ = nr_ as i64;
+    let compat = abi_ == abi::COMPAT;
+    let name = match (compat, nr_) {
+        (false, nr::native::CLOCK_SETTIME) | (true, nr::compat::CLOCK_SETTIME) => "clock_settime",
+        (true, nr::compat::CLOCK_SETTIME64) => "clock_settime64",
+        (false, nr::native::SETTIMEOFDAY) | (true, nr::compat::SETTIMEOFDAY) => "settimeofday",
+        (true, nr::compat::STIME) => "stime",
+        (true, nr::compat::CLOCK_ADJTIME64) => "clock_adjtime64",
+        _ => match classify_syscall(compat, nr_) {
+            ClockSyscall::Adjtimex { .. } => "adjtimex",
+            ClockSyscall::ClockAdjtime { .. } => "clock_adjtime",
+            ClockSyscall::Ioctl => "ioctl",
+            _ => return format!("syscall {nr_}"),
+        },
+    };
+    name.to_string()
+}
+
+fn comm(ev: &ClockEvent) -> String {
+    let end = ev
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(ev.comm.len());
+    String::from_utf8_lossy(&ev.comm[..end]).into_owned()
+}
+
+/// One clock event as a JSON record.
+pub fn clock_event_json(ev: &ClockEvent, policy: &CompiledPolicy, host: &str) -> Value {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", ev.tgid))
+        .map(|p| p.display().to_string())
+        .ok();
+    let exe_id = ExeId {
+        dev: ev.exe_dev,
+        ino: ev.exe_ino,
+    };
+    let mut what = json!({
+        "operations": operation_names(ev.operations),
+        "syscall": syscall_name(ev.abi, ev.syscall),
+        "abi": match ev.abi { abi::COMPAT => "compat32", abi::KERNEL => "kernel", _ => "native" },
+    });
+    if ev.clock_id >= 0 {
+        what["clock_id"] = json!(ev.clock_id);
+    }
+    if ev.timex_modes != 0 {
+        what["timex_modes"] = json!(format!("{:#06x}", ev.timex_modes));
+    }
+    if ev.has_time != 0 {
+        what["time"] = json!({ "sec": ev.time_sec, "nsec": ev.time_nsec });
+    }
+    json!({
+        "time": rfc3339(wall_time(ev.boot_ns)),
+        "boot_ns": ev.boot_ns,
+        "host": host,
+        "kind": "clock",
+        "verdict": verdict::name(ev.verdict),
+        "rule": policy.rule_name(ev.rule_id),
+        "policy": policy.name,
+        "generation": ev.generation,
+        "hook": hook::name(ev.hook),
+        "who": {
+            "pid": ev.pid,
+            "tgid": ev.tgid,
+            "uid": ev.uid,
+            "gid": ev.gid,
+            "comm": comm(ev),
+            "exe": exe,
+            "exe_id": exe_id.to_string(),
+        },
+        "what": what,
+    })
+}
+
+/// Copies a ring buffer record into an event, refusing records of the wrong size.
+pub fn parse(bytes: &[u8]) -> Option<ClockEvent> {
+    if bytes.len() < std::mem::size_of::<ClockEvent>() {
+        return None;
+    }
+    // SAFETY: the length is checked, ClockEvent is plain data, and read_unaligned copies.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const ClockEvent) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(operation_names(op::STEP | op::LEAP), vec!["step", "leap"]);
+        assert_eq!(syscall_name(abi::NATIVE, 227), "clock_settime");
+        assert_eq!(syscall_name(abi::COMPAT, 25), "stime");
+        assert_eq!(syscall_name(abi::COMPAT, 124), "adjtimex");
+        assert_eq!(syscall_name(abi::NATIVE, 1), "syscall 1");
+    }
+
+    #[test]
+    fn short_records_are_refused() {
+        assert!(parse(&[0u8; 8]).is_none());
+        let bytes = vec![0u8; std::mem::size_of::<ClockEvent>()];
+        assert!(parse(&bytes).is_some());
+    }
+}

@@ -1,0 +1,157 @@
+//! What the running kernel offers timeguard, found out at start-up and reported plainly.
+
+pub mod btf;
+
+use std::{fmt, path::Path};
+
+use agent_common::kernel::KernelOffsets;
+use anyhow::Context as _;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// The struct fields the kernel programs read, by their C path.
+const FIELDS: [&str; 10] = [
+    "task_struct.mm",
+    "task_struct.real_parent",
+    "task_struct.tgid",
+    "task_struct.thread_info.status",
+    "mm_struct.exe_file",
+    "file.f_inode",
+    "inode.i_ino",
+    "inode.i_sb",
+    "super_block.s_dev",
+    "user_namespace.level",
+];
+
+/// Reads the field offsets of the running kernel from its BTF.
+pub fn offsets(btf: &btf::Btf) -> anyhow::Result<KernelOffsets> {
+    let mut v = [0u32; FIELDS.len()];
+    for (slot, field) in v.iter_mut().zip(FIELDS) {
+        *slot = btf
+            .field_offset(field)
+            .with_context(|| format!("finding {field} in the kernel's BTF"))?;
+    }
+    let [task_mm, task_real_parent, task_tgid, task_ti_status, mm_exe_file, file_inode, inode_ino, inode_sb, sb_dev, userns_level] =
+        v;
+    Ok(KernelOffsets {
+        task_mm,
+        task_real_parent,
+        task_tgid,
+        task_ti_status,
+        mm_exe_file,
+        file_inode,
+        inode_ino,
+        inode_sb,
+        sb_dev,
+        userns_level,
+    })
+}
+
+/// Whether "bpf" is among the active LSMs, as the kernel lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LsmList {
+    Active(Vec<String>),
+    /// securityfs is not mounted, or the file cannot be read.
+    Unknown(String),
+}
+
+impl LsmList {
+    pub fn read() -> Self {
+        match std::fs::read_to_string(LSM_LIST) {
+            Ok(s) => LsmList::Active(s.trim().split(',').map(str::to_string).collect()),
+            Err(e) => LsmList::Unknown(format!("{LSM_LIST}: {e}")),
+        }
+    }
+
+    pub fn has_bpf(&self) -> Option<bool> {
+        match self {
+            LsmList::Active(l) => Some(l.iter().any(|m| m == "bpf")),
+            LsmList::Unknown(_) => None,
+        }
+    }
+}
+
+/// One thing the agent needs from the kernel, and whether it got it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    pub name: &'static str,
+    pub available: bool,
+    /// Why not, and what to do about it; or what it is, when available.
+    pub detail: String,
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.available { "yes" } else { "NO " };
+        write!(f, "{state}  {:<22} {}", self.name, self.detail)
+    }
+}
+
+/// Pseudo file systems the agent reads: securityfs (the LSM list) and tracefs (tracepoints).
+/// systemd mounts both at boot; a minimal system may not, so the agent mounts what is missing.
+const PSEUDO_FS: [(&str, &str, &str); 2] = [
+    ("securityfs", "/sys/kernel/security", "lsm"),
+    ("tracefs", "/sys/kernel/tracing", "events"),
+];
+
+/// Mounts securityfs and tracefs where they are missing; returns what it did, for the log.
+pub fn mount_pseudo_filesystems() -> Vec<String> {
+    let mut said = Vec::new();
+    for (fstype, target, probe) in PSEUDO_FS {
+        if Path::new(target).join(probe).exists() {
+            continue;
+        }
+        let (Ok(src), Ok(tgt), Ok(ty)) = (
+            std::ffi::CString::new(fstype),
+            std::ffi::CString::new(target),
+            std::ffi::CString::new(fstype),
+        ) else {
+            continue;
+        };
+        // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+        let rc =
+            unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+        if rc == 0 {
+            said.push(format!("mounted {fstype} on {target}"));
+        } else {
+            said.push(format!(
+                "could not mount {fstype} on {target}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    said
+}
+
+/// The static part of the report: what can be told before loading anything.
+pub fn static_capabilities() -> Vec<Capability> {
+    let btf = Path::new(VMLINUX_BTF).exists();
+    let lsm = LsmList::read();
+    vec![
+        Capability {
+            name: "btf",
+            available: btf,
+            detail: if btf {
+                format!("{VMLINUX_BTF}")
+            } else {
+                format!("{VMLINUX_BTF} missing: the kernel needs CONFIG_DEBUG_INFO_BTF=y")
+            },
+        },
+        Capability {
+            name: "bpf-lsm-active",
+            available: lsm.has_bpf() == Some(true),
+            detail: match &lsm {
+                LsmList::Active(l) if lsm.has_bpf() == Some(true) => format!("active LSMs: {}", l.join(",")),
+                LsmList::Active(l) => format!(
+                    "\"bpf\" is not among the active LSMs ({}): add lsm={},bpf to the kernel command line and reboot",
+                    l.join(","),
+                    l.join(",")
+                ),
+                LsmList::Unknown(why) => format!(
+                    "cannot tell ({why}); mount securityfs on /sys/kernel/security or check CONFIG_LSM for \"bpf\""
+                ),
+            },
+        },
+    ]
+}

@@ -1,0 +1,254 @@
+//! Loads the kernel programs, installs policies into their maps, and attaches them:
+//! BPF LSM where the kernel allows it (enforce), syscall tracepoints where it does not
+//! (observe-only, said plainly).
+
+use agent_common::{
+    kernel::KernelOffsets,
+    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, SLOTS},
+};
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{Lsm, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+
+use crate::policy::CompiledPolicy;
+
+/// The kernel programs, built by build.rs and embedded in the binary.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// LSM programs and the hooks they decide on.
+const LSM_PROGRAMS: [(&str, &str); 2] = [
+    ("clock_settime_guard", "settime"),
+    ("clock_capable_guard", "capable"),
+];
+
+/// Tracepoints that observe the same requests where LSM programs are refused.
+const OBSERVERS: [(&str, &str); 4] = [
+    ("observe_clock_settime", "sys_enter_clock_settime"),
+    ("observe_settimeofday", "sys_enter_settimeofday"),
+    ("observe_adjtimex", "sys_enter_adjtimex"),
+    ("observe_clock_adjtime", "sys_enter_clock_adjtime"),
+];
+
+/// What the agent can do on this kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Denied changes fail with EPERM before they happen.
+    Enforce,
+    /// The kernel refused LSM programs; clock changes are recorded, not prevented.
+    ObserveOnly { reasons: Vec<String> },
+}
+
+impl Enforcement {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Enforcement::Enforce => "enforce",
+            Enforcement::ObserveOnly { .. } => "observe-only",
+        }
+    }
+}
+
+pub struct Guard {
+    bpf: Ebpf,
+    pub enforcement: Enforcement,
+    /// Programs attached, as "name (hook)".
+    pub attached: Vec<String>,
+    active_slot: u32,
+    generation: u32,
+}
+
+impl Guard {
+    /// Loads the programs with this kernel's struct offsets. Nothing is attached yet.
+    pub fn load(offsets: &KernelOffsets) -> anyhow::Result<Self> {
+        let bpf = EbpfLoader::new()
+            .override_global("KERNEL_OFFSETS", offsets, true)
+            .load(PROGRAMS)
+            .context("loading the embedded kernel programs")?;
+        Ok(Guard {
+            bpf,
+            enforcement: Enforcement::ObserveOnly {
+                reasons: vec!["not attached yet".into()],
+            },
+            attached: Vec::new(),
+            active_slot: 0,
+            generation: 0,
+        })
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Installs a policy: fills the slot not in force, then makes it the one in force with a
+    /// single map write. Returns the new generation.
+    pub fn install_policy(&mut self, policy: &CompiledPolicy) -> anyhow::Result<u32> {
+        let slot = if self.generation == 0 {
+            0
+        } else {
+            (self.active_slot + 1) % SLOTS
+        };
+        let generation = self.generation + 1;
+        {
+            let mut rules: HashMap<_, ExeKey, ClockRule> =
+                HashMap::try_from(self.map_mut("CLOCK_RULES")?)?;
+            let stale: Vec<ExeKey> = rules
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.slot == slot)
+                .collect();
+            for key in stale {
+                rules
+                    .remove(&key)
+                    .context("clearing the inactive policy slot")?;
+            }
+            for rule in &policy.rules {
+                let key = ExeKey {
+                    slot,
+                    _pad: 0,
+                    dev: rule.exe_id.dev,
+                    ino: rule.exe_id.ino,
+                };
+                let value = ClockRule {
+                    rule_id: rule.id,
+                    allow: rule.allow,
+                    mode: rule.mode,
+                    _pad: 0,
+                };
+                rules
+                    .insert(key, value, 0)
+                    .with_context(|| format!("installing rule \"{}\"", rule.name))?;
+            }
+        }
+        let mut headers: Array<_, PolicyHeader> = Array::try_from(self.map_mut("POLICY")?)?;
+        let header = PolicyHeader {
+            generation,
+            default_allow: policy.default_allow,
+            default_mode: policy.default_mode,
+            _pad: 0,
+        };
+        headers
+            .set(slot, header, 0)
+            .context("writing the policy header")?;
+        let mut active: Array<_, u32> = Array::try_from(self.map_mut("ACTIVE_SLOT")?)?;
+        active
+            .set(0, slot, 0)
+            .context("switching the policy in force")?;
+        self.active_slot = slot;
+        self.generation = generation;
+        Ok(generation)
+    }
+
+    /// Attaches the LSM programs; if the kernel refuses any, attaches the observers instead.
+    pub fn attach(&mut self) -> anyhow::Result<()> {
+        let mut refused = Vec::new();
+        match Btf::from_sys_fs() {
+            Ok(btf) => {
+                for (name, hook) in LSM_PROGRAMS {
+                    if let Err(e) = self.attach_lsm(name, hook, &btf) {
+                        refused.push(format!("BPF LSM hook {hook}: {e:#}"));
+                        break;
+                    }
+                    self.attached.push(format!("{name} (lsm/{hook})"));
+                }
+            }
+            Err(e) => refused.push(format!("reading the kernel's BTF for LSM programs: {e}")),
+        }
+        if refused.is_empty() {
+            self.enforcement = Enforcement::Enforce;
+            return Ok(());
+        }
+        // All or nothing: a half-attached guard would decide some paths and not others.
+        for (name, _) in LSM_PROGRAMS {
+            if let Some(p) = self.bpf.program_mut(name) {
+                let lsm: &mut Lsm = p.try_into()?;
+                let _ = lsm.unload();
+            }
+        }
+        self.attached.clear();
+        for (name, tracepoint) in OBSERVERS {
+            let tp: &mut TracePoint = self
+                .bpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
+                .try_into()?;
+            tp.load().with_context(|| format!("loading {name}"))?;
+            tp.attach("syscalls", tracepoint)
+                .with_context(|| format!("attaching {name} to syscalls/{tracepoint}"))?;
+            self.attached
+                .push(format!("{name} (tracepoint/syscalls/{tracepoint})"));
+        }
+        self.enforcement = Enforcement::ObserveOnly { reasons: refused };
+        Ok(())
+    }
+
+    fn attach_lsm(&mut self, name: &str, hook: &str, btf: &Btf) -> anyhow::Result<()> {
+        let lsm: &mut Lsm = self
+            .bpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
+            .try_into()?;
+        lsm.load(hook, btf).map_err(describe_load_error)?;
+        lsm.attach()?;
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.bpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
+    }
+
+    /// The ring buffer of clock events (can be taken once).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .bpf
+            .take_map("CLOCK_EVENTS")
+            .ok_or_else(|| anyhow!("the clock event ring buffer was already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Exact counters, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<Vec<(CounterKey, u64)>> {
+        let map = self
+            .bpf
+            .map("CLOCK_COUNTERS")
+            .ok_or_else(|| anyhow!("map CLOCK_COUNTERS missing"))?;
+        let counters: PerCpuHashMap<_, CounterKey, u64> = PerCpuHashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in counters.iter() {
+            let (key, values) = entry.context("reading the clock counters")?;
+            out.push((key, values.iter().sum()));
+        }
+        out.sort_by_key(|(k, _)| (k.rule_id, k.operation, k.verdict));
+        Ok(out)
+    }
+
+    /// Events the kernel could not hand over because the ring buffer was full.
+    pub fn events_lost(&self) -> anyhow::Result<u64> {
+        let map = self
+            .bpf
+            .map("EVENTS_LOST")
+            .ok_or_else(|| anyhow!("map EVENTS_LOST missing"))?;
+        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(lost.get(&0, 0)?.iter().sum())
+    }
+}
+
+/// Makes the kernel's refusal readable: an empty verifier log with EPERM is the sandbox or
+/// lockdown refusing the program type, not a bug in the program.
+fn describe_load_error(e: aya::programs::ProgramError) -> anyhow::Error {
+    if let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
+        let log = verifier_log.to_string();
+        if log.trim().is_empty() {
+            return anyhow!("the kernel refused the program: {io_error}");
+        }
+        return anyhow!("the kernel refused the program: {io_error}\nverifier log:\n{log}");
+    }
+    anyhow::Error::new(e)
+}

@@ -1,0 +1,249 @@
+//! The policy file as an operator writes it (`apiVersion: timeguard/v1`, `kind: TimePolicy`).
+
+use std::{fmt, path::PathBuf, str::FromStr};
+
+use serde::{de, Deserialize, Deserializer};
+
+pub const API_VERSION: &str = "timeguard/v1";
+pub const KIND: &str = "TimePolicy";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyDoc {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    #[serde(default)]
+    pub mode: Mode,
+    pub clock: ClockSpec,
+    /// The host's time traffic; accepted (and checked for unknown keys) until the network
+    /// rules compile it.
+    #[serde(default)]
+    #[expect(dead_code, reason = "compiled by the network rules, which come later")]
+    pub network: Option<NetworkSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denied changes fail with EPERM.
+    #[default]
+    Enforce,
+    /// Denied changes are allowed and recorded as what enforce would have done.
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Default_ {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSpec {
+    #[serde(default)]
+    pub default: Default_,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rule {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: Match,
+    pub allow: Vec<Operation>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub max_step: Option<Duration>,
+    #[serde(default)]
+    pub max_frequency: Option<Ppm>,
+    #[serde(default)]
+    pub leap: Option<Default_>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    pub exe: PathBuf,
+    #[serde(default)]
+    pub users: Option<Vec<String>>,
+    #[serde(default)]
+    pub unit: Option<String>,
+}
+
+/// An operation in the operator's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Operation(pub u32);
+
+impl FromStr for Operation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        agent_common::clock::op::ALL
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(bit, _)| Operation(*bit))
+            .ok_or_else(|| {
+                let names: Vec<_> = agent_common::clock::op::ALL
+                    .iter()
+                    .map(|(_, n)| *n)
+                    .collect();
+                format!(
+                    "unknown operation \"{s}\": expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// Parses `FromStr` values from YAML strings, so a bad value is an error with its position.
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Operation, Duration, Ppm);
+
+/// A duration written as `500ms`, `1s`, `2h`, `1.5s` (units: ns, us, ms, s, m, h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration {
+    pub nanos: u64,
+}
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = || {
+            format!("bad duration \"{s}\": write a number and a unit, e.g. 500ms, 1s, 2h (units: ns, us, ms, s, m, h)")
+        };
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(hint)?;
+        let (num, unit) = s.split_at(split);
+        let scale: f64 = match unit {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(hint()),
+        };
+        let value: f64 = num.parse().map_err(|_| hint())?;
+        let nanos = value * scale;
+        if !nanos.is_finite() || nanos >= u64::MAX as f64 {
+            return Err(format!("duration \"{s}\" is too large"));
+        }
+        Ok(Duration {
+            nanos: nanos.round() as u64,
+        })
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.nanos;
+        for (unit, scale) in [
+            ("h", 3_600_000_000_000),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+        ] {
+            if n >= scale && n % scale == 0 {
+                return write!(f, "{}{unit}", n / scale);
+            }
+        }
+        write!(f, "{n}ns")
+    }
+}
+
+/// A frequency offset in parts per million, written `500ppm` or `12.5ppm`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Ppm(pub f64);
+
+impl FromStr for Ppm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = || format!("bad frequency \"{s}\": write parts per million, e.g. 500ppm");
+        let num = s.strip_suffix("ppm").ok_or_else(hint)?;
+        let v: f64 = num.trim().parse().map_err(|_| hint())?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(hint());
+        }
+        Ok(Ppm(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            "500ms".parse::<Duration>().map(|d| d.nanos),
+            Ok(500_000_000)
+        );
+        assert_eq!("1s".parse::<Duration>().map(|d| d.nanos), Ok(1_000_000_000));
+        assert_eq!(
+            "2h".parse::<Duration>().map(|d| d.nanos),
+            Ok(7_200_000_000_000)
+        );
+        assert_eq!(
+            "1.5s".parse::<Duration>().map(|d| d.nanos),
+            Ok(1_500_000_000)
+        );
+        assert!("1".parse::<Duration>().is_err());
+        assert!("s".parse::<Duration>().is_err());
+        assert!("1 fortnight".parse::<Duration>().is_err());
+        assert_eq!(
+            Duration {
+                nanos: 1_000_000_000
+            }
+            .to_string(),
+            "1s"
+        );
+        assert_eq!(Duration { nanos: 1_500_000 }.to_string(), "1500us");
+    }
+
+    #[test]
+    fn frequencies() {
+        assert_eq!("500ppm".parse::<Ppm>(), Ok(Ppm(500.0)));
+        assert!("500".parse::<Ppm>().is_err());
+        assert!("-3ppm".parse::<Ppm>().is_err());
+    }
+
+    #[test]
+    fn operations() {
+        assert!("slew".parse::<Operation>().is_ok());
+        let e = "jump".parse::<Operation>().err().unwrap_or_default();
+        assert!(e.contains("expected one of step, slew"), "{e}");
+    }
+}
