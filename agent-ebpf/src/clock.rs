@@ -5,6 +5,7 @@
 //! - `capable(CAP_SYS_TIME)`: adjtimex, clock_adjtime, the RTC and PPS ioctls. The operation
 //!   is read from the syscall the task is in. The settime path passes this check too; there
 //!   `capable` defers to `settime`, so every attempt is decided and recorded exactly once.
+//!
 //! Where LSM programs are refused, tracepoints on the same syscalls observe without deciding.
 
 use agent_common::{

@@ -38,7 +38,7 @@ pub fn decide_for(dev: u64, ino: u64, operations: u32) -> Option<Decided> {
         ino,
     };
     // SAFETY: the value is copied out before anything else can touch the map entry.
-    let rule = unsafe { CLOCK_RULES.get(&key) }.copied();
+    let rule = unsafe { CLOCK_RULES.get(key) }.copied();
     Some(Decided {
         decision: decide(header, rule.as_ref(), operations),
         generation: header.generation,

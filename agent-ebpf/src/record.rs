@@ -19,6 +19,12 @@ static CLOCK_COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_
 static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
+// Keep the explicit references: passing the value by value (clippy's suggestion) made the
+// BPF build's insert fail silently, and the counters stayed empty (seen on 6.18).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by-value arguments broke the per-CPU insert in the BPF build"
+)]
 pub fn count(rule_id: u32, operations: u32, verdict: u8) {
     for (bit, _) in op::ALL {
         if operations & bit == 0 {

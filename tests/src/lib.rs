@@ -1,1 +1,3 @@
+//! Helpers shared by timeguard's test programs and integration tests.
 
+pub mod clock;

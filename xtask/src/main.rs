@@ -1,1 +1,181 @@
-fn main() {}
+//! `cargo xtask`: the one entry point to build, run and test timeguard.
+
+mod setup;
+mod vm;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, run and test timeguard")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel programs and the agent (installs the BPF toolchain if missing).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run the agent as root with the bundled default policy; Ctrl-C stops it.
+    Run {
+        /// Policy to run with instead of policies/default.yaml.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Every test: formatting and lints, unit tests, host integration tests, VM tests.
+    Test {
+        /// Skip the VM tests (they need qemu and the guest kernels; CI runs them).
+        #[arg(long)]
+        no_vm: bool,
+        /// Run the VM tests on these kernels only (default: all).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Run only host tests whose name contains this (passed to cargo test).
+        filter: Option<String>,
+    },
+    /// Boot a guest kernel with the agent running and a shell on the console.
+    Vm {
+        /// Guest kernel series: 6.1 or 6.12.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// Run the scripted demo instead of a shell, then power off.
+        #[arg(long)]
+        demo: bool,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, failing with the command line when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Builds the agent (and so the kernel programs) and the test programs.
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    setup::ensure_bpf_toolchain()?;
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--package",
+        "agent",
+        "--package",
+        "timeguard-tests",
+        "--bins",
+    ]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    Ok(target_dir(release))
+}
+
+fn target_dir(release: bool) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+}
+
+fn lint() -> anyhow::Result<()> {
+    println!("== formatting and lints");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The kernel programs only build for the BPF target, with nightly.
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "--package",
+            "agent-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC"))?;
+    Ok(())
+}
+
+fn test(no_vm: bool, kernels: &[String], filter: Option<&str>) -> anyhow::Result<()> {
+    if !no_vm {
+        setup::ensure_vm_tools()?;
+    }
+    let bin = build(true)?;
+    lint()?;
+    println!("== unit and host integration tests");
+    let mut c = cargo();
+    c.args(["test", "--release"])
+        .env("TIMEGUARD_BIN", bin.join("timeguard"));
+    if let Some(f) = filter {
+        c.arg(f);
+    }
+    run(&mut c)?;
+    if no_vm {
+        println!("vm tests: skipped (--no-vm)");
+        return Ok(());
+    }
+    println!("== VM tests (BPF LSM enforcement in guest kernels)");
+    vm::test_all(&bin, kernels)
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Build { release } => build(release).map(|_| ()),
+        Cmd::Run { policy } => {
+            let bin = build(true)?.join("timeguard");
+            let policy = policy.unwrap_or_else(|| workspace_root().join("policies/default.yaml"));
+            setup::run_as_root(
+                &bin,
+                &["run".as_ref(), "--policy".as_ref(), policy.as_os_str()],
+            )
+        }
+        Cmd::Test {
+            no_vm,
+            kernels,
+            filter,
+        } => test(no_vm, &kernels, filter.as_deref()),
+        Cmd::Vm { kernel, demo } => {
+            setup::ensure_vm_tools()?;
+            let bin = build(true)?;
+            vm::interactive(&bin, &kernel, demo)
+        }
+    }
+}

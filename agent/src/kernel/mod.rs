@@ -133,7 +133,7 @@ pub fn static_capabilities() -> Vec<Capability> {
             name: "btf",
             available: btf,
             detail: if btf {
-                format!("{VMLINUX_BTF}")
+                VMLINUX_BTF.to_string()
             } else {
                 format!("{VMLINUX_BTF} missing: the kernel needs CONFIG_DEBUG_INFO_BTF=y")
             },

@@ -1,0 +1,313 @@
+//! Runs inside the test guest as a child of /init: starts the agent with the guest policy,
+//! plays each scenario against the real kernel, and prints one verdict line per scenario
+//! (`TG-SCENARIO PASS|FAIL name -- detail`) for the host to read off the console.
+
+use std::{
+    fs,
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use timeguard_tests::clock::{self, realtime_ns};
+
+const EVENTS: &str = "/tmp/events.jsonl";
+const AGENT_LOG: &str = "/tmp/agent.log";
+const POLICY: &str = "/etc/timeguard/policy.yaml";
+const ALLOWED: &str = "/usr/local/sbin/tg-clock-allowed";
+const COPY: &str = "/usr/local/bin/tg-clock";
+/// How far the clock may drift on its own during one scenario.
+const SLACK_NS: i128 = 5_000_000_000;
+
+type Outcome = Result<String, String>;
+type Scenario = (&'static str, fn() -> Outcome);
+
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn sh(program: &str, args: &[&str]) -> Result<Run, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    Ok(Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// The outcome a `tg-clock` run printed.
+fn outcome(run: Run) -> Result<clock::Outcome, String> {
+    clock::Outcome::from_json(&run.stdout).map_err(|e| format!("{e} (stderr: {})", run.stderr))
+}
+
+fn records() -> Vec<Value> {
+    fs::read_to_string(EVENTS)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits for a record that satisfies `pred`, for up to 3 s (events are asynchronous).
+fn wait_record(what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(v) = records().into_iter().find(|v| pred(v)) {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no event {what} in {EVENTS}"));
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// A clock event for this command name, verdict and operation.
+fn clock_event(comm: &str, verdict: &str, operation: &str) -> Result<Value, String> {
+    wait_record(
+        &format!("{{comm: {comm}, verdict: {verdict}, operation: {operation}}}"),
+        |v| {
+            v["kind"] == "clock"
+                && v["who"]["comm"] == comm
+                && v["verdict"] == verdict
+                && v["what"]["operations"]
+                    .as_array()
+                    .is_some_and(|ops| ops.iter().any(|o| o == operation))
+        },
+    )
+}
+
+fn clock_unchanged(before: i128) -> Result<(), String> {
+    let drift = realtime_ns() - before;
+    if drift.abs() > SLACK_NS {
+        return Err(format!("the clock moved by {:.3}s", drift as f64 / 1e9));
+    }
+    Ok(())
+}
+
+fn start_agent() -> Result<Child, String> {
+    let out = fs::File::create(EVENTS).map_err(|e| e.to_string())?;
+    let err = fs::File::create(AGENT_LOG).map_err(|e| e.to_string())?;
+    let child = Command::new("timeguard")
+        .args(["run", "--policy", POLICY])
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .map_err(|e| format!("cannot start timeguard: {e}"))?;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if records().iter().any(|v| v["event"] == "started") {
+            return Ok(child);
+        }
+        sleep(Duration::from_millis(50));
+    }
+    Err("the agent did not report started within 20s".into())
+}
+
+fn stop_agent(mut agent: Child) -> Result<String, String> {
+    // SAFETY: signalling the child this program started, by its id.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let status = agent.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("the agent exited with {status}"));
+    }
+    wait_record("agent stopped", |v| v["event"] == "stopped")?;
+    Ok("the agent stopped cleanly".into())
+}
+
+fn scenario_agent_enforces() -> Outcome {
+    let started = wait_record("agent started", |v| v["event"] == "started")?;
+    if started["enforcement"] != "enforce" {
+        return Err(format!(
+            "agent reports enforcement {}",
+            started["enforcement"]
+        ));
+    }
+    Ok(format!("attached {}", started["attached"]))
+}
+
+fn scenario_read_only_adjtimex() -> Outcome {
+    let r = sh("adjtimex", &[])?;
+    if r.status != 0 {
+        return Err(format!(
+            "busybox adjtimex (read-only) exited {}: {}",
+            r.status, r.stderr
+        ));
+    }
+    let o = clock::read();
+    if o.errno != 0 {
+        return Err(format!("adjtimex(modes=0) failed with errno {}", o.errno));
+    }
+    Ok("read-only adjtimex succeeds".into())
+}
+
+fn scenario_date_denied() -> Outcome {
+    let before = realtime_ns();
+    let r = sh("date", &["-s", "2030-01-01 00:00:00"])?;
+    if r.status == 0 {
+        return Err(format!("date -s succeeded: {}", r.stdout));
+    }
+    if !r.stderr.contains("not permitted") {
+        return Err(format!("date -s failed, but not with EPERM: {}", r.stderr));
+    }
+    clock_unchanged(before)?;
+    let ev = clock_event("date", "deny", "step")?;
+    Ok(format!(
+        "EPERM, clock unchanged, event rule={} syscall={}",
+        ev["rule"], ev["what"]["syscall"]
+    ))
+}
+
+fn scenario_adjtimex_denied() -> Outcome {
+    let before = clock::read().freq;
+    let r = sh("adjtimex", &["-f", "6553600"])?;
+    if r.status == 0 {
+        return Err("busybox adjtimex -f succeeded".into());
+    }
+    let after = clock::read().freq;
+    if after != before {
+        return Err(format!("frequency changed from {before} to {after}"));
+    }
+    let ev = clock_event("adjtimex", "deny", "frequency")?;
+    Ok(format!(
+        "EPERM ({}), frequency unchanged, event modes={}",
+        r.stderr, ev["what"]["timex_modes"]
+    ))
+}
+
+fn scenario_allowed_steps() -> Outcome {
+    let before = realtime_ns();
+    let forward = outcome(sh(ALLOWED, &["step", "3600"])?)?;
+    let moved = realtime_ns() - before;
+    let back = outcome(sh(ALLOWED, &["step", "-3600"])?)?;
+    if forward.errno != 0 || back.errno != 0 {
+        return Err(format!(
+            "allowed step failed: errno {} / {}",
+            forward.errno, back.errno
+        ));
+    }
+    if (moved - 3_600_000_000_000).abs() > SLACK_NS {
+        return Err(format!(
+            "the clock moved {:.3}s instead of 3600s",
+            moved as f64 / 1e9
+        ));
+    }
+    clock_unchanged(before)?;
+    let ev = clock_event("tg-clock-allowe", "allow", "step")?;
+    Ok(format!(
+        "stepped +3600s and back, event rule={}",
+        ev["rule"]
+    ))
+}
+
+fn scenario_allowed_frequency() -> Outcome {
+    let set = outcome(sh(ALLOWED, &["freq", "10"])?)?;
+    let now = clock::read().freq;
+    let reset = outcome(sh(ALLOWED, &["freq", "0"])?)?;
+    if set.errno != 0 || reset.errno != 0 {
+        return Err(format!(
+            "allowed frequency change failed: errno {} / {}",
+            set.errno, reset.errno
+        ));
+    }
+    if now != 10 << 16 {
+        return Err(format!("frequency is {now}, expected {}", 10 << 16));
+    }
+    Ok("set +10ppm and back".into())
+}
+
+fn scenario_copy_denied() -> Outcome {
+    let before = realtime_ns();
+    let o = outcome(sh(COPY, &["step", "3600"])?)?;
+    if o.errno != libc::EPERM {
+        return Err(format!(
+            "a copy of the allowed program got errno {} (expected EPERM)",
+            o.errno
+        ));
+    }
+    clock_unchanged(before)?;
+    clock_event("tg-clock", "deny", "step")?;
+    Ok("EPERM: identity is the file, not its contents or name".into())
+}
+
+fn scenario_detach_restores(agent: Child) -> Outcome {
+    let stopped = stop_agent(agent)?;
+    let before = realtime_ns();
+    let o = outcome(sh(COPY, &["step", "10"])?)?;
+    let back = outcome(sh(COPY, &["step", "-10"])?)?;
+    if o.errno != 0 || back.errno != 0 {
+        return Err(format!(
+            "after stop, step failed: errno {} / {}",
+            o.errno, back.errno
+        ));
+    }
+    clock_unchanged(before)?;
+    Ok(format!("{stopped}; clock rights back to the kernel's own"))
+}
+
+fn report(name: &str, outcome: Outcome) -> bool {
+    match outcome {
+        Ok(detail) => {
+            println!("TG-SCENARIO PASS {name} -- {detail}");
+            true
+        }
+        Err(detail) => {
+            println!("TG-SCENARIO FAIL {name} -- {detail}");
+            false
+        }
+    }
+}
+
+fn dump(path: &str) {
+    println!("---- {path} ----");
+    println!(
+        "{}",
+        fs::read_to_string(path).unwrap_or_else(|e| format!("(unreadable: {e})"))
+    );
+}
+
+fn main() {
+    let demo = std::env::args().any(|a| a == "--demo");
+    let agent = match start_agent() {
+        Ok(a) => a,
+        Err(e) => {
+            report("agent starts", Err(e));
+            dump(AGENT_LOG);
+            std::process::exit(1);
+        }
+    };
+    let scenarios: [Scenario; 7] = [
+        ("agent enforces with BPF LSM", scenario_agent_enforces),
+        (
+            "read-only adjtimex keeps working",
+            scenario_read_only_adjtimex,
+        ),
+        ("busybox date -s is denied", scenario_date_denied),
+        ("busybox adjtimex -f is denied", scenario_adjtimex_denied),
+        ("allowed binary may step", scenario_allowed_steps),
+        (
+            "allowed binary may tune frequency",
+            scenario_allowed_frequency,
+        ),
+        ("copy of allowed binary is denied", scenario_copy_denied),
+    ];
+    let mut ok = true;
+    for (name, f) in scenarios {
+        ok &= report(name, f());
+    }
+    ok &= report(
+        "stopping the agent detaches cleanly",
+        scenario_detach_restores(agent),
+    );
+    if !ok || demo {
+        dump(AGENT_LOG);
+        dump(EVENTS);
+    }
+    std::process::exit(if ok { 0 } else { 1 });
+}

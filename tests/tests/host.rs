@@ -1,0 +1,195 @@
+//! Host integration tests: the real agent on the kernel of the machine running the tests.
+//! Here (a sandbox that refuses LSM programs) that means observe-only; on a server whose
+//! kernel allows BPF LSM, the same tests see enforcement. Nothing here changes the clock:
+//! the only write is ADJ_MAXERROR with the value the kernel already holds.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The agent binary `cargo xtask test` built; None (said in one line) when run without it.
+fn timeguard() -> Option<PathBuf> {
+    let bin = std::env::var_os("TIMEGUARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/timeguard"));
+    if bin.exists() {
+        Some(bin)
+    } else {
+        eprintln!(
+            "skipped: no agent binary at {} (run through `cargo xtask test`)",
+            bin.display()
+        );
+        None
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn bundled_policies_pass_check() {
+    let Some(bin) = timeguard() else { return };
+    let policies: Vec<PathBuf> = std::fs::read_dir(workspace().join("policies"))
+        .expect("policies/ exists")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(!policies.is_empty(), "no bundled policies found");
+    let out = Command::new(&bin)
+        .arg("check")
+        .args(&policies)
+        .output()
+        .expect("timeguard check runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "timeguard check failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok (policy \"default\""), "{text}");
+}
+
+#[test]
+fn check_rejects_a_broken_policy_with_its_file_name() {
+    let Some(bin) = timeguard() else { return };
+    let dir = std::env::temp_dir().join(format!("tg-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: x}\nspec:\n  clock:\n    rules:\n      - name: a\n        match: {exe: /bin/sh}\n        allow: [jump]\n").expect("write");
+    let out = Command::new(&bin)
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .expect("timeguard check runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("bad.yaml"), "{text}");
+    assert!(text.contains("unknown operation \"jump\""), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rewrites the kernel's maxerror with the value it already has: a change request that
+/// changes nothing, and needs CAP_SYS_TIME like any other.
+fn rewrite_maxerror() -> i32 {
+    // SAFETY: timex is plain data; zero is valid.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: a read-only call on a valid timex.
+    unsafe { libc::adjtimex(&mut tx) };
+    tx.modes = libc::ADJ_MAXERROR;
+    // SAFETY: tx is valid; maxerror is the value just read.
+    let rc = unsafe { libc::adjtimex(&mut tx) };
+    if rc < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    }
+}
+
+#[test]
+fn the_agent_reports_its_enforcement_and_records_an_attempt() {
+    let Some(bin) = timeguard() else { return };
+    if !is_root() {
+        eprintln!("skipped: loading BPF programs needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tg-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: host-test}\nspec:\n  clock:\n    default: deny\n").expect("write");
+    let mut agent = Command::new(&bin)
+        .args(["run", "--policy"])
+        .arg(&policy)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the agent starts");
+    let (tx, rx) = mpsc::channel::<Value>();
+    let stdout = agent.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = |pred: &dyn Fn(&Value) -> bool| -> Option<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    };
+    let started = next(&|v| v["event"] == "started");
+    let Some(started) = started else {
+        let _ = agent.kill();
+        let out = agent.wait_with_output().expect("agent output");
+        panic!(
+            "the agent never reported started:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let enforcement = started["enforcement"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        enforcement == "enforce" || enforcement == "observe-only",
+        "{started}"
+    );
+    assert_eq!(started["generation"], 1);
+
+    let errno = rewrite_maxerror();
+    let me = std::process::id();
+    let event = next(&|v| v["kind"] == "clock" && v["who"]["tgid"] == me);
+    // SAFETY: signalling the agent this test started, by its id.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let stopped = next(&|v| v["event"] == "stopped");
+    let out = agent.wait_with_output().expect("agent exits");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let event = event.unwrap_or_else(|| panic!("no clock event for pid {me}; agent log:\n{log}"));
+
+    assert_eq!(
+        event["what"]["operations"],
+        serde_json::json!(["status"]),
+        "{event}"
+    );
+    assert_eq!(event["rule"], "default", "{event}");
+    if enforcement == "enforce" {
+        assert_eq!(event["verdict"], "deny", "{event}");
+        assert_eq!(errno, libc::EPERM);
+    } else {
+        assert_eq!(event["verdict"], "observed", "{event}");
+        assert_eq!(errno, 0, "observe-only must not change the outcome");
+        assert!(
+            log.contains("OBSERVE-ONLY"),
+            "the log must say it cannot enforce:\n{log}"
+        );
+    }
+    assert!(
+        stopped.is_some_and(|s| s["enforcement"] == enforcement.as_str()),
+        "no stop record"
+    );
+    assert!(out.status.success(), "agent exit {:?}:\n{log}", out.status);
+    assert!(
+        log.contains("operation=status verdict="),
+        "the stop summary lists the counters:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,30 @@
+#!/bin/busybox sh
+# /init of the test guest: mount what the agent needs, then run the suite, a demo or a shell.
+/bin/busybox --install -s /bin
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t securityfs securityfs /sys/kernel/security
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing
+echo "TG-GUEST kernel $(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
+mode=$(sed -n 's/.*tg\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+case "$mode" in
+test)
+    tg-vm-suite
+    echo "TG-SUITE-EXIT $?"
+    ;;
+demo)
+    tg-vm-suite --demo
+    ;;
+*)
+    timeguard run --policy /etc/timeguard/policy.yaml >/tmp/events.jsonl 2>/tmp/agent.log &
+    sleep 1
+    cat /tmp/agent.log
+    setsid cttyhack sh -l
+    ;;
+esac
+poweroff -f

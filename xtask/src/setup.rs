@@ -1,0 +1,171 @@
+//! Installs what a fresh machine lacks, says what it installs, and skips it next time.
+//! Where it cannot install (not Debian, not root) it stops with the exact command to run.
+
+use std::{ffi::OsStr, path::Path, process::Command, sync::Once};
+
+use anyhow::{bail, Context as _};
+
+use crate::run;
+
+/// bpf-linker release built here (its LLVM must match nightly rustc's).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str, arg: &str) -> bool {
+    output(Command::new(program).arg(arg)).is_some()
+}
+
+fn deb_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+static APT_UPDATE: Once = Once::new();
+
+/// `apt-get update` once per run, before the first install or download.
+pub fn apt_update() -> anyhow::Result<()> {
+    let mut result = Ok(());
+    APT_UPDATE.call_once(|| {
+        println!("setup: apt-get update");
+        result = run(Command::new("apt-get").args(["update", "-qq"]));
+    });
+    result
+}
+
+/// Whether Debian's archive (as apt knows it) offers this package.
+pub fn apt_has_package(pkg: &str) -> bool {
+    output(Command::new("apt-cache").args(["show", "--no-all-versions", pkg]))
+        .is_some_and(|s| !s.trim().is_empty())
+}
+
+/// Installs the Debian packages that are missing.
+pub fn ensure_debs(pkgs: &[String], why: &str) -> anyhow::Result<()> {
+    let missing: Vec<&String> = pkgs.iter().filter(|p| !deb_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !Path::new("/etc/debian_version").exists() || !have("apt-get", "--version") {
+        bail!("{why} needs these Debian packages, and this is not a Debian system: {list}\ninstall their equivalents with your package manager, then run the command again");
+    }
+    if !is_root() {
+        bail!("{why} needs: {list}\nrun: sudo apt-get update && sudo apt-get install -y {list}\nthen run the command again");
+    }
+    apt_update()?;
+    println!("setup: installing {list} ({why})");
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The LLVM major version of the nightly compiler that builds the kernel programs.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"])).context(
+        "the nightly Rust toolchain is missing: it builds the kernel programs (-Z build-std).\nrun: rustup toolchain install nightly --component rust-src",
+    )?;
+    vv.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+        .context("cannot read the LLVM version from `rustc +nightly -vV`")
+}
+
+/// Nightly rust-src and bpf-linker built against nightly's LLVM.
+pub fn ensure_bpf_toolchain() -> anyhow::Result<()> {
+    let llvm = nightly_llvm_major()?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("setup: rustup component add rust-src --toolchain nightly (kernel programs build core from source)");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    if have("bpf-linker", "--version") {
+        return Ok(());
+    }
+    ensure_debs(
+        &[
+            format!("llvm-{llvm}-dev"),
+            format!("libpolly-{llvm}-dev"),
+            "libzstd-dev".into(),
+        ],
+        "building bpf-linker",
+    )?;
+    println!(
+        "setup: cargo install bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about a minute)"
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{llvm}"))
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))
+}
+
+/// QEMU, a static busybox for the guest and cpio for its initramfs.
+pub fn ensure_vm_tools() -> anyhow::Result<()> {
+    ensure_debs(
+        &[
+            "qemu-system-x86".into(),
+            "busybox-static".into(),
+            "cpio".into(),
+        ],
+        "the VM tests",
+    )
+}
+
+/// Runs a program as root (through sudo when needed) and waits; Ctrl-C goes to the program,
+/// which stops cleanly, and this process waits for it instead of dying first.
+pub fn run_as_root(bin: &Path, args: &[&OsStr]) -> anyhow::Result<()> {
+    let mut cmd = if is_root() {
+        Command::new(bin)
+    } else {
+        println!("xtask: the agent needs root; running it through sudo");
+        let mut c = Command::new("sudo");
+        c.arg(bin);
+        c
+    };
+    let mut child = cmd
+        .args(args)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    // SAFETY: ignoring SIGINT in this process only; the child was spawned with the default.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{} exited with {status}", bin.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! Real-kernel tests: boots Debian's own kernels under QEMU with an initramfs holding the
+//! agent, the test programs and busybox, and reads each scenario's verdict off the console.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _};
+
+use crate::{run, setup, workspace_root};
+
+/// A guest kernel: Debian's package, pinned to a version verified here, and the pattern of
+/// its successors should the archive have moved on.
+struct GuestKernel {
+    series: &'static str,
+    package: &'static str,
+    successor: &'static str,
+}
+
+const KERNELS: [GuestKernel; 2] = [
+    GuestKernel {
+        series: "6.1",
+        package: "linux-image-6.1.0-50-amd64-unsigned",
+        successor: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+    },
+    GuestKernel {
+        series: "6.12",
+        package: "linux-image-6.12.107+deb12-amd64-unsigned",
+        successor: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
+    },
+];
+
+/// How long one guest may run the suite before it is declared hung.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| workspace_root().join("target"));
+    base.join("timeguard").join("kernels")
+}
+
+fn find_kernel(series: &str) -> anyhow::Result<&'static GuestKernel> {
+    KERNELS.iter().find(|k| k.series == series).ok_or_else(|| {
+        anyhow!(
+            "no guest kernel {series}; choose one of: {}",
+            KERNELS
+                .iter()
+                .map(|k| k.series)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Returns the kernel image, downloading and unpacking Debian's package once.
+fn kernel_image(k: &GuestKernel) -> anyhow::Result<PathBuf> {
+    let dir = cache_dir().join(k.series);
+    let ready = dir.join("vmlinuz");
+    if ready.exists() {
+        return Ok(ready);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    setup::apt_update()?;
+    let package = if setup::apt_has_package(k.package) {
+        k.package.to_string()
+    } else {
+        newest_successor(k)?
+    };
+    println!(
+        "setup: downloading guest kernel {package} into {}",
+        dir.display()
+    );
+    run(Command::new("apt-get")
+        .arg("download")
+        .arg(&package)
+        .current_dir(&dir))?;
+    let deb = fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow!("apt-get download left no .deb in {}", dir.display()))?;
+    // Only /boot is needed: unpack it from the package's data without the modules.
+    let unpack = format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'",
+        deb.display(),
+        dir.display()
+    );
+    run(Command::new("sh").args(["-c", &unpack]))?;
+    let image = fs::read_dir(dir.join("boot"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .ok_or_else(|| anyhow!("{} holds no /boot/vmlinuz-*", deb.display()))?;
+    fs::rename(&image, &ready)?;
+    fs::write(dir.join("package"), format!("{package}\n"))?;
+    let _ = fs::remove_file(&deb);
+    Ok(ready)
+}
+
+fn newest_successor(k: &GuestKernel) -> anyhow::Result<String> {
+    let out = Command::new("apt-cache")
+        .args(["search", "--names-only", k.successor])
+        .output()
+        .context("running apt-cache search")?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    names.sort_by_key(|n| version_key(n));
+    let newest = names.pop().ok_or_else(|| {
+        anyhow!(
+            "Debian's archive offers neither {} nor a successor matching {}",
+            k.package,
+            k.successor
+        )
+    })?;
+    println!("setup: {} is no longer offered; using {newest}", k.package);
+    Ok(newest)
+}
+
+/// Orders package names by the numbers in them (6.1.0-9 < 6.1.0-50).
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Shared libraries a dynamically linked binary needs, as `ldd` lists them.
+fn shared_libraries(bin: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect())
+}
+
+fn copy_into(root: &Path, from: &Path, to: &str) -> anyhow::Result<()> {
+    let dest = root.join(to.trim_start_matches('/'));
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(from, &dest)
+        .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
+    Ok(())
+}
+
+/// What the guest does after boot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum GuestMode {
+    Test,
+    Demo,
+    Shell,
+}
+
+impl GuestMode {
+    fn name(self) -> &'static str {
+        match self {
+            GuestMode::Test => "test",
+            GuestMode::Demo => "demo",
+            GuestMode::Shell => "shell",
+        }
+    }
+}
+
+/// Builds the initramfs: busybox, the agent, the test programs with their libraries,
+/// the guest's policy and /init.
+fn build_initramfs(bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+    let root = work.join("root");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    for d in [
+        "bin",
+        "sbin",
+        "etc/timeguard",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "usr/bin",
+        "usr/sbin",
+        "usr/local/bin",
+        "usr/local/sbin",
+    ] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    let vm_dir = workspace_root().join("tests/vm");
+    copy_into(&root, Path::new("/bin/busybox"), "/bin/busybox")?;
+    copy_into(&root, &vm_dir.join("init.sh"), "/init")?;
+    copy_into(
+        &root,
+        &vm_dir.join("policy.yaml"),
+        "/etc/timeguard/policy.yaml",
+    )?;
+    let binaries = [
+        ("timeguard", "/usr/sbin/timeguard"),
+        ("tg-vm-suite", "/usr/local/bin/tg-vm-suite"),
+        // The same program twice: the policy allows only the first file, by its inode.
+        ("tg-clock", "/usr/local/sbin/tg-clock-allowed"),
+        ("tg-clock", "/usr/local/bin/tg-clock"),
+    ];
+    let mut libs = BTreeSet::new();
+    for (name, to) in binaries {
+        let from = bin.join(name);
+        copy_into(&root, &from, to)?;
+        libs.extend(shared_libraries(&from)?);
+    }
+    for lib in libs {
+        let real = fs::canonicalize(&lib).unwrap_or_else(|_| lib.clone());
+        copy_into(&root, &real, &lib.to_string_lossy())?;
+    }
+    for p in ["init", "bin/busybox"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(root.join(p), fs::Permissions::from_mode(0o755))?;
+    }
+    let cpio = work.join("initramfs.cpio");
+    // An uncompressed newc archive: the guest kernels refuse some hand-made gzip streams.
+    let pack = format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+        root.display(),
+        cpio.display()
+    );
+    run(Command::new("sh").args(["-c", &pack]))?;
+    Ok(cpio)
+}
+
+fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    // KVM when the host offers it; otherwise (nested virtualization here) emulation.
+    c.args([
+        "-accel", "kvm", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
+    ])
+    .args(["-nographic", "-no-reboot", "-kernel"])
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .arg("-append")
+    .arg(format!(
+        "console=ttyS0 quiet panic=-1 tg.mode={}",
+        mode.name()
+    ));
+    c
+}
+
+/// One scenario's verdict, read from a `TG-SCENARIO <PASS|FAIL> <name> -- <detail>` line.
+struct Verdict {
+    passed: bool,
+    line: String,
+}
+
+/// Boots one kernel in test mode and collects the scenario verdicts.
+fn test_kernel(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
+    let image = kernel_image(k)?;
+    let work = workspace_root().join("target/vm").join(k.series);
+    fs::create_dir_all(&work)?;
+    let initrd = build_initramfs(bin, &work)?;
+    let console_log = work.join("console.log");
+    let started = Instant::now();
+    let mut child = qemu(&image, &initrd, GuestMode::Test)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut console = Vec::new();
+    let mut verdicts = Vec::new();
+    let mut finished = false;
+    while started.elapsed() < SUITE_TIMEOUT {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_string();
+                if let Some(rest) = line.strip_prefix("TG-SCENARIO ") {
+                    let passed = rest.starts_with("PASS");
+                    println!("  [{}] {rest}", k.series);
+                    verdicts.push(Verdict {
+                        passed,
+                        line: rest.to_string(),
+                    });
+                } else if line.starts_with("TG-SUITE-EXIT") {
+                    finished = true;
+                }
+                console.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if child.try_wait()?.is_none() {
+        // Only the qemu this function started, by its id.
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    fs::write(&console_log, console.join("\n"))?;
+    if !finished || verdicts.is_empty() || verdicts.iter().any(|v| !v.passed) {
+        println!(
+            "---- guest console ({}; saved in {}) ----",
+            k.series,
+            console_log.display()
+        );
+        for l in &console {
+            println!("  | {l}");
+        }
+        println!("---- end of guest console ----");
+    }
+    if !finished {
+        bail!(
+            "guest {} did not finish the suite within {}s (see {})",
+            k.series,
+            SUITE_TIMEOUT.as_secs(),
+            console_log.display()
+        );
+    }
+    println!(
+        "  [{}] guest ran {} scenarios in {:.1}s",
+        k.series,
+        verdicts.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(verdicts)
+}
+
+pub fn test_all(bin: &Path, only: &[String]) -> anyhow::Result<()> {
+    let kernels: Vec<&GuestKernel> = if only.is_empty() {
+        KERNELS.iter().collect()
+    } else {
+        only.iter()
+            .map(|s| find_kernel(s))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let (mut passed, mut failed) = (0, 0);
+    let mut failures = Vec::new();
+    for k in kernels {
+        println!("vm: booting Debian kernel {} ({})", k.series, k.package);
+        match test_kernel(bin, k) {
+            Ok(verdicts) => {
+                for v in verdicts {
+                    if v.passed {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                        failures.push(format!("{}: {}", k.series, v.line));
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                failures.push(format!("{}: {e:#}", k.series));
+            }
+        }
+    }
+    for f in &failures {
+        println!("vm FAILED {f}");
+    }
+    println!("vm: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} VM scenario(s) failed");
+    }
+    Ok(())
+}
+
+pub fn interactive(bin: &Path, series: &str, demo: bool) -> anyhow::Result<()> {
+    let k = find_kernel(series)?;
+    let image = kernel_image(k)?;
+    let work = workspace_root()
+        .join("target/vm")
+        .join(format!("{}-interactive", k.series));
+    fs::create_dir_all(&work)?;
+    let initrd = build_initramfs(bin, &work)?;
+    let mode = if demo {
+        GuestMode::Demo
+    } else {
+        GuestMode::Shell
+    };
+    if !demo {
+        println!("vm: booting {}; the agent runs with /etc/timeguard/policy.yaml (events in /tmp/events.jsonl).", k.package);
+        println!("vm: try `date -s 2030-01-01`, `adjtimex -f 100`, `tg-clock-allowed step 60`; `poweroff -f` leaves (Ctrl-A X kills qemu).");
+    }
+    run(&mut qemu(&image, &initrd, mode))
+}
