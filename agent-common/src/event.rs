@@ -35,6 +35,9 @@ pub const COMM_LEN: usize = 16;
 pub struct ClockEvent {
     /// CLOCK_BOOTTIME when the kernel decided: it does not move when the wall clock is stepped.
     pub boot_ns: u64,
+    /// CLOCK_TAI when the kernel decided: the wall clock of that instant (UTC + the TAI
+    /// offset), so an event read after a step still carries the time it happened.
+    pub tai_ns: u64,
     pub exe_dev: u64,
     pub exe_ino: u64,
     /// The requested time (step) or offset (ADJ_SETOFFSET), seconds and nanoseconds.
@@ -65,6 +68,7 @@ pub struct ClockEvent {
 impl ClockEvent {
     pub const EMPTY: ClockEvent = ClockEvent {
         boot_ns: 0,
+        tai_ns: 0,
         exe_dev: 0,
         exe_ino: 0,
         time_sec: 0,

@@ -29,6 +29,30 @@ use crate::{
 const EPERM: i32 = 1;
 const CLOCK_REALTIME: u64 = 0;
 
+/// A requested time or offset. Not an `Option`: LLVM reads an `Option`'s payload on the
+/// `None` path too, and the 6.1 verifier refuses that read of an unwritten stack slot.
+#[derive(Clone, Copy)]
+struct Time {
+    set: bool,
+    sec: i64,
+    nsec: i64,
+}
+
+const NO_TIME: Time = Time {
+    set: false,
+    sec: 0,
+    nsec: 0,
+};
+
+#[inline(always)]
+const fn time(sec: i64, nsec: i64) -> Time {
+    Time {
+        set: true,
+        sec,
+        nsec,
+    }
+}
+
 /// What a request asks for, before it is decided.
 struct Request {
     hook: u8,
@@ -37,7 +61,7 @@ struct Request {
     abi: u8,
     clock_id: i32,
     timex_modes: u32,
-    time: Option<(i64, i64)>,
+    time: Time,
 }
 
 /// Decides, counts and records one request; returns the verdict.
@@ -55,7 +79,9 @@ fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
         decided.decision.verdict
     };
     count(decided.decision.rule_id, req.operations, v);
+    // SAFETY: clock helpers without arguments.
     ev.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.tai_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_tai_ns() };
     ev.hook = req.hook;
     ev.verdict = v;
     ev.operations = req.operations;
@@ -65,11 +91,9 @@ fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
     ev.abi = req.abi;
     ev.clock_id = req.clock_id;
     ev.timex_modes = req.timex_modes;
-    if let Some((sec, nsec)) = req.time {
-        ev.has_time = 1;
-        ev.time_sec = sec;
-        ev.time_nsec = nsec;
-    }
+    ev.has_time = req.time.set as u8;
+    ev.time_sec = req.time.sec;
+    ev.time_nsec = req.time.nsec;
     emit(&ev);
     v
 }
@@ -86,11 +110,11 @@ fn lsm_verdict(v: u8) -> i32 {
 /// Reads the modes (and what they need) of a `struct timex` in user memory.
 /// Returns (modes, operations, ADJ_SETOFFSET time).
 #[inline(always)]
-fn read_timex(ptr: u64, layout: TimexLayout) -> (u32, u32, Option<(i64, i64)>) {
+fn read_timex(ptr: u64, layout: TimexLayout) -> (u32, u32, Time) {
     let modes = uread::<u32>(ptr, 0).unwrap_or(0);
     let status = uread::<i32>(ptr, layout.status).unwrap_or(0) as u32;
     let ops = timex_operations(modes, status);
-    let time = if ops & op::STEP != 0 {
+    let requested = if ops & op::STEP != 0 {
         let (sec, sub) = if layout.wide {
             (
                 uread::<i64>(ptr, layout.time_sec).unwrap_or(0),
@@ -107,11 +131,11 @@ fn read_timex(ptr: u64, layout: TimexLayout) -> (u32, u32, Option<(i64, i64)>) {
         } else {
             sub * 1000
         };
-        Some((sec, nsec))
+        time(sec, nsec)
     } else {
-        None
+        NO_TIME
     };
-    (modes, ops, time)
+    (modes, ops, requested)
 }
 
 /// LSM_HOOK(int, 0, settime, const struct timespec64 *ts, const struct timezone *tz)
@@ -123,15 +147,15 @@ pub fn clock_settime_guard(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let time = if ts.is_null() {
-        None
+    let requested = if ts.is_null() {
+        NO_TIME
     } else {
-        Some((
+        time(
             kread::<i64>(ts, 0).unwrap_or(0),
             kread::<i64>(ts, 8).unwrap_or(0),
-        ))
+        )
     };
-    let operations = settime_operations(time.is_some(), !tz.is_null());
+    let operations = settime_operations(requested.set, !tz.is_null());
     let sc = current_syscall(&offsets());
     let req = Request {
         hook: hook::SETTIME,
@@ -140,7 +164,7 @@ pub fn clock_settime_guard(ctx: LsmContext) -> i32 {
         abi: sc.abi,
         clock_id: -1,
         timex_modes: 0,
-        time,
+        time: requested,
     };
     lsm_verdict(decide_and_record(&req, false))
 }
@@ -164,7 +188,7 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
     }
     let sc = current_syscall(&off);
     let compat = sc.abi == agent_common::event::abi::COMPAT;
-    let (operations, clock_id, modes, time) = match classify_syscall(compat, sc.nr) {
+    let (operations, clock_id, modes, requested) = match classify_syscall(compat, sc.nr) {
         // The settime hook right after this check decides, with the exact time.
         ClockSyscall::SetTime => return 0,
         ClockSyscall::Adjtimex { timex_arg, layout } => {
@@ -175,8 +199,8 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
             let (m, o, t) = read_timex(sc.args[1], layout);
             (o, sc.args[0] as i32, m, t)
         }
-        ClockSyscall::Ioctl => (op::RTC, -1, 0, None),
-        ClockSyscall::Other => (op::OTHER, -1, 0, None),
+        ClockSyscall::Ioctl => (op::RTC, -1, 0, NO_TIME),
+        ClockSyscall::Other => (op::OTHER, -1, 0, NO_TIME),
     };
     // The kernel asks for CAP_SYS_TIME only for a change. If user memory now reads as
     // read-only, it changed under us: decide it as an unclassified change, never as nothing.
@@ -192,7 +216,7 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
         abi: sc.abi,
         clock_id,
         timex_modes: modes,
-        time,
+        time: requested,
     };
     lsm_verdict(decide_and_record(&req, false))
 }
@@ -214,7 +238,7 @@ fn observe(
     operations: u32,
     clock_id: i32,
     modes: u32,
-    time: Option<(i64, i64)>,
+    requested: Time,
 ) -> u32 {
     if operations != 0 {
         let req = Request {
@@ -224,7 +248,7 @@ fn observe(
             abi: agent_common::event::abi::NATIVE,
             clock_id,
             timex_modes: modes,
-            time,
+            time: requested,
         };
         decide_and_record(&req, true);
     }
@@ -238,37 +262,37 @@ pub fn observe_clock_settime(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tp = tp_arg(&ctx, 1);
-    let time = (
+    let requested = time(
         uread::<i64>(tp, 0).unwrap_or(0),
         uread::<i64>(tp, 8).unwrap_or(0),
     );
-    observe(&ctx, op::STEP, clock as i32, 0, Some(time))
+    observe(&ctx, op::STEP, clock as i32, 0, requested)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_settimeofday")]
 pub fn observe_settimeofday(ctx: TracePointContext) -> u32 {
     let tv = tp_arg(&ctx, 0);
     let tz = tp_arg(&ctx, 1);
-    let time = if tv == 0 {
-        None
+    let requested = if tv == 0 {
+        NO_TIME
     } else {
-        Some((
+        time(
             uread::<i64>(tv, 0).unwrap_or(0),
             uread::<i64>(tv, 8).unwrap_or(0) * 1000,
-        ))
+        )
     };
-    observe(&ctx, settime_operations(tv != 0, tz != 0), -1, 0, time)
+    observe(&ctx, settime_operations(tv != 0, tz != 0), -1, 0, requested)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_adjtimex")]
 pub fn observe_adjtimex(ctx: TracePointContext) -> u32 {
-    let (modes, ops, time) = read_timex(tp_arg(&ctx, 0), agent_common::kernel::TIMEX64);
-    observe(&ctx, ops, CLOCK_REALTIME as i32, modes, time)
+    let (modes, ops, requested) = read_timex(tp_arg(&ctx, 0), agent_common::kernel::TIMEX64);
+    observe(&ctx, ops, CLOCK_REALTIME as i32, modes, requested)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_clock_adjtime")]
 pub fn observe_clock_adjtime(ctx: TracePointContext) -> u32 {
     let clock = tp_arg(&ctx, 0);
-    let (modes, ops, time) = read_timex(tp_arg(&ctx, 1), agent_common::kernel::TIMEX64);
-    observe(&ctx, ops, clock as i32, modes, time)
+    let (modes, ops, requested) = read_timex(tp_arg(&ctx, 1), agent_common::kernel::TIMEX64);
+    observe(&ctx, ops, clock as i32, modes, requested)
 }

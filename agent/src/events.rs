@@ -23,12 +23,14 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The wall time of a kernel boot-clock timestamp, derived now: a step of the wall clock
-/// between the event and its reading does not shift it.
-pub fn wall_time(boot_ns: u64) -> SystemTime {
-    let now_boot = clock_ns(libc::CLOCK_BOOTTIME);
-    let now_wall = SystemTime::now();
-    now_wall - Duration::from_nanos(now_boot.saturating_sub(boot_ns))
+/// The UTC wall time of a kernel CLOCK_TAI timestamp. CLOCK_TAI moves with every step of
+/// the wall clock, so the stamp is the wall time of the instant itself, whenever it is read;
+/// only the TAI-UTC offset is taken now (it changes at most at a leap second).
+pub fn wall_time(tai_ns: u64) -> SystemTime {
+    let tai_offset = clock_ns(libc::CLOCK_TAI).saturating_sub(clock_ns(libc::CLOCK_REALTIME));
+    // Round to whole seconds: the offset is an integer number of seconds by definition.
+    let offset_s = (tai_offset + 500_000_000) / 1_000_000_000;
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(tai_ns.saturating_sub(offset_s * 1_000_000_000))
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -95,7 +97,7 @@ pub fn clock_event_json(ev: &ClockEvent, policy: &CompiledPolicy, host: &str) ->
         what["time"] = json!({ "sec": ev.time_sec, "nsec": ev.time_nsec });
     }
     json!({
-        "time": rfc3339(wall_time(ev.boot_ns)),
+        "time": rfc3339(wall_time(ev.tai_ns)),
         "boot_ns": ev.boot_ns,
         "host": host,
         "kind": "clock",

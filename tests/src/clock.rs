@@ -38,6 +38,27 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Parses the agent's `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` into nanoseconds since the epoch.
+pub fn parse_rfc3339_ns(s: &str) -> Option<i128> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let nanos: i64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(secs as i128 * 1_000_000_000 + nanos as i128)
+}
+
 pub fn realtime_ns() -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -87,4 +108,20 @@ pub fn step_by(secs: i64) -> Outcome {
 /// Sets the frequency offset (ADJ_FREQUENCY) in whole ppm.
 pub fn set_frequency_ppm(ppm: i64) -> Outcome {
     adjtimex(0x0002, |tx| tx.freq = ppm << 16)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_the_agents_timestamps() {
+        assert_eq!(
+            super::parse_rfc3339_ns("1970-01-01T00:00:01.5Z"),
+            Some(1_500_000_000)
+        );
+        assert_eq!(
+            super::parse_rfc3339_ns("2026-11-22T04:25:52.770477517Z"),
+            Some(1_795_321_552_770_477_517)
+        );
+        assert_eq!(super::parse_rfc3339_ns("yesterday"), None);
+    }
 }
