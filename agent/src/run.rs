@@ -26,17 +26,20 @@ fn record(value: serde_json::Value) {
     let _ = writeln!(out, "{value}").and_then(|_| out.flush());
 }
 
-/// Loads the programs with this kernel's offsets, reporting what the kernel offers.
-fn prepare() -> anyhow::Result<Guard> {
+/// Loads the programs with this kernel's offsets, after reporting what the kernel offers.
+fn prepare(caps: &[kernel::Capability]) -> anyhow::Result<Guard> {
     for said in kernel::mount_pseudo_filesystems() {
         log::info!("{said}");
     }
-    for cap in kernel::static_capabilities() {
-        if cap.available {
-            log::info!("kernel: {cap}");
-        } else {
-            log::warn!("kernel: {cap}");
-        }
+    // One line per thing the kernel does not give; the rest in one line.
+    let have: Vec<&str> = caps
+        .iter()
+        .filter(|c| c.available)
+        .map(|c| c.name)
+        .collect();
+    log::info!("kernel {}: has {}", kernel_release(), have.join(", "));
+    for cap in caps.iter().filter(|c| !c.available) {
+        log::warn!("kernel: missing {}: {}", cap.name, cap.detail);
     }
     let btf = Btf::from_file(Path::new(kernel::VMLINUX_BTF)).with_context(|| {
         format!("timeguard identifies executables through the kernel's BTF ({}); this kernel needs CONFIG_DEBUG_INFO_BTF=y", kernel::VMLINUX_BTF)
@@ -66,8 +69,19 @@ fn report_enforcement(guard: &Guard) {
     }
 }
 
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "(unknown release)".into())
+}
+
 pub fn kernel_report() -> anyhow::Result<()> {
-    let mut guard = prepare()?;
+    println!("kernel {}", kernel_release());
+    let caps = kernel::capabilities();
+    for cap in &caps {
+        println!("{cap}");
+    }
+    let mut guard = prepare(&caps)?;
     guard.attach()?;
     report_enforcement(&guard);
     println!("enforcement: {}", guard.enforcement.label());
@@ -79,7 +93,7 @@ pub fn run(policy_path: &Path) -> anyhow::Result<()> {
     for w in &policy.warnings {
         log::warn!("policy {}: {w}", policy_path.display());
     }
-    let mut guard = prepare()?;
+    let mut guard = prepare(&kernel::capabilities())?;
     // The policy is in the maps before any program is attached: there is no unguarded instant.
     let generation = guard.install_policy(&policy)?;
     guard.attach()?;

@@ -193,3 +193,45 @@ fn the_agent_reports_its_enforcement_and_records_an_attempt() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_kernel_report_names_every_program_type_and_the_enforcement() {
+    let Some(bin) = timeguard() else { return };
+    if !is_root() {
+        eprintln!("skipped: probing BPF program types needs root");
+        return;
+    }
+    let out = Command::new(&bin)
+        .arg("kernel")
+        .output()
+        .expect("timeguard kernel runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "btf",
+        "bpf-lsm-active",
+        "lsm programs",
+        "tracepoint programs",
+        "cgroup_skb",
+        "xdp",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(name) && (l.starts_with("yes") || l.starts_with("NO"))),
+            "no line for {name}:\n{text}"
+        );
+    }
+    let lsm_loads = text
+        .lines()
+        .any(|l| l.starts_with("yes") && l.contains("lsm programs"));
+    let expected = if lsm_loads {
+        "enforcement: enforce"
+    } else {
+        "enforcement: observe-only"
+    };
+    assert!(text.contains(expected), "expected {expected:?}:\n{text}");
+}

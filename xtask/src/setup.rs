@@ -97,15 +97,18 @@ pub fn ensure_bpf_toolchain() -> anyhow::Result<()> {
         "--installed",
     ]))
     .unwrap_or_default();
-    if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        println!("setup: rustup component add rust-src --toolchain nightly (kernel programs build core from source)");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    // rust-src: the kernel programs build `core` from source; clippy: they are linted too.
+    for component in ["rust-src", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            println!("setup: rustup component add {component} --toolchain nightly");
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
     }
     if have("bpf-linker", "--version") {
         return Ok(());

@@ -124,8 +124,79 @@ pub fn mount_pseudo_filesystems() -> Vec<String> {
     said
 }
 
-/// The static part of the report: what can be told before loading anything.
-pub fn static_capabilities() -> Vec<Capability> {
+/// Program types the product uses, what each is for, and how the kernel answers a trial load.
+fn program_types() -> Vec<Capability> {
+    use aya::programs::{LsmAttachType, ProgramType};
+    let types = [
+        (
+            "lsm programs",
+            ProgramType::Lsm(LsmAttachType::Mac),
+            "enforcing clock decisions",
+        ),
+        (
+            "tracepoint programs",
+            ProgramType::TracePoint,
+            "observing clock calls without LSM",
+        ),
+        (
+            "raw tracepoints",
+            ProgramType::RawTracePoint,
+            "observing the kernel's own setters",
+        ),
+        (
+            "fentry/fexit",
+            ProgramType::Tracing,
+            "tracing kernel functions",
+        ),
+        (
+            "cgroup_skb",
+            ProgramType::CgroupSkb,
+            "guarding time traffic per cgroup",
+        ),
+        (
+            "cgroup_sock_addr",
+            ProgramType::CgroupSockAddr,
+            "guarding binds and connects",
+        ),
+        (
+            "tc classifier",
+            ProgramType::SchedClassifier,
+            "classifying NTP/PTP packets",
+        ),
+        ("xdp", ProgramType::Xdp, "shedding NTP floods early"),
+    ];
+    types
+        .into_iter()
+        .map(|(name, ty, purpose)| {
+            let (available, detail) = match aya::sys::is_program_supported(ty) {
+                Ok(true) => (true, format!("for {purpose}")),
+                Ok(false) => (false, format!("not supported by this kernel: no {purpose}")),
+                Err(e) => (
+                    false,
+                    format!(
+                        "refused by this kernel ({:#}): no {purpose}",
+                        anyhow::Error::from(e)
+                    ),
+                ),
+            };
+            Capability {
+                name,
+                available,
+                detail,
+            }
+        })
+        .collect()
+}
+
+/// Everything the agent needs from the kernel, and whether it has it.
+pub fn capabilities() -> Vec<Capability> {
+    let mut all = static_capabilities();
+    all.extend(program_types());
+    all
+}
+
+/// What can be told before loading anything.
+fn static_capabilities() -> Vec<Capability> {
     let btf = Path::new(VMLINUX_BTF).exists();
     let lsm = LsmList::read();
     vec![
