@@ -1,12 +1,11 @@
 //! timeguard: guards the clock of a Linux time server.
 
-mod events;
-mod kernel;
-mod loader;
-mod policy;
-mod run;
+use timeguard_agent::{policy, run};
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -25,16 +24,28 @@ struct Cli {
 enum Command {
     /// Load the policy, attach the kernel programs and record every attempt to change the clock.
     Run {
-        /// The policy file to enforce.
-        #[arg(long, default_value = "/etc/timeguard/policy.yaml")]
+        /// The policy to enforce: a file, or a directory of *.yaml files taken together.
+        #[arg(long, default_value = "/etc/timeguard")]
         policy: PathBuf,
     },
     /// Say what this kernel lets timeguard do (loads and detaches the programs; needs root).
     Kernel,
     /// Validate policy files: exit 0 when all are valid, 1 otherwise.
     Check {
+        /// Policy files or directories, taken together as one policy.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Check executables and enabled time daemons under this root (an image) instead of /.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Print the effective policy in plain words: who may change the clock, how, and what
+    /// everyone else gets.
+    Explain {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
 }
 
@@ -46,7 +57,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { policy } => run::run(&policy),
         Command::Kernel => run::kernel_report(),
-        Command::Check { files } => return check(&files),
+        Command::Check { files, root } => return check(&files, &root),
+        Command::Explain { files, root } => return explain(&files, &root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,30 +69,53 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(files: &[PathBuf]) -> ExitCode {
-    let mut ok = true;
-    for f in files {
-        match policy::load(f) {
-            Ok(p) => {
-                for w in &p.warnings {
-                    println!("{}: warning: {w}", f.display());
-                }
-                println!(
-                    "{}: ok (policy \"{}\", {} rules in effect)",
-                    f.display(),
-                    p.name,
-                    p.rules.len()
-                );
+/// Prints each problem as `file:line:col: severity: message`; exit 0 when valid, 1 if not.
+fn check(files: &[PathBuf], root: &Path) -> ExitCode {
+    match policy::load(
+        files,
+        &policy::Host {
+            root: root.to_path_buf(),
+        },
+    ) {
+        Ok(p) => {
+            for w in &p.warnings {
+                println!("{w}");
             }
-            Err(e) => {
-                ok = false;
-                println!("{e:#}");
+            println!(
+                "ok: policy \"{}\" ({} rules in effect, {} matching nothing here)",
+                p.name,
+                p.rules.len(),
+                p.inactive.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for d in &problems {
+                println!("{d}");
             }
+            let errors = problems.iter().filter(|d| d.is_error()).count();
+            println!("{errors} error(s): the policy is not valid");
+            ExitCode::from(1)
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+}
+
+fn explain(files: &[PathBuf], root: &Path) -> ExitCode {
+    match policy::load(
+        files,
+        &policy::Host {
+            root: root.to_path_buf(),
+        },
+    ) {
+        Ok(p) => {
+            print!("{}", policy::explain::explain(&p));
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for d in &problems {
+                println!("{d}");
+            }
+            ExitCode::from(1)
+        }
     }
 }

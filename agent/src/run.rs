@@ -88,11 +88,30 @@ pub fn kernel_report() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(policy_path: &Path) -> anyhow::Result<()> {
-    let policy = policy::load(policy_path)?;
-    for w in &policy.warnings {
-        log::warn!("policy {}: {w}", policy_path.display());
+/// Loads and checks the policy, logging its warnings; errors refuse it.
+fn load_policy(path: &Path) -> anyhow::Result<CompiledPolicy> {
+    match policy::load(&[path.to_path_buf()], &policy::Host::default()) {
+        Ok(p) => {
+            for w in &p.warnings {
+                log::warn!("policy: {w}");
+            }
+            Ok(p)
+        }
+        Err(problems) => {
+            for d in &problems {
+                log::error!("policy: {d}");
+            }
+            let errors = problems.iter().filter(|d| d.is_error()).count();
+            anyhow::bail!(
+                "the policy at {} has {errors} error(s); nothing was loaded",
+                path.display()
+            )
+        }
     }
+}
+
+pub fn run(policy_path: &Path) -> anyhow::Result<()> {
+    let policy = load_policy(policy_path)?;
     let mut guard = prepare(&kernel::capabilities())?;
     // The policy is in the maps before any program is attached: there is no unguarded instant.
     let generation = guard.install_policy(&policy)?;

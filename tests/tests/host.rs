@@ -38,28 +38,66 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Every bundled policy is valid on its own (checked against an empty root, so the result
+/// does not depend on what this machine has installed), and the default policy is also
+/// valid against this very host: it never denies an installed, enabled time daemon.
 #[test]
 fn bundled_policies_pass_check() {
     let Some(bin) = timeguard() else { return };
-    let policies: Vec<PathBuf> = std::fs::read_dir(workspace().join("policies"))
+    let mut policies: Vec<PathBuf> = std::fs::read_dir(workspace().join("policies"))
         .expect("policies/ exists")
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    assert!(!policies.is_empty(), "no bundled policies found");
+    policies.sort();
+    let names: Vec<String> = policies
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    for expected in [
+        "chrony",
+        "default",
+        "linuxptp",
+        "ntpd-rs",
+        "ntpsec",
+        "systemd-timesyncd",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "no bundled policy {expected}.yaml"
+        );
+    }
+    let empty_root = std::env::temp_dir().join(format!("tg-empty-root-{}", std::process::id()));
+    std::fs::create_dir_all(&empty_root).expect("temp dir");
+    for policy in &policies {
+        let out = Command::new(&bin)
+            .arg("check")
+            .arg("--root")
+            .arg(&empty_root)
+            .arg(policy)
+            .output()
+            .expect("timeguard check runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{} failed check:\n{text}",
+            policy.display()
+        );
+        assert!(text.contains("ok: policy"), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&empty_root);
+    let default = workspace().join("policies/default.yaml");
     let out = Command::new(&bin)
         .arg("check")
-        .args(&policies)
+        .arg(&default)
         .output()
         .expect("timeguard check runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "timeguard check failed:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        "the default policy fails on this host:\n{text}"
     );
-    assert!(text.contains("ok (policy \"default\""), "{text}");
 }
 
 #[test]
@@ -77,7 +115,7 @@ fn check_rejects_a_broken_policy_with_its_file_name() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("bad.yaml"), "{text}");
-    assert!(text.contains("unknown operation \"jump\""), "{text}");
+    assert!(text.contains("unknown operation `jump`"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -108,7 +146,7 @@ fn the_agent_reports_its_enforcement_and_records_an_attempt() {
     let dir = std::env::temp_dir().join(format!("tg-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: host-test}\nspec:\n  clock:\n    default: deny\n").expect("write");
+    std::fs::write(&policy, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: host-test}\nspec:\n  mode: audit\n  clock:\n    default: deny\n").expect("write");
     let mut agent = Command::new(&bin)
         .args(["run", "--policy"])
         .arg(&policy)
@@ -171,9 +209,11 @@ fn the_agent_reports_its_enforcement_and_records_an_attempt() {
         "{event}"
     );
     assert_eq!(event["rule"], "default", "{event}");
+    // Audit mode: where the kernel lets timeguard enforce, the attempt is allowed and
+    // recorded as what enforce would deny; a test must not block the host's time daemon.
     if enforcement == "enforce" {
-        assert_eq!(event["verdict"], "deny", "{event}");
-        assert_eq!(errno, libc::EPERM);
+        assert_eq!(event["verdict"], "audit", "{event}");
+        assert_eq!(errno, 0, "audit mode must not change the outcome");
     } else {
         assert_eq!(event["verdict"], "observed", "{event}");
         assert_eq!(errno, 0, "observe-only must not change the outcome");

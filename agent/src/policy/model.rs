@@ -3,6 +3,7 @@
 use std::{fmt, path::PathBuf, str::FromStr};
 
 use serde::{de, Deserialize, Deserializer};
+use serde_saphyr::Spanned;
 
 pub const API_VERSION: &str = "timeguard/v1";
 pub const KIND: &str = "TimePolicy";
@@ -10,8 +11,8 @@ pub const KIND: &str = "TimePolicy";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyDoc {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: Spanned<String>,
+    pub kind: Spanned<String>,
     pub metadata: Metadata,
     pub spec: Spec,
 }
@@ -19,19 +20,18 @@ pub struct PolicyDoc {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
-    pub name: String,
+    pub name: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     #[serde(default)]
-    pub mode: Mode,
+    pub mode: Option<Spanned<Mode>>,
     pub clock: ClockSpec,
     /// The host's time traffic; accepted (and checked for unknown keys) until the network
     /// rules compile it.
     #[serde(default)]
-    #[expect(dead_code, reason = "compiled by the network rules, which come later")]
     pub network: Option<NetworkSpec>,
 }
 
@@ -51,46 +51,50 @@ pub enum Mode {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Default_ {
+pub enum Action {
     #[default]
     Deny,
     Allow,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClockSpec {
     #[serde(default)]
-    pub default: Default_,
+    pub default: Action,
     #[serde(default)]
-    pub rules: Vec<Rule>,
+    pub rules: Vec<Spanned<Rule>>,
+    /// Says, explicitly, that this policy may deny a time daemon installed and enabled on
+    /// the host. Without it, `check` and `run` refuse such a policy in enforce mode.
+    #[serde(default)]
+    pub deny_installed_daemons: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rule {
-    pub name: String,
+    pub name: Spanned<String>,
     #[serde(rename = "match")]
     pub matches: Match,
-    pub allow: Vec<Operation>,
+    pub allow: Spanned<Vec<Spanned<Operation>>>,
     #[serde(default)]
     pub mode: Option<Mode>,
     #[serde(default)]
-    pub max_step: Option<Duration>,
+    pub max_step: Option<Spanned<Duration>>,
     #[serde(default)]
-    pub max_frequency: Option<Ppm>,
+    pub max_frequency: Option<Spanned<Ppm>>,
     #[serde(default)]
-    pub leap: Option<Default_>,
+    pub leap: Option<Spanned<Action>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
-    pub exe: PathBuf,
+    pub exe: Spanned<PathBuf>,
     #[serde(default)]
-    pub users: Option<Vec<String>>,
+    pub users: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    pub unit: Option<String>,
+    pub unit: Option<Spanned<String>>,
 }
 
 /// An operation in the operator's words.
@@ -109,10 +113,16 @@ impl FromStr for Operation {
                     .iter()
                     .map(|(_, n)| *n)
                     .collect();
-                format!(
-                    "unknown operation \"{s}\": expected one of {}",
-                    names.join(", ")
-                )
+                match super::parse::did_you_mean(s, &names) {
+                    Some(m) => format!(
+                        "unknown operation `{s}`; did you mean `{m}`? (operations: {})",
+                        names.join(", ")
+                    ),
+                    None => format!(
+                        "unknown operation `{s}`; write one of: {}",
+                        names.join(", ")
+                    ),
+                }
             })
     }
 }
@@ -244,6 +254,6 @@ mod tests {
     fn operations() {
         assert!("slew".parse::<Operation>().is_ok());
         let e = "jump".parse::<Operation>().err().unwrap_or_default();
-        assert!(e.contains("expected one of step, slew"), "{e}");
+        assert!(e.contains("write one of: step, slew"), "{e}");
     }
 }

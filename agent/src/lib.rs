@@ -1,0 +1,8 @@
+//! The timeguard agent as a library: the binary (`main.rs`) is its command line, and the
+//! fuzz target and tests reach the policy parser through it.
+
+pub mod events;
+pub mod kernel;
+pub mod loader;
+pub mod policy;
+pub mod run;

@@ -1,0 +1,91 @@
+//! A problem found in a policy, pointed at by file, line and column.
+
+use std::{fmt, path::PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub severity: Severity,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {sev}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Collects diagnostics for one file.
+pub struct Sink {
+    pub file: PathBuf,
+    pub found: Vec<Diagnostic>,
+}
+
+impl Sink {
+    pub fn new(file: PathBuf) -> Self {
+        Sink {
+            file,
+            found: Vec::new(),
+        }
+    }
+
+    pub fn at(
+        &mut self,
+        at: serde_saphyr::Location,
+        severity: Severity,
+        message: impl Into<String>,
+    ) {
+        self.found.push(Diagnostic {
+            file: self.file.clone(),
+            line: at.line().max(1),
+            column: at.column().max(1),
+            severity,
+            message: message.into(),
+        });
+    }
+
+    pub fn error(&mut self, at: serde_saphyr::Location, message: impl Into<String>) {
+        self.at(at, Severity::Error, message);
+    }
+
+    pub fn warning(&mut self, at: serde_saphyr::Location, message: impl Into<String>) {
+        self.at(at, Severity::Warning, message);
+    }
+
+    /// A problem with the file as a whole (size, encoding), reported at its start.
+    pub fn whole_file(&mut self, message: impl Into<String>) {
+        self.found.push(Diagnostic {
+            file: self.file.clone(),
+            line: 1,
+            column: 1,
+            severity: Severity::Error,
+            message: message.into(),
+        });
+    }
+}
