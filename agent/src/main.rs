@@ -27,6 +27,18 @@ enum Command {
         /// The policy to enforce: a file, or a directory of *.yaml files taken together.
         #[arg(long, default_value = "/etc/timeguard")]
         policy: PathBuf,
+        /// Where `timeguard status` reaches the agent (root only).
+        #[arg(long, default_value = run::STATUS_SOCKET)]
+        status_socket: PathBuf,
+    },
+    /// Ask the running agent what it enforces: programs, policy generation and hash,
+    /// reloads, and the exact counters since start.
+    Status {
+        #[arg(long, default_value = run::STATUS_SOCKET)]
+        socket: PathBuf,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Say what this kernel lets timeguard do (loads and detaches the programs; needs root).
     Kernel,
@@ -55,7 +67,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { policy } => run::run(&policy),
+        Command::Run {
+            policy,
+            status_socket,
+        } => run::run(&policy, &status_socket),
+        Command::Status { socket, json } => run::status(&socket, json),
         Command::Kernel => run::kernel_report(),
         Command::Check { files, root } => return check(&files, &root),
         Command::Explain { files, root } => return explain(&files, &root),

@@ -1,10 +1,17 @@
-//! `timeguard run`: attach, enforce (or observe), record, stop cleanly.
+//! `timeguard run`: attach, enforce (or observe), record, reload without a gap, answer
+//! `timeguard status`, stop cleanly.
 
-use std::{io::Write as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
-use serde_json::json;
-use tokio::io::unix::AsyncFd;
+use serde_json::{json, Value};
+use tokio::{io::unix::AsyncFd, io::AsyncWriteExt as _, net::UnixListener};
 
 use crate::{
     events,
@@ -13,17 +20,36 @@ use crate::{
     policy::{self, CompiledPolicy},
 };
 
+/// Where `timeguard status` finds the running agent.
+pub const STATUS_SOCKET: &str = "/run/timeguard/status.sock";
+/// How often the policy files are looked at for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Events handled before the loop looks at signals, reloads and status again.
+const EVENT_BATCH: usize = 1024;
+/// Policies kept to name the rules of events decided under an older generation.
+const GENERATIONS_KEPT: usize = 4;
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
 
+fn now() -> String {
+    events::rfc3339(SystemTime::now())
+}
+
 /// Writes one JSON record to stdout (the audit trail for journald).
-fn record(value: serde_json::Value) {
+fn record(value: Value) {
     let mut out = std::io::stdout().lock();
     // A closed stdout must not stop enforcement.
     let _ = writeln!(out, "{value}").and_then(|_| out.flush());
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "(unknown release)".into())
 }
 
 /// Loads the programs with this kernel's offsets, after reporting what the kernel offers.
@@ -69,12 +95,6 @@ fn report_enforcement(guard: &Guard) {
     }
 }
 
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "(unknown release)".into())
-}
-
 pub fn kernel_report() -> anyhow::Result<()> {
     println!("kernel {}", kernel_release());
     let caps = kernel::capabilities();
@@ -88,132 +108,403 @@ pub fn kernel_report() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads and checks the policy, logging its warnings; errors refuse it.
-fn load_policy(path: &Path) -> anyhow::Result<CompiledPolicy> {
-    match policy::load(&[path.to_path_buf()], &policy::Host::default()) {
-        Ok(p) => {
-            for w in &p.warnings {
-                log::warn!("policy: {w}");
-            }
-            Ok(p)
+/// Loads and checks the policy; errors refuse it, with every diagnostic.
+fn load_policy(path: &Path) -> Result<CompiledPolicy, Vec<String>> {
+    policy::load(&[path.to_path_buf()], &policy::Host::default())
+        .map_err(|problems| problems.iter().map(|d| d.to_string()).collect())
+}
+
+/// What identifies the policy files' current contents without reading them: a change of
+/// any file's inode, size or modification time (or the set of files) is a change.
+fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, u64, i64, i64)> {
+    let files = policy::policy_files(&[path.to_path_buf()]).unwrap_or_default();
+    files
+        .into_iter()
+        .filter_map(|f| {
+            let md = std::fs::metadata(&f).ok()?;
+            Some((f, md.ino(), md.len(), md.mtime(), md.mtime_nsec()))
+        })
+        .collect()
+}
+
+/// The running agent's state.
+struct Agent {
+    guard: Guard,
+    policy_path: PathBuf,
+    /// Policies by generation: the one in force is the last.
+    policies: BTreeMap<u32, CompiledPolicy>,
+    fingerprint: Vec<(PathBuf, u64, u64, i64, i64)>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    last_reload_error: Option<Vec<String>>,
+    host: String,
+    started: String,
+}
+
+impl Agent {
+    fn current(&self) -> Option<(&u32, &CompiledPolicy)> {
+        self.policies.last_key_value()
+    }
+
+    fn install(&mut self, policy: CompiledPolicy) -> anyhow::Result<u32> {
+        let generation = self.guard.install_policy(&policy)?;
+        for w in &policy.warnings {
+            log::warn!("policy: {w}");
         }
-        Err(problems) => {
-            for d in &problems {
-                log::error!("policy: {d}");
-            }
-            let errors = problems.iter().filter(|d| d.is_error()).count();
-            anyhow::bail!(
-                "the policy at {} has {errors} error(s); nothing was loaded",
-                path.display()
-            )
+        for r in &policy.rules {
+            log::info!(
+                "rule \"{}\": {} ({}) may: {}",
+                r.name,
+                r.exe.display(),
+                r.exe_id,
+                events::operation_names(r.allow).join(", ")
+            );
         }
+        log::info!(
+            "policy \"{}\" generation {generation} (sha256 {}) from {}: {} rules in effect",
+            policy.name,
+            &policy.hash[..16],
+            self.policy_path.display(),
+            policy.rules.len()
+        );
+        self.policies.insert(generation, policy);
+        while self.policies.len() > GENERATIONS_KEPT {
+            self.policies.pop_first();
+        }
+        Ok(generation)
+    }
+
+    /// Loads the policy again; a policy that fails validation is rejected and the one in
+    /// force stays, whole.
+    fn reload(&mut self, why: &str) {
+        self.fingerprint = fingerprint(&self.policy_path);
+        match load_policy(&self.policy_path) {
+            Ok(p) if self.current().is_some_and(|(_, c)| c.hash == p.hash) => {
+                log::info!(
+                    "policy reload ({why}): unchanged (sha256 {})",
+                    &p.hash[..16]
+                );
+            }
+            Ok(p) => {
+                let name = p.name.clone();
+                let hash = p.hash.clone();
+                match self.install(p) {
+                    Ok(generation) => {
+                        self.reloads_ok += 1;
+                        self.last_reload_error = None;
+                        record(
+                            json!({"time": now(), "host": self.host, "kind": "agent", "event": "policy_loaded",
+                            "reason": why, "policy": name, "policy_sha256": hash, "generation": generation}),
+                        );
+                    }
+                    Err(e) => self.reject(
+                        why,
+                        vec![format!("installing the policy in the kernel: {e:#}")],
+                    ),
+                }
+            }
+            Err(problems) => self.reject(why, problems),
+        }
+    }
+
+    fn reject(&mut self, why: &str, problems: Vec<String>) {
+        self.reloads_failed += 1;
+        for p in &problems {
+            log::error!("policy reload ({why}) rejected: {p}");
+        }
+        let generation = self.current().map(|(g, _)| *g).unwrap_or(0);
+        log::error!("policy reload rejected; generation {generation} stays in force");
+        record(
+            json!({"time": now(), "host": self.host, "kind": "agent", "event": "policy_rejected",
+            "reason": why, "problems": problems, "generation_in_force": generation}),
+        );
+        self.last_reload_error = Some(problems);
+    }
+
+    fn status(&self) -> Value {
+        let (generation, policy) = match self.current() {
+            Some((g, p)) => (*g, Some(p)),
+            None => (0, None),
+        };
+        let counters: Vec<Value> = match self.guard.counters() {
+            Ok(c) => c
+                .into_iter()
+                .map(|(k, n)| {
+                    let rule = self.policies.values().rev().find_map(|p| {
+                        p.rules.iter().find(|r| r.id == k.rule_id).map(|r| r.name.clone())
+                    });
+                    json!({"rule": rule.unwrap_or_else(|| "default".into()),
+                        "operation": agent_common::clock::op::name(k.operation),
+                        "verdict": agent_common::policy::verdict::name(k.verdict as u8), "count": n})
+                })
+                .collect(),
+            Err(e) => vec![json!({"error": format!("{e:#}")})],
+        };
+        let reasons = match &self.guard.enforcement {
+            Enforcement::Enforce => vec![],
+            Enforcement::ObserveOnly { reasons } => reasons.clone(),
+        };
+        json!({
+            "host": self.host,
+            "started": self.started,
+            "enforcement": self.guard.enforcement.label(),
+            "enforcement_unavailable": reasons,
+            "attached": self.guard.attached,
+            "policy": {
+                "name": policy.map(|p| p.name.clone()),
+                "generation": generation,
+                "sha256": policy.map(|p| p.hash.clone()),
+                "sources": policy.map(|p| p.sources.clone()).unwrap_or_default(),
+                "path": self.policy_path,
+            },
+            "reloads": {"ok": self.reloads_ok, "failed": self.reloads_failed, "last_error": self.last_reload_error},
+            "counters": counters,
+            "events_lost": self.guard.events_lost().unwrap_or(0),
+        })
     }
 }
 
-pub fn run(policy_path: &Path) -> anyhow::Result<()> {
-    let policy = load_policy(policy_path)?;
-    let mut guard = prepare(&kernel::capabilities())?;
-    // The policy is in the maps before any program is attached: there is no unguarded instant.
-    let generation = guard.install_policy(&policy)?;
-    guard.attach()?;
-    report_enforcement(&guard);
-    for r in &policy.rules {
-        log::info!(
-            "rule \"{}\": {} ({}) may: {}",
-            r.name,
-            r.exe.display(),
-            r.exe_id,
-            events::operation_names(r.allow).join(", ")
-        );
+/// Binds the status socket: its directory and the socket are root's alone.
+fn bind_status(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    log::info!(
-        "policy \"{}\" generation {generation} (sha256 {}) from {}: {} rules in effect",
-        policy.name,
-        &policy.hash[..16],
-        policy_path.display(),
-        policy.rules.len()
-    );
-    let host = hostname();
+    // A socket left by an agent that died; nothing else may live at this path.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_dir()) {
+        anyhow::bail!("{} is a directory", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub fn run(policy_path: &Path, status_socket: &Path) -> anyhow::Result<()> {
+    let policy = load_policy(policy_path).map_err(|problems| {
+        for p in &problems {
+            log::error!("policy: {p}");
+        }
+        anyhow::anyhow!(
+            "the policy at {} is not valid; nothing was loaded",
+            policy_path.display()
+        )
+    })?;
+    let guard = prepare(&kernel::capabilities())?;
+    let mut agent = Agent {
+        guard,
+        policy_path: policy_path.to_path_buf(),
+        policies: BTreeMap::new(),
+        fingerprint: fingerprint(policy_path),
+        reloads_ok: 0,
+        reloads_failed: 0,
+        last_reload_error: None,
+        host: hostname(),
+        started: now(),
+    };
+    // The policy is in the maps before any program is attached: there is no unguarded instant.
+    let generation = agent.install(policy)?;
+    agent.guard.attach()?;
+    report_enforcement(&agent.guard);
+    let (name, hash) = agent
+        .current()
+        .map(|(_, p)| (p.name.clone(), p.hash.clone()))
+        .unwrap_or_default();
     record(json!({
-        "time": events::rfc3339(std::time::SystemTime::now()),
-        "host": host,
+        "time": now(),
+        "host": agent.host,
         "kind": "agent",
         "event": "started",
-        "enforcement": guard.enforcement.label(),
-        "policy": policy.name,
-        "policy_sha256": policy.hash,
+        "enforcement": agent.guard.enforcement.label(),
+        "policy": name,
+        "policy_sha256": hash,
         "generation": generation,
-        "attached": guard.attached,
+        "attached": agent.guard.attached,
     }));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(event_loop(&mut guard, &policy, &host))?;
+    runtime.block_on(event_loop(&mut agent, status_socket))?;
 
-    summarize(&guard, &policy)?;
+    summarize(&agent);
     record(json!({
-        "time": events::rfc3339(std::time::SystemTime::now()),
-        "host": host,
+        "time": now(),
+        "host": agent.host,
         "kind": "agent",
         "event": "stopped",
-        "enforcement": guard.enforcement.label(),
-        "generation": guard.generation(),
+        "enforcement": agent.guard.enforcement.label(),
+        "generation": agent.guard.generation(),
     }));
+    let _ = std::fs::remove_file(status_socket);
     log::info!("stopped; programs detached");
     Ok(())
 }
 
-async fn event_loop(guard: &mut Guard, policy: &CompiledPolicy, host: &str) -> anyhow::Result<()> {
+async fn event_loop(agent: &mut Agent, status_socket: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
     // AsyncFd owns it.
-    let mut events = unsafe { AsyncFd::register(guard.take_events()?) }
+    let mut events = unsafe { AsyncFd::register(agent.guard.take_events()?) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    // Status is a convenience: without the socket, enforcement goes on.
+    let status = match bind_status(status_socket) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("timeguard status will not answer: {e:#}");
+            None
+        }
+    };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => agent.reload("SIGHUP"),
+            _ = watch.tick() => {
+                if fingerprint(&agent.policy_path) != agent.fingerprint {
+                    agent.reload("policy files changed");
+                }
+            }
+            conn = accept_status(status.as_ref()) => {
+                if let Ok((mut stream, _)) = conn {
+                    let body = format!("{}\n", agent.status());
+                    // A client that does not read must not hold up the agent.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(body.as_bytes())).await;
+                }
+            }
             ready = events.readable_mut() => {
                 let mut ready = ready.context("waiting for events")?;
                 let ring = ready.get_inner_mut();
-                while let Some(item) = ring.next() {
+                // A bounded batch per turn: under a flood the ring refills as fast as it is
+                // read, and signals, reloads and status must still get their turn.
+                let mut drained = true;
+                for n in 0.. {
+                    if n == EVENT_BATCH {
+                        drained = false;
+                        break;
+                    }
+                    let Some(item) = ring.next() else { break };
                     match events::parse(&item) {
-                        Some(ev) => record(events::clock_event_json(&ev, policy, host)),
+                        Some(ev) => {
+                            // Name the rule by the policy generation that decided.
+                            let policy = agent.policies.get(&ev.generation).or_else(|| agent.policies.values().last());
+                            if let Some(p) = policy {
+                                record(events::clock_event_json(&ev, p, &agent.host));
+                            }
+                        }
                         None => log::warn!("dropped a malformed event record of {} bytes", item.len()),
                     }
                 }
-                ready.clear_ready();
+                if drained {
+                    ready.clear_ready();
+                } else {
+                    drop(ready);
+                    tokio::task::yield_now().await;
+                }
             }
         }
     }
     Ok(())
 }
 
-fn summarize(guard: &Guard, policy: &CompiledPolicy) -> anyhow::Result<()> {
-    let counters = guard.counters()?;
+/// The next status client; never, when there is no status socket.
+async fn accept_status(
+    listener: Option<&UnixListener>,
+) -> std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn summarize(agent: &Agent) {
+    let status = agent.status();
+    let counters = status["counters"].as_array().cloned().unwrap_or_default();
     if counters.is_empty() {
         log::info!(
             "no clock change attempts since start ({})",
-            guard.enforcement.label()
+            agent.guard.enforcement.label()
         );
     }
-    for (key, n) in counters {
+    for c in counters {
         log::info!(
-            "attempts: rule={} operation={} verdict={}: {n}",
-            policy.rule_name(key.rule_id),
-            agent_common::clock::op::name(key.operation),
-            agent_common::policy::verdict::name(key.verdict as u8)
+            "attempts: rule={} operation={} verdict={}: {}",
+            c["rule"].as_str().unwrap_or("?"),
+            c["operation"].as_str().unwrap_or("?"),
+            c["verdict"].as_str().unwrap_or("?"),
+            c["count"]
         );
     }
-    let lost = guard.events_lost()?;
+    let lost = status["events_lost"].as_u64().unwrap_or(0);
     if lost > 0 {
         log::warn!(
             "{lost} detailed events were lost (ring buffer full); the counters above are exact"
         );
     }
+}
+
+/// `timeguard status`: asks the running agent and prints what it says.
+pub fn status(socket: &Path, as_json: bool) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "no running agent answers at {} (is timeguard running? status needs root)",
+            socket.display()
+        )
+    })?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .context("reading the agent's status")?;
+    let v: Value = serde_json::from_str(&text).context("the agent's status is not JSON")?;
+    if as_json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "host:        {} (agent started {})",
+        v["host"].as_str().unwrap_or("?"),
+        v["started"].as_str().unwrap_or("?")
+    );
+    println!("enforcement: {}", v["enforcement"].as_str().unwrap_or("?"));
+    for r in v["enforcement_unavailable"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!("  unavailable: {}", r.as_str().unwrap_or("?"));
+    }
+    for a in v["attached"].as_array().into_iter().flatten() {
+        println!("  attached: {}", a.as_str().unwrap_or("?"));
+    }
+    let p = &v["policy"];
+    println!(
+        "policy:      \"{}\" generation {} sha256 {}",
+        p["name"].as_str().unwrap_or("?"),
+        p["generation"],
+        p["sha256"].as_str().unwrap_or("?")
+    );
+    let r = &v["reloads"];
+    println!("reloads:     {} ok, {} rejected", r["ok"], r["failed"]);
+    for e in r["last_error"].as_array().into_iter().flatten() {
+        println!("  last rejection: {}", e.as_str().unwrap_or("?"));
+    }
+    println!("attempts since start:");
+    for c in v["counters"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<20} {:<10} {:<9} {}",
+            c["rule"].as_str().unwrap_or("?"),
+            c["operation"].as_str().unwrap_or("?"),
+            c["verdict"].as_str().unwrap_or("?"),
+            c["count"]
+        );
+    }
+    println!("events lost: {}", v["events_lost"]);
     Ok(())
 }

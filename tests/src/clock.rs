@@ -105,6 +105,30 @@ pub fn step_by(secs: i64) -> Outcome {
     }
 }
 
+/// Sets CLOCK_REALTIME to itself (a step of zero, which still asks the kernel for a step)
+/// as often as it can for `how_long`, and counts the outcomes: {"ok", "eperm", "other"}.
+pub fn hammer(how_long: std::time::Duration) -> serde_json::Value {
+    let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
+    let start = std::time::Instant::now();
+    while start.elapsed() < how_long {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec, read and then written back.
+        let rc = unsafe {
+            libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+            libc::clock_settime(libc::CLOCK_REALTIME, &ts)
+        };
+        match (rc, errno()) {
+            (0, _) => ok += 1,
+            (_, libc::EPERM) => eperm += 1,
+            _ => other += 1,
+        }
+    }
+    json!({"ok": ok, "eperm": eperm, "other": other})
+}
+
 /// Sets the frequency offset (ADJ_FREQUENCY) in whole ppm.
 pub fn set_frequency_ppm(ppm: i64) -> Outcome {
     adjtimex(0x0002, |tx| tx.freq = ppm << 16)

@@ -461,7 +461,8 @@ mod tests {
     #[test]
     fn compiles_rules_to_executable_identities() {
         let (dir, file) = write_policy(&format!("{HEAD}  mode: audit\n  clock:\n    default: deny\n    rules:\n      - name: mine\n        match: {{exe: /p.yaml}}\n        allow: [slew, frequency]\n      - name: gone\n        match: {{exe: /nonexistent/timed}}\n        allow: [step]\n"));
-        let p = load(&[file.clone()], &Host { root: dir.clone() }).map_err(|d| format!("{d:?}"));
+        let p = load(std::slice::from_ref(&file), &Host { root: dir.clone() })
+            .map_err(|d| format!("{d:?}"));
         let p = p.expect("valid policy");
         assert_eq!(p.rules.len(), 1);
         let r = &p.rules[0];

@@ -4,6 +4,8 @@
 //!   tg-clock step SECONDS   clock_settime(CLOCK_REALTIME, now + SECONDS)
 //!   tg-clock freq PPM       adjtimex(ADJ_FREQUENCY)
 //!   tg-clock read           adjtimex(modes = 0), read-only
+//!   tg-clock hammer MS      clock_settime(CLOCK_REALTIME, now) for MS milliseconds: steps of
+//!                           zero, counted
 //!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
@@ -26,7 +28,14 @@ fn main() {
             .map(clock::set_frequency_ppm)
             .map_err(|e| e.to_string()),
         ["read"] => Ok(clock::read()),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read".to_string()),
+        ["hammer", ms] => match ms.parse::<u64>() {
+            Ok(ms) => {
+                println!("{}", clock::hammer(std::time::Duration::from_millis(ms)));
+                std::process::exit(0);
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | hammer MS".to_string()),
     };
     match result {
         Ok(outcome) => {

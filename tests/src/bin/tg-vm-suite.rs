@@ -249,6 +249,133 @@ fn scenario_copy_denied() -> Outcome {
     Ok("EPERM: identity is the file, not its contents or name".into())
 }
 
+/// The guest policy, and the same policy without `step`, for the reload scenario.
+const POLICY_MAY_STEP: &str = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: vm-test}\nspec:\n  mode: enforce\n  clock:\n    default: deny\n    rules:\n      - name: test-allowed\n        match: {exe: /usr/local/sbin/tg-clock-allowed}\n        allow: [step, slew, frequency, status]\n";
+const POLICY_NO_STEP: &str = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: vm-test-no-step}\nspec:\n  mode: enforce\n  clock:\n    default: deny\n    rules:\n      - name: test-allowed\n        match: {exe: /usr/local/sbin/tg-clock-allowed}\n        allow: [slew, frequency, status]\n";
+/// How long clock_settime is hammered while policies are swapped.
+const HAMMER_MS: u64 = 1500;
+
+fn write_policy(text: &str) -> Result<(), String> {
+    // As an editor or a deployment tool would: a new file renamed over the old one.
+    let tmp = format!("{POLICY}.new");
+    fs::write(&tmp, text).map_err(|e| e.to_string())?;
+    fs::rename(&tmp, POLICY).map_err(|e| e.to_string())
+}
+
+fn agent_status() -> Result<Value, String> {
+    let r = sh("timeguard", &["status", "--json"])?;
+    serde_json::from_str(&r.stdout)
+        .map_err(|e| format!("timeguard status --json: {e}: {} {}", r.stdout, r.stderr))
+}
+
+/// The exact kernel count for (rule, operation, verdict).
+fn counter(status: &Value, rule: &str, operation: &str, verdict: &str) -> u64 {
+    status["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["rule"] == rule && c["operation"] == operation && c["verdict"] == verdict)
+        .filter_map(|c| c["count"].as_u64())
+        .sum()
+}
+
+/// Policies swapped under a flood of clock_settime: every attempt is decided exactly once
+/// (the exact counters move by exactly the number of attempts), by a whole policy (each
+/// event's verdict is the one its generation's policy gives).
+fn scenario_reload_without_gap(agent_pid: u32) -> Outcome {
+    let before = agent_status()?;
+    let mut hammer = Command::new(ALLOWED)
+        .args(["hammer", &HAMMER_MS.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the hammer: {e}"))?;
+    let mut flips = 0;
+    while hammer.try_wait().map_err(|e| e.to_string())?.is_none() {
+        write_policy(if flips % 2 == 0 {
+            POLICY_NO_STEP
+        } else {
+            POLICY_MAY_STEP
+        })?;
+        // SAFETY: signalling the agent this program started, by its id.
+        unsafe { libc::kill(agent_pid as i32, libc::SIGHUP) };
+        flips += 1;
+        sleep(Duration::from_millis(30));
+    }
+    let out = hammer.wait_with_output().map_err(|e| e.to_string())?;
+    let counts: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("hammer output: {e}"))?;
+    write_policy(POLICY_MAY_STEP)?;
+    // SAFETY: as above.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGHUP) };
+    sleep(Duration::from_millis(500));
+    let after = agent_status()?;
+    let (ok, eperm, other) = (
+        counts["ok"].as_u64().unwrap_or(0),
+        counts["eperm"].as_u64().unwrap_or(0),
+        counts["other"].as_u64().unwrap_or(0),
+    );
+    let allowed = counter(&after, "test-allowed", "step", "allow")
+        - counter(&before, "test-allowed", "step", "allow");
+    let denied = counter(&after, "test-allowed", "step", "deny")
+        - counter(&before, "test-allowed", "step", "deny");
+    let attempts = ok + eperm + other;
+    if other != 0 {
+        return Err(format!("hammer saw errors other than EPERM: {counts}"));
+    }
+    if allowed + denied != attempts {
+        return Err(format!(
+            "{attempts} attempts but the kernel decided {} (allow {allowed}, deny {denied})",
+            allowed + denied
+        ));
+    }
+    if allowed != ok || denied != eperm {
+        return Err(format!(
+            "kernel counted allow {allowed}/deny {denied}, callers saw ok {ok}/EPERM {eperm}"
+        ));
+    }
+    if ok == 0 || eperm == 0 {
+        return Err(format!("both policies should have decided some attempts: ok {ok}, EPERM {eperm} over {flips} flips"));
+    }
+    // Each event's verdict must be its own generation's: allow under vm-test, deny under
+    // vm-test-no-step.
+    let all = records();
+    let name_of: std::collections::HashMap<u64, String> = all
+        .iter()
+        .filter(|v| v["event"] == "started" || v["event"] == "policy_loaded")
+        .filter_map(|v| Some((v["generation"].as_u64()?, v["policy"].as_str()?.to_string())))
+        .collect();
+    let mut mixed = 0;
+    let mut seen = 0;
+    for ev in all.iter().filter(|v| {
+        v["kind"] == "clock"
+            && v["who"]["comm"] == "tg-clock-allowe"
+            && v["what"]["time"].is_object()
+    }) {
+        let Some(g) = ev["generation"].as_u64() else {
+            continue;
+        };
+        let expected = match name_of.get(&g).map(String::as_str) {
+            Some("vm-test") => "allow",
+            Some("vm-test-no-step") => "deny",
+            _ => continue,
+        };
+        seen += 1;
+        if ev["verdict"] != expected {
+            mixed += 1;
+        }
+    }
+    if mixed > 0 {
+        return Err(format!(
+            "{mixed} of {seen} events carry a verdict their generation's policy does not give"
+        ));
+    }
+    let reloads = &after["reloads"];
+    Ok(format!(
+        "{attempts} attempts over {flips} swaps: allow {allowed} = ok {ok}, deny {denied} = EPERM {eperm}; {seen} events all consistent with their generation; reloads {} ok, {} rejected; events lost {}",
+        reloads["ok"], reloads["failed"], after["events_lost"]
+    ))
+}
+
 fn scenario_detach_restores(agent: Child) -> Outcome {
     let stopped = stop_agent(agent)?;
     let before = realtime_ns();
@@ -314,6 +441,10 @@ fn main() {
     for (name, f) in scenarios {
         ok &= report(name, f());
     }
+    ok &= report(
+        "policy reload under a flood has no gap",
+        scenario_reload_without_gap(agent.id()),
+    );
     ok &= report(
         "stopping the agent detaches cleanly",
         scenario_detach_restores(agent),
