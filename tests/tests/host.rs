@@ -275,3 +275,82 @@ fn the_kernel_report_names_every_program_type_and_the_enforcement() {
     };
     assert!(text.contains(expected), "expected {expected:?}:\n{text}");
 }
+
+/// Reload on file change, rejection of a broken edit (the old policy stays, counted), and
+/// `timeguard status` showing generation and hash, on this host's kernel.
+#[test]
+fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
+    let Some(bin) = timeguard() else { return };
+    if !is_root() {
+        eprintln!("skipped: loading BPF programs needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tg-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let policy = dir.join("policy.yaml");
+    let socket = dir.join("status.sock");
+    let text = |name: &str| {
+        format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n")
+    };
+    std::fs::write(&policy, text("first")).expect("write");
+    let mut agent = Command::new(&bin)
+        .args(["run", "--policy"])
+        .arg(&policy)
+        .arg("--status-socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the agent starts");
+    let status = || -> Option<Value> {
+        let out = Command::new(&bin)
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let wait_for = |pred: &dyn Fn(&Value) -> bool| -> Option<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(v) = status().filter(|v| pred(v)) {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+    let first = wait_for(&|v| v["policy"]["generation"] == 1);
+    std::fs::write(&policy, format!("{}  bogus: 1\n", text("broken"))).expect("write");
+    let rejected = wait_for(&|v| v["reloads"]["failed"] == 1);
+    std::fs::write(&policy, text("second")).expect("write");
+    let second = wait_for(&|v| v["policy"]["generation"] == 2);
+    // SAFETY: signalling the agent this test started, by its id.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let status_code = agent.wait().expect("agent exits");
+    let mut log = String::new();
+    if let Some(mut e) = agent.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut log);
+    }
+    let first = first.unwrap_or_else(|| panic!("status never showed generation 1:\n{log}"));
+    assert_eq!(first["policy"]["name"], "first");
+    assert_eq!(first["policy"]["sha256"].as_str().map(str::len), Some(64));
+    let rejected = rejected.unwrap_or_else(|| panic!("the broken policy was not rejected:\n{log}"));
+    assert_eq!(
+        rejected["policy"]["generation"], 1,
+        "the old policy must stay in force"
+    );
+    assert_eq!(rejected["policy"]["name"], "first");
+    assert!(
+        rejected["reloads"]["last_error"]
+            .to_string()
+            .contains("unknown key `bogus`"),
+        "{rejected}"
+    );
+    let second = second.unwrap_or_else(|| panic!("the fixed policy was not loaded:\n{log}"));
+    assert_eq!(second["policy"]["name"], "second");
+    assert_ne!(second["policy"]["sha256"], first["policy"]["sha256"]);
+    assert!(status_code.success(), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,6 +42,11 @@ enum Cmd {
         /// Run only host tests whose name contains this (passed to cargo test).
         filter: Option<String>,
     },
+    /// Fuzz the policy parser (libFuzzer, nightly) for a while.
+    Fuzz {
+        #[arg(long, default_value_t = 300)]
+        seconds: u32,
+    },
     /// Boot a guest kernel with the agent running and a shell on the console.
     Vm {
         /// Guest kernel series: 6.1 or 6.12.
@@ -136,6 +141,29 @@ fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the policy parser's fuzz target for `seconds`, seeded with every golden case and
+/// bundled policy; the corpus it grows is kept in target/fuzz-corpus.
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    setup::ensure_bpf_toolchain()?;
+    setup::ensure_cargo_fuzz()?;
+    println!("== fuzzing the policy parser for {seconds}s");
+    let root = workspace_root();
+    let corpus = root.join("target/fuzz-corpus");
+    std::fs::create_dir_all(&corpus)?;
+    run(Command::new("cargo")
+        .args(["+nightly", "fuzz", "run", "policy"])
+        .arg(&corpus)
+        .arg(root.join("tests/golden/cases"))
+        .arg(root.join("policies"))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-rss_limit_mb=2048")
+        .arg("-print_final_stats=1")
+        .current_dir(root.join("fuzz"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC"))
+}
+
 fn test(no_vm: bool, kernels: &[String], filter: Option<&str>) -> anyhow::Result<()> {
     if !no_vm {
         setup::ensure_vm_tools()?;
@@ -150,6 +178,8 @@ fn test(no_vm: bool, kernels: &[String], filter: Option<&str>) -> anyhow::Result
         c.arg(f);
     }
     run(&mut c)?;
+    // Bounded, so CI stays well inside its time; `cargo xtask fuzz` runs longer.
+    fuzz(30)?;
     if no_vm {
         println!("vm tests: skipped (--no-vm)");
         return Ok(());
@@ -169,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                 &["run".as_ref(), "--policy".as_ref(), policy.as_os_str()],
             )
         }
+        Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Test {
             no_vm,
             kernels,

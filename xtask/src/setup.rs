@@ -9,6 +9,7 @@ use crate::run;
 
 /// bpf-linker release built here (its LLVM must match nightly rustc's).
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -135,6 +136,21 @@ pub fn ensure_bpf_toolchain() -> anyhow::Result<()> {
         ])
         .arg(format!("llvm-{llvm}"))
         .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))
+}
+
+/// cargo-fuzz, which runs the policy parser's fuzz target.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    if have("cargo-fuzz", "--version") {
+        return Ok(());
+    }
+    println!("setup: cargo install cargo-fuzz {CARGO_FUZZ_VERSION} (fuzzes the policy parser)");
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 /// QEMU, a static busybox for the guest and cpio for its initramfs.

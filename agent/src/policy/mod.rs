@@ -158,17 +158,36 @@ struct Parsed {
 /// errors is never compiled.
 pub fn load(paths: &[PathBuf], host: &Host) -> Result<CompiledPolicy, Vec<Diagnostic>> {
     let files = policy_files(paths)?;
+    let mut sources = Vec::new();
+    let mut unreadable = Vec::new();
+    for file in files {
+        match std::fs::read(&file) {
+            Ok(bytes) => sources.push((file, bytes)),
+            Err(e) => {
+                let mut sink = Sink::new(file);
+                sink.whole_file(format!("cannot read the policy: {e}"));
+                unreadable.extend(sink.found);
+            }
+        }
+    }
+    if !unreadable.is_empty() {
+        return Err(unreadable);
+    }
+    load_sources(sources, host)
+}
+
+/// Checks and compiles policies already in memory, as (name, bytes): what `load` does after
+/// reading the files, and what the fuzz target feeds arbitrary bytes.
+pub fn load_sources(
+    sources: Vec<(PathBuf, Vec<u8>)>,
+    host: &Host,
+) -> Result<CompiledPolicy, Vec<Diagnostic>> {
     let mut diagnostics = Vec::new();
     let mut parsed = Vec::new();
-    for file in files {
+    for (file, bytes) in sources {
         let mut sink = Sink::new(file.clone());
-        match std::fs::read(&file) {
-            Ok(bytes) => {
-                if let Some(doc) = parse::parse(&bytes, &mut sink) {
-                    parsed.push(Parsed { file, bytes, doc });
-                }
-            }
-            Err(e) => sink.whole_file(format!("cannot read the policy: {e}")),
+        if let Some(doc) = parse::parse(&bytes, &mut sink) {
+            parsed.push(Parsed { file, bytes, doc });
         }
         diagnostics.extend(sink.found);
     }
