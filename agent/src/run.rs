@@ -270,10 +270,17 @@ fn bind_status(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    // A socket left by an agent that died; nothing else may live at this path.
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_dir()) {
         anyhow::bail!("{} is a directory", path.display());
     }
+    // A live agent answers there: do not take its socket away.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "another timeguard agent already answers at {}",
+            path.display()
+        );
+    }
+    // What is left is a socket of an agent that died.
     let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;

@@ -1,3 +1,4 @@
 //! Helpers shared by timeguard's test programs and integration tests.
 
 pub mod clock;
+pub mod harness;

@@ -9,20 +9,7 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
-fn timeguard() -> Option<PathBuf> {
-    let bin = std::env::var_os("TIMEGUARD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| golden_dir().join("../../target/release/timeguard"));
-    if bin.exists() {
-        Some(bin)
-    } else {
-        eprintln!(
-            "skipped: no agent binary at {} (run through `cargo xtask test`)",
-            bin.display()
-        );
-        None
-    }
-}
+use timeguard_tests::harness::timeguard;
 
 #[test]
 fn every_check_message_matches_its_golden_file() {

@@ -13,34 +13,8 @@ use std::{
 
 use serde_json::Value;
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use timeguard_tests::harness::{is_root, timeguard, workspace};
 
-/// The agent binary `cargo xtask test` built; None (said in one line) when run without it.
-fn timeguard() -> Option<PathBuf> {
-    let bin = std::env::var_os("TIMEGUARD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/timeguard"));
-    if bin.exists() {
-        Some(bin)
-    } else {
-        eprintln!(
-            "skipped: no agent binary at {} (run through `cargo xtask test`)",
-            bin.display()
-        );
-        None
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Every bundled policy is valid on its own (checked against an empty root, so the result
-/// does not depend on what this machine has installed), and the default policy is also
-/// valid against this very host: it never denies an installed, enabled time daemon.
 #[test]
 fn bundled_policies_pass_check() {
     let Some(bin) = timeguard() else { return };
@@ -150,6 +124,8 @@ fn the_agent_reports_its_enforcement_and_records_an_attempt() {
     let mut agent = Command::new(&bin)
         .args(["run", "--policy"])
         .arg(&policy)
+        .arg("--status-socket")
+        .arg(dir.join("status.sock"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
