@@ -22,25 +22,50 @@ pub struct Decided {
     pub generation: u32,
 }
 
+/// Attempts to read one consistent policy before giving up.
+const READ_TRIES: u32 = 4;
+
+/// The generation a slot's header holds now, read afresh.
+#[inline(always)]
+fn generation_now(slot: u32) -> u32 {
+    match POLICY.get_ptr(slot) {
+        // SAFETY: a pointer into the array map's value; volatile so it is really re-read.
+        Some(h) => unsafe { core::ptr::read_volatile(&(*h).generation) },
+        None => 0,
+    }
+}
+
 /// Decides `operations` by the executable `(dev, ino)` under the policy in force.
-/// Before any policy is loaded (generation 0) nothing is decided: `None`.
+///
+/// The header of a slot works as a sequence lock: the agent sets its generation to 0 before
+/// rewriting the slot's rules and to the new generation after. A decision reads the
+/// generation, then the rule, then the generation again, and starts over if the slot was
+/// being rewritten: a decision that began just before a flip and was delayed past the next
+/// reload never mixes two policies.
+/// Before any policy is loaded (no generation anywhere) nothing is decided: `None`.
 #[inline(always)]
 pub fn decide_for(dev: u64, ino: u64, operations: u32) -> Option<Decided> {
-    let slot = *ACTIVE_SLOT.get(0)?;
-    let header = POLICY.get(slot)?;
-    if header.generation == 0 {
-        return None;
+    for _ in 0..READ_TRIES {
+        let slot = *ACTIVE_SLOT.get(0)?;
+        let header = *POLICY.get(slot)?;
+        if header.generation == 0 {
+            continue;
+        }
+        let key = ExeKey {
+            slot,
+            _pad: 0,
+            dev,
+            ino,
+        };
+        // SAFETY: the value is copied out at once.
+        let rule = unsafe { CLOCK_RULES.get(key) }.copied();
+        if generation_now(slot) != header.generation {
+            continue;
+        }
+        return Some(Decided {
+            decision: decide(&header, rule.as_ref(), operations),
+            generation: header.generation,
+        });
     }
-    let key = ExeKey {
-        slot,
-        _pad: 0,
-        dev,
-        ino,
-    };
-    // SAFETY: the value is copied out before anything else can touch the map entry.
-    let rule = unsafe { CLOCK_RULES.get(key) }.copied();
-    Some(Decided {
-        decision: decide(header, rule.as_ref(), operations),
-        generation: header.generation,
-    })
+    None
 }

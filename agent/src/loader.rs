@@ -90,6 +90,23 @@ impl Guard {
             (self.active_slot + 1) % SLOTS
         };
         let generation = self.generation + 1;
+        let header = PolicyHeader {
+            generation,
+            default_allow: policy.default_allow,
+            default_mode: policy.default_mode,
+            _pad: 0,
+        };
+        // Sequence lock, writer side: generation 0 first (with the new defaults already, so
+        // a torn read of the header cannot mix defaults), then the rules, then the generation.
+        // A decision still reading this slot from before the last flip sees the change and
+        // starts over on the slot in force.
+        self.write_header(
+            slot,
+            PolicyHeader {
+                generation: 0,
+                ..header
+            },
+        )?;
         {
             let mut rules: HashMap<_, ExeKey, ClockRule> =
                 HashMap::try_from(self.map_mut("CLOCK_RULES")?)?;
@@ -121,16 +138,7 @@ impl Guard {
                     .with_context(|| format!("installing rule \"{}\"", rule.name))?;
             }
         }
-        let mut headers: Array<_, PolicyHeader> = Array::try_from(self.map_mut("POLICY")?)?;
-        let header = PolicyHeader {
-            generation,
-            default_allow: policy.default_allow,
-            default_mode: policy.default_mode,
-            _pad: 0,
-        };
-        headers
-            .set(slot, header, 0)
-            .context("writing the policy header")?;
+        self.write_header(slot, header)?;
         let mut active: Array<_, u32> = Array::try_from(self.map_mut("ACTIVE_SLOT")?)?;
         active
             .set(0, slot, 0)
@@ -138,6 +146,13 @@ impl Guard {
         self.active_slot = slot;
         self.generation = generation;
         Ok(generation)
+    }
+
+    fn write_header(&mut self, slot: u32, header: PolicyHeader) -> anyhow::Result<()> {
+        let mut headers: Array<_, PolicyHeader> = Array::try_from(self.map_mut("POLICY")?)?;
+        headers
+            .set(slot, header, 0)
+            .context("writing the policy header")
     }
 
     /// Attaches the LSM programs; if the kernel refuses any, attaches the observers instead.

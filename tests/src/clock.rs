@@ -105,12 +105,35 @@ pub fn step_by(secs: i64) -> Outcome {
     }
 }
 
+/// `timex.status` bit that schedules a leap second insertion.
+pub const STA_INS: i32 = 0x0010;
+
+/// Writes the status word (ADJ_STATUS), keeping the kernel's other status bits.
+pub fn set_status(leap_bits: i32) -> Outcome {
+    let current = read().status & !(STA_INS | 0x0020);
+    adjtimex(0x0010, |tx| tx.status = current | leap_bits)
+}
+
+/// Steps CLOCK_REALTIME to itself `n` times; counts {"ok", "eperm", "other"}.
+pub fn flood(n: u64) -> serde_json::Value {
+    let mut left = n;
+    settime_loop(|| {
+        let more = left > 0;
+        left = left.saturating_sub(1);
+        more
+    })
+}
+
 /// Sets CLOCK_REALTIME to itself (a step of zero, which still asks the kernel for a step)
 /// as often as it can for `how_long`, and counts the outcomes: {"ok", "eperm", "other"}.
 pub fn hammer(how_long: std::time::Duration) -> serde_json::Value {
-    let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
     let start = std::time::Instant::now();
-    while start.elapsed() < how_long {
+    settime_loop(|| start.elapsed() < how_long)
+}
+
+fn settime_loop(mut more: impl FnMut() -> bool) -> serde_json::Value {
+    let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
+    while more() {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,

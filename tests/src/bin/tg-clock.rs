@@ -7,44 +7,116 @@
 //!   tg-clock hammer MS      clock_settime(CLOCK_REALTIME, now) for MS milliseconds: steps of
 //!                           zero, counted
 //!
+//!   tg-clock flood N        N × clock_settime(CLOCK_REALTIME, now), counted
+//!   tg-clock leap insert|none   adjtimex(ADJ_STATUS) with or without STA_INS
+//!
+//! Ways of running a program that must not change who it is, taking the rest of the line:
+//!   tg-clock as-comm NAME …     rename the process (PR_SET_NAME) first
+//!   tg-clock via-fd PATH …      execute PATH through /proc/self/fd/N
+//!   tg-clock via-memfd PATH …   copy PATH into a memfd and execute that
+//!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
 use timeguard_tests::clock;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["step", secs] => secs
-            .parse::<i64>()
-            .map(clock::step_by)
-            .map_err(|e| e.to_string()),
-        ["freq", ppm] => ppm
-            .parse::<i64>()
-            .map(clock::set_frequency_ppm)
-            .map_err(|e| e.to_string()),
-        ["read"] => Ok(clock::read()),
-        ["hammer", ms] => match ms.parse::<u64>() {
-            Ok(ms) => {
-                println!("{}", clock::hammer(std::time::Duration::from_millis(ms)));
-                std::process::exit(0);
-            }
-            Err(e) => Err(e.to_string()),
-        },
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | hammer MS".to_string()),
+    if let Some(e) = exec_wrappers(&args) {
+        eprintln!("tg-clock: {e}");
+        std::process::exit(2);
+    }
+    std::process::exit(main_inner(&args));
+}
+
+/// Runs one command; returns the exit status.
+fn main_inner(args: &[String]) -> i32 {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let counted = |v: serde_json::Value| {
+        println!("{v}");
+        Ok(None)
+    };
+    let result = match args.as_slice() {
+        ["step", secs] => secs.parse::<i64>().map(|s| Some(clock::step_by(s))).map_err(|e| e.to_string()),
+        ["freq", ppm] => ppm.parse::<i64>().map(|p| Some(clock::set_frequency_ppm(p))).map_err(|e| e.to_string()),
+        ["read"] => Ok(Some(clock::read())),
+        ["leap", "insert"] => Ok(Some(clock::set_status(clock::STA_INS))),
+        ["leap", "none"] => Ok(Some(clock::set_status(0))),
+        ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
+        ["hammer", ms] => ms
+            .parse::<u64>()
+            .map_err(|e| e.to_string())
+            .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | hammer MS | flood N | leap insert|none | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
     };
     match result {
-        Ok(outcome) => {
+        Ok(Some(outcome)) => {
             println!("{}", outcome.to_json());
-            std::process::exit(if outcome.errno == 0 { 0 } else { 1 });
+            if outcome.errno == 0 {
+                0
+            } else {
+                1
+            }
         }
+        Ok(None) => 0,
         Err(e) => {
             eprintln!("tg-clock: {e}");
-            std::process::exit(2);
+            2
         }
     }
+}
+
+/// Handles the exec wrappers; returns only on failure (or when `args` is not one).
+fn exec_wrappers(args: &[String]) -> Option<String> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+    let (how, target, rest) = match args {
+        [how, target, rest @ ..] if ["as-comm", "via-fd", "via-memfd"].contains(&how.as_str()) => {
+            (how.as_str(), target, rest)
+        }
+        _ => return None,
+    };
+    let cstr = |s: &str| CString::new(s).map_err(|e| e.to_string());
+    let run = || -> Result<(), String> {
+        let (path, argv0) = match how {
+            "as-comm" => {
+                let name = cstr(target)?;
+                // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+                unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+                // Carry on in this very process, under its new name.
+                let outcome = main_inner(rest);
+                std::process::exit(outcome);
+            }
+            "via-fd" => {
+                let file = std::fs::File::open(target).map_err(|e| format!("{target}: {e}"))?;
+                let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+                (format!("/proc/self/fd/{fd}"), target.clone())
+            }
+            _ => {
+                let bytes = std::fs::read(target).map_err(|e| format!("{target}: {e}"))?;
+                let name = cstr("tg-clock-copy")?;
+                // SAFETY: memfd_create with a valid name; the fd is written and executed.
+                let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+                if fd < 0 {
+                    return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+                }
+                // SAFETY: fd is a valid, writable memfd; bytes is a valid buffer.
+                let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+                if n != bytes.len() as isize {
+                    return Err("short write to the memfd".into());
+                }
+                (format!("/proc/self/fd/{fd}"), target.clone())
+            }
+        };
+        let path_c = CString::new(std::path::Path::new(&path).as_os_str().as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut argv: Vec<CString> = vec![cstr(&argv0)?];
+        for a in rest {
+            argv.push(cstr(a)?);
+        }
+        let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        // SAFETY: path and argv are NUL-terminated; argv ends with a null pointer.
+        unsafe { libc::execv(path_c.as_ptr(), ptrs.as_ptr()) };
+        Err(format!("exec {path}: {}", std::io::Error::last_os_error()))
+    };
+    run().err()
 }

@@ -284,6 +284,8 @@ fn counter(status: &Value, rule: &str, operation: &str, verdict: &str) -> u64 {
 /// event's verdict is the one its generation's policy gives).
 fn scenario_reload_without_gap(agent_pid: u32) -> Outcome {
     let before = agent_status()?;
+    // Only this scenario's events count: earlier ones may carry the same process name.
+    let earlier = records().len();
     let mut hammer = Command::new(ALLOWED)
         .args(["hammer", &HAMMER_MS.to_string()])
         .stdout(Stdio::piped())
@@ -338,8 +340,8 @@ fn scenario_reload_without_gap(agent_pid: u32) -> Outcome {
     }
     // Each event's verdict must be its own generation's: allow under vm-test, deny under
     // vm-test-no-step.
-    let all = records();
-    let name_of: std::collections::HashMap<u64, String> = all
+    let all: Vec<Value> = records().into_iter().skip(earlier).collect();
+    let name_of: std::collections::HashMap<u64, String> = records()
         .iter()
         .filter(|v| v["event"] == "started" || v["event"] == "policy_loaded")
         .filter_map(|v| Some((v["generation"].as_u64()?, v["policy"].as_str()?.to_string())))
@@ -373,6 +375,202 @@ fn scenario_reload_without_gap(agent_pid: u32) -> Outcome {
     Ok(format!(
         "{attempts} attempts over {flips} swaps: allow {allowed} = ok {ok}, deny {denied} = EPERM {eperm}; {seen} events all consistent with their generation; reloads {} ok, {} rejected; events lost {}",
         reloads["ok"], reloads["failed"], after["events_lost"]
+    ))
+}
+
+/// The agent's pid, for scenarios that signal it.
+static AGENT_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn sighup_agent() {
+    let pid = AGENT_PID.load(std::sync::atomic::Ordering::Relaxed);
+    if pid != 0 {
+        // SAFETY: signalling the agent this program started, by its id.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
+}
+
+/// Installs a policy through a reload and waits until the agent has it in force.
+fn reload_to(text: &str, name: &str) -> Result<u64, String> {
+    write_policy(text)?;
+    sighup_agent();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(st) = agent_status() {
+            if st["policy"]["name"] == name {
+                return st["policy"]["generation"]
+                    .as_u64()
+                    .ok_or_else(|| "status without generation".into());
+            }
+        }
+        sleep(Duration::from_millis(50));
+    }
+    Err(format!("policy {name} was not in force within 10s"))
+}
+
+/// Denied step events recorded so far.
+fn denied_steps() -> usize {
+    records()
+        .iter()
+        .filter(|v| {
+            v["kind"] == "clock"
+                && v["verdict"] == "deny"
+                && v["what"]["operations"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|x| x == "step"))
+        })
+        .count()
+}
+
+/// A step of +3600 s by `program args…` must fail with EPERM and leave the clock, and the
+/// kernel must record the attempt as denied by the default (under the process name `comm`,
+/// where the test knows it).
+fn denied_step(program: &str, args: &[&str], comm: Option<&str>) -> Outcome {
+    let seen = denied_steps();
+    let before = realtime_ns();
+    let o = outcome(sh(program, args)?)?;
+    if o.errno != libc::EPERM {
+        return Err(format!(
+            "{program} {args:?} got errno {} (expected EPERM)",
+            o.errno
+        ));
+    }
+    clock_unchanged(before)?;
+    let ev = match comm {
+        Some(comm) => clock_event(comm, "deny", "step")?,
+        None => wait_record("a new denied step", |_| denied_steps() > seen).and_then(|_| {
+            records()
+                .into_iter()
+                .rev()
+                .find(|v| v["kind"] == "clock")
+                .ok_or_else(|| "no clock event".to_string())
+        })?,
+    };
+    if ev["rule"] != "default" {
+        return Err(format!(
+            "decided by rule {} instead of the default",
+            ev["rule"]
+        ));
+    }
+    Ok(format!(
+        "EPERM, clock unchanged, event comm={} exe_id={}",
+        ev["who"]["comm"], ev["who"]["exe_id"]
+    ))
+}
+
+fn scenario_comm_spoofing() -> Outcome {
+    // The denied copy names itself after the allowed program and after chronyd.
+    denied_step(
+        COPY,
+        &["as-comm", "tg-clock-allowe", "step", "3600"],
+        Some("tg-clock-allowe"),
+    )?;
+    denied_step(
+        COPY,
+        &["as-comm", "chronyd", "step", "3600"],
+        Some("chronyd"),
+    )
+}
+
+fn scenario_links() -> Outcome {
+    // A symlink that carries the allowed program's name, and a hard link, both to the copy.
+    let _ = fs::remove_file("/tmp/tg-clock-allowed");
+    std::os::unix::fs::symlink(COPY, "/tmp/tg-clock-allowed").map_err(|e| e.to_string())?;
+    denied_step(
+        "/tmp/tg-clock-allowed",
+        &["step", "3600"],
+        Some("tg-clock-allowe"),
+    )?;
+    let _ = fs::remove_file("/usr/local/sbin/tg-clock-hardlink");
+    fs::hard_link(COPY, "/usr/local/sbin/tg-clock-hardlink").map_err(|e| e.to_string())?;
+    denied_step(
+        "/usr/local/sbin/tg-clock-hardlink",
+        &["step", "3600"],
+        Some("tg-clock-hardli"),
+    )
+}
+
+fn scenario_fd_and_memfd() -> Outcome {
+    // The allowed program executes the denied copy through /proc/self/fd: the new image
+    // is the copy, and so is the identity.
+    let fd = denied_step(ALLOWED, &["via-fd", COPY, "step", "3600"], None)?;
+    // The allowed program's own bytes in a memfd are not the allowed file.
+    let memfd = denied_step(ALLOWED, &["via-memfd", ALLOWED, "step", "3600"], None)?;
+    Ok(format!("via fd: {fd}; via memfd: {memfd}"))
+}
+
+fn scenario_leap_flags() -> Outcome {
+    // The allowed program may write the status word, but its rule does not allow leap.
+    let insert = outcome(sh(ALLOWED, &["leap", "insert"])?)?;
+    if insert.errno != libc::EPERM {
+        return Err(format!(
+            "scheduling a leap second got errno {} (expected EPERM)",
+            insert.errno
+        ));
+    }
+    if clock::read().status & clock::STA_INS != 0 {
+        return Err("STA_INS is set in the kernel".into());
+    }
+    clock_event("tg-clock-allowe", "deny", "leap")?;
+    let plain = outcome(sh(ALLOWED, &["leap", "none"])?)?;
+    if plain.errno != 0 {
+        return Err(format!(
+            "writing the status without leap bits failed: errno {}",
+            plain.errno
+        ));
+    }
+    Ok("STA_INS denied (rule allows status, not leap), plain status write allowed".into())
+}
+
+fn scenario_audit_mode() -> Outcome {
+    let audit = POLICY_MAY_STEP
+        .replace("mode: enforce", "mode: audit")
+        .replace("name: vm-test}", "name: vm-test-audit}");
+    reload_to(&audit, "vm-test-audit")?;
+    let before = realtime_ns();
+    let forward = outcome(sh(COPY, &["step", "10"])?)?;
+    let moved = realtime_ns() - before;
+    let back = outcome(sh(COPY, &["step", "-10"])?)?;
+    let restored = reload_to(POLICY_MAY_STEP, "vm-test");
+    if forward.errno != 0 || back.errno != 0 {
+        return Err(format!(
+            "audit mode blocked a step: errno {} / {}",
+            forward.errno, back.errno
+        ));
+    }
+    if (moved - 10_000_000_000).abs() > SLACK_NS {
+        return Err(format!(
+            "the clock moved {:.3}s instead of 10s",
+            moved as f64 / 1e9
+        ));
+    }
+    clock_event("tg-clock", "audit", "step")?;
+    restored?;
+    Ok("what enforce denies is allowed and recorded as verdict=audit".into())
+}
+
+/// One million denied attempts: each counted exactly, none succeeded.
+fn scenario_million_denied() -> Outcome {
+    const N: u64 = 1_000_000;
+    let before = agent_status()?;
+    let started = Instant::now();
+    let r = sh(COPY, &["flood", &N.to_string()])?;
+    let took = started.elapsed();
+    let counts: Value =
+        serde_json::from_str(&r.stdout).map_err(|e| format!("flood output {:?}: {e}", r.stdout))?;
+    sleep(Duration::from_millis(300));
+    let after = agent_status()?;
+    let denied =
+        counter(&after, "default", "step", "deny") - counter(&before, "default", "step", "deny");
+    if counts["eperm"] != N || counts["ok"] != 0 {
+        return Err(format!("flood outcomes {counts}"));
+    }
+    if denied != N {
+        return Err(format!("{N} denied attempts, the kernel counted {denied}"));
+    }
+    Ok(format!(
+        "{N} EPERM in {:.1}s, kernel count exact; events lost {} (counted)",
+        took.as_secs_f64(),
+        after["events_lost"]
     ))
 }
 
@@ -422,7 +620,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let scenarios: [Scenario; 7] = [
+    AGENT_PID.store(agent.id(), std::sync::atomic::Ordering::Relaxed);
+    let scenarios: [Scenario; 13] = [
         ("agent enforces with BPF LSM", scenario_agent_enforces),
         (
             "read-only adjtimex keeps working",
@@ -436,6 +635,21 @@ fn main() {
             scenario_allowed_frequency,
         ),
         ("copy of allowed binary is denied", scenario_copy_denied),
+        (
+            "a renamed process (comm) gains nothing",
+            scenario_comm_spoofing,
+        ),
+        ("symlinks and hard links gain nothing", scenario_links),
+        (
+            "exec through /proc/self/fd or a memfd gains nothing",
+            scenario_fd_and_memfd,
+        ),
+        ("leap flags need the leap operation", scenario_leap_flags),
+        ("audit mode allows what enforce denies", scenario_audit_mode),
+        (
+            "a million denied attempts are counted exactly",
+            scenario_million_denied,
+        ),
     ];
     let mut ok = true;
     for (name, f) in scenarios {
