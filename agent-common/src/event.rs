@@ -62,6 +62,11 @@ pub struct ClockEvent {
     pub abi: u8,
     /// 1 when `time_sec`/`time_nsec` hold a value.
     pub has_time: u8,
+    /// `policy::reason` of a refusal (deny or audit).
+    pub reason: u8,
+    pub _pad: [u8; 7],
+    /// The frequency asked for (ppm << 16), when the request sets one.
+    pub frequency: i64,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -87,6 +92,9 @@ impl ClockEvent {
         verdict: 0,
         abi: 0,
         has_time: 0,
+        reason: 0,
+        _pad: [0; 7],
+        frequency: 0,
         comm: [0; COMM_LEN],
     };
 }

@@ -29,7 +29,16 @@ pub struct KernelOffsets {
     pub userns_level: u32,
 }
 
-crate::pod!(KernelOffsets);
+crate::pod!(KernelOffsets, ClockState);
+
+/// What the agent tells the programs about the clock, refreshed as it changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClockState {
+    /// CLOCK_TAI minus CLOCK_REALTIME, in nanoseconds (whole seconds): with it the programs
+    /// know the wall time (`bpf_ktime_get_tai_ns() - tai_offset_ns`) to measure a step.
+    pub tai_offset_ns: u64,
+}
 
 /// The capability whose check guards every privileged change of the system clock.
 pub const CAP_SYS_TIME: i32 = 25;
@@ -76,6 +85,8 @@ pub mod nr {
 /// Layout of the `struct timex` a syscall passes, which differs between ABIs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimexLayout {
+    /// `freq`: the frequency offset, ppm << 16.
+    pub freq: usize,
     pub status: usize,
     /// `time.tv_sec` / `time.tv_usec`: the offset of ADJ_SETOFFSET.
     pub time_sec: usize,
@@ -86,6 +97,7 @@ pub struct TimexLayout {
 
 /// `struct __kernel_timex` (x86_64 adjtimex/clock_adjtime, i386 clock_adjtime64).
 pub const TIMEX64: TimexLayout = TimexLayout {
+    freq: 16,
     status: 40,
     time_sec: 72,
     time_usec: 80,
@@ -93,6 +105,7 @@ pub const TIMEX64: TimexLayout = TimexLayout {
 };
 /// `struct old_timex32` (i386 adjtimex and clock_adjtime).
 pub const TIMEX32: TimexLayout = TimexLayout {
+    freq: 8,
     status: 20,
     time_sec: 36,
     time_usec: 40,

@@ -61,6 +61,52 @@ pub struct ClockRule {
     /// `mode::ENFORCE` or `mode::AUDIT`.
     pub mode: u32,
     pub _pad: u32,
+    /// Largest step allowed, in nanoseconds, either way; 0: no limit.
+    pub max_step_ns: u64,
+    /// Largest frequency offset allowed, in the kernel's unit (ppm << 16); 0: no limit.
+    pub max_frequency: u64,
+}
+
+/// Why a request was refused.
+pub mod reason {
+    pub const NONE: u8 = 0;
+    /// It asked for an operation its rule (or the default) does not allow.
+    pub const OPERATION: u8 = 1;
+    /// A step larger than the rule's maxStep.
+    pub const MAX_STEP: u8 = 2;
+    /// A frequency beyond the rule's maxFrequency.
+    pub const MAX_FREQUENCY: u8 = 3;
+
+    pub fn name(r: u8) -> &'static str {
+        match r {
+            OPERATION => "operation not allowed",
+            MAX_STEP => "step larger than maxStep",
+            MAX_FREQUENCY => "frequency beyond maxFrequency",
+            _ => "",
+        }
+    }
+}
+
+/// What a request asks for, as far as limits are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `clock::op` bits.
+    pub operations: u32,
+    /// Size of the step either way, in nanoseconds; `u64::MAX` when it could not be read.
+    pub step_ns: u64,
+    /// Size of the frequency offset asked for (ppm << 16); `u64::MAX` when unreadable.
+    pub frequency: u64,
+}
+
+impl Request {
+    /// A request without a step or frequency to measure.
+    pub const fn operations(operations: u32) -> Self {
+        Request {
+            operations,
+            step_ns: 0,
+            frequency: 0,
+        }
+    }
 }
 
 /// The policy-wide part of one slot.
@@ -76,12 +122,14 @@ pub struct PolicyHeader {
     pub _pad: u32,
 }
 
-/// Key of the exact per-CPU counters: one per (rule, operation, verdict).
+/// Key of the exact per-CPU counters: one per (rule, set of operations, verdict). The
+/// kernel counts each request once, under its whole set (one map update, which keeps the
+/// programs small for older verifiers); the agent splits sets into per-operation counts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CounterKey {
     pub rule_id: u32,
-    /// A single `clock::op` bit.
+    /// `clock::op` bits of the requests counted here.
     pub operation: u32,
     pub verdict: u32,
     pub _pad: u32,
@@ -89,28 +137,49 @@ pub struct CounterKey {
 
 crate::pod!(ExeKey, ClockRule, PolicyHeader, CounterKey);
 
-/// A decision and who made it.
+/// A decision, who made it, and why it refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: u8,
     pub rule_id: u32,
+    pub reason: u8,
 }
 
-/// Decides a request for `operations` made by an executable whose rule is `rule` (if any).
-/// A request that changes nothing (`operations == 0`) is always allowed.
-pub fn decide(header: &PolicyHeader, rule: Option<&ClockRule>, operations: u32) -> Decision {
-    let (allowed, mode_, rule_id) = match rule {
-        Some(r) => (r.allow, r.mode, r.rule_id),
-        None => (header.default_allow, header.default_mode, DEFAULT_RULE),
+/// Decides a request made by an executable whose rule is `rule` (if any). A request that
+/// changes nothing is always allowed; an allowed operation must also stay within the
+/// rule's limits, and a size that could not be read exceeds any limit.
+pub fn decide(header: &PolicyHeader, rule: Option<&ClockRule>, req: &Request) -> Decision {
+    let (allowed, mode_, rule_id, max_step, max_freq) = match rule {
+        Some(r) => (r.allow, r.mode, r.rule_id, r.max_step_ns, r.max_frequency),
+        None => (
+            header.default_allow,
+            header.default_mode,
+            DEFAULT_RULE,
+            0,
+            0,
+        ),
     };
-    let verdict = if operations & !allowed == 0 {
+    let reason = if req.operations & !allowed != 0 {
+        reason::OPERATION
+    } else if req.operations & op::STEP != 0 && max_step != 0 && req.step_ns > max_step {
+        reason::MAX_STEP
+    } else if req.operations & op::FREQUENCY != 0 && max_freq != 0 && req.frequency > max_freq {
+        reason::MAX_FREQUENCY
+    } else {
+        reason::NONE
+    };
+    let verdict = if reason == reason::NONE {
         verdict::ALLOW
     } else if mode_ == mode::AUDIT {
         verdict::AUDIT
     } else {
         verdict::DENY
     };
-    Decision { verdict, rule_id }
+    Decision {
+        verdict,
+        rule_id,
+        reason,
+    }
 }
 
 /// The operations of a rule that allows everything, `OTHER` included.
@@ -137,24 +206,31 @@ mod tests {
 
     #[test]
     fn unknown_executable_gets_the_default() {
-        let d = decide(&HEADER, None, op::STEP);
+        let d = decide(&HEADER, None, &Request::operations(op::STEP));
         assert_eq!(
             d,
             Decision {
                 verdict: verdict::DENY,
-                rule_id: DEFAULT_RULE
+                rule_id: DEFAULT_RULE,
+                reason: reason::OPERATION,
             }
         );
         let audit = PolicyHeader {
             default_mode: mode::AUDIT,
             ..HEADER
         };
-        assert_eq!(decide(&audit, None, op::STEP).verdict, verdict::AUDIT);
+        assert_eq!(
+            decide(&audit, None, &Request::operations(op::STEP)).verdict,
+            verdict::AUDIT
+        );
     }
 
     #[test]
     fn read_only_is_always_allowed() {
-        assert_eq!(decide(&HEADER, None, 0).verdict, verdict::ALLOW);
+        assert_eq!(
+            decide(&HEADER, None, &Request::operations(0)).verdict,
+            verdict::ALLOW
+        );
     }
 
     #[test]
@@ -164,17 +240,29 @@ mod tests {
             allow: op::SLEW | op::FREQUENCY,
             mode: mode::ENFORCE,
             _pad: 0,
+            max_step_ns: 0,
+            max_frequency: 0,
         };
         assert_eq!(
-            decide(&HEADER, Some(&rule), op::SLEW | op::FREQUENCY),
+            decide(
+                &HEADER,
+                Some(&rule),
+                &Request::operations(op::SLEW | op::FREQUENCY)
+            ),
             Decision {
                 verdict: verdict::ALLOW,
-                rule_id: 7
+                rule_id: 7,
+                reason: reason::NONE,
             }
         );
         // One operation outside the rule denies the whole request.
         assert_eq!(
-            decide(&HEADER, Some(&rule), op::SLEW | op::LEAP).verdict,
+            decide(
+                &HEADER,
+                Some(&rule),
+                &Request::operations(op::SLEW | op::LEAP)
+            )
+            .verdict,
             verdict::DENY
         );
         let audit = ClockRule {
@@ -182,8 +270,65 @@ mod tests {
             ..rule
         };
         assert_eq!(
-            decide(&HEADER, Some(&audit), op::STEP).verdict,
+            decide(&HEADER, Some(&audit), &Request::operations(op::STEP)).verdict,
             verdict::AUDIT
+        );
+    }
+
+    #[test]
+    fn limits_hold_even_for_allowed_operations() {
+        let rule = ClockRule {
+            rule_id: 3,
+            allow: op::STEP | op::FREQUENCY,
+            mode: mode::ENFORCE,
+            _pad: 0,
+            max_step_ns: 1_000_000_000,
+            max_frequency: 500 << 16,
+        };
+        let step = |ns| Request {
+            operations: op::STEP,
+            step_ns: ns,
+            frequency: 0,
+        };
+        assert_eq!(
+            decide(&HEADER, Some(&rule), &step(999_999_999)).verdict,
+            verdict::ALLOW
+        );
+        assert_eq!(
+            decide(&HEADER, Some(&rule), &step(1_000_000_000)).verdict,
+            verdict::ALLOW
+        );
+        let over = decide(&HEADER, Some(&rule), &step(3_600_000_000_000));
+        assert_eq!(
+            (over.verdict, over.reason),
+            (verdict::DENY, reason::MAX_STEP)
+        );
+        // A size that could not be read is over any limit.
+        assert_eq!(
+            decide(&HEADER, Some(&rule), &step(u64::MAX)).reason,
+            reason::MAX_STEP
+        );
+        let freq = |f| Request {
+            operations: op::FREQUENCY,
+            step_ns: 0,
+            frequency: f,
+        };
+        assert_eq!(
+            decide(&HEADER, Some(&rule), &freq(100 << 16)).verdict,
+            verdict::ALLOW
+        );
+        assert_eq!(
+            decide(&HEADER, Some(&rule), &freq(501 << 16)).reason,
+            reason::MAX_FREQUENCY
+        );
+        // No limit: any size.
+        let free = ClockRule {
+            max_step_ns: 0,
+            ..rule
+        };
+        assert_eq!(
+            decide(&HEADER, Some(&free), &step(u64::MAX)).verdict,
+            verdict::ALLOW
         );
     }
 

@@ -10,9 +10,9 @@
 
 use agent_common::{
     clock::{op, settime_operations, timex_operations},
-    event::{hook, ClockEvent},
-    kernel::{classify_syscall, ClockSyscall, TimexLayout, CAP_SYS_TIME},
-    policy::verdict,
+    event::{abi::NATIVE, hook, ClockEvent},
+    kernel::{classify_syscall, ClockSyscall, TimexLayout, CAP_SYS_TIME, TIMEX64},
+    policy::{verdict, Request as Limits},
 };
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
@@ -22,7 +22,7 @@ use aya_ebpf::{
 
 use crate::{
     caller::{current_syscall, fill_who, kread, offsets, uread},
-    policy::decide_for,
+    policy::{clock_state, decide_for},
     record::{count, emit},
 };
 
@@ -62,6 +62,37 @@ struct Request {
     clock_id: i32,
     timex_modes: u32,
     time: Time,
+    /// Size of the step either way (ns); `u64::MAX` when it could not be measured.
+    step_ns: u64,
+    /// The frequency asked for (ppm << 16), and its size (`u64::MAX` when unreadable).
+    frequency: i64,
+    frequency_abs: u64,
+}
+
+/// The wall clock now, in nanoseconds: CLOCK_TAI less the TAI offset the agent reported.
+#[inline(always)]
+fn realtime_now() -> i64 {
+    // SAFETY: a clock helper without arguments.
+    let tai = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_tai_ns() } as i64;
+    tai.wrapping_sub(clock_state().tai_offset_ns as i64)
+}
+
+#[inline(always)]
+fn nanos(sec: i64, nsec: i64) -> i64 {
+    mul_saturating(sec, 1_000_000_000).saturating_add(nsec)
+}
+
+/// `a * k` clamped to i64. Not `saturating_mul`: that lowers to a 128-bit multiply, which
+/// BPF has no call for; the bounds here are constants.
+#[inline(always)]
+fn mul_saturating(a: i64, k: i64) -> i64 {
+    if a > i64::MAX / k {
+        i64::MAX
+    } else if a < i64::MIN / k {
+        i64::MIN
+    } else {
+        a * k
+    }
 }
 
 /// Decides, counts and records one request; returns the verdict.
@@ -70,7 +101,12 @@ fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
     let off = offsets();
     let mut ev = ClockEvent::EMPTY;
     fill_who(&mut ev, &off);
-    let Some(decided) = decide_for(ev.exe_dev, ev.exe_ino, req.operations) else {
+    let limits = Limits {
+        operations: req.operations,
+        step_ns: req.step_ns,
+        frequency: req.frequency_abs,
+    };
+    let Some(decided) = decide_for(ev.exe_dev, ev.exe_ino, &limits) else {
         return verdict::ALLOW;
     };
     let v = if observe_only {
@@ -94,6 +130,8 @@ fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
     ev.has_time = req.time.set as u8;
     ev.time_sec = req.time.sec;
     ev.time_nsec = req.time.nsec;
+    ev.reason = decided.decision.reason;
+    ev.frequency = req.frequency;
     emit(&ev);
     v
 }
@@ -107,35 +145,143 @@ fn lsm_verdict(v: u8) -> i32 {
     }
 }
 
-/// Reads the modes (and what they need) of a `struct timex` in user memory.
-/// Returns (modes, operations, ADJ_SETOFFSET time).
+/// What a `struct timex` in user memory asks for.
+struct Timex {
+    modes: u32,
+    operations: u32,
+    /// The ADJ_SETOFFSET offset.
+    time: Time,
+    step_ns: u64,
+    frequency: i64,
+    frequency_abs: u64,
+}
+
+/// Reads what a `struct timex` in user memory asks for. A field that cannot be read
+/// measures as `u64::MAX`, beyond any limit.
 #[inline(always)]
-fn read_timex(ptr: u64, layout: TimexLayout) -> (u32, u32, Time) {
+fn read_timex(ptr: u64, layout: TimexLayout) -> Timex {
     let modes = uread::<u32>(ptr, 0).unwrap_or(0);
     let status = uread::<i32>(ptr, layout.status).unwrap_or(0) as u32;
-    let ops = timex_operations(modes, status);
-    let requested = if ops & op::STEP != 0 {
-        let (sec, sub) = if layout.wide {
-            (
-                uread::<i64>(ptr, layout.time_sec).unwrap_or(0),
-                uread::<i64>(ptr, layout.time_usec).unwrap_or(0),
-            )
-        } else {
-            (
-                uread::<i32>(ptr, layout.time_sec).unwrap_or(0) as i64,
-                uread::<i32>(ptr, layout.time_usec).unwrap_or(0) as i64,
-            )
-        };
-        let nsec = if modes & agent_common::clock::adj::NANO != 0 {
-            sub
-        } else {
-            sub * 1000
-        };
-        time(sec, nsec)
-    } else {
-        NO_TIME
+    let operations = timex_operations(modes, status);
+    let mut t = Timex {
+        modes,
+        operations,
+        time: NO_TIME,
+        step_ns: 0,
+        frequency: 0,
+        frequency_abs: 0,
     };
-    (modes, ops, requested)
+    if operations & op::STEP != 0 {
+        let read = if layout.wide {
+            match (
+                uread::<i64>(ptr, layout.time_sec),
+                uread::<i64>(ptr, layout.time_usec),
+            ) {
+                (Some(sec), Some(sub)) => Some((sec, sub)),
+                _ => None,
+            }
+        } else {
+            match (
+                uread::<i32>(ptr, layout.time_sec),
+                uread::<i32>(ptr, layout.time_usec),
+            ) {
+                (Some(sec), Some(sub)) => Some((sec as i64, sub as i64)),
+                _ => None,
+            }
+        };
+        match read {
+            Some((sec, sub)) => {
+                let nsec = if modes & agent_common::clock::adj::NANO != 0 {
+                    sub
+                } else {
+                    mul_saturating(sub, 1000)
+                };
+                t.time = time(sec, nsec);
+                t.step_ns = nanos(sec, nsec).unsigned_abs();
+            }
+            None => t.step_ns = u64::MAX,
+        }
+    }
+    if modes & agent_common::clock::adj::FREQUENCY != 0 {
+        let freq = if layout.wide {
+            uread::<i64>(ptr, layout.freq)
+        } else {
+            uread::<i32>(ptr, layout.freq).map(|f| f as i64)
+        };
+        match freq {
+            Some(f) => {
+                t.frequency = f;
+                t.frequency_abs = f.unsigned_abs();
+            }
+            None => t.frequency_abs = u64::MAX,
+        }
+    }
+    t
+}
+
+impl Request {
+    /// A request carried by a `struct timex` (adjtimex, clock_adjtime).
+    #[inline(always)]
+    fn timex(hook: u8, syscall: i64, abi: u8, clock_id: i32, t: &Timex) -> Self {
+        Request {
+            hook,
+            operations: t.operations,
+            syscall,
+            abi,
+            clock_id,
+            timex_modes: t.modes,
+            time: t.time,
+            step_ns: t.step_ns,
+            frequency: t.frequency,
+            frequency_abs: t.frequency_abs,
+        }
+    }
+
+    /// A request to set the wall clock to `requested` (or only the timezone).
+    #[inline(always)]
+    fn settime(
+        hook: u8,
+        syscall: i64,
+        abi: u8,
+        clock_id: i32,
+        requested: Time,
+        has_tz: bool,
+    ) -> Self {
+        let step_ns = if requested.set {
+            nanos(requested.sec, requested.nsec).abs_diff(realtime_now())
+        } else {
+            0
+        };
+        Request {
+            hook,
+            operations: settime_operations(requested.set, has_tz),
+            syscall,
+            abi,
+            clock_id,
+            timex_modes: 0,
+            time: requested,
+            step_ns,
+            frequency: 0,
+            frequency_abs: 0,
+        }
+    }
+
+    /// Anything else that reached the CAP_SYS_TIME check.
+    #[inline(always)]
+    fn other(operations: u32, syscall: i64, abi: u8) -> Self {
+        Request {
+            hook: hook::CAPABLE,
+            operations,
+            syscall,
+            abi,
+            clock_id: -1,
+            timex_modes: 0,
+            time: NO_TIME,
+            step_ns: 0,
+            frequency: 0,
+            frequency_abs: 0,
+        }
+    }
 }
 
 /// LSM_HOOK(int, 0, settime, const struct timespec64 *ts, const struct timezone *tz)
@@ -147,25 +293,22 @@ pub fn clock_settime_guard(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    // The kernel's own copy, already validated: exact, no race with user memory.
     let requested = if ts.is_null() {
         NO_TIME
     } else {
-        time(
-            kread::<i64>(ts, 0).unwrap_or(0),
-            kread::<i64>(ts, 8).unwrap_or(0),
-        )
+        match (kread::<i64>(ts, 0), kread::<i64>(ts, 8)) {
+            (Some(sec), Some(nsec)) => time(sec, nsec),
+            // Unreadable: a step of unknown size, beyond any limit.
+            _ => Time {
+                set: true,
+                sec: i64::MAX,
+                nsec: 0,
+            },
+        }
     };
-    let operations = settime_operations(requested.set, !tz.is_null());
     let sc = current_syscall(&offsets());
-    let req = Request {
-        hook: hook::SETTIME,
-        operations,
-        syscall: sc.nr,
-        abi: sc.abi,
-        clock_id: -1,
-        timex_modes: 0,
-        time: requested,
-    };
+    let req = Request::settime(hook::SETTIME, sc.nr, sc.abi, -1, requested, !tz.is_null());
     lsm_verdict(decide_and_record(&req, false))
 }
 
@@ -188,36 +331,25 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
     }
     let sc = current_syscall(&off);
     let compat = sc.abi == agent_common::event::abi::COMPAT;
-    let (operations, clock_id, modes, requested) = match classify_syscall(compat, sc.nr) {
+    let mut req = match classify_syscall(compat, sc.nr) {
         // The settime hook right after this check decides, with the exact time.
         ClockSyscall::SetTime => return 0,
         ClockSyscall::Adjtimex { timex_arg, layout } => {
-            let (m, o, t) = read_timex(sc.args[timex_arg], layout);
-            (o, CLOCK_REALTIME as i32, m, t)
+            let t = read_timex(sc.args[timex_arg], layout);
+            Request::timex(hook::CAPABLE, sc.nr, sc.abi, CLOCK_REALTIME as i32, &t)
         }
         ClockSyscall::ClockAdjtime { layout } => {
-            let (m, o, t) = read_timex(sc.args[1], layout);
-            (o, sc.args[0] as i32, m, t)
+            let t = read_timex(sc.args[1], layout);
+            Request::timex(hook::CAPABLE, sc.nr, sc.abi, sc.args[0] as i32, &t)
         }
-        ClockSyscall::Ioctl => (op::RTC, -1, 0, NO_TIME),
-        ClockSyscall::Other => (op::OTHER, -1, 0, NO_TIME),
+        ClockSyscall::Ioctl => Request::other(op::RTC, sc.nr, sc.abi),
+        ClockSyscall::Other => Request::other(op::OTHER, sc.nr, sc.abi),
     };
     // The kernel asks for CAP_SYS_TIME only for a change. If user memory now reads as
     // read-only, it changed under us: decide it as an unclassified change, never as nothing.
-    let operations = if operations == 0 {
-        op::OTHER
-    } else {
-        operations
-    };
-    let req = Request {
-        hook: hook::CAPABLE,
-        operations,
-        syscall: sc.nr,
-        abi: sc.abi,
-        clock_id,
-        timex_modes: modes,
-        time: requested,
-    };
+    if req.operations == 0 {
+        req.operations = op::OTHER;
+    }
     lsm_verdict(decide_and_record(&req, false))
 }
 
@@ -233,24 +365,9 @@ fn tp_nr(ctx: &TracePointContext) -> i64 {
 }
 
 #[inline(always)]
-fn observe(
-    ctx: &TracePointContext,
-    operations: u32,
-    clock_id: i32,
-    modes: u32,
-    requested: Time,
-) -> u32 {
-    if operations != 0 {
-        let req = Request {
-            hook: hook::TRACEPOINT,
-            operations,
-            syscall: tp_nr(ctx),
-            abi: agent_common::event::abi::NATIVE,
-            clock_id,
-            timex_modes: modes,
-            time: requested,
-        };
-        decide_and_record(&req, true);
+fn observe(req: &Request) -> u32 {
+    if req.operations != 0 {
+        decide_and_record(req, true);
     }
     0
 }
@@ -266,7 +383,14 @@ pub fn observe_clock_settime(ctx: TracePointContext) -> u32 {
         uread::<i64>(tp, 0).unwrap_or(0),
         uread::<i64>(tp, 8).unwrap_or(0),
     );
-    observe(&ctx, op::STEP, clock as i32, 0, requested)
+    observe(&Request::settime(
+        hook::TRACEPOINT,
+        tp_nr(&ctx),
+        NATIVE,
+        clock as i32,
+        requested,
+        false,
+    ))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_settimeofday")]
@@ -281,18 +405,37 @@ pub fn observe_settimeofday(ctx: TracePointContext) -> u32 {
             uread::<i64>(tv, 8).unwrap_or(0) * 1000,
         )
     };
-    observe(&ctx, settime_operations(tv != 0, tz != 0), -1, 0, requested)
+    observe(&Request::settime(
+        hook::TRACEPOINT,
+        tp_nr(&ctx),
+        NATIVE,
+        -1,
+        requested,
+        tz != 0,
+    ))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_adjtimex")]
 pub fn observe_adjtimex(ctx: TracePointContext) -> u32 {
-    let (modes, ops, requested) = read_timex(tp_arg(&ctx, 0), agent_common::kernel::TIMEX64);
-    observe(&ctx, ops, CLOCK_REALTIME as i32, modes, requested)
+    let t = read_timex(tp_arg(&ctx, 0), TIMEX64);
+    observe(&Request::timex(
+        hook::TRACEPOINT,
+        tp_nr(&ctx),
+        NATIVE,
+        CLOCK_REALTIME as i32,
+        &t,
+    ))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_clock_adjtime")]
 pub fn observe_clock_adjtime(ctx: TracePointContext) -> u32 {
     let clock = tp_arg(&ctx, 0);
-    let (modes, ops, requested) = read_timex(tp_arg(&ctx, 1), agent_common::kernel::TIMEX64);
-    observe(&ctx, ops, clock as i32, modes, requested)
+    let t = read_timex(tp_arg(&ctx, 1), TIMEX64);
+    observe(&Request::timex(
+        hook::TRACEPOINT,
+        tp_nr(&ctx),
+        NATIVE,
+        clock as i32,
+        &t,
+    ))
 }

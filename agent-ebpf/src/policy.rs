@@ -1,6 +1,9 @@
 //! The compiled policy: double-buffered maps the agent fills, and the lookup of the rule in force.
 
-use agent_common::policy::{decide, ClockRule, Decision, ExeKey, PolicyHeader, MAX_RULES, SLOTS};
+use agent_common::{
+    kernel::ClockState,
+    policy::{decide, ClockRule, Decision, ExeKey, PolicyHeader, Request, MAX_RULES, SLOTS},
+};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap},
@@ -13,6 +16,15 @@ static ACTIVE_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static POLICY: Array<PolicyHeader> = Array::with_max_entries(SLOTS, 0);
 
+/// Index 0: what the agent knows of the clock (the TAI offset).
+#[map]
+static CLOCK_STATE: Array<ClockState> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn clock_state() -> ClockState {
+    CLOCK_STATE.get(0).copied().unwrap_or_default()
+}
+
 #[map]
 static CLOCK_RULES: HashMap<ExeKey, ClockRule> = HashMap::with_max_entries(SLOTS * MAX_RULES, 0);
 
@@ -23,7 +35,7 @@ pub struct Decided {
 }
 
 /// Attempts to read one consistent policy before giving up.
-const READ_TRIES: u32 = 4;
+const READ_TRIES: u32 = 3;
 
 /// The generation a slot's header holds now, read afresh.
 #[inline(always)]
@@ -44,7 +56,18 @@ fn generation_now(slot: u32) -> u32 {
 /// reload never mixes two policies.
 /// Before any policy is loaded (no generation anywhere) nothing is decided: `None`.
 #[inline(always)]
-pub fn decide_for(dev: u64, ino: u64, operations: u32) -> Option<Decided> {
+pub fn decide_for(dev: u64, ino: u64, req: &Request) -> Option<Decided> {
+    let (header, rule) = consistent_read(dev, ino)?;
+    Some(Decided {
+        decision: decide(&header, rule.as_ref(), req),
+        generation: header.generation,
+    })
+}
+
+/// The header and the rule of one policy, read under the sequence lock; the decision is
+/// made once, after the loop, which keeps the loop small for the verifier.
+#[inline(always)]
+fn consistent_read(dev: u64, ino: u64) -> Option<(PolicyHeader, Option<ClockRule>)> {
     for _ in 0..READ_TRIES {
         let slot = *ACTIVE_SLOT.get(0)?;
         let header = *POLICY.get(slot)?;
@@ -59,13 +82,9 @@ pub fn decide_for(dev: u64, ino: u64, operations: u32) -> Option<Decided> {
         };
         // SAFETY: the value is copied out at once.
         let rule = unsafe { CLOCK_RULES.get(key) }.copied();
-        if generation_now(slot) != header.generation {
-            continue;
+        if generation_now(slot) == header.generation {
+            return Some((header, rule));
         }
-        return Some(Decided {
-            decision: decide(&header, rule.as_ref(), operations),
-            generation: header.generation,
-        });
     }
     None
 }

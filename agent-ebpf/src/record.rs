@@ -1,7 +1,7 @@
 //! Exact counters for every attempt, and detailed events that may be lost under load
 //! (a loss is counted, never silent).
 
-use agent_common::{clock::op, event::ClockEvent, policy::CounterKey};
+use agent_common::{event::ClockEvent, policy::CounterKey};
 use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
@@ -10,7 +10,7 @@ use aya_ebpf::{
 #[map]
 static CLOCK_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Per (rule, operation, verdict): exact, whatever happens to the events.
+/// Per (rule, set of operations, verdict): exact, whatever happens to the events.
 #[map]
 static CLOCK_COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
 
@@ -26,22 +26,17 @@ static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
     reason = "by-value arguments broke the per-CPU insert in the BPF build"
 )]
 pub fn count(rule_id: u32, operations: u32, verdict: u8) {
-    for (bit, _) in op::ALL {
-        if operations & bit == 0 {
-            continue;
-        }
-        let key = CounterKey {
-            rule_id,
-            operation: bit,
-            verdict: verdict as u32,
-            _pad: 0,
-        };
-        match CLOCK_COUNTERS.get_ptr_mut(&key) {
-            // SAFETY: a per-CPU value: no other CPU writes it.
-            Some(n) => unsafe { *n += 1 },
-            None => {
-                let _ = CLOCK_COUNTERS.insert(&key, &1, 0);
-            }
+    let key = CounterKey {
+        rule_id,
+        operation: operations,
+        verdict: verdict as u32,
+        _pad: 0,
+    };
+    match CLOCK_COUNTERS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value: no other CPU writes it.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = CLOCK_COUNTERS.insert(&key, &1, 0);
         }
     }
 }

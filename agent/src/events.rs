@@ -96,6 +96,9 @@ pub fn clock_event_json(ev: &ClockEvent, policy: &CompiledPolicy, host: &str) ->
     if ev.has_time != 0 {
         what["time"] = json!({ "sec": ev.time_sec, "nsec": ev.time_nsec });
     }
+    if ev.timex_modes & agent_common::clock::adj::FREQUENCY != 0 {
+        what["frequency_ppm"] = json!(ev.frequency as f64 / 65536.0);
+    }
     json!({
         "time": rfc3339(wall_time(ev.tai_ns)),
         "boot_ns": ev.boot_ns,
@@ -103,6 +106,7 @@ pub fn clock_event_json(ev: &ClockEvent, policy: &CompiledPolicy, host: &str) ->
         "kind": "clock",
         "verdict": verdict::name(ev.verdict),
         "rule": policy.rule_name(ev.rule_id),
+        "reason": agent_common::policy::reason::name(ev.reason),
         "policy": policy.name,
         "generation": ev.generation,
         "hook": hook::name(ev.hook),

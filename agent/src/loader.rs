@@ -3,7 +3,7 @@
 //! (observe-only, said plainly).
 
 use agent_common::{
-    kernel::KernelOffsets,
+    kernel::{ClockState, KernelOffsets},
     policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, SLOTS},
 };
 use anyhow::{anyhow, Context as _};
@@ -84,6 +84,7 @@ impl Guard {
     /// Installs a policy: fills the slot not in force, then makes it the one in force with a
     /// single map write. Returns the new generation.
     pub fn install_policy(&mut self, policy: &CompiledPolicy) -> anyhow::Result<u32> {
+        self.refresh_clock_state()?;
         let slot = if self.generation == 0 {
             0
         } else {
@@ -132,6 +133,8 @@ impl Guard {
                     allow: rule.allow,
                     mode: rule.mode,
                     _pad: 0,
+                    max_step_ns: rule.max_step_ns,
+                    max_frequency: rule.max_frequency,
                 };
                 rules
                     .insert(key, value, 0)
@@ -146,6 +149,20 @@ impl Guard {
         self.active_slot = slot;
         self.generation = generation;
         Ok(generation)
+    }
+
+    /// Tells the programs the kernel's TAI offset, so they can measure a step against the
+    /// wall clock. Called at start and on every policy watch tick: the offset changes only
+    /// when a daemon sets it (ADJ_TAI) or at a leap second.
+    pub fn refresh_clock_state(&mut self) -> anyhow::Result<()> {
+        let tai = crate::events::clock_ns(libc::CLOCK_TAI);
+        let real = crate::events::clock_ns(libc::CLOCK_REALTIME);
+        let offset_s = (tai.saturating_sub(real) + 500_000_000) / 1_000_000_000;
+        let state = ClockState {
+            tai_offset_ns: offset_s * 1_000_000_000,
+        };
+        let mut map: Array<_, ClockState> = Array::try_from(self.map_mut("CLOCK_STATE")?)?;
+        map.set(0, state, 0).context("writing the clock state")
     }
 
     fn write_header(&mut self, slot: u32, header: PolicyHeader) -> anyhow::Result<()> {
@@ -224,20 +241,38 @@ impl Guard {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Exact counters, summed over CPUs.
+    /// Exact counters per (rule, single operation, verdict), summed over CPUs: the kernel
+    /// counts each request once under its set of operations, split here.
     pub fn counters(&self) -> anyhow::Result<Vec<(CounterKey, u64)>> {
         let map = self
             .bpf
             .map("CLOCK_COUNTERS")
             .ok_or_else(|| anyhow!("map CLOCK_COUNTERS missing"))?;
         let counters: PerCpuHashMap<_, CounterKey, u64> = PerCpuHashMap::try_from(map)?;
-        let mut out = Vec::new();
+        let mut per_op: std::collections::BTreeMap<(u32, u32, u32), u64> = Default::default();
         for entry in counters.iter() {
             let (key, values) = entry.context("reading the clock counters")?;
-            out.push((key, values.iter().sum()));
+            let n: u64 = values.iter().sum();
+            for (bit, _) in agent_common::clock::op::ALL {
+                if key.operation & bit != 0 {
+                    *per_op.entry((key.rule_id, bit, key.verdict)).or_default() += n;
+                }
+            }
         }
-        out.sort_by_key(|(k, _)| (k.rule_id, k.operation, k.verdict));
-        Ok(out)
+        Ok(per_op
+            .into_iter()
+            .map(|((rule_id, operation, verdict), n)| {
+                (
+                    CounterKey {
+                        rule_id,
+                        operation,
+                        verdict,
+                        _pad: 0,
+                    },
+                    n,
+                )
+            })
+            .collect())
     }
 
     /// Events the kernel could not hand over because the ring buffer was full.

@@ -374,6 +374,9 @@ async fn event_loop(agent: &mut Agent, status_socket: &Path) -> anyhow::Result<(
             _ = int.recv() => break,
             _ = hup.recv() => agent.reload("SIGHUP"),
             _ = watch.tick() => {
+                if let Err(e) = agent.guard.refresh_clock_state() {
+                    log::warn!("refreshing the TAI offset for step limits: {e:#}");
+                }
                 if fingerprint(&agent.policy_path) != agent.fingerprint {
                     agent.reload("policy files changed");
                 }

@@ -45,6 +45,19 @@ pub fn explain(p: &CompiledPolicy) -> String {
         let _ = writeln!(s, "  {} ({})", r.name, r.exe.display());
         let _ = writeln!(s, "    may:     {}", ops(r.allow));
         let _ = writeln!(s, "    may not: {}", ops(everything & !r.allow));
+        if r.max_step_ns != 0 {
+            let d = super::model::Duration {
+                nanos: r.max_step_ns,
+            };
+            let _ = writeln!(s, "    steps no larger than {d} either way, however it asks (this bound survives a restart of the daemon)");
+        }
+        if r.max_frequency != 0 {
+            let _ = writeln!(
+                s,
+                "    frequency within ±{}ppm",
+                r.max_frequency as f64 / 65536.0
+            );
+        }
         let _ = writeln!(s, "    anything it may not do: {}", consequence(r.mode));
     }
     if !p.inactive.is_empty() {

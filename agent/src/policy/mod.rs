@@ -70,6 +70,10 @@ pub struct CompiledRule {
     pub exe_id: ExeId,
     pub allow: u32,
     pub mode: u32,
+    /// Largest step allowed (ns); 0: no limit.
+    pub max_step_ns: u64,
+    /// Largest frequency offset allowed (ppm << 16, the kernel's unit); 0: no limit.
+    pub max_frequency: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +329,12 @@ fn check_and_compile(
                 exe_id,
                 allow,
                 mode: mode_value(rule.mode.unwrap_or(policy_mode)),
+                max_step_ns: rule.max_step.as_ref().map_or(0, |d| d.value.nanos),
+                // ppm to the kernel's scaled ppm (16-bit fraction), rounded.
+                max_frequency: rule
+                    .max_frequency
+                    .as_ref()
+                    .map_or(0, |f| (f.value.0 * 65536.0).round() as u64),
             });
         }
         out.extend(sink.found);
@@ -401,23 +411,25 @@ fn check_operations(rule: &model::Rule, sink: &mut Sink) -> u32 {
     allow
 }
 
-/// Limits must belong to an operation the rule allows, and must be ones this build enforces.
+/// Limits must belong to an operation the rule allows, and must limit something.
 fn check_limits(rule: &model::Rule, allow: u32, sink: &mut Sink) {
     if let Some(step) = &rule.max_step {
         if allow & op::STEP == 0 {
             sink.error(step.referenced, "maxStep applies only to a rule that may step; add `step` to allow, or remove maxStep");
-        } else {
-            sink.error(step.referenced, "maxStep is not enforced by this version of timeguard; remove it (the rule would allow steps of any size)");
+        } else if step.value.nanos == 0 {
+            sink.error(
+                step.referenced,
+                "maxStep: 0 allows no step at all; remove `step` from allow instead",
+            );
         }
     }
     if let Some(freq) = &rule.max_frequency {
         if allow & op::FREQUENCY == 0 {
             sink.error(freq.referenced, "maxFrequency applies only to a rule that may tune the frequency; add `frequency` to allow, or remove maxFrequency");
-        } else {
-            sink.error(
-                freq.referenced,
-                "maxFrequency is not enforced by this version of timeguard; remove it",
-            );
+        } else if freq.value.0 * 65536.0 < 1.0 {
+            sink.error(freq.referenced, "maxFrequency this small allows no frequency change; remove `frequency` from allow instead");
+        } else if freq.value.0 > 100_000.0 {
+            sink.error(freq.referenced, "maxFrequency above 100000ppm is beyond anything the kernel accepts (its limit is 500ppm); write the limit you mean");
         }
     }
 }

@@ -70,17 +70,36 @@ fn wait_record(what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, Strin
 
 /// A clock event for this command name, verdict and operation.
 fn clock_event(comm: &str, verdict: &str, operation: &str) -> Result<Value, String> {
-    wait_record(
-        &format!("{{comm: {comm}, verdict: {verdict}, operation: {operation}}}"),
-        |v| {
+    clock_event_since(0, comm, verdict, operation)
+}
+
+/// The same, among the records after the first `since` (those an attempt just caused).
+fn clock_event_since(
+    since: usize,
+    comm: &str,
+    verdict: &str,
+    operation: &str,
+) -> Result<Value, String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let found = records().into_iter().skip(since).find(|v| {
             v["kind"] == "clock"
-                && v["who"]["comm"] == comm
+                && (comm.is_empty() || v["who"]["comm"] == comm)
                 && v["verdict"] == verdict
                 && v["what"]["operations"]
                     .as_array()
                     .is_some_and(|ops| ops.iter().any(|o| o == operation))
-        },
-    )
+        });
+        if let Some(v) = found {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no event {{comm: {comm}, verdict: {verdict}, operation: {operation}}} in {EVENTS}"
+            ));
+        }
+        sleep(Duration::from_millis(50));
+    }
 }
 
 fn clock_unchanged(before: i128) -> Result<(), String> {
@@ -101,7 +120,7 @@ fn start_agent() -> Result<Child, String> {
         .spawn()
         .map_err(|e| format!("cannot start timeguard: {e}"))?;
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(20) {
+    while started.elapsed() < Duration::from_secs(90) {
         if records().iter().any(|v| v["event"] == "started") {
             return Ok(child);
         }
@@ -250,7 +269,7 @@ fn scenario_copy_denied() -> Outcome {
 }
 
 /// The guest policy, and the same policy without `step`, for the reload scenario.
-const POLICY_MAY_STEP: &str = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: vm-test}\nspec:\n  mode: enforce\n  clock:\n    default: deny\n    rules:\n      - name: test-allowed\n        match: {exe: /usr/local/sbin/tg-clock-allowed}\n        allow: [step, slew, frequency, status]\n";
+const POLICY_MAY_STEP: &str = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: vm-test}\nspec:\n  mode: enforce\n  clock:\n    default: deny\n    rules:\n      - name: test-allowed\n        match: {exe: /usr/local/sbin/tg-clock-allowed}\n        allow: [step, slew, frequency, status]\n        maxStep: 2h\n";
 const POLICY_NO_STEP: &str = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: vm-test-no-step}\nspec:\n  mode: enforce\n  clock:\n    default: deny\n    rules:\n      - name: test-allowed\n        match: {exe: /usr/local/sbin/tg-clock-allowed}\n        allow: [slew, frequency, status]\n";
 /// How long clock_settime is hammered while policies are swapped.
 const HAMMER_MS: u64 = 1500;
@@ -407,25 +426,55 @@ fn reload_to(text: &str, name: &str) -> Result<u64, String> {
     Err(format!("policy {name} was not in force within 10s"))
 }
 
-/// Denied step events recorded so far.
-fn denied_steps() -> usize {
-    records()
-        .iter()
-        .filter(|v| {
-            v["kind"] == "clock"
-                && v["verdict"] == "deny"
-                && v["what"]["operations"]
-                    .as_array()
-                    .is_some_and(|o| o.iter().any(|x| x == "step"))
-        })
-        .count()
+/// The allowed program is held to its rule's maxStep (2h) and maxFrequency (100ppm), by
+/// the kernel, whoever asks it.
+fn scenario_limits() -> Outcome {
+    let before = realtime_ns();
+    let big = outcome(sh(ALLOWED, &["step", "10800"])?)?;
+    if big.errno != libc::EPERM {
+        return Err(format!(
+            "a 3h step by the allowed program got errno {} (expected EPERM)",
+            big.errno
+        ));
+    }
+    clock_unchanged(before)?;
+    let ev = clock_event("tg-clock-allowe", "deny", "step")?;
+    if ev["reason"] != "step larger than maxStep" || ev["rule"] != "test-allowed" {
+        return Err(format!(
+            "the denial names rule {} and reason {}",
+            ev["rule"], ev["reason"]
+        ));
+    }
+    let back_steps = outcome(sh(ALLOWED, &["step", "-10800"])?)?;
+    if back_steps.errno != libc::EPERM {
+        return Err(format!(
+            "a -3h step got errno {} (expected EPERM)",
+            back_steps.errno
+        ));
+    }
+    let freq_before = clock::read().freq;
+    let fast = outcome(sh(ALLOWED, &["freq", "200"])?)?;
+    if fast.errno != libc::EPERM || clock::read().freq != freq_before {
+        return Err(format!(
+            "a 200ppm frequency got errno {} (expected EPERM, frequency unchanged)",
+            fast.errno
+        ));
+    }
+    let fev = clock_event("tg-clock-allowe", "deny", "frequency")?;
+    if fev["reason"] != "frequency beyond maxFrequency" {
+        return Err(format!(
+            "the frequency denial's reason is {}",
+            fev["reason"]
+        ));
+    }
+    Ok("3h steps (both ways) and 200ppm denied with their reasons; 1h steps and 10ppm allowed (above)".into())
 }
 
 /// A step of +3600 s by `program args…` must fail with EPERM and leave the clock, and the
-/// kernel must record the attempt as denied by the default (under the process name `comm`,
-/// where the test knows it).
+/// kernel must record this very attempt as denied by the default (under the process name
+/// `comm`, where the test knows it: after exec through a file descriptor it is the fd's).
 fn denied_step(program: &str, args: &[&str], comm: Option<&str>) -> Outcome {
-    let seen = denied_steps();
+    let since = records().len();
     let before = realtime_ns();
     let o = outcome(sh(program, args)?)?;
     if o.errno != libc::EPERM {
@@ -435,16 +484,7 @@ fn denied_step(program: &str, args: &[&str], comm: Option<&str>) -> Outcome {
         ));
     }
     clock_unchanged(before)?;
-    let ev = match comm {
-        Some(comm) => clock_event(comm, "deny", "step")?,
-        None => wait_record("a new denied step", |_| denied_steps() > seen).and_then(|_| {
-            records()
-                .into_iter()
-                .rev()
-                .find(|v| v["kind"] == "clock")
-                .ok_or_else(|| "no clock event".to_string())
-        })?,
-    };
+    let ev = clock_event_since(since, comm.unwrap_or(""), "deny", "step")?;
     if ev["rule"] != "default" {
         return Err(format!(
             "decided by rule {} instead of the default",
@@ -621,7 +661,7 @@ fn main() {
         }
     };
     AGENT_PID.store(agent.id(), std::sync::atomic::Ordering::Relaxed);
-    let scenarios: [Scenario; 13] = [
+    let scenarios: [Scenario; 14] = [
         ("agent enforces with BPF LSM", scenario_agent_enforces),
         (
             "read-only adjtimex keeps working",
@@ -635,6 +675,10 @@ fn main() {
             scenario_allowed_frequency,
         ),
         ("copy of allowed binary is denied", scenario_copy_denied),
+        (
+            "maxStep and maxFrequency hold in the kernel",
+            scenario_limits,
+        ),
         (
             "a renamed process (comm) gains nothing",
             scenario_comm_spoofing,
