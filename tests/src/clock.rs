@@ -172,3 +172,96 @@ mod tests {
         assert_eq!(super::parse_rfc3339_ns("yesterday"), None);
     }
 }
+
+/// 32-bit compat syscalls (`int 0x80`), as a 32-bit program makes them. Their pointer
+/// arguments must lie below 4 GiB, so the argument block is mapped there.
+pub mod compat {
+    use super::{realtime_ns, Outcome};
+
+    pub const STIME: u32 = 25;
+    pub const ADJTIMEX: u32 = 124;
+    pub const CLOCK_SETTIME: u32 = 264;
+
+    /// A page below 4 GiB for the syscall's arguments.
+    fn low_page() -> Result<*mut u8, String> {
+        // SAFETY: an anonymous private mapping; checked for failure.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap(MAP_32BIT): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(p.cast())
+    }
+
+    /// `int 0x80` with up to three arguments; returns the raw result (-errno on failure).
+    fn int80(nr: u32, a1: u32, a2: u32, a3: u32) -> i32 {
+        let ret: i32;
+        // SAFETY: a compat syscall whose pointer arguments point into our own low page.
+        // rbx is reserved by LLVM, so the first argument goes through a swap.
+        unsafe {
+            core::arch::asm!(
+                "xchg {a1:r}, rbx",
+                "int 0x80",
+                "xchg {a1:r}, rbx",
+                a1 = inout(reg) a1 as u64 => _,
+                inlateout("eax") nr => ret,
+                in("ecx") a2,
+                in("edx") a3,
+            );
+        }
+        ret
+    }
+
+    fn outcome(ret: i32) -> Outcome {
+        let errno = if ret < 0 { -ret } else { 0 };
+        Outcome {
+            errno,
+            ..super::read()
+        }
+    }
+
+    /// clock_settime(CLOCK_REALTIME) through the i386 table (32-bit timespec).
+    pub fn step_by(secs: i64) -> Result<Outcome, String> {
+        let page = low_page()?;
+        let target = realtime_ns() + secs as i128 * 1_000_000_000;
+        let ts = [
+            (target / 1_000_000_000) as i32,
+            (target % 1_000_000_000) as i32,
+        ];
+        // SAFETY: page is a fresh writable page of 4096 bytes.
+        unsafe { std::ptr::copy_nonoverlapping(ts.as_ptr(), page.cast(), 2) };
+        Ok(outcome(int80(CLOCK_SETTIME, 0, page as u32, 0)))
+    }
+
+    /// stime(): the oldest way to set the clock, whole seconds.
+    pub fn stime_by(secs: i64) -> Result<Outcome, String> {
+        let page = low_page()?;
+        let t = ((realtime_ns() / 1_000_000_000) as i64 + secs) as i32;
+        // SAFETY: as above.
+        unsafe { page.cast::<i32>().write(t) };
+        Ok(outcome(int80(STIME, page as u32, 0, 0)))
+    }
+
+    /// adjtimex(ADJ_FREQUENCY) with the i386 `struct old_timex32` layout.
+    pub fn set_frequency_ppm(ppm: i64) -> Result<Outcome, String> {
+        let page = low_page()?;
+        // modes at 0, freq (32-bit) at 8; the page is zeroed.
+        // SAFETY: offsets within the page.
+        unsafe {
+            page.cast::<u32>().write(0x0002);
+            page.add(8).cast::<i32>().write((ppm << 16) as i32);
+        }
+        Ok(outcome(int80(ADJTIMEX, page as u32, 0, 0)))
+    }
+}

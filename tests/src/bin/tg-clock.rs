@@ -7,6 +7,7 @@
 //!   tg-clock hammer MS      clock_settime(CLOCK_REALTIME, now) for MS milliseconds: steps of
 //!                           zero, counted
 //!
+//!   tg-clock compat-step S | compat-stime S | compat-freq PPM   the same through int 0x80
 //!   tg-clock flood N        N × clock_settime(CLOCK_REALTIME, now), counted
 //!   tg-clock leap insert|none   adjtimex(ADJ_STATUS) with or without STA_INS
 //!
@@ -39,6 +40,18 @@ fn main_inner(args: &[String]) -> i32 {
         ["step", secs] => secs.parse::<i64>().map(|s| Some(clock::step_by(s))).map_err(|e| e.to_string()),
         ["freq", ppm] => ppm.parse::<i64>().map(|p| Some(clock::set_frequency_ppm(p))).map_err(|e| e.to_string()),
         ["read"] => Ok(Some(clock::read())),
+        ["compat-step", secs] => secs
+            .parse::<i64>()
+            .map_err(|e| e.to_string())
+            .and_then(|s| clock::compat::step_by(s).map(Some)),
+        ["compat-stime", secs] => secs
+            .parse::<i64>()
+            .map_err(|e| e.to_string())
+            .and_then(|s| clock::compat::stime_by(s).map(Some)),
+        ["compat-freq", ppm] => ppm
+            .parse::<i64>()
+            .map_err(|e| e.to_string())
+            .and_then(|p| clock::compat::set_frequency_ppm(p).map(Some)),
         ["leap", "insert"] => Ok(Some(clock::set_status(clock::STA_INS))),
         ["leap", "none"] => Ok(Some(clock::set_status(0))),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
@@ -46,7 +59,7 @@ fn main_inner(args: &[String]) -> i32 {
             .parse::<u64>()
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | hammer MS | flood N | leap insert|none | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | compat-step S | compat-stime S | compat-freq PPM | hammer MS | flood N | leap insert|none | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {

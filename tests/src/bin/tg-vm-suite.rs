@@ -497,6 +497,62 @@ fn denied_step(program: &str, args: &[&str], comm: Option<&str>) -> Outcome {
     ))
 }
 
+/// The 32-bit entries (`int 0x80`): clock_settime, stime and adjtimex through the i386
+/// table are decided like the native ones, and recorded as compat.
+fn scenario_compat_entries() -> Outcome {
+    let since = records().len();
+    let before = realtime_ns();
+    let freq_before = clock::read().freq;
+    for args in [
+        ["compat-step", "3600"],
+        ["compat-stime", "3600"],
+        ["compat-freq", "50"],
+    ] {
+        let o = outcome(sh(COPY, &args)?)?;
+        if o.errno != libc::EPERM {
+            return Err(format!(
+                "{} got errno {} (expected EPERM)",
+                args[0], o.errno
+            ));
+        }
+    }
+    clock_unchanged(before)?;
+    if clock::read().freq != freq_before {
+        return Err("the compat adjtimex changed the frequency".into());
+    }
+    for syscall in ["clock_settime", "stime", "adjtimex"] {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !records().iter().skip(since).any(|v| {
+            v["kind"] == "clock"
+                && v["verdict"] == "deny"
+                && v["what"]["abi"] == "compat32"
+                && v["what"]["syscall"] == syscall
+        }) {
+            if Instant::now() > deadline {
+                return Err(format!("no denied compat32 {syscall} event"));
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+    let start = realtime_ns();
+    let fwd = outcome(sh(ALLOWED, &["compat-step", "60"])?)?;
+    let moved = realtime_ns() - start;
+    let back = outcome(sh(ALLOWED, &["compat-step", "-60"])?)?;
+    if fwd.errno != 0 || back.errno != 0 {
+        return Err(format!(
+            "the allowed program's compat step failed: errno {} / {}",
+            fwd.errno, back.errno
+        ));
+    }
+    if (moved - 60_000_000_000).abs() > SLACK_NS {
+        return Err(format!(
+            "the compat step moved the clock {:.3}s instead of 60s",
+            moved as f64 / 1e9
+        ));
+    }
+    Ok("clock_settime32, stime, adjtimex32 denied (compat32 events); the allowed program's compat step works".into())
+}
+
 fn scenario_comm_spoofing() -> Outcome {
     // The denied copy names itself after the allowed program and after chronyd.
     denied_step(
@@ -661,7 +717,7 @@ fn main() {
         }
     };
     AGENT_PID.store(agent.id(), std::sync::atomic::Ordering::Relaxed);
-    let scenarios: [Scenario; 14] = [
+    let scenarios: [Scenario; 15] = [
         ("agent enforces with BPF LSM", scenario_agent_enforces),
         (
             "read-only adjtimex keeps working",
@@ -678,6 +734,10 @@ fn main() {
         (
             "maxStep and maxFrequency hold in the kernel",
             scenario_limits,
+        ),
+        (
+            "32-bit compat entries are decided too",
+            scenario_compat_entries,
         ),
         (
             "a renamed process (comm) gains nothing",
