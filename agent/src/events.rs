@@ -27,10 +27,14 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// the wall clock, so the stamp is the wall time of the instant itself, whenever it is read;
 /// only the TAI-UTC offset is taken now (it changes at most at a leap second).
 pub fn wall_time(tai_ns: u64) -> SystemTime {
-    let tai_offset = clock_ns(libc::CLOCK_TAI).saturating_sub(clock_ns(libc::CLOCK_REALTIME));
-    // Round to whole seconds: the offset is an integer number of seconds by definition.
-    let offset_s = (tai_offset + 500_000_000) / 1_000_000_000;
-    SystemTime::UNIX_EPOCH + Duration::from_nanos(tai_ns.saturating_sub(offset_s * 1_000_000_000))
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(tai_ns.saturating_sub(tai_offset_ns()))
+}
+
+/// CLOCK_TAI minus CLOCK_REALTIME now, in nanoseconds, rounded to whole seconds: the
+/// offset is an integer number of seconds by definition.
+pub fn tai_offset_ns() -> u64 {
+    let offset = clock_ns(libc::CLOCK_TAI).saturating_sub(clock_ns(libc::CLOCK_REALTIME));
+    (offset + 500_000_000) / 1_000_000_000 * 1_000_000_000
 }
 
 pub fn rfc3339(t: SystemTime) -> String {

@@ -155,11 +155,8 @@ impl Guard {
     /// wall clock. Called at start and on every policy watch tick: the offset changes only
     /// when a daemon sets it (ADJ_TAI) or at a leap second.
     pub fn refresh_clock_state(&mut self) -> anyhow::Result<()> {
-        let tai = crate::events::clock_ns(libc::CLOCK_TAI);
-        let real = crate::events::clock_ns(libc::CLOCK_REALTIME);
-        let offset_s = (tai.saturating_sub(real) + 500_000_000) / 1_000_000_000;
         let state = ClockState {
-            tai_offset_ns: offset_s * 1_000_000_000,
+            tai_offset_ns: crate::events::tai_offset_ns(),
         };
         let mut map: Array<_, ClockState> = Array::try_from(self.map_mut("CLOCK_STATE")?)?;
         map.set(0, state, 0).context("writing the clock state")

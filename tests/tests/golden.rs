@@ -9,19 +9,13 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
-use timeguard_tests::harness::timeguard;
+use timeguard_tests::harness::{timeguard, yaml_files};
 
 #[test]
 fn every_check_message_matches_its_golden_file() {
     let Some(bin) = timeguard() else { return };
     let bless = std::env::var_os("TIMEGUARD_BLESS").is_some();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir().join("cases"))
-        .expect("tests/golden/cases exists")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    cases.sort();
+    let cases = yaml_files(&golden_dir().join("cases"));
     assert!(
         cases.len() >= 20,
         "expected the full set of golden cases, found {}",

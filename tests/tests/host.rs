@@ -6,25 +6,19 @@
 use std::{
     io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use timeguard_tests::harness::{is_root, timeguard, workspace};
+use timeguard_tests::harness::{is_root, timeguard, workspace, yaml_files};
 
 #[test]
 fn bundled_policies_pass_check() {
     let Some(bin) = timeguard() else { return };
-    let mut policies: Vec<PathBuf> = std::fs::read_dir(workspace().join("policies"))
-        .expect("policies/ exists")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    policies.sort();
+    let policies = yaml_files(&workspace().join("policies"));
     let names: Vec<String> = policies
         .iter()
         .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
@@ -110,26 +104,57 @@ fn rewrite_maxerror() -> i32 {
     }
 }
 
-#[test]
-fn the_agent_reports_its_enforcement_and_records_an_attempt() {
-    let Some(bin) = timeguard() else { return };
+/// A policy in audit mode that denies by default: where the kernel lets timeguard enforce,
+/// nothing is blocked, and a test must not block the host's time daemon.
+fn audit_policy(name: &str) -> String {
+    format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n")
+}
+
+/// An agent this test started, with its own directory, policy and status socket.
+struct RunningAgent {
+    bin: PathBuf,
+    dir: PathBuf,
+    policy: PathBuf,
+    socket: PathBuf,
+    agent: Child,
+}
+
+/// Starts the agent on `audit_policy("first")` in a fresh temporary directory; None (said
+/// in one line) where it cannot run.
+fn start_agent(tag: &str, stdout: Stdio) -> Option<RunningAgent> {
+    let bin = timeguard()?;
     if !is_root() {
         eprintln!("skipped: loading BPF programs needs root");
-        return;
+        return None;
     }
-    let dir = std::env::temp_dir().join(format!("tg-run-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tg-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: host-test}\nspec:\n  mode: audit\n  clock:\n    default: deny\n").expect("write");
-    let mut agent = Command::new(&bin)
+    let socket = dir.join("status.sock");
+    std::fs::write(&policy, audit_policy("first")).expect("write the policy");
+    let agent = Command::new(&bin)
         .args(["run", "--policy"])
         .arg(&policy)
         .arg("--status-socket")
-        .arg(dir.join("status.sock"))
-        .stdout(Stdio::piped())
+        .arg(&socket)
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("the agent starts");
+    Some(RunningAgent {
+        bin,
+        dir,
+        policy,
+        socket,
+        agent,
+    })
+}
+
+#[test]
+fn the_agent_reports_its_enforcement_and_records_an_attempt() {
+    let Some(RunningAgent { dir, mut agent, .. }) = start_agent("run", Stdio::piped()) else {
+        return;
+    };
     let (tx, rx) = mpsc::channel::<Value>();
     let stdout = agent.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -256,28 +281,17 @@ fn the_kernel_report_names_every_program_type_and_the_enforcement() {
 /// `timeguard status` showing generation and hash, on this host's kernel.
 #[test]
 fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
-    let Some(bin) = timeguard() else { return };
-    if !is_root() {
-        eprintln!("skipped: loading BPF programs needs root");
+    let Some(RunningAgent {
+        bin,
+        dir,
+        policy,
+        socket,
+        mut agent,
+    }) = start_agent("reload", Stdio::null())
+    else {
         return;
-    }
-    let dir = std::env::temp_dir().join(format!("tg-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let policy = dir.join("policy.yaml");
-    let socket = dir.join("status.sock");
-    let text = |name: &str| {
-        format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n")
     };
-    std::fs::write(&policy, text("first")).expect("write");
-    let mut agent = Command::new(&bin)
-        .args(["run", "--policy"])
-        .arg(&policy)
-        .arg("--status-socket")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the agent starts");
+    let text = audit_policy;
     let status = || -> Option<Value> {
         let out = Command::new(&bin)
             .args(["status", "--json", "--socket"])

@@ -61,10 +61,21 @@ impl Sink {
         severity: Severity,
         message: impl Into<String>,
     ) {
+        self.at_position(at.line(), at.column(), severity, message);
+    }
+
+    /// A problem at a line and column (1-based; 0 counts as 1).
+    pub fn at_position(
+        &mut self,
+        line: u64,
+        column: u64,
+        severity: Severity,
+        message: impl Into<String>,
+    ) {
         self.found.push(Diagnostic {
             file: self.file.clone(),
-            line: at.line().max(1),
-            column: at.column().max(1),
+            line: line.max(1),
+            column: column.max(1),
             severity,
             message: message.into(),
         });
@@ -80,12 +91,6 @@ impl Sink {
 
     /// A problem with the file as a whole (size, encoding), reported at its start.
     pub fn whole_file(&mut self, message: impl Into<String>) {
-        self.found.push(Diagnostic {
-            file: self.file.clone(),
-            line: 1,
-            column: 1,
-            severity: Severity::Error,
-            message: message.into(),
-        });
+        self.at_position(1, 1, Severity::Error, message);
     }
 }

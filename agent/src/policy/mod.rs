@@ -116,13 +116,7 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Diagnostic>> 
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for p in paths {
-        let at_start = |message: String| Diagnostic {
-            file: p.clone(),
-            line: 1,
-            column: 1,
-            severity: Severity::Error,
-            message,
-        };
+        let mut sink = Sink::new(p.clone());
         match std::fs::metadata(p) {
             Ok(md) if md.is_dir() => match std::fs::read_dir(p) {
                 Ok(entries) => {
@@ -132,16 +126,17 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Diagnostic>> 
                         .filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml"))
                         .collect();
                     if found.is_empty() {
-                        problems.push(at_start("the directory holds no *.yaml policy".into()));
+                        sink.whole_file("the directory holds no *.yaml policy");
                     }
                     found.sort();
                     files.extend(found);
                 }
-                Err(e) => problems.push(at_start(format!("cannot read the directory: {e}"))),
+                Err(e) => sink.whole_file(format!("cannot read the directory: {e}")),
             },
             Ok(_) => files.push(p.clone()),
-            Err(e) => problems.push(at_start(format!("cannot read the policy: {e}"))),
+            Err(e) => sink.whole_file(format!("cannot read the policy: {e}")),
         }
+        problems.extend(sink.found);
     }
     if problems.is_empty() {
         Ok(files)
@@ -290,7 +285,7 @@ fn check_and_compile(
             }
             let allow = check_operations(rule, &mut sink);
             check_limits(rule, allow, &mut sink);
-            check_match(rule, host, &mut sink);
+            check_match(rule, &mut sink);
             let exe = &rule.matches.exe;
             if !exe.value.is_absolute() {
                 continue;
@@ -434,7 +429,7 @@ fn check_limits(rule: &model::Rule, allow: u32, sink: &mut Sink) {
     }
 }
 
-fn check_match(rule: &model::Rule, host: &Host, sink: &mut Sink) {
+fn check_match(rule: &model::Rule, sink: &mut Sink) {
     let exe = &rule.matches.exe;
     if !exe.value.is_absolute() {
         sink.error(exe.referenced, format!("match.exe `{}` is not an absolute path; write the full path, e.g. /usr/sbin/chronyd", exe.value.display()));
@@ -443,7 +438,6 @@ fn check_match(rule: &model::Rule, host: &Host, sink: &mut Sink) {
         if users.value.is_empty() {
             sink.error(users.referenced, "match.users is empty, so the rule can never match; list users, or remove match.users to match every user");
         } else {
-            let _ = host;
             sink.error(users.referenced, "match.users is not enforced by this version of timeguard; remove it (the rule would match every user)");
         }
     }

@@ -1,7 +1,11 @@
 //! YAML to the policy model, refusing hostile input quickly and in bounded memory, and
 //! turning the parser's messages into ones that say what to write instead.
 
-use super::{diagnostic::Sink, model::PolicyDoc, MAX_POLICY_BYTES};
+use super::{
+    diagnostic::{Severity, Sink},
+    model::PolicyDoc,
+    MAX_POLICY_BYTES,
+};
 
 /// Limits far above any real policy and far below what could hurt the agent.
 fn options() -> serde_saphyr::Options {
@@ -36,13 +40,12 @@ pub fn parse(bytes: &[u8], sink: &mut Sink) -> Option<PolicyDoc> {
             let column = (upto.len() - upto.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1))
                 as u64
                 + 1;
-            sink.found.push(super::diagnostic::Diagnostic {
-                file: sink.file.clone(),
+            sink.at_position(
                 line,
                 column,
-                severity: super::diagnostic::Severity::Error,
-                message: "the file is not UTF-8 text; save it as UTF-8".into(),
-            });
+                Severity::Error,
+                "the file is not UTF-8 text; save it as UTF-8",
+            );
             return None;
         }
     };
@@ -54,13 +57,12 @@ pub fn parse(bytes: &[u8], sink: &mut Sink) -> Option<PolicyDoc> {
         Ok(doc) => Some(doc),
         Err(e) => {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            sink.found.push(super::diagnostic::Diagnostic {
-                file: sink.file.clone(),
-                line: line.max(1),
-                column: column.max(1),
-                severity: super::diagnostic::Severity::Error,
-                message: explain_parse_error(&e.to_string()),
-            });
+            sink.at_position(
+                line,
+                column,
+                Severity::Error,
+                explain_parse_error(&e.to_string()),
+            );
             None
         }
     }

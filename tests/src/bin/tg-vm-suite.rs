@@ -202,24 +202,31 @@ fn scenario_adjtimex_denied() -> Outcome {
     ))
 }
 
-fn scenario_allowed_steps() -> Outcome {
+/// `program cmd +secs`, then `program cmd -secs`: both must succeed, the clock must move by
+/// `secs` in between and be back where it was after.
+fn step_and_back(program: &str, cmd: &str, secs: i64) -> Result<(), String> {
     let before = realtime_ns();
-    let forward = outcome(sh(ALLOWED, &["step", "3600"])?)?;
+    let forward = outcome(sh(program, &[cmd, &secs.to_string()])?)?;
     let moved = realtime_ns() - before;
-    let back = outcome(sh(ALLOWED, &["step", "-3600"])?)?;
+    let back = outcome(sh(program, &[cmd, &(-secs).to_string()])?)?;
     if forward.errno != 0 || back.errno != 0 {
         return Err(format!(
-            "allowed step failed: errno {} / {}",
+            "{program} {cmd} ±{secs}s failed: errno {} / {}",
             forward.errno, back.errno
         ));
     }
-    if (moved - 3_600_000_000_000).abs() > SLACK_NS {
+    if (moved - secs as i128 * 1_000_000_000).abs() > SLACK_NS {
         return Err(format!(
-            "the clock moved {:.3}s instead of 3600s",
+            "the clock moved {:.3}s instead of {secs}s",
             moved as f64 / 1e9
         ));
     }
-    clock_unchanged(before)?;
+    clock_unchanged(before)
+}
+
+fn scenario_allowed_steps() -> Outcome {
+    let before = realtime_ns();
+    step_and_back(ALLOWED, "step", 3600)?;
     let ev = clock_event("tg-clock-allowe", "allow", "step")?;
     // The event of the forward step is stamped with the instant it was decided, not
     // shifted by the hour the clock jumped before the agent read it.
@@ -534,22 +541,7 @@ fn scenario_compat_entries() -> Outcome {
             sleep(Duration::from_millis(50));
         }
     }
-    let start = realtime_ns();
-    let fwd = outcome(sh(ALLOWED, &["compat-step", "60"])?)?;
-    let moved = realtime_ns() - start;
-    let back = outcome(sh(ALLOWED, &["compat-step", "-60"])?)?;
-    if fwd.errno != 0 || back.errno != 0 {
-        return Err(format!(
-            "the allowed program's compat step failed: errno {} / {}",
-            fwd.errno, back.errno
-        ));
-    }
-    if (moved - 60_000_000_000).abs() > SLACK_NS {
-        return Err(format!(
-            "the compat step moved the clock {:.3}s instead of 60s",
-            moved as f64 / 1e9
-        ));
-    }
+    step_and_back(ALLOWED, "compat-step", 60)?;
     Ok("clock_settime32, stime, adjtimex32 denied (compat32 events); the allowed program's compat step works".into())
 }
 
@@ -622,23 +614,9 @@ fn scenario_audit_mode() -> Outcome {
         .replace("mode: enforce", "mode: audit")
         .replace("name: vm-test}", "name: vm-test-audit}");
     reload_to(&audit, "vm-test-audit")?;
-    let before = realtime_ns();
-    let forward = outcome(sh(COPY, &["step", "10"])?)?;
-    let moved = realtime_ns() - before;
-    let back = outcome(sh(COPY, &["step", "-10"])?)?;
+    let stepped = step_and_back(COPY, "step", 10);
     let restored = reload_to(POLICY_MAY_STEP, "vm-test");
-    if forward.errno != 0 || back.errno != 0 {
-        return Err(format!(
-            "audit mode blocked a step: errno {} / {}",
-            forward.errno, back.errno
-        ));
-    }
-    if (moved - 10_000_000_000).abs() > SLACK_NS {
-        return Err(format!(
-            "the clock moved {:.3}s instead of 10s",
-            moved as f64 / 1e9
-        ));
-    }
+    stepped.map_err(|e| format!("audit mode blocked a step: {e}"))?;
     clock_event("tg-clock", "audit", "step")?;
     restored?;
     Ok("what enforce denies is allowed and recorded as verdict=audit".into())
@@ -672,16 +650,7 @@ fn scenario_million_denied() -> Outcome {
 
 fn scenario_detach_restores(agent: Child) -> Outcome {
     let stopped = stop_agent(agent)?;
-    let before = realtime_ns();
-    let o = outcome(sh(COPY, &["step", "10"])?)?;
-    let back = outcome(sh(COPY, &["step", "-10"])?)?;
-    if o.errno != 0 || back.errno != 0 {
-        return Err(format!(
-            "after stop, step failed: errno {} / {}",
-            o.errno, back.errno
-        ));
-    }
-    clock_unchanged(before)?;
+    step_and_back(COPY, "step", 10).map_err(|e| format!("after stop: {e}"))?;
     Ok(format!("{stopped}; clock rights back to the kernel's own"))
 }
 
