@@ -24,9 +24,12 @@ pub mod op {
     /// A privileged time change the agent could not classify further; only a rule that
     /// allows every operation allows it.
     pub const OTHER: u32 = 1 << 9;
+    /// A pulse-per-second source: binding it to the kernel clock discipline (`PPS_KC_BIND`)
+    /// or setting its capture parameters (`PPS_SETPARAMS`) on `/dev/ppsN`.
+    pub const PPS: u32 = 1 << 10;
 
     /// Every operation, in the order the operator's words are listed.
-    pub const ALL: [(u32, &str); 10] = [
+    pub const ALL: [(u32, &str); 11] = [
         (STEP, "step"),
         (SLEW, "slew"),
         (FREQUENCY, "frequency"),
@@ -36,6 +39,7 @@ pub mod op {
         (TIMEZONE, "timezone"),
         (RTC, "rtc"),
         (PHC, "phc"),
+        (PPS, "pps"),
         (OTHER, "other"),
     ];
 
@@ -69,6 +73,12 @@ pub mod adj {
     /// Only valid together with `OFFSET_SINGLESHOT`: read the remaining adjtime() offset.
     pub const OFFSET_READONLY: u32 = 0x2000;
     pub const OFFSET_SS_READ: u32 = 0xa001;
+
+    /// The nominal `timex.tick` (µs per 1/USER_HZ s, USER_HZ = 100); each µs away from it
+    /// changes the clock's rate by 100 ppm, so ADJ_TICK is a frequency change too.
+    pub const TICK_NOMINAL: i64 = 10_000;
+    /// One µs of tick, in the kernel's frequency unit (ppm << 16).
+    pub const TICK_US_AS_FREQUENCY: i64 = 100 << 16;
 
     /// `timex.status` bits that schedule a leap second.
     pub const STA_INS: u32 = 0x0010;
@@ -126,11 +136,64 @@ pub const fn timex_operations(modes: u32, status: u32) -> u32 {
 /// `timex_operations` for `settimeofday`/`clock_settime`: a time is a step; only a timezone
 /// (no time) is a timezone change.
 pub const fn settime_operations(has_time: bool, has_timezone: bool) -> u32 {
-    match (has_time, has_timezone) {
-        (true, _) => op::STEP,
-        (false, true) => op::TIMEZONE,
-        (false, false) => 0,
+    if has_time {
+        op::STEP
+    } else if has_timezone {
+        op::TIMEZONE
+    } else {
+        0
     }
+}
+
+/// `ioctl` request numbers: `_IOC(dir, type, nr, size)` (include/uapi/asm-generic/ioctl.h).
+pub mod ioctl {
+    /// The `type` byte of the RTC (`RTC_SET_TIME` …) and PPS (`PPS_KC_BIND` …) requests.
+    pub const RTC_PPS_TYPE: u32 = b'p' as u32;
+    /// The `type` byte of PTP hardware clock requests (`PTP_CLK_MAGIC`).
+    pub const PTP_TYPE: u32 = b'=' as u32;
+    /// PPS requests use numbers from 0xa1 up; RTC requests stay below.
+    pub const PPS_FIRST_NR: u32 = 0xa1;
+    /// PTP requests that change the device: external timestamps, periodic output, PPS
+    /// output and pin functions (their `2` variants too). The others only read.
+    pub const PTP_CHANGING_NRS: [u32; 8] = [0x02, 0x03, 0x04, 0x07, 0x0b, 0x0c, 0x0d, 0x10];
+
+    pub const fn kind(cmd: u32) -> u32 {
+        (cmd >> 8) & 0xff
+    }
+
+    pub const fn nr(cmd: u32) -> u32 {
+        cmd & 0xff
+    }
+}
+
+/// Classifies an `ioctl` that reached the kernel's CAP_SYS_TIME check (only changing RTC
+/// and PPS requests do): the RTC (`RTC_SET_TIME`, `RTC_EPOCH_SET`, `RTC_PARAM_SET`), or a
+/// PPS source (`PPS_SETPARAMS`, `PPS_KC_BIND`).
+pub const fn privileged_ioctl_operations(cmd: u32) -> u32 {
+    if ioctl::kind(cmd) != ioctl::RTC_PPS_TYPE {
+        op::OTHER
+    } else if ioctl::nr(cmd) >= ioctl::PPS_FIRST_NR {
+        op::PPS
+    } else {
+        op::RTC
+    }
+}
+
+/// Classifies an `ioctl` on a PTP hardware clock: `PHC` for a request that changes the
+/// device, 0 for one that only reads (capabilities, cross-timestamps, pin queries).
+pub const fn phc_ioctl_operations(cmd: u32) -> u32 {
+    if ioctl::kind(cmd) != ioctl::PTP_TYPE {
+        return 0;
+    }
+    let nr = ioctl::nr(cmd);
+    let mut i = 0;
+    while i < ioctl::PTP_CHANGING_NRS.len() {
+        if ioctl::PTP_CHANGING_NRS[i] == nr {
+            return op::PHC;
+        }
+        i += 1;
+    }
+    0
 }
 
 #[cfg(test)]
@@ -177,6 +240,32 @@ mod tests {
         assert_eq!(settime_operations(true, true), op::STEP);
         assert_eq!(settime_operations(false, true), op::TIMEZONE);
         assert_eq!(settime_operations(false, false), 0);
+    }
+
+    #[test]
+    fn privileged_ioctls() {
+        // _IOW('p', 0x0a, struct rtc_time)
+        assert_eq!(privileged_ioctl_operations(0x4024_700a), op::RTC);
+        // _IOW('p', 0x0e, unsigned long): RTC_EPOCH_SET
+        assert_eq!(privileged_ioctl_operations(0x4008_700e), op::RTC);
+        // _IOW('p', 0xa5, struct pps_bind_args *), native and compat pointer sizes
+        assert_eq!(privileged_ioctl_operations(0x4008_70a5), op::PPS);
+        assert_eq!(privileged_ioctl_operations(0x4004_70a5), op::PPS);
+        // _IOW('p', 0xa2, struct pps_kparams *): PPS_SETPARAMS
+        assert_eq!(privileged_ioctl_operations(0x4008_70a2), op::PPS);
+        assert_eq!(privileged_ioctl_operations(0x5401), op::OTHER);
+    }
+
+    #[test]
+    fn phc_ioctls() {
+        // PTP_PEROUT_REQUEST = _IOW('=', 3, struct ptp_perout_request)
+        assert_eq!(phc_ioctl_operations(0x4038_3d03), op::PHC);
+        // PTP_PIN_SETFUNC2 = _IOW('=', 16, struct ptp_pin_desc)
+        assert_eq!(phc_ioctl_operations(0x4060_3d10), op::PHC);
+        // PTP_CLOCK_GETCAPS = _IOR('=', 1, ...), PTP_SYS_OFFSET = _IOW('=', 5, ...): reads
+        assert_eq!(phc_ioctl_operations(0x8050_3d01), 0);
+        assert_eq!(phc_ioctl_operations(0x4340_3d05), 0);
+        assert_eq!(phc_ioctl_operations(0x4024_700a), 0);
     }
 
     #[test]

@@ -8,12 +8,18 @@ pub mod hook {
     pub const CAPABLE: u8 = 2;
     /// A syscall tracepoint: seen, not decided (observe-only mode).
     pub const TRACEPOINT: u8 = 3;
+    /// BPF LSM `file_open`: a PTP hardware clock opened for writing.
+    pub const FILE_OPEN: u8 = 4;
+    /// BPF LSM `file_ioctl`/`file_ioctl_compat`: a changing request on a PTP hardware clock.
+    pub const FILE_IOCTL: u8 = 5;
 
     pub fn name(h: u8) -> &'static str {
         match h {
             SETTIME => "lsm/settime",
             CAPABLE => "lsm/capable",
             TRACEPOINT => "tracepoint",
+            FILE_OPEN => "lsm/file_open",
+            FILE_IOCTL => "lsm/file_ioctl",
             _ => "unknown",
         }
     }
@@ -57,6 +63,10 @@ pub struct ClockEvent {
     pub syscall: i32,
     /// The clock id argument, -1 when the syscall has none.
     pub clock_id: i32,
+    /// The device file's number (kernel `dev_t`) for a device request, 0 otherwise.
+    pub device: u32,
+    /// The ioctl request number, 0 when the request was not an ioctl.
+    pub ioctl_cmd: u32,
     pub hook: u8,
     pub verdict: u8,
     pub abi: u8,
@@ -88,6 +98,8 @@ impl ClockEvent {
         timex_modes: 0,
         syscall: -1,
         clock_id: -1,
+        device: 0,
+        ioctl_cmd: 0,
         hook: 0,
         verdict: 0,
         abi: 0,

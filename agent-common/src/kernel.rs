@@ -18,6 +18,10 @@ pub struct KernelOffsets {
     pub mm_exe_file: u32,
     /// `file.f_inode`
     pub file_inode: u32,
+    /// `file.f_mode` (`FMODE_WRITE`: opened for writing)
+    pub file_mode: u32,
+    /// `inode.i_rdev` (the device number of a device file)
+    pub inode_rdev: u32,
     /// `inode.i_ino`
     pub inode_ino: u32,
     /// `inode.i_sb`
@@ -38,6 +42,18 @@ pub struct ClockState {
     /// CLOCK_TAI minus CLOCK_REALTIME, in nanoseconds (whole seconds): with it the programs
     /// know the wall time (`bpf_ktime_get_tai_ns() - tai_offset_ns`) to measure a step.
     pub tai_offset_ns: u64,
+    /// The character-device major of PTP hardware clocks (`/dev/ptpN`), from
+    /// `/proc/devices`; 0 while the kernel has none.
+    pub phc_major: u32,
+    pub _pad: u32,
+}
+
+/// `file.f_mode` bit: the file is open for writing (a PHC can then be set and adjusted).
+pub const FMODE_WRITE: u32 = 0x2;
+
+/// The major number of a kernel-internal `dev_t` (`MAJOR()`: 12 bits above a 20-bit minor).
+pub const fn dev_major(dev: u32) -> u32 {
+    dev >> 20
 }
 
 /// The capability whose check guards every privileged change of the system clock.
@@ -61,7 +77,12 @@ pub mod pt_regs {
 pub mod nr {
     /// x86_64 native.
     pub mod native {
+        pub const WRITE: i64 = 1;
         pub const IOCTL: i64 = 16;
+        pub const PWRITE64: i64 = 18;
+        pub const WRITEV: i64 = 20;
+        pub const PWRITEV: i64 = 296;
+        pub const PWRITEV2: i64 = 328;
         pub const ADJTIMEX: i64 = 159;
         pub const SETTIMEOFDAY: i64 = 164;
         pub const CLOCK_SETTIME: i64 = 227;
@@ -69,8 +90,13 @@ pub mod nr {
     }
     /// i386 compat (`int 0x80`).
     pub mod compat {
+        pub const WRITE: i64 = 4;
         pub const STIME: i64 = 25;
         pub const IOCTL: i64 = 54;
+        pub const WRITEV: i64 = 146;
+        pub const PWRITE64: i64 = 181;
+        pub const PWRITEV: i64 = 334;
+        pub const PWRITEV2: i64 = 379;
         pub const SETTIMEOFDAY: i64 = 79;
         pub const ADJTIMEX: i64 = 124;
         pub const CLOCK_SETTIME: i64 = 264;
@@ -91,6 +117,8 @@ pub struct TimexLayout {
     /// `time.tv_sec` / `time.tv_usec`: the offset of ADJ_SETOFFSET.
     pub time_sec: usize,
     pub time_usec: usize,
+    /// `tick`: microseconds added to the clock per timer tick (ADJ_TICK).
+    pub tick: usize,
     /// Whether the time fields are 64-bit.
     pub wide: bool,
 }
@@ -101,6 +129,7 @@ pub const TIMEX64: TimexLayout = TimexLayout {
     status: 40,
     time_sec: 72,
     time_usec: 80,
+    tick: 88,
     wide: true,
 };
 /// `struct old_timex32` (i386 adjtimex and clock_adjtime).
@@ -109,6 +138,7 @@ pub const TIMEX32: TimexLayout = TimexLayout {
     status: 20,
     time_sec: 36,
     time_usec: 40,
+    tick: 44,
     wide: false,
 };
 
@@ -126,6 +156,9 @@ pub enum ClockSyscall {
     ClockAdjtime { layout: TimexLayout },
     /// ioctl on a device (RTC_SET_TIME, PPS_KC_BIND...).
     Ioctl,
+    /// A write: the only one that meets CAP_SYS_TIME is to `/proc/PID/timens_offsets`, which
+    /// sets a time namespace's offsets and changes nothing of the host's clock.
+    Write,
     /// Anything else: not a clock syscall we know.
     Other,
 }
@@ -146,6 +179,11 @@ pub const fn classify_syscall(compat: bool, nr: i64) -> ClockSyscall {
             nr::compat::CLOCK_ADJTIME => ClockAdjtime { layout: TIMEX32 },
             nr::compat::CLOCK_ADJTIME64 => ClockAdjtime { layout: TIMEX64 },
             nr::compat::IOCTL => Ioctl,
+            nr::compat::WRITE
+            | nr::compat::WRITEV
+            | nr::compat::PWRITE64
+            | nr::compat::PWRITEV
+            | nr::compat::PWRITEV2 => Write,
             _ => Other,
         }
     } else {
@@ -157,6 +195,11 @@ pub const fn classify_syscall(compat: bool, nr: i64) -> ClockSyscall {
             },
             nr::native::CLOCK_ADJTIME => ClockAdjtime { layout: TIMEX64 },
             nr::native::IOCTL => Ioctl,
+            nr::native::WRITE
+            | nr::native::WRITEV
+            | nr::native::PWRITE64
+            | nr::native::PWRITEV
+            | nr::native::PWRITEV2 => Write,
             _ => Other,
         }
     }
@@ -190,6 +233,8 @@ mod tests {
                 layout: TIMEX64
             }
         );
-        assert_eq!(classify_syscall(false, 1), ClockSyscall::Other);
+        assert_eq!(classify_syscall(false, 1), ClockSyscall::Write);
+        assert_eq!(classify_syscall(true, 4), ClockSyscall::Write);
+        assert_eq!(classify_syscall(false, 0), ClockSyscall::Other);
     }
 }

@@ -19,8 +19,10 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_ti_status: 0,
     mm_exe_file: 0,
     file_inode: 0,
+    file_mode: 0,
     inode_ino: 0,
     inode_sb: 0,
+    inode_rdev: 0,
     sb_dev: 0,
     userns_level: 0,
 };
@@ -39,6 +41,17 @@ pub fn kread<T>(base: *const u8, off: u32) -> Option<T> {
     }
     // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).ok() }
+}
+
+/// An LSM hook's pointer argument that may be NULL, as a plain number. Read directly, the
+/// verifier types it as a trusted kernel pointer and decides `== NULL` is never true, so a
+/// null check on it is dropped (seen on 6.12: a timezone-only settimeofday looked like a
+/// step); read through a probe, it is a scalar that can be tested.
+#[inline(always)]
+pub fn nullable_arg(ctx: &impl aya_ebpf::EbpfContext, n: usize) -> u64 {
+    let at = (ctx.as_ptr() as *const u64).wrapping_add(n);
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(at) }.unwrap_or(0)
 }
 
 /// Reads a `T` at `base + off` in the calling process's memory.

@@ -6,10 +6,12 @@
 //!   is read from the syscall the task is in. The settime path passes this check too; there
 //!   `capable` defers to `settime`, so every attempt is decided and recorded exactly once.
 //!
+//! PTP hardware clocks pass neither; `devices` decides them when they are opened.
+//!
 //! Where LSM programs are refused, tracepoints on the same syscalls observe without deciding.
 
 use agent_common::{
-    clock::{op, settime_operations, timex_operations},
+    clock::{adj, ioctl, op, privileged_ioctl_operations, settime_operations, timex_operations},
     event::{abi::NATIVE, hook, ClockEvent},
     kernel::{classify_syscall, ClockSyscall, TimexLayout, CAP_SYS_TIME, TIMEX64},
     policy::{verdict, Request as Limits},
@@ -21,7 +23,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    caller::{current_syscall, fill_who, kread, offsets, uread},
+    caller::{current_syscall, fill_who, kread, nullable_arg, offsets, uread, Syscall},
     policy::{clock_state, decide_for},
     record::{count, emit},
 };
@@ -54,7 +56,7 @@ const fn time(sec: i64, nsec: i64) -> Time {
 }
 
 /// What a request asks for, before it is decided.
-struct Request {
+pub(crate) struct Request {
     hook: u8,
     operations: u32,
     syscall: i64,
@@ -67,6 +69,9 @@ struct Request {
     /// The frequency asked for (ppm << 16), and its size (`u64::MAX` when unreadable).
     frequency: i64,
     frequency_abs: u64,
+    /// The device file (kernel `dev_t`) and ioctl request of a device request.
+    device: u32,
+    ioctl_cmd: u32,
 }
 
 /// The wall clock now, in nanoseconds: CLOCK_TAI less the TAI offset the agent reported.
@@ -97,7 +102,7 @@ fn mul_saturating(a: i64, k: i64) -> i64 {
 
 /// Decides, counts and records one request; returns the verdict.
 #[inline(always)]
-fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
+pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
     let off = offsets();
     let mut ev = ClockEvent::EMPTY;
     fill_who(&mut ev, &off);
@@ -132,12 +137,14 @@ fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
     ev.time_nsec = req.time.nsec;
     ev.reason = decided.decision.reason;
     ev.frequency = req.frequency;
+    ev.device = req.device;
+    ev.ioctl_cmd = req.ioctl_cmd;
     emit(&ev);
     v
 }
 
 #[inline(always)]
-fn lsm_verdict(v: u8) -> i32 {
+pub(crate) fn lsm_verdict(v: u8) -> i32 {
     if v == verdict::DENY {
         -EPERM
     } else {
@@ -172,26 +179,12 @@ fn read_timex(ptr: u64, layout: TimexLayout) -> Timex {
         frequency_abs: 0,
     };
     if operations & op::STEP != 0 {
-        let read = if layout.wide {
-            match (
-                uread::<i64>(ptr, layout.time_sec),
-                uread::<i64>(ptr, layout.time_usec),
-            ) {
-                (Some(sec), Some(sub)) => Some((sec, sub)),
-                _ => None,
-            }
-        } else {
-            match (
-                uread::<i32>(ptr, layout.time_sec),
-                uread::<i32>(ptr, layout.time_usec),
-            ) {
-                (Some(sec), Some(sub)) => Some((sec as i64, sub as i64)),
-                _ => None,
-            }
-        };
-        match read {
-            Some((sec, sub)) => {
-                let nsec = if modes & agent_common::clock::adj::NANO != 0 {
+        match (
+            read_long(ptr, layout.time_sec, layout.wide),
+            read_long(ptr, layout.time_usec, layout.wide),
+        ) {
+            (Some(sec), Some(sub)) => {
+                let nsec = if modes & adj::NANO != 0 {
                     sub
                 } else {
                     mul_saturating(sub, 1000)
@@ -199,24 +192,38 @@ fn read_timex(ptr: u64, layout: TimexLayout) -> Timex {
                 t.time = time(sec, nsec);
                 t.step_ns = nanos(sec, nsec).unsigned_abs();
             }
-            None => t.step_ns = u64::MAX,
+            _ => t.step_ns = u64::MAX,
         }
     }
-    if modes & agent_common::clock::adj::FREQUENCY != 0 {
-        let freq = if layout.wide {
-            uread::<i64>(ptr, layout.freq)
-        } else {
-            uread::<i32>(ptr, layout.freq).map(|f| f as i64)
-        };
-        match freq {
-            Some(f) => {
-                t.frequency = f;
-                t.frequency_abs = f.unsigned_abs();
-            }
-            None => t.frequency_abs = u64::MAX,
-        }
-    }
+    // The rate asked for: the frequency offset, plus what a tick change adds (ADJ_TICK moves
+    // the rate by up to 10 %, far beyond any frequency limit, so it counts toward it).
+    // Unreadable fields read as beyond any limit.
+    let freq = if modes & adj::FREQUENCY != 0 {
+        read_long(ptr, layout.freq, layout.wide).unwrap_or(i64::MAX)
+    } else {
+        0
+    };
+    let tick_offset = if modes & adj::TICK != 0 {
+        let tick = read_long(ptr, layout.tick, layout.wide).unwrap_or(i64::MAX);
+        mul_saturating(
+            tick.saturating_sub(adj::TICK_NOMINAL),
+            adj::TICK_US_AS_FREQUENCY,
+        )
+    } else {
+        0
+    };
+    t.frequency = freq.saturating_add(tick_offset);
+    t.frequency_abs = t.frequency.unsigned_abs();
     t
+}
+
+/// Reads a C `long` of the caller's ABI: 64-bit native, 32-bit compat. One 8-byte read
+/// either way (every 32-bit field read here has 4 more bytes of the struct after it),
+/// sign-extended for compat: one path, which keeps the verifier's work small.
+#[inline(always)]
+fn read_long(ptr: u64, off: usize, wide: bool) -> Option<i64> {
+    let raw = uread::<i64>(ptr, off)?;
+    Some(if wide { raw } else { raw as i32 as i64 })
 }
 
 impl Request {
@@ -234,6 +241,8 @@ impl Request {
             step_ns: t.step_ns,
             frequency: t.frequency,
             frequency_abs: t.frequency_abs,
+            device: 0,
+            ioctl_cmd: 0,
         }
     }
 
@@ -263,23 +272,28 @@ impl Request {
             step_ns,
             frequency: 0,
             frequency_abs: 0,
+            device: 0,
+            ioctl_cmd: 0,
         }
     }
 
-    /// Anything else that reached the CAP_SYS_TIME check.
+    /// A request without a time or frequency: an ioctl, a device opened for writing, or
+    /// anything else that reached the CAP_SYS_TIME check.
     #[inline(always)]
-    fn other(operations: u32, syscall: i64, abi: u8) -> Self {
+    pub(crate) fn device(hook: u8, operations: u32, sc: &Syscall, device: u32, cmd: u32) -> Self {
         Request {
-            hook: hook::CAPABLE,
+            hook,
             operations,
-            syscall,
-            abi,
+            syscall: sc.nr,
+            abi: sc.abi,
             clock_id: -1,
             timex_modes: 0,
             time: NO_TIME,
             step_ns: 0,
             frequency: 0,
             frequency_abs: 0,
+            device,
+            ioctl_cmd: cmd,
         }
     }
 }
@@ -287,28 +301,24 @@ impl Request {
 /// LSM_HOOK(int, 0, settime, const struct timespec64 *ts, const struct timezone *tz)
 #[lsm(hook = "settime")]
 pub fn clock_settime_guard(ctx: LsmContext) -> i32 {
-    let ts: *const u8 = ctx.arg(0);
-    let tz: *const u8 = ctx.arg(1);
+    let ts = nullable_arg(&ctx, 0) as *const u8;
+    let tz = nullable_arg(&ctx, 1);
     let previous: i32 = ctx.arg(2);
     if previous != 0 {
         return previous;
     }
-    // The kernel's own copy, already validated: exact, no race with user memory.
-    let requested = if ts.is_null() {
-        NO_TIME
-    } else {
-        match (kread::<i64>(ts, 0), kread::<i64>(ts, 8)) {
-            (Some(sec), Some(nsec)) => time(sec, nsec),
-            // Unreadable: a step of unknown size, beyond any limit.
-            _ => Time {
-                set: true,
-                sec: i64::MAX,
-                nsec: 0,
-            },
-        }
-    };
     let sc = current_syscall(&offsets());
-    let req = Request::settime(hook::SETTIME, sc.nr, sc.abi, -1, requested, !tz.is_null());
+    if ts.is_null() {
+        let req = Request::settime(hook::SETTIME, sc.nr, sc.abi, -1, NO_TIME, tz != 0);
+        return lsm_verdict(decide_and_record(&req, false));
+    }
+    // The kernel's own copy, already validated: exact, no race with user memory.
+    let requested = match (kread::<i64>(ts, 0), kread::<i64>(ts, 8)) {
+        (Some(sec), Some(nsec)) => time(sec, nsec),
+        // Unreadable: a step of unknown size, beyond any limit.
+        _ => time(i64::MAX, 0),
+    };
+    let req = Request::settime(hook::SETTIME, sc.nr, sc.abi, -1, requested, tz != 0);
     lsm_verdict(decide_and_record(&req, false))
 }
 
@@ -331,20 +341,34 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
     }
     let sc = current_syscall(&off);
     let compat = sc.abi == agent_common::event::abi::COMPAT;
-    let mut req = match classify_syscall(compat, sc.nr) {
+    // adjtimex and clock_adjtime differ only in where the timex is: one read_timex below,
+    // inlined once, keeps the program within the 6.1 verifier's budget.
+    let (timex, layout, clock_id) = match classify_syscall(compat, sc.nr) {
         // The settime hook right after this check decides, with the exact time.
         ClockSyscall::SetTime => return 0,
         ClockSyscall::Adjtimex { timex_arg, layout } => {
-            let t = read_timex(sc.args[timex_arg], layout);
-            Request::timex(hook::CAPABLE, sc.nr, sc.abi, CLOCK_REALTIME as i32, &t)
+            (sc.args[timex_arg], layout, CLOCK_REALTIME as i32)
         }
-        ClockSyscall::ClockAdjtime { layout } => {
-            let t = read_timex(sc.args[1], layout);
-            Request::timex(hook::CAPABLE, sc.nr, sc.abi, sc.args[0] as i32, &t)
+        ClockSyscall::ClockAdjtime { layout } => (sc.args[1], layout, sc.args[0] as i32),
+        ClockSyscall::Ioctl => {
+            let cmd = sc.args[1] as u32;
+            // A PHC request (PTP_ENABLE_PPS) was decided by file_ioctl before the driver
+            // asked for the capability.
+            if ioctl::kind(cmd) == ioctl::PTP_TYPE {
+                return 0;
+            }
+            let req = Request::device(hook::CAPABLE, privileged_ioctl_operations(cmd), &sc, 0, cmd);
+            return lsm_verdict(decide_and_record(&req, false));
         }
-        ClockSyscall::Ioctl => Request::other(op::RTC, sc.nr, sc.abi),
-        ClockSyscall::Other => Request::other(op::OTHER, sc.nr, sc.abi),
+        // Time namespace offsets: not the host's clock.
+        ClockSyscall::Write => return 0,
+        ClockSyscall::Other => {
+            let req = Request::device(hook::CAPABLE, op::OTHER, &sc, 0, 0);
+            return lsm_verdict(decide_and_record(&req, false));
+        }
     };
+    let t = read_timex(timex, layout);
+    let mut req = Request::timex(hook::CAPABLE, sc.nr, sc.abi, clock_id, &t);
     // The kernel asks for CAP_SYS_TIME only for a change. If user memory now reads as
     // read-only, it changed under us: decide it as an unclassified change, never as nothing.
     if req.operations == 0 {

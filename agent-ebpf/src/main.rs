@@ -2,6 +2,7 @@
 //!
 //! - `clock`: the BPF LSM hooks that decide every change of the system clock, and the
 //!   tracepoints that only observe when the kernel refuses LSM programs.
+//! - `devices`: PTP hardware clocks, decided when opened for writing and on their ioctls.
 //! - `caller`: who is asking (executable identity, ids, syscall context).
 //! - `policy`: the compiled policy maps and the lookup of the rule in force.
 //! - `record`: exact counters and events to userspace.
@@ -10,6 +11,7 @@
 
 mod caller;
 mod clock;
+mod devices;
 mod policy;
 mod record;
 

@@ -58,6 +58,9 @@ fn syscall_name(abi_: u8, nr_: i32) -> String {
         (false, nr::native::SETTIMEOFDAY) | (true, nr::compat::SETTIMEOFDAY) => "settimeofday",
         (true, nr::compat::STIME) => "stime",
         (true, nr::compat::CLOCK_ADJTIME64) => "clock_adjtime64",
+        (false, 2) | (true, 5) => "open",
+        (false, 257) | (true, 295) => "openat",
+        (_, 437) => "openat2",
         _ => match classify_syscall(compat, nr_) {
             ClockSyscall::Adjtimex { .. } => "adjtimex",
             ClockSyscall::ClockAdjtime { .. } => "clock_adjtime",
@@ -100,7 +103,15 @@ pub fn clock_event_json(ev: &ClockEvent, policy: &CompiledPolicy, host: &str) ->
     if ev.has_time != 0 {
         what["time"] = json!({ "sec": ev.time_sec, "nsec": ev.time_nsec });
     }
-    if ev.timex_modes & agent_common::clock::adj::FREQUENCY != 0 {
+    if ev.device != 0 {
+        // The kernel's dev_t: 12-bit major above a 20-bit minor.
+        what["device"] = json!(format!("{}:{}", ev.device >> 20, ev.device & 0xfffff));
+    }
+    if ev.ioctl_cmd != 0 {
+        what["ioctl"] = json!(format!("{:#010x}", ev.ioctl_cmd));
+    }
+    if ev.timex_modes & (agent_common::clock::adj::FREQUENCY | agent_common::clock::adj::TICK) != 0
+    {
         what["frequency_ppm"] = json!(ev.frequency as f64 / 65536.0);
     }
     json!({

@@ -18,11 +18,26 @@ use crate::policy::CompiledPolicy;
 /// The kernel programs, built by build.rs and embedded in the binary.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-/// LSM programs and the hooks they decide on.
-const LSM_PROGRAMS: [(&str, &str); 2] = [
-    ("clock_settime_guard", "settime"),
-    ("clock_capable_guard", "capable"),
+/// LSM programs and the hooks they decide on. A hook the kernel does not have is skipped
+/// only where it is marked optional: another hook covers its path on that kernel.
+const LSM_PROGRAMS: [(&str, &str, Presence); 5] = [
+    ("clock_settime_guard", "settime", Presence::Required),
+    ("clock_capable_guard", "capable", Presence::Required),
+    ("phc_open_guard", "file_open", Presence::Required),
+    ("phc_ioctl_guard", "file_ioctl", Presence::Required),
+    // Before 6.8, 32-bit ioctls pass file_ioctl.
+    (
+        "phc_ioctl_compat_guard",
+        "file_ioctl_compat",
+        Presence::Optional,
+    ),
 ];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Required,
+    Optional,
+}
 
 /// Tracepoints that observe the same requests where LSM programs are refused.
 const OBSERVERS: [(&str, &str); 4] = [
@@ -57,11 +72,18 @@ pub struct Guard {
     pub attached: Vec<String>,
     active_slot: u32,
     generation: u32,
+    /// Optional LSM hooks this kernel does not have.
+    absent_hooks: Vec<&'static str>,
 }
 
 impl Guard {
     /// Loads the programs with this kernel's struct offsets. Nothing is attached yet.
-    pub fn load(offsets: &KernelOffsets) -> anyhow::Result<Self> {
+    pub fn load(offsets: &KernelOffsets, btf: &crate::kernel::btf::Btf) -> anyhow::Result<Self> {
+        let absent_hooks = LSM_PROGRAMS
+            .iter()
+            .filter(|(_, hook, _)| !btf.has_function(&format!("bpf_lsm_{hook}")))
+            .map(|(_, hook, _)| *hook)
+            .collect();
         let bpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", offsets, true)
             .load(PROGRAMS)
@@ -74,6 +96,7 @@ impl Guard {
             attached: Vec::new(),
             active_slot: 0,
             generation: 0,
+            absent_hooks,
         })
     }
 
@@ -152,11 +175,14 @@ impl Guard {
     }
 
     /// Tells the programs the kernel's TAI offset, so they can measure a step against the
-    /// wall clock. Called at start and on every policy watch tick: the offset changes only
-    /// when a daemon sets it (ADJ_TAI) or at a leap second.
+    /// wall clock, and the device major of PTP clocks. Called at start and on every policy
+    /// watch tick: the offset changes only when a daemon sets it (ADJ_TAI) or at a leap
+    /// second, the major when the PTP core is loaded as a module.
     pub fn refresh_clock_state(&mut self) -> anyhow::Result<()> {
         let state = ClockState {
             tai_offset_ns: crate::events::tai_offset_ns(),
+            phc_major: crate::kernel::char_major("ptp").unwrap_or(0),
+            _pad: 0,
         };
         let mut map: Array<_, ClockState> = Array::try_from(self.map_mut("CLOCK_STATE")?)?;
         map.set(0, state, 0).context("writing the clock state")
@@ -174,7 +200,10 @@ impl Guard {
         let mut refused = Vec::new();
         match Btf::from_sys_fs() {
             Ok(btf) => {
-                for (name, hook) in LSM_PROGRAMS {
+                for (name, hook, presence) in LSM_PROGRAMS {
+                    if presence == Presence::Optional && self.absent_hooks.contains(&hook) {
+                        continue;
+                    }
                     if let Err(e) = self.attach_lsm(name, hook, &btf) {
                         refused.push(format!("BPF LSM hook {hook}: {e:#}"));
                         break;
@@ -189,7 +218,7 @@ impl Guard {
             return Ok(());
         }
         // All or nothing: a half-attached guard would decide some paths and not others.
-        for (name, _) in LSM_PROGRAMS {
+        for (name, _, _) in LSM_PROGRAMS {
             if let Some(p) = self.bpf.program_mut(name) {
                 let lsm: &mut Lsm = p.try_into()?;
                 let _ = lsm.unload();

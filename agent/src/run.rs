@@ -71,7 +71,7 @@ fn prepare(caps: &[kernel::Capability]) -> anyhow::Result<Guard> {
         format!("timeguard identifies executables through the kernel's BTF ({}); this kernel needs CONFIG_DEBUG_INFO_BTF=y", kernel::VMLINUX_BTF)
     })?;
     let offsets = kernel::offsets(&btf)?;
-    Guard::load(&offsets).context("loading the kernel programs (timeguard must run as root)")
+    Guard::load(&offsets, &btf).context("loading the kernel programs (timeguard must run as root)")
 }
 
 fn report_enforcement(guard: &Guard) {
@@ -114,17 +114,31 @@ fn load_policy(path: &Path) -> Result<CompiledPolicy, Vec<String>> {
         .map_err(|problems| problems.iter().map(|d| d.to_string()).collect())
 }
 
-/// What identifies the policy files' current contents without reading them: a change of
-/// any file's inode, size or modification time (or the set of files) is a change.
-fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, u64, i64, i64)> {
+/// What identifies the policy in force without reading it: each policy file's inode, size
+/// and modification time (and the set of files), and the identity of every executable its
+/// rules name. An edited policy, and an executable replaced (a package upgrade renames a
+/// new file over the old) or newly installed, are both noticed and followed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Fingerprint {
+    files: Vec<(PathBuf, u64, u64, i64, i64)>,
+    exes: Vec<Option<(u64, u64)>>,
+}
+
+fn fingerprint(path: &Path, watched: &[PathBuf]) -> Fingerprint {
     let files = policy::policy_files(&[path.to_path_buf()]).unwrap_or_default();
-    files
-        .into_iter()
-        .filter_map(|f| {
-            let md = std::fs::metadata(&f).ok()?;
-            Some((f, md.ino(), md.len(), md.mtime(), md.mtime_nsec()))
-        })
-        .collect()
+    Fingerprint {
+        files: files
+            .into_iter()
+            .filter_map(|f| {
+                let md = std::fs::metadata(&f).ok()?;
+                Some((f, md.ino(), md.len(), md.mtime(), md.mtime_nsec()))
+            })
+            .collect(),
+        exes: watched
+            .iter()
+            .map(|e| std::fs::metadata(e).ok().map(|md| (md.dev(), md.ino())))
+            .collect(),
+    }
 }
 
 /// The running agent's state.
@@ -133,7 +147,7 @@ struct Agent {
     policy_path: PathBuf,
     /// Policies by generation: the one in force is the last.
     policies: BTreeMap<u32, CompiledPolicy>,
-    fingerprint: Vec<(PathBuf, u64, u64, i64, i64)>,
+    fingerprint: Fingerprint,
     reloads_ok: u64,
     reloads_failed: u64,
     last_reload_error: Option<Vec<String>>,
@@ -144,6 +158,21 @@ struct Agent {
 impl Agent {
     fn current(&self) -> Option<(&u32, &CompiledPolicy)> {
         self.policies.last_key_value()
+    }
+
+    fn fingerprint_now(&self) -> Fingerprint {
+        let watched = self.current().map_or(&[][..], |(_, p)| &p.watched[..]);
+        fingerprint(&self.policy_path, watched)
+    }
+
+    /// Reloads when a policy file or a rule's executable changed since the last look.
+    fn follow_changes(&mut self) {
+        let now = self.fingerprint_now();
+        if now.files != self.fingerprint.files {
+            self.reload("policy files changed");
+        } else if now.exes != self.fingerprint.exes {
+            self.reload("a rule's executable was replaced, installed or removed");
+        }
     }
 
     fn install(&mut self, policy: CompiledPolicy) -> anyhow::Result<u32> {
@@ -177,9 +206,9 @@ impl Agent {
     /// Loads the policy again; a policy that fails validation is rejected and the one in
     /// force stays, whole.
     fn reload(&mut self, why: &str) {
-        self.fingerprint = fingerprint(&self.policy_path);
+        self.fingerprint = self.fingerprint_now();
         match load_policy(&self.policy_path) {
-            Ok(p) if self.current().is_some_and(|(_, c)| c.hash == p.hash) => {
+            Ok(p) if self.current().is_some_and(|(_, c)| c.same_as(&p)) => {
                 log::info!(
                     "policy reload ({why}): unchanged (sha256 {})",
                     &p.hash[..16]
@@ -190,6 +219,8 @@ impl Agent {
                 let hash = p.hash.clone();
                 match self.install(p) {
                     Ok(generation) => {
+                        // The new policy may name other executables.
+                        self.fingerprint = self.fingerprint_now();
                         self.reloads_ok += 1;
                         self.last_reload_error = None;
                         record(
@@ -303,7 +334,7 @@ pub fn run(policy_path: &Path, status_socket: &Path) -> anyhow::Result<()> {
         guard,
         policy_path: policy_path.to_path_buf(),
         policies: BTreeMap::new(),
-        fingerprint: fingerprint(policy_path),
+        fingerprint: fingerprint(policy_path, &policy.watched),
         reloads_ok: 0,
         reloads_failed: 0,
         last_reload_error: None,
@@ -377,9 +408,7 @@ async fn event_loop(agent: &mut Agent, status_socket: &Path) -> anyhow::Result<(
                 if let Err(e) = agent.guard.refresh_clock_state() {
                     log::warn!("refreshing the TAI offset for step limits: {e:#}");
                 }
-                if fingerprint(&agent.policy_path) != agent.fingerprint {
-                    agent.reload("policy files changed");
-                }
+                agent.follow_changes();
             }
             conn = accept_status(status.as_ref()) => {
                 if let Ok((mut stream, _)) = conn {

@@ -105,6 +105,35 @@ pub fn step_by(secs: i64) -> Outcome {
     }
 }
 
+/// `settimeofday`: steps CLOCK_REALTIME by `secs` (with or without a UTC timezone
+/// alongside), or, with `secs` None, sets only the timezone.
+pub fn settimeofday_by(secs: Option<i64>, with_tz: bool) -> Outcome {
+    let tv = secs.map(|s| {
+        let target = realtime_ns() + s as i128 * 1_000_000_000;
+        libc::timeval {
+            tv_sec: (target / 1_000_000_000) as libc::time_t,
+            tv_usec: ((target % 1_000_000_000) / 1000) as libc::suseconds_t,
+        }
+    });
+    // `struct timezone`: minutes west of Greenwich, DST kind (libc's type is opaque).
+    let tz: [libc::c_int; 2] = [0, 0];
+    let tv_ptr = tv
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timeval);
+    let tz_ptr: *const libc::c_int = if with_tz {
+        tz.as_ptr()
+    } else {
+        std::ptr::null()
+    };
+    // SAFETY: both pointers are null or point to live values; glibc's prototype takes a
+    // `void *` timezone, so the raw syscall is made.
+    let rc = unsafe { libc::syscall(libc::SYS_settimeofday, tv_ptr, tz_ptr) };
+    Outcome {
+        errno: if rc < 0 { errno() } else { 0 },
+        ..read()
+    }
+}
+
 /// `timex.status` bit that schedules a leap second insertion.
 pub const STA_INS: i32 = 0x0010;
 
@@ -155,6 +184,12 @@ fn settime_loop(mut more: impl FnMut() -> bool) -> serde_json::Value {
 /// Sets the frequency offset (ADJ_FREQUENCY) in whole ppm.
 pub fn set_frequency_ppm(ppm: i64) -> Outcome {
     adjtimex(0x0002, |tx| tx.freq = ppm << 16)
+}
+
+/// Sets the tick (ADJ_TICK, µs per 1/100 s; 10000 is nominal): a rate change of 100 ppm
+/// per µs.
+pub fn set_tick(tick: i64) -> Outcome {
+    adjtimex(0x4000, |tx| tx.tick = tick)
 }
 
 #[cfg(test)]

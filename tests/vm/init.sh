@@ -10,6 +10,11 @@ mount -t tmpfs tmpfs /run
 mount -t securityfs securityfs /sys/kernel/security
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
+# Loopback, for chronyd and the test NTP server; the guest has no other network.
+ip link set lo up
+mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# A PTP hardware clock (e1000e: /dev/ptp0) and the PPS line discipline (pps-ldisc).
+for m in /lib/modules/*.ko; do insmod "$m" || echo "TG-GUEST insmod $m failed"; done
 echo "TG-GUEST kernel $(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 mode=$(sed -n 's/.*tg\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 case "$mode" in

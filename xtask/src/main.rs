@@ -36,6 +36,9 @@ enum Cmd {
         /// Skip the VM tests (they need qemu and the guest kernels; CI runs them).
         #[arg(long)]
         no_vm: bool,
+        /// Only the VM tests (while working on a scenario).
+        #[arg(long, conflicts_with = "no_vm")]
+        vm_only: bool,
         /// Run the VM tests on these kernels only (default: all).
         #[arg(long = "kernel")]
         kernels: Vec<String>,
@@ -164,11 +167,19 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
         .env_remove("RUSTC"))
 }
 
-fn test(no_vm: bool, kernels: &[String], filter: Option<&str>) -> anyhow::Result<()> {
+fn test(
+    no_vm: bool,
+    vm_only: bool,
+    kernels: &[String],
+    filter: Option<&str>,
+) -> anyhow::Result<()> {
     if !no_vm {
         setup::ensure_vm_tools()?;
     }
     let bin = build(true)?;
+    if vm_only {
+        return vm::test_all(&bin, kernels);
+    }
     lint()?;
     println!("== unit and host integration tests");
     let mut c = cargo();
@@ -202,9 +213,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Test {
             no_vm,
+            vm_only,
             kernels,
             filter,
-        } => test(no_vm, &kernels, filter.as_deref()),
+        } => test(no_vm, vm_only, &kernels, filter.as_deref()),
         Cmd::Vm { kernel, demo } => {
             setup::ensure_vm_tools()?;
             let bin = build(true)?;

@@ -153,13 +153,21 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     ]))
 }
 
-/// QEMU, a static busybox for the guest and cpio for its initramfs.
+/// QEMU, a static busybox for the guest, cpio for its initramfs, xz for compressed kernel
+/// modules, util-linux's hwclock and the libraries chronyd links (chronyd itself is only
+/// unpacked for the guest, never installed: it would start disciplining this host's clock).
 pub fn ensure_vm_tools() -> anyhow::Result<()> {
     ensure_debs(
         &[
             "qemu-system-x86".into(),
             "busybox-static".into(),
             "cpio".into(),
+            "xz-utils".into(),
+            "util-linux-extra".into(),
+            "libgnutls30".into(),
+            "libnettle8".into(),
+            "libcap2".into(),
+            "libseccomp2".into(),
         ],
         "the VM tests",
     )

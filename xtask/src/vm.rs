@@ -36,15 +36,78 @@ const KERNELS: [GuestKernel; 2] = [
     },
 ];
 
+/// Kernel modules the guest loads, from the kernel's own package: the NIC whose PTP hardware
+/// clock gives the guest a /dev/ptp0 (QEMU's e1000e), and the PPS line discipline that
+/// gives it a /dev/pps0 on a serial port.
+const GUEST_MODULES: [&str; 2] = [
+    "drivers/net/ethernet/intel/e1000e/e1000e.ko",
+    "drivers/pps/clients/pps-ldisc.ko",
+];
+
+/// Where the Debian package of chronyd the guest runs is unpacked (never installed here).
+const CHRONY_PACKAGE: &str = "chrony";
+
 /// How long one guest may run the suite before it is declared hung.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn cache_dir() -> PathBuf {
+fn cache_root() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| workspace_root().join("target"));
-    base.join("timeguard").join("kernels")
+    base.join("timeguard")
+}
+
+fn cache_dir() -> PathBuf {
+    cache_root().join("kernels")
+}
+
+/// A guest kernel's files: the image and the modules the guest loads.
+struct KernelFiles {
+    image: PathBuf,
+    modules: Vec<PathBuf>,
+}
+
+/// The file name a module is kept under in the cache.
+fn module_file(dir: &Path, module: &str) -> PathBuf {
+    dir.join("modules")
+        .join(Path::new(module).file_name().unwrap_or_default())
+}
+
+/// Downloads a Debian package's .deb into `dir` (without installing it); returns its path.
+fn download_deb(package: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    setup::apt_update()?;
+    run(Command::new("apt-get")
+        .arg("download")
+        .arg(package)
+        .current_dir(dir))?;
+    fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow!("apt-get download left no .deb in {}", dir.display()))
+}
+
+/// chronyd from Debian's package, unpacked once into the cache for the guest.
+fn guest_chronyd() -> anyhow::Result<PathBuf> {
+    let dir = cache_root().join("tools");
+    let chronyd = dir.join("chronyd");
+    if chronyd.exists() {
+        return Ok(chronyd);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    println!("setup: unpacking chronyd from Debian's {CHRONY_PACKAGE} package into {} (not installed on this host)", dir.display());
+    let deb = download_deb(CHRONY_PACKAGE, &dir)?;
+    let unpack = format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -xO ./usr/sbin/chronyd > '{}.part' && chmod 755 '{}.part'",
+        deb.display(),
+        chronyd.display(),
+        chronyd.display()
+    );
+    run(Command::new("sh").args(["-c", &unpack]))?;
+    fs::rename(chronyd.with_extension("part"), &chronyd)?;
+    let _ = fs::remove_file(&deb);
+    Ok(chronyd)
 }
 
 fn find_kernel(series: &str) -> anyhow::Result<&'static GuestKernel> {
@@ -60,14 +123,18 @@ fn find_kernel(series: &str) -> anyhow::Result<&'static GuestKernel> {
     })
 }
 
-/// Returns the kernel image, downloading and unpacking Debian's package once.
-fn kernel_image(k: &GuestKernel) -> anyhow::Result<PathBuf> {
+/// Returns the kernel image and modules, downloading and unpacking Debian's package once.
+fn kernel_files(k: &GuestKernel) -> anyhow::Result<KernelFiles> {
     let dir = cache_dir().join(k.series);
-    let ready = dir.join("vmlinuz");
-    if ready.exists() {
+    let ready = KernelFiles {
+        image: dir.join("vmlinuz"),
+        modules: GUEST_MODULES.iter().map(|m| module_file(&dir, m)).collect(),
+    };
+    if ready.image.exists() && ready.modules.iter().all(|m| m.exists()) {
         return Ok(ready);
     }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::create_dir_all(dir.join("modules"))
+        .with_context(|| format!("creating {}", dir.display()))?;
     setup::apt_update()?;
     let package = if setup::apt_has_package(k.package) {
         k.package.to_string()
@@ -78,22 +145,29 @@ fn kernel_image(k: &GuestKernel) -> anyhow::Result<PathBuf> {
         "setup: downloading guest kernel {package} into {}",
         dir.display()
     );
-    run(Command::new("apt-get")
-        .arg("download")
-        .arg(&package)
-        .current_dir(&dir))?;
-    let deb = fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| anyhow!("apt-get download left no .deb in {}", dir.display()))?;
-    // Only /boot is needed: unpack it from the package's data without the modules.
+    let deb = download_deb(&package, &dir)?;
+    // Only the image and a few modules are needed; newer packages compress modules (.ko.xz).
+    let wanted: Vec<String> = GUEST_MODULES
+        .iter()
+        .map(|m| format!("'./lib/modules/*/kernel/{m}*'"))
+        .collect();
     let unpack = format!(
-        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'",
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*' {}",
         deb.display(),
-        dir.display()
+        dir.display(),
+        wanted.join(" ")
     );
     run(Command::new("sh").args(["-c", &unpack]))?;
+    for (module, dest) in GUEST_MODULES.iter().zip(&ready.modules) {
+        let found = format!(
+            "f=$(ls '{dir}'/lib/modules/*/kernel/{module}* | head -n1) && case \"$f\" in *.xz) xz -dc \"$f\" ;; *) cat \"$f\" ;; esac > '{dest}'",
+            dir = dir.display(),
+            dest = dest.display()
+        );
+        run(Command::new("sh").args(["-c", &found]))
+            .with_context(|| format!("{} holds no {module}", deb.display()))?;
+    }
+    let _ = fs::remove_dir_all(dir.join("lib"));
     let image = fs::read_dir(dir.join("boot"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -102,7 +176,7 @@ fn kernel_image(k: &GuestKernel) -> anyhow::Result<PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
         })
         .ok_or_else(|| anyhow!("{} holds no /boot/vmlinuz-*", deb.display()))?;
-    fs::rename(&image, &ready)?;
+    fs::rename(&image, &ready.image)?;
     fs::write(dir.join("package"), format!("{package}\n"))?;
     let _ = fs::remove_file(&deb);
     Ok(ready)
@@ -143,6 +217,13 @@ fn shared_libraries(bin: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
         .output()
         .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(missing) = text.lines().find(|l| l.contains("not found")) {
+        bail!(
+            "{} needs a library this machine lacks ({}); install the Debian package that has it",
+            bin.display(),
+            missing.trim()
+        );
+    }
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -183,7 +264,7 @@ impl GuestMode {
 
 /// Builds the initramfs: busybox, the agent, the test programs with their libraries,
 /// the guest's policy and /init.
-fn build_initramfs(bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+fn build_initramfs(bin: &Path, kernel: &KernelFiles, work: &Path) -> anyhow::Result<PathBuf> {
     let root = work.join("root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -201,6 +282,7 @@ fn build_initramfs(bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
         "usr/sbin",
         "usr/local/bin",
         "usr/local/sbin",
+        "lib/modules",
     ] {
         fs::create_dir_all(root.join(d))?;
     }
@@ -212,24 +294,45 @@ fn build_initramfs(bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
         &vm_dir.join("policy.yaml"),
         "/etc/timeguard/policy.yaml",
     )?;
+    // chronyd looks its user up; hwclock and chronyd need nothing else from /etc.
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n_chrony:x:100:100::/run:/bin/false\n",
+    )?;
+    fs::write(root.join("etc/group"), "root:x:0:\n_chrony:x:100:\n")?;
+    for module in &kernel.modules {
+        let name = module.file_name().unwrap_or_default().to_string_lossy();
+        copy_into(&root, module, &format!("/lib/modules/{name}"))?;
+    }
+    let hwclock = Path::new("/usr/sbin/hwclock");
     let binaries = [
-        ("timeguard", "/usr/sbin/timeguard"),
-        ("tg-vm-suite", "/usr/local/bin/tg-vm-suite"),
+        (bin.join("timeguard"), "/usr/sbin/timeguard"),
+        (bin.join("tg-vm-suite"), "/usr/local/bin/tg-vm-suite"),
         // The same program twice: the policy allows only the first file, by its inode.
-        ("tg-clock", "/usr/local/sbin/tg-clock-allowed"),
-        ("tg-clock", "/usr/local/bin/tg-clock"),
+        (bin.join("tg-clock"), "/usr/local/sbin/tg-clock-allowed"),
+        (bin.join("tg-clock"), "/usr/local/bin/tg-clock"),
+        // Real tools, where Debian puts them (the policy allows these files), and util-linux's
+        // hwclock a second time where it is not allowed.
+        (guest_chronyd()?, "/usr/sbin/chronyd"),
+        (hwclock.to_path_buf(), "/usr/sbin/hwclock"),
+        (hwclock.to_path_buf(), "/usr/local/bin/hwclock"),
     ];
     let mut libs = BTreeSet::new();
-    for (name, to) in binaries {
-        let from = bin.join(name);
-        copy_into(&root, &from, to)?;
-        libs.extend(shared_libraries(&from)?);
+    for (from, to) in &binaries {
+        copy_into(&root, from, to)?;
+        libs.extend(shared_libraries(from)?);
     }
     for lib in libs {
         let real = fs::canonicalize(&lib).unwrap_or_else(|_| lib.clone());
         copy_into(&root, &real, &lib.to_string_lossy())?;
     }
-    for p in ["init", "bin/busybox"] {
+    for p in [
+        "init",
+        "bin/busybox",
+        "usr/sbin/chronyd",
+        "usr/sbin/hwclock",
+        "usr/local/bin/hwclock",
+    ] {
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(root.join(p), fs::Permissions::from_mode(0o755))?;
     }
@@ -260,6 +363,17 @@ fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode) -> Command {
         "2",
         "-nographic",
         "-no-reboot",
+        // A NIC with a PTP hardware clock (/dev/ptp0), unplugged: nothing leaves the guest.
+        "-nic",
+        "none",
+        "-device",
+        // No option ROM: iPXE would add seconds to every boot.
+        "e1000e,romfile=",
+        // A second serial port for the PPS line discipline (/dev/pps0).
+        "-serial",
+        "mon:stdio",
+        "-serial",
+        "null",
         "-kernel",
     ])
     .arg(kernel)
@@ -281,14 +395,14 @@ struct Verdict {
 
 /// Boots one kernel in test mode and collects the scenario verdicts.
 fn test_kernel(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
-    let image = kernel_image(k)?;
+    let files = kernel_files(k)?;
     let work = workspace_root().join("target/vm").join(k.series);
     fs::create_dir_all(&work)?;
-    let initrd = build_initramfs(bin, &work)?;
+    let initrd = build_initramfs(bin, &files, &work)?;
     let console_log = work.join("console.log");
     let qemu_stderr = work.join("qemu.stderr");
     let started = Instant::now();
-    let mut child = qemu(&image, &initrd, GuestMode::Test)
+    let mut child = qemu(&files.image, &initrd, GuestMode::Test)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(
@@ -411,12 +525,12 @@ pub fn test_all(bin: &Path, only: &[String]) -> anyhow::Result<()> {
 
 pub fn interactive(bin: &Path, series: &str, demo: bool) -> anyhow::Result<()> {
     let k = find_kernel(series)?;
-    let image = kernel_image(k)?;
+    let files = kernel_files(k)?;
     let work = workspace_root()
         .join("target/vm")
         .join(format!("{}-interactive", k.series));
     fs::create_dir_all(&work)?;
-    let initrd = build_initramfs(bin, &work)?;
+    let initrd = build_initramfs(bin, &files, &work)?;
     let mode = if demo {
         GuestMode::Demo
     } else {
@@ -426,5 +540,5 @@ pub fn interactive(bin: &Path, series: &str, demo: bool) -> anyhow::Result<()> {
         println!("vm: booting {}; the agent runs with /etc/timeguard/policy.yaml (events in /tmp/events.jsonl).", k.package);
         println!("vm: try `date -s 2030-01-01`, `adjtimex -f 100`, `tg-clock-allowed step 60`; `poweroff -f` leaves (Ctrl-A X kills qemu).");
     }
-    run(&mut qemu(&image, &initrd, mode))
+    run(&mut qemu(&files.image, &initrd, mode))
 }

@@ -35,6 +35,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_TYPE_TAG: u32 = 18;
 
 struct Member {
@@ -154,6 +155,13 @@ impl Btf {
             }
         }
         Ok(btf)
+    }
+
+    /// Whether the kernel has a function of this name (an LSM hook has `bpf_lsm_<hook>`).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name)
     }
 
     fn name(&self, off: u32) -> &str {

@@ -10,42 +10,40 @@ use anyhow::Context as _;
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
 
-/// The struct fields the kernel programs read, by their C path.
-const FIELDS: [&str; 10] = [
-    "task_struct.mm",
-    "task_struct.real_parent",
-    "task_struct.tgid",
-    "task_struct.thread_info.status",
-    "mm_struct.exe_file",
-    "file.f_inode",
-    "inode.i_ino",
-    "inode.i_sb",
-    "super_block.s_dev",
-    "user_namespace.level",
-];
-
 /// Reads the field offsets of the running kernel from its BTF.
 pub fn offsets(btf: &btf::Btf) -> anyhow::Result<KernelOffsets> {
-    let mut v = [0u32; FIELDS.len()];
-    for (slot, field) in v.iter_mut().zip(FIELDS) {
-        *slot = btf
-            .field_offset(field)
-            .with_context(|| format!("finding {field} in the kernel's BTF"))?;
-    }
-    let [task_mm, task_real_parent, task_tgid, task_ti_status, mm_exe_file, file_inode, inode_ino, inode_sb, sb_dev, userns_level] =
-        v;
+    let at = |field: &str| {
+        btf.field_offset(field)
+            .with_context(|| format!("finding {field} in the kernel's BTF"))
+    };
     Ok(KernelOffsets {
-        task_mm,
-        task_real_parent,
-        task_tgid,
-        task_ti_status,
-        mm_exe_file,
-        file_inode,
-        inode_ino,
-        inode_sb,
-        sb_dev,
-        userns_level,
+        task_mm: at("task_struct.mm")?,
+        task_real_parent: at("task_struct.real_parent")?,
+        task_tgid: at("task_struct.tgid")?,
+        task_ti_status: at("task_struct.thread_info.status")?,
+        mm_exe_file: at("mm_struct.exe_file")?,
+        file_inode: at("file.f_inode")?,
+        file_mode: at("file.f_mode")?,
+        inode_ino: at("inode.i_ino")?,
+        inode_sb: at("inode.i_sb")?,
+        inode_rdev: at("inode.i_rdev")?,
+        sb_dev: at("super_block.s_dev")?,
+        userns_level: at("user_namespace.level")?,
     })
+}
+
+/// The character-device major the kernel gave `name` (`/proc/devices`), if it has one now.
+pub fn char_major(name: &str) -> Option<u32> {
+    let devices = std::fs::read_to_string("/proc/devices").ok()?;
+    devices
+        .lines()
+        .skip_while(|l| !l.starts_with("Character devices:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .find_map(|l| {
+            let (major, dev) = l.trim().split_once(' ')?;
+            (dev.trim() == name).then(|| major.parse().ok()).flatten()
+        })
 }
 
 /// Whether "bpf" is among the active LSMs, as the kernel lists them.

@@ -89,11 +89,21 @@ pub struct CompiledPolicy {
     pub rules: Vec<CompiledRule>,
     /// Rules that are in the policy but match nothing on this host.
     pub inactive: Vec<String>,
+    /// Every rule's executable path, present or not: the agent watches them, so a replaced
+    /// or newly installed executable is followed.
+    pub watched: Vec<PathBuf>,
     /// Warnings from checking, for the log.
     pub warnings: Vec<Diagnostic>,
 }
 
 impl CompiledPolicy {
+    /// Whether `other` is this policy again: the same files, resolving to the same
+    /// executables (a replaced executable makes a new policy from the same text).
+    pub fn same_as(&self, other: &CompiledPolicy) -> bool {
+        let ids = |p: &CompiledPolicy| p.rules.iter().map(|r| r.exe_id).collect::<Vec<_>>();
+        self.hash == other.hash && ids(self) == ids(other)
+    }
+
     /// The name of the rule with this id, as events and metrics show it.
     pub fn rule_name(&self, id: u32) -> &str {
         self.rules
@@ -211,6 +221,7 @@ fn check_and_compile(
     }
     let mut rules: Vec<CompiledRule> = Vec::new();
     let mut inactive = Vec::new();
+    let mut watched = Vec::new();
     // Rule names and executables across every file: (file, location, rule name).
     let mut names: HashMap<String, (PathBuf, Location)> = HashMap::new();
     let mut exes: HashMap<ExeId, (String, PathBuf, Location)> = HashMap::new();
@@ -290,6 +301,7 @@ fn check_and_compile(
             if !exe.value.is_absolute() {
                 continue;
             }
+            watched.push(exe.value.clone());
             let exe_id = match host.exe_id(&exe.value) {
                 Ok(id) => id,
                 Err(e) => {
@@ -375,6 +387,7 @@ fn check_and_compile(
         default_mode,
         rules,
         inactive,
+        watched,
         warnings: Vec::new(),
     })
 }

@@ -10,6 +10,16 @@
 //!   tg-clock compat-step S | compat-stime S | compat-freq PPM   the same through int 0x80
 //!   tg-clock flood N        N × clock_settime(CLOCK_REALTIME, now), counted
 //!   tg-clock leap insert|none   adjtimex(ADJ_STATUS) with or without STA_INS
+//!   tg-clock settimeofday S [tz]   settimeofday(now + S), with a UTC timezone or without
+//!   tg-clock timezone       settimeofday(NULL, UTC): the kernel timezone only
+//!   tg-clock tick TICK      adjtimex(ADJ_TICK): 10000 is nominal, each µs is 100 ppm
+//!
+//! Devices and namespaces:
+//!   tg-clock phc-open DEV       open a PTP hardware clock read-write, then close it
+//!   tg-clock phc-step DEV S     step a PTP hardware clock by S seconds
+//!   tg-clock phc-pps DEV on|off PTP_ENABLE_PPS through a read-only descriptor
+//!   tg-clock pps-bind DEV on|off  PPS_KC_BIND: (un)bind a PPS source to the kernel clock
+//!   tg-clock timens S       a new time namespace with CLOCK_MONOTONIC S seconds ahead
 //!
 //! Ways of running a program that must not change who it is, taking the rest of the line:
 //!   tg-clock as-comm NAME …     rename the process (PR_SET_NAME) first
@@ -18,7 +28,7 @@
 //!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
-use timeguard_tests::clock;
+use timeguard_tests::{clock, devices};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,12 +64,21 @@ fn main_inner(args: &[String]) -> i32 {
             .and_then(|p| clock::compat::set_frequency_ppm(p).map(Some)),
         ["leap", "insert"] => Ok(Some(clock::set_status(clock::STA_INS))),
         ["leap", "none"] => Ok(Some(clock::set_status(0))),
+        ["settimeofday", secs] => secs.parse::<i64>().map(|s| Some(clock::settimeofday_by(Some(s), false))).map_err(|e| e.to_string()),
+        ["settimeofday", secs, "tz"] => secs.parse::<i64>().map(|s| Some(clock::settimeofday_by(Some(s), true))).map_err(|e| e.to_string()),
+        ["timezone"] => Ok(Some(clock::settimeofday_by(None, true))),
+        ["tick", tick] => tick.parse::<i64>().map(|t| Some(clock::set_tick(t))).map_err(|e| e.to_string()),
+        ["phc-open", dev] => Ok(Some(devices::phc_open_rw(dev))),
+        ["phc-step", dev, secs] => secs.parse::<i64>().map(|s| Some(devices::phc_step(dev, s))).map_err(|e| e.to_string()),
+        ["phc-pps", dev, on] => Ok(Some(devices::phc_enable_pps(dev, *on == "on"))),
+        ["pps-bind", dev, on] => Ok(Some(devices::pps_bind(dev, *on == "on"))),
+        ["timens", secs] => secs.parse::<i64>().map(|s| Some(devices::time_namespace_offset(s))).map_err(|e| e.to_string()),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
         ["hammer", ms] => ms
             .parse::<u64>()
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | compat-step S | compat-stime S | compat-freq PPM | hammer MS | flood N | leap insert|none | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | compat-step S | compat-stime S | compat-freq PPM | hammer MS | flood N | leap insert|none | settimeofday S [tz] | timezone | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {

@@ -1,0 +1,115 @@
+//! A minimal NTP server for tests: it answers client requests (mode 3) with server replies
+//! (mode 4) whose clock is this host's plus a chosen offset, so a real client (chronyd) can
+//! be shown a source that is a little or very far ahead.
+
+use std::{
+    net::UdpSocket,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET: i128 = 2_208_988_800;
+
+/// An NTP timestamp (seconds since 1900, 32-bit fraction) of Unix nanoseconds.
+pub fn ntp_timestamp(unix_ns: i128) -> [u8; 8] {
+    let secs = unix_ns.div_euclid(1_000_000_000) + NTP_UNIX_OFFSET;
+    let nanos = unix_ns.rem_euclid(1_000_000_000);
+    let frac = (nanos << 32) / 1_000_000_000;
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&(secs as u32).to_be_bytes());
+    out[4..].copy_from_slice(&(frac as u32).to_be_bytes());
+    out
+}
+
+/// The reply to one request, or `None` for anything that is not a client request.
+pub fn reply(request: &[u8], now_ns: i128) -> Option<[u8; 48]> {
+    if request.len() < 48 || request[0] & 0x7 != 3 {
+        return None;
+    }
+    let version = (request[0] >> 3) & 0x7;
+    let mut r = [0u8; 48];
+    r[0] = (version << 3) | 4; // leap 0, the client's version, mode 4 (server)
+    r[1] = 1; // stratum 1
+    r[2] = request[2]; // poll
+    r[3] = (-20i8) as u8; // precision ~1 µs
+    r[12..16].copy_from_slice(b"GPS\0");
+    let now = ntp_timestamp(now_ns);
+    r[16..24].copy_from_slice(&now); // reference
+    r[24..32].copy_from_slice(&request[40..48]); // origin: the client's transmit
+    r[32..40].copy_from_slice(&now); // receive
+    r[40..48].copy_from_slice(&now); // transmit
+    Some(r)
+}
+
+/// A running server; stops when dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves on `addr` (e.g. 127.0.0.1:10123) a clock `offset_ns` ahead of this host's.
+    pub fn start(addr: &str, offset_ns: i128) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(addr)?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let now = crate::clock::realtime_ns() + offset_ns;
+                if let Some(r) = reply(&buf[..n], now) {
+                    let _ = socket.send_to(&r, from);
+                }
+            }
+        });
+        Ok(Server {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        // The Unix epoch is 2208988800 s after the NTP epoch; half a second is 2^31.
+        assert_eq!(
+            ntp_timestamp(500_000_000),
+            [0x83, 0xaa, 0x7e, 0x80, 0x80, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn replies_only_to_client_requests() {
+        let mut req = [0u8; 48];
+        req[0] = (4 << 3) | 3;
+        req[40..48].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let r = reply(&req, 0).expect("a reply");
+        assert_eq!(r[0], (4 << 3) | 4);
+        assert_eq!(&r[24..32], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        req[0] = (4 << 3) | 6; // control
+        assert!(reply(&req, 0).is_none());
+        assert!(reply(&req[..20], 0).is_none());
+    }
+}
