@@ -12,6 +12,9 @@ pub mod hook {
     pub const FILE_OPEN: u8 = 4;
     /// BPF LSM `file_ioctl`/`file_ioctl_compat`: a changing request on a PTP hardware clock.
     pub const FILE_IOCTL: u8 = 5;
+    /// A kprobe on the kernel's own setters (a kernel thread setting the clock or the RTC):
+    /// seen, never decided.
+    pub const KERNEL: u8 = 6;
 
     pub fn name(h: u8) -> &'static str {
         match h {
@@ -20,6 +23,7 @@ pub mod hook {
             TRACEPOINT => "tracepoint",
             FILE_OPEN => "lsm/file_open",
             FILE_IOCTL => "lsm/file_ioctl",
+            KERNEL => "kprobe/kernel",
             _ => "unknown",
         }
     }
@@ -35,6 +39,25 @@ pub mod abi {
 }
 
 pub const COMM_LEN: usize = 16;
+
+/// Thinning of detailed events under a flood: each process may send this many per window;
+/// the rest are counted (every attempt is still counted exactly per rule, operation and
+/// verdict). Per process, so one flooding process cannot crowd out anyone else's events.
+pub mod thinning {
+    pub const WINDOW_NS: u64 = 1_000_000_000;
+    pub const EVENTS_PER_WINDOW: u32 = 200;
+    /// Processes tracked at once (least recently seen forgotten first).
+    pub const PROCESSES: u32 = 4096;
+}
+
+/// A process's event budget in the current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    pub _pad: u32,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -111,4 +134,4 @@ impl ClockEvent {
     };
 }
 
-crate::pod!(ClockEvent);
+crate::pod!(ClockEvent, EventBudget);

@@ -12,6 +12,8 @@ pub struct KernelOffsets {
     pub task_real_parent: u32,
     /// `task_struct.tgid`
     pub task_tgid: u32,
+    /// `task_struct.flags` (`PF_KTHREAD`)
+    pub task_flags: u32,
     /// `task_struct.thread_info.status` (x86: holds `TS_COMPAT` during a 32-bit syscall)
     pub task_ti_status: u32,
     /// `mm_struct.exe_file`
@@ -47,6 +49,9 @@ pub struct ClockState {
     pub phc_major: u32,
     pub _pad: u32,
 }
+
+/// `task_struct.flags` bit of a kernel thread.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// `file.f_mode` bit: the file is open for writing (a PHC can then be set and adjusted).
 pub const FMODE_WRITE: u32 = 0x2;

@@ -3,7 +3,7 @@
 
 use agent_common::{
     event::{abi, ClockEvent},
-    kernel::{pt_regs, KernelOffsets, TS_COMPAT},
+    kernel::{pt_regs, KernelOffsets, PF_KTHREAD, TS_COMPAT},
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
@@ -16,6 +16,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_mm: 0,
     task_real_parent: 0,
     task_tgid: 0,
+    task_flags: 0,
     task_ti_status: 0,
     mm_exe_file: 0,
     file_inode: 0,
@@ -83,6 +84,14 @@ pub fn current_exe(off: &KernelOffsets) -> (u64, u64) {
         .and_then(|sb| kread::<u32>(sb, off.sb_dev))
         .unwrap_or(0);
     (dev as u64, ino)
+}
+
+/// Whether the current task is a kernel thread (no process asked).
+#[inline(always)]
+pub fn in_kernel_thread(off: &KernelOffsets) -> bool {
+    // SAFETY: the helper returns the current task; it is only read through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    kread::<u32>(task, off.task_flags).unwrap_or(0) & PF_KTHREAD != 0
 }
 
 /// The syscall a task is in: ABI, number and its first arguments, from its saved registers.

@@ -18,12 +18,14 @@ use agent_common::{
 };
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
-    macros::{lsm, tracepoint},
-    programs::{LsmContext, TracePointContext},
+    macros::{kprobe, lsm, tracepoint},
+    programs::{LsmContext, ProbeContext, TracePointContext},
 };
 
 use crate::{
-    caller::{current_syscall, fill_who, kread, nullable_arg, offsets, uread, Syscall},
+    caller::{
+        current_syscall, fill_who, in_kernel_thread, kread, nullable_arg, offsets, uread, Syscall,
+    },
     policy::{clock_state, decide_for},
     record::{count, emit},
 };
@@ -375,6 +377,42 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
         req.operations = op::OTHER;
     }
     lsm_verdict(decide_and_record(&req, false))
+}
+
+/// The kernel's own setters, which nothing can block: a kernel thread setting the wall clock
+/// (a hypervisor's time sync) or writing the RTC (the "11-minute mode" while NTP-synced).
+/// Calls made for a process were decided by the LSM hooks above and are skipped here.
+#[inline(always)]
+fn observe_kernel(operations: u32, requested: Time) -> u32 {
+    if !in_kernel_thread(&offsets()) {
+        return 0;
+    }
+    let no_syscall = Syscall {
+        abi: agent_common::event::abi::KERNEL,
+        nr: -1,
+        args: [0; 3],
+    };
+    let mut req = Request::device(hook::KERNEL, operations, &no_syscall, 0, 0);
+    req.time = requested;
+    decide_and_record(&req, true);
+    0
+}
+
+/// do_settimeofday64(const struct timespec64 *ts)
+#[kprobe]
+pub fn kernel_sets_clock(ctx: ProbeContext) -> u32 {
+    let ts = ctx.arg::<u64>(0).unwrap_or(0) as *const u8;
+    let requested = match (kread::<i64>(ts, 0), kread::<i64>(ts, 8)) {
+        (Some(sec), Some(nsec)) => time(sec, nsec),
+        _ => NO_TIME,
+    };
+    observe_kernel(op::STEP, requested)
+}
+
+/// update_persistent_clock64 (x86's CMOS clock), rtc_set_time (the RTC class).
+#[kprobe]
+pub fn kernel_sets_rtc(_ctx: ProbeContext) -> u32 {
+    observe_kernel(op::RTC, NO_TIME)
 }
 
 /// Syscall tracepoint arguments start at byte 16 (after the common header and the number).

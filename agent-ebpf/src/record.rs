@@ -1,10 +1,13 @@
-//! Exact counters for every attempt, and detailed events that may be lost under load
-//! (a loss is counted, never silent).
+//! Exact counters for every attempt, and detailed events that may be thinned or lost under
+//! load (both counted, never silent).
 
-use agent_common::{event::ClockEvent, policy::CounterKey};
+use agent_common::{
+    event::{thinning, ClockEvent, EventBudget},
+    policy::CounterKey,
+};
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 #[map]
@@ -17,6 +20,53 @@ static CLOCK_COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_
 /// Index 0: events that did not fit in the ring buffer.
 #[map]
 static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Index 0: events not sent because their process had used its budget for the window.
+#[map]
+static EVENTS_THINNED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Event budgets by process (tgid).
+#[map]
+static EVENT_BUDGETS: LruHashMap<u32, EventBudget> =
+    LruHashMap::with_max_entries(thinning::PROCESSES, 0);
+
+#[inline(always)]
+fn bump(counter: &PerCpuArray<u64>) {
+    if let Some(n) = counter.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value: no other CPU writes it.
+        unsafe { *n += 1 }
+    }
+}
+
+/// Whether the process may send one more event now. Budgets are shared between CPUs
+/// without a lock: two CPUs may both send the last one, which only loosens the bound.
+#[inline(always)]
+fn within_budget(tgid: u32, now_ns: u64) -> bool {
+    match EVENT_BUDGETS.get_ptr_mut(&tgid) {
+        // SAFETY: the value stays valid for this program run (RCU).
+        Some(b) => unsafe {
+            if now_ns.wrapping_sub((*b).window_start_ns) >= thinning::WINDOW_NS {
+                (*b).window_start_ns = now_ns;
+                (*b).sent = 1;
+                true
+            } else if (*b).sent < thinning::EVENTS_PER_WINDOW {
+                (*b).sent += 1;
+                true
+            } else {
+                false
+            }
+        },
+        None => {
+            let fresh = EventBudget {
+                window_start_ns: now_ns,
+                sent: 1,
+                _pad: 0,
+            };
+            let _ = EVENT_BUDGETS.insert(&tgid, &fresh, 0);
+            true
+        }
+    }
+}
 
 #[inline(always)]
 // Keep the explicit references: passing the value by value (clippy's suggestion) made the
@@ -43,10 +93,9 @@ pub fn count(rule_id: u32, operations: u32, verdict: u8) {
 
 #[inline(always)]
 pub fn emit(ev: &ClockEvent) {
-    if CLOCK_EVENTS.output::<ClockEvent>(ev, 0).is_err() {
-        if let Some(n) = EVENTS_LOST.get_ptr_mut(0) {
-            // SAFETY: a per-CPU value: no other CPU writes it.
-            unsafe { *n += 1 }
-        }
+    if !within_budget(ev.tgid, ev.boot_ns) {
+        bump(&EVENTS_THINNED);
+    } else if CLOCK_EVENTS.output::<ClockEvent>(ev, 0).is_err() {
+        bump(&EVENTS_LOST);
     }
 }

@@ -9,7 +9,7 @@ use agent_common::{
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{Lsm, TracePoint},
+    programs::{KProbe, Lsm, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 
@@ -47,6 +47,14 @@ const OBSERVERS: [(&str, &str); 4] = [
     ("observe_clock_adjtime", "sys_enter_clock_adjtime"),
 ];
 
+/// kprobes on the kernel's own setters: observed, never decided, wherever the kernel allows.
+const KERNEL_OBSERVERS: [(&str, &str); 3] = [
+    ("kernel_sets_clock", "do_settimeofday64"),
+    // x86: the 11-minute mode writes the CMOS clock here; other RTCs through the class.
+    ("kernel_sets_rtc", "update_persistent_clock64"),
+    ("kernel_sets_rtc", "rtc_set_time"),
+];
+
 /// What the agent can do on this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enforcement {
@@ -74,6 +82,8 @@ pub struct Guard {
     generation: u32,
     /// Optional LSM hooks this kernel does not have.
     absent_hooks: Vec<&'static str>,
+    /// The kernel's own setters this kernel does not let the agent observe, and why.
+    pub unobserved: Vec<String>,
 }
 
 impl Guard {
@@ -97,6 +107,7 @@ impl Guard {
             active_slot: 0,
             generation: 0,
             absent_hooks,
+            unobserved: Vec::new(),
         })
     }
 
@@ -215,6 +226,7 @@ impl Guard {
         }
         if refused.is_empty() {
             self.enforcement = Enforcement::Enforce;
+            self.attach_kernel_observers();
             return Ok(());
         }
         // All or nothing: a half-attached guard would decide some paths and not others.
@@ -238,7 +250,30 @@ impl Guard {
                 .push(format!("{name} (tracepoint/syscalls/{tracepoint})"));
         }
         self.enforcement = Enforcement::ObserveOnly { reasons: refused };
+        self.attach_kernel_observers();
         Ok(())
+    }
+
+    /// Best effort: a kernel that refuses kprobes loses only the record of its own setters.
+    fn attach_kernel_observers(&mut self) {
+        for (name, function) in KERNEL_OBSERVERS {
+            let attached = (|| -> anyhow::Result<()> {
+                let kp: &mut KProbe = self
+                    .bpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
+                    .try_into()?;
+                if kp.fd().is_err() {
+                    kp.load().map_err(describe_load_error)?;
+                }
+                kp.attach(function, 0)?;
+                Ok(())
+            })();
+            match attached {
+                Ok(()) => self.attached.push(format!("{name} (kprobe/{function})")),
+                Err(e) => self.unobserved.push(format!("{function}: {e:#}")),
+            }
+        }
     }
 
     fn attach_lsm(&mut self, name: &str, hook: &str, btf: &Btf) -> anyhow::Result<()> {
@@ -302,13 +337,23 @@ impl Guard {
     }
 
     /// Events the kernel could not hand over because the ring buffer was full.
+    /// Detailed events that did not fit in the ring buffer.
     pub fn events_lost(&self) -> anyhow::Result<u64> {
+        self.per_cpu_total("EVENTS_LOST")
+    }
+
+    /// Detailed events not sent because their process had used its budget.
+    pub fn events_thinned(&self) -> anyhow::Result<u64> {
+        self.per_cpu_total("EVENTS_THINNED")
+    }
+
+    fn per_cpu_total(&self, name: &str) -> anyhow::Result<u64> {
         let map = self
             .bpf
-            .map("EVENTS_LOST")
-            .ok_or_else(|| anyhow!("map EVENTS_LOST missing"))?;
-        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        Ok(lost.get(&0, 0)?.iter().sum())
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))?;
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(counts.get(&0, 0)?.iter().sum())
     }
 }
 

@@ -78,6 +78,9 @@ fn report_enforcement(guard: &Guard) {
     for a in &guard.attached {
         log::info!("attached {a}");
     }
+    for u in &guard.unobserved {
+        log::warn!("the kernel's own clock setters are not observed here: {u}");
+    }
     match &guard.enforcement {
         Enforcement::Enforce => {
             log::info!(
@@ -281,6 +284,7 @@ impl Agent {
             "enforcement": self.guard.enforcement.label(),
             "enforcement_unavailable": reasons,
             "attached": self.guard.attached,
+            "unobserved": self.guard.unobserved,
             "policy": {
                 "name": policy.map(|p| p.name.clone()),
                 "generation": generation,
@@ -291,6 +295,7 @@ impl Agent {
             "reloads": {"ok": self.reloads_ok, "failed": self.reloads_failed, "last_error": self.last_reload_error},
             "counters": counters,
             "events_lost": self.guard.events_lost().unwrap_or(0),
+            "events_thinned": self.guard.events_thinned().unwrap_or(0),
         })
     }
 }
@@ -481,9 +486,11 @@ fn summarize(agent: &Agent) {
         );
     }
     let lost = status["events_lost"].as_u64().unwrap_or(0);
-    if lost > 0 {
+    let thinned = status["events_thinned"].as_u64().unwrap_or(0);
+    if lost + thinned > 0 {
         log::warn!(
-            "{lost} detailed events were lost (ring buffer full); the counters above are exact"
+            "{thinned} detailed events were thinned (over {} per process per second) and {lost} lost (ring buffer full); the counters above are exact",
+            agent_common::event::thinning::EVENTS_PER_WINDOW
         );
     }
 }
@@ -522,6 +529,9 @@ pub fn status(socket: &Path, as_json: bool) -> anyhow::Result<()> {
     for a in v["attached"].as_array().into_iter().flatten() {
         println!("  attached: {}", a.as_str().unwrap_or("?"));
     }
+    for u in v["unobserved"].as_array().into_iter().flatten() {
+        println!("  not observed: {}", u.as_str().unwrap_or("?"));
+    }
     let p = &v["policy"];
     println!(
         "policy:      \"{}\" generation {} sha256 {}",
@@ -544,6 +554,11 @@ pub fn status(socket: &Path, as_json: bool) -> anyhow::Result<()> {
             c["count"]
         );
     }
-    println!("events lost: {}", v["events_lost"]);
+    println!(
+        "events thinned: {} (over {} per process per second), lost: {}",
+        v["events_thinned"],
+        agent_common::event::thinning::EVENTS_PER_WINDOW,
+        v["events_lost"]
+    );
     Ok(())
 }

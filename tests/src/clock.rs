@@ -134,6 +134,21 @@ pub fn settimeofday_by(secs: Option<i64>, with_tz: bool) -> Outcome {
     }
 }
 
+/// `timex.status` bit: the clock is not synchronized (set by the kernel at boot).
+pub const STA_UNSYNC: i32 = 0x0040;
+
+/// Declares the clock synchronized (clears STA_UNSYNC, small error bounds), as a time daemon
+/// does once locked: the kernel then copies the time to the RTC itself every 11 minutes.
+/// `false` sets STA_UNSYNC again, which stops that.
+pub fn declare_synced(synced: bool) -> Outcome {
+    // ADJ_STATUS | ADJ_MAXERROR | ADJ_ESTERROR
+    adjtimex(0x0010 | 0x0004 | 0x0008, |tx| {
+        tx.status = if synced { 0 } else { STA_UNSYNC };
+        tx.maxerror = 1000;
+        tx.esterror = 1000;
+    })
+}
+
 /// `timex.status` bit that schedules a leap second insertion.
 pub const STA_INS: i32 = 0x0010;
 

@@ -25,6 +25,10 @@ test)
 demo)
     tg-vm-suite --demo
     ;;
+bench)
+    tg-vm-suite --bench
+    echo "TG-SUITE-EXIT $?"
+    ;;
 *)
     timeguard run --policy /etc/timeguard/policy.yaml >/tmp/events.jsonl 2>/tmp/agent.log &
     sleep 1

@@ -50,6 +50,13 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         seconds: u32,
     },
+    /// Measure what the agent costs: the same workloads in a guest with and without it, as
+    /// ratios (a table here, JSON and Markdown under target/bench/).
+    Bench {
+        /// Guest kernel series: 6.1 or 6.12.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+    },
     /// Boot a guest kernel with the agent running and a shell on the console.
     Vm {
         /// Guest kernel series: 6.1 or 6.12.
@@ -199,6 +206,58 @@ fn test(
     vm::test_all(&bin, kernels)
 }
 
+/// Runs the benchmark in a guest and reports it.
+fn bench(bin: &Path, kernel: &str) -> anyhow::Result<()> {
+    println!("== benchmark: guest kernel {kernel}, with and without the agent, in one boot");
+    let figures = vm::bench_kernel(bin, kernel)?;
+    let accel = std::env::var("TIMEGUARD_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
+    let mut md = format!(
+        "Guest kernel {kernel} under QEMU ({accel}); host: {}. Nanoseconds per call, best of rounds alternating without and with the agent.\n\n| figure | workload | without agent (ns) | with agent (ns) | ratio |\n|---|---|---:|---:|---:|\n",
+        host_cpu()
+    );
+    println!(
+        "{:<28} {:<11} {:>12} {:>12} {:>7}",
+        "figure", "workload", "without ns", "with ns", "ratio"
+    );
+    for f in &figures {
+        let (figure, workload) = (
+            f["figure"].as_str().unwrap_or("?"),
+            f["workload"].as_str().unwrap_or("?"),
+        );
+        let (without, with, ratio) = (
+            f["without_agent_ns"].as_f64().unwrap_or(f64::NAN),
+            f["with_agent_ns"].as_f64().unwrap_or(f64::NAN),
+            f["ratio"].as_f64().unwrap_or(f64::NAN),
+        );
+        println!("{figure:<28} {workload:<11} {without:>12.0} {with:>12.0} {ratio:>7.3}");
+        md.push_str(&format!(
+            "| {figure} | {workload} | {without:.0} | {with:.0} | {ratio:.3} |\n"
+        ));
+    }
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("clock.json"),
+        serde_json::to_string_pretty(&figures)?,
+    )?;
+    std::fs::write(dir.join("clock.md"), md)?;
+    println!("written: {}/clock.json, clock.md", dir.display());
+    Ok(())
+}
+
+/// The host's CPU model, for the record of where a benchmark ran.
+fn host_cpu() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Build { release } => build(release).map(|_| ()),
@@ -217,6 +276,11 @@ fn main() -> anyhow::Result<()> {
             kernels,
             filter,
         } => test(no_vm, vm_only, &kernels, filter.as_deref()),
+        Cmd::Bench { kernel } => {
+            setup::ensure_vm_tools()?;
+            let bin = build(true)?;
+            bench(&bin, &kernel)
+        }
         Cmd::Vm { kernel, demo } => {
             setup::ensure_vm_tools()?;
             let bin = build(true)?;

@@ -248,6 +248,7 @@ fn copy_into(root: &Path, from: &Path, to: &str) -> anyhow::Result<()> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum GuestMode {
     Test,
+    Bench,
     Demo,
     Shell,
 }
@@ -257,6 +258,7 @@ impl GuestMode {
         match self {
             GuestMode::Test => "test",
             GuestMode::Demo => "demo",
+            GuestMode::Bench => "bench",
             GuestMode::Shell => "shell",
         }
     }
@@ -393,16 +395,24 @@ struct Verdict {
     line: String,
 }
 
-/// Boots one kernel in test mode and collects the scenario verdicts.
-fn test_kernel(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
+/// Boots one kernel in `mode` and hands each console line to `on_line` until the guest
+/// says `TG-SUITE-EXIT`. On failure (`failed` says so afterwards) the whole console and
+/// QEMU's stderr are printed.
+fn run_guest(
+    bin: &Path,
+    k: &GuestKernel,
+    mode: GuestMode,
+    mut on_line: impl FnMut(&str),
+    failed: impl Fn() -> bool,
+) -> anyhow::Result<Duration> {
     let files = kernel_files(k)?;
     let work = workspace_root().join("target/vm").join(k.series);
     fs::create_dir_all(&work)?;
     let initrd = build_initramfs(bin, &files, &work)?;
-    let console_log = work.join("console.log");
+    let console_log = work.join(format!("console-{}.log", mode.name()));
     let qemu_stderr = work.join("qemu.stderr");
     let started = Instant::now();
-    let mut child = qemu(&files.image, &initrd, GuestMode::Test)
+    let mut child = qemu(&files.image, &initrd, mode)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(
@@ -420,21 +430,15 @@ fn test_kernel(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
         }
     });
     let mut console = Vec::new();
-    let mut verdicts = Vec::new();
     let mut finished = false;
     while started.elapsed() < SUITE_TIMEOUT {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
-                if let Some(rest) = line.strip_prefix("TG-SCENARIO ") {
-                    let passed = rest.starts_with("PASS");
-                    println!("  [{}] {rest}", k.series);
-                    verdicts.push(Verdict {
-                        passed,
-                        line: rest.to_string(),
-                    });
-                } else if line.starts_with("TG-SUITE-EXIT") {
+                if line.starts_with("TG-SUITE-EXIT") {
                     finished = true;
+                } else {
+                    on_line(&line);
                 }
                 console.push(line);
             }
@@ -452,7 +456,7 @@ fn test_kernel(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
     }
     let _ = child.wait();
     fs::write(&console_log, console.join("\n"))?;
-    if !finished || verdicts.is_empty() || verdicts.iter().any(|v| !v.passed) {
+    if !finished || failed() {
         println!(
             "---- guest console ({}; saved in {}) ----",
             k.series,
@@ -469,19 +473,71 @@ fn test_kernel(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
     }
     if !finished {
         bail!(
-            "guest {} did not finish the suite within {}s (see {})",
+            "guest {} did not finish within {}s (see {})",
             k.series,
             SUITE_TIMEOUT.as_secs(),
             console_log.display()
         );
     }
+    Ok(started.elapsed())
+}
+
+/// Boots one kernel in test mode and collects the scenario verdicts.
+fn test_kernel(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
+    let verdicts = std::cell::RefCell::new(Vec::new());
+    let took = run_guest(
+        bin,
+        k,
+        GuestMode::Test,
+        |line| {
+            if let Some(rest) = line.strip_prefix("TG-SCENARIO ") {
+                println!("  [{}] {rest}", k.series);
+                verdicts.borrow_mut().push(Verdict {
+                    passed: rest.starts_with("PASS"),
+                    line: rest.to_string(),
+                });
+            }
+        },
+        || {
+            let v = verdicts.borrow();
+            v.is_empty() || v.iter().any(|v| !v.passed)
+        },
+    )?;
+    let verdicts = verdicts.into_inner();
     println!(
         "  [{}] guest ran {} scenarios in {:.1}s",
         k.series,
         verdicts.len(),
-        started.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     Ok(verdicts)
+}
+
+/// Boots one kernel in bench mode; returns the figures the guest measured (JSON objects).
+pub fn bench_kernel(bin: &Path, series: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let k = find_kernel(series)?;
+    let figures = std::cell::RefCell::new(Vec::new());
+    let problem = std::cell::RefCell::new(None);
+    run_guest(
+        bin,
+        k,
+        GuestMode::Bench,
+        |line| {
+            if let Some(json) = line.strip_prefix("TG-BENCH ") {
+                match serde_json::from_str(json) {
+                    Ok(v) => figures.borrow_mut().push(v),
+                    Err(e) => *problem.borrow_mut() = Some(format!("{e}: {json}")),
+                }
+            } else if let Some(why) = line.strip_prefix("TG-BENCH-FAILED ") {
+                *problem.borrow_mut() = Some(why.to_string());
+            }
+        },
+        || problem.borrow().is_some() || figures.borrow().is_empty(),
+    )?;
+    if let Some(p) = problem.into_inner() {
+        bail!("the benchmark in the guest failed: {p}");
+    }
+    Ok(figures.into_inner())
 }
 
 pub fn test_all(bin: &Path, only: &[String]) -> anyhow::Result<()> {

@@ -20,6 +20,7 @@ pub fn offsets(btf: &btf::Btf) -> anyhow::Result<KernelOffsets> {
         task_mm: at("task_struct.mm")?,
         task_real_parent: at("task_struct.real_parent")?,
         task_tgid: at("task_struct.tgid")?,
+        task_flags: at("task_struct.flags")?,
         task_ti_status: at("task_struct.thread_info.status")?,
         mm_exe_file: at("mm_struct.exe_file")?,
         file_inode: at("file.f_inode")?,

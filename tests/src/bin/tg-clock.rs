@@ -8,10 +8,12 @@
 //!                           zero, counted
 //!
 //!   tg-clock compat-step S | compat-stime S | compat-freq PPM   the same through int 0x80
+//!   tg-clock bench WORKLOAD N   time N iterations of a benchmark workload (see bench.rs)
 //!   tg-clock flood N        N × clock_settime(CLOCK_REALTIME, now), counted
 //!   tg-clock leap insert|none   adjtimex(ADJ_STATUS) with or without STA_INS
 //!   tg-clock settimeofday S [tz]   settimeofday(now + S), with a UTC timezone or without
 //!   tg-clock timezone       settimeofday(NULL, UTC): the kernel timezone only
+//!   tg-clock synced yes|no  clear (or set) STA_UNSYNC: the kernel's 11-minute RTC updates
 //!   tg-clock tick TICK      adjtimex(ADJ_TICK): 10000 is nominal, each µs is 100 ppm
 //!
 //! Devices and namespaces:
@@ -28,7 +30,7 @@
 //!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
-use timeguard_tests::{clock, devices};
+use timeguard_tests::{bench, clock, devices};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,18 +69,24 @@ fn main_inner(args: &[String]) -> i32 {
         ["settimeofday", secs] => secs.parse::<i64>().map(|s| Some(clock::settimeofday_by(Some(s), false))).map_err(|e| e.to_string()),
         ["settimeofday", secs, "tz"] => secs.parse::<i64>().map(|s| Some(clock::settimeofday_by(Some(s), true))).map_err(|e| e.to_string()),
         ["timezone"] => Ok(Some(clock::settimeofday_by(None, true))),
+        ["synced", yes] => Ok(Some(clock::declare_synced(*yes == "yes"))),
         ["tick", tick] => tick.parse::<i64>().map(|t| Some(clock::set_tick(t))).map_err(|e| e.to_string()),
         ["phc-open", dev] => Ok(Some(devices::phc_open_rw(dev))),
         ["phc-step", dev, secs] => secs.parse::<i64>().map(|s| Some(devices::phc_step(dev, s))).map_err(|e| e.to_string()),
         ["phc-pps", dev, on] => Ok(Some(devices::phc_enable_pps(dev, *on == "on"))),
         ["pps-bind", dev, on] => Ok(Some(devices::pps_bind(dev, *on == "on"))),
         ["timens", secs] => secs.parse::<i64>().map(|s| Some(devices::time_namespace_offset(s))).map_err(|e| e.to_string()),
+        ["bench", workload, n] => n
+            .parse::<u64>()
+            .map_err(|e| e.to_string())
+            .and_then(|n| bench::run(workload, n))
+            .and_then(|(ns, failed)| counted(serde_json::json!({"workload": workload, "ns_per_op": ns, "failed": failed}))),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
         ["hammer", ms] => ms
             .parse::<u64>()
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | compat-step S | compat-stime S | compat-freq PPM | hammer MS | flood N | leap insert|none | settimeofday S [tz] | timezone | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | compat-step S | compat-stime S | compat-freq PPM | hammer MS | bench WORKLOAD N | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {
