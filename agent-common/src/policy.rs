@@ -40,12 +40,17 @@ pub mod verdict {
     }
 }
 
-/// Key of the rule map: the executable's identity within one policy slot.
+/// `ExeKey::uid` of a rule that matches every user.
+pub const ANY_UID: u32 = u32::MAX;
+
+/// Key of the rule map: the executable's identity within one policy slot, and the user it
+/// runs as when the rule names users (`ANY_UID` otherwise). A decision looks up the caller's
+/// own uid first, then `ANY_UID`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ExeKey {
     pub slot: u32,
-    pub _pad: u32,
+    pub uid: u32,
     /// The kernel's `dev_t` of the file system (`MKDEV(major, minor)`, 20-bit minor).
     pub dev: u64,
     pub ino: u64,

@@ -113,7 +113,7 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
         step_ns: req.step_ns,
         frequency: req.frequency_abs,
     };
-    let Some(decided) = decide_for(ev.exe_dev, ev.exe_ino, &limits) else {
+    let Some(decided) = decide_for(ev.exe_dev, ev.exe_ino, ev.uid, &limits) else {
         return verdict::ALLOW;
     };
     let v = if observe_only {

@@ -2,7 +2,9 @@
 
 use agent_common::{
     kernel::ClockState,
-    policy::{decide, ClockRule, Decision, ExeKey, PolicyHeader, Request, MAX_RULES, SLOTS},
+    policy::{
+        decide, ClockRule, Decision, ExeKey, PolicyHeader, Request, ANY_UID, MAX_RULES, SLOTS,
+    },
 };
 use aya_ebpf::{
     macros::map,
@@ -47,7 +49,7 @@ fn generation_now(slot: u32) -> u32 {
     }
 }
 
-/// Decides `operations` by the executable `(dev, ino)` under the policy in force.
+/// Decides `operations` by the executable `(dev, ino)` run as `uid`, under the policy in force.
 ///
 /// The header of a slot works as a sequence lock: the agent sets its generation to 0 before
 /// rewriting the slot's rules and to the new generation after. A decision reads the
@@ -56,8 +58,8 @@ fn generation_now(slot: u32) -> u32 {
 /// reload never mixes two policies.
 /// Before any policy is loaded (no generation anywhere) nothing is decided: `None`.
 #[inline(always)]
-pub fn decide_for(dev: u64, ino: u64, req: &Request) -> Option<Decided> {
-    let (header, rule) = consistent_read(dev, ino)?;
+pub fn decide_for(dev: u64, ino: u64, uid: u32, req: &Request) -> Option<Decided> {
+    let (header, rule) = consistent_read(dev, ino, uid)?;
     Some(Decided {
         decision: decide(&header, rule.as_ref(), req),
         generation: header.generation,
@@ -67,21 +69,25 @@ pub fn decide_for(dev: u64, ino: u64, req: &Request) -> Option<Decided> {
 /// The header and the rule of one policy, read under the sequence lock; the decision is
 /// made once, after the loop, which keeps the loop small for the verifier.
 #[inline(always)]
-fn consistent_read(dev: u64, ino: u64) -> Option<(PolicyHeader, Option<ClockRule>)> {
+fn consistent_read(dev: u64, ino: u64, uid: u32) -> Option<(PolicyHeader, Option<ClockRule>)> {
     for _ in 0..READ_TRIES {
         let slot = *ACTIVE_SLOT.get(0)?;
         let header = *POLICY.get(slot)?;
         if header.generation == 0 {
             continue;
         }
-        let key = ExeKey {
+        let mut key = ExeKey {
             slot,
-            _pad: 0,
+            uid,
             dev,
             ino,
         };
-        // SAFETY: the value is copied out at once.
-        let rule = unsafe { CLOCK_RULES.get(key) }.copied();
+        // SAFETY: the values are copied out at once.
+        let mut rule = unsafe { CLOCK_RULES.get(key) }.copied();
+        if rule.is_none() {
+            key.uid = ANY_UID;
+            rule = unsafe { CLOCK_RULES.get(key) }.copied();
+        }
         if generation_now(slot) == header.generation {
             return Some((header, rule));
         }

@@ -4,7 +4,7 @@
 
 use agent_common::{
     kernel::{ClockState, KernelOffsets},
-    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, SLOTS},
+    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, SLOTS},
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -156,12 +156,6 @@ impl Guard {
                     .context("clearing the inactive policy slot")?;
             }
             for rule in &policy.rules {
-                let key = ExeKey {
-                    slot,
-                    _pad: 0,
-                    dev: rule.exe_id.dev,
-                    ino: rule.exe_id.ino,
-                };
                 let value = ClockRule {
                     rule_id: rule.id,
                     allow: rule.allow,
@@ -170,9 +164,23 @@ impl Guard {
                     max_step_ns: rule.max_step_ns,
                     max_frequency: rule.max_frequency,
                 };
-                rules
-                    .insert(key, value, 0)
-                    .with_context(|| format!("installing rule \"{}\"", rule.name))?;
+                // One entry per user the rule is narrowed to, or one for every user.
+                let uids = if rule.uids.is_empty() {
+                    &[ANY_UID][..]
+                } else {
+                    &rule.uids[..]
+                };
+                for &uid in uids {
+                    let key = ExeKey {
+                        slot,
+                        uid,
+                        dev: rule.exe_id.dev,
+                        ino: rule.exe_id.ino,
+                    };
+                    rules
+                        .insert(key, value, 0)
+                        .with_context(|| format!("installing rule \"{}\"", rule.name))?;
+                }
             }
         }
         self.write_header(slot, header)?;

@@ -43,6 +43,14 @@ pub fn explain(p: &CompiledPolicy) -> String {
     let everything = op::ALL.iter().fold(0, |a, (b, _)| a | b);
     for r in &p.rules {
         let _ = writeln!(s, "  {} ({})", r.name, r.exe.display());
+        if !r.uids.is_empty() {
+            let uids: Vec<String> = r.uids.iter().map(u32::to_string).collect();
+            let _ = writeln!(
+                s,
+                "    only when run as uid {} (anyone else running it: the default)",
+                uids.join(", ")
+            );
+        }
         let _ = writeln!(s, "    may:     {}", ops(r.allow));
         let _ = writeln!(s, "    may not: {}", ops(everything & !r.allow));
         if r.max_step_ns != 0 {

@@ -90,6 +90,45 @@ impl Host {
         ExeId::of(&self.path(p))
     }
 
+    /// The uid of a user: a number as it is, a name from the host's `/etc/passwd`.
+    pub fn uid(&self, user: &str) -> Result<u32, String> {
+        if let Ok(n) = user.parse::<u32>() {
+            return if n == agent_common::policy::ANY_UID {
+                Err(format!("uid {n} is not a user"))
+            } else {
+                Ok(n)
+            };
+        }
+        let passwd = self.path(Path::new("/etc/passwd"));
+        let text = std::fs::read_to_string(&passwd)
+            .map_err(|e| format!("cannot read {}: {e}", passwd.display()))?;
+        let users: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                Some((f.next()?, f.nth(1)?))
+            })
+            .collect();
+        if let Some(uid) = users
+            .iter()
+            .find(|(name, _)| *name == user)
+            .and_then(|(_, uid)| uid.parse().ok())
+        {
+            return Ok(uid);
+        }
+        let names: Vec<&str> = users.iter().map(|(n, _)| *n).collect();
+        Err(match super::parse::did_you_mean(user, &names) {
+            Some(m) => format!(
+                "user `{user}` is not in {}; did you mean `{m}`?",
+                passwd.display()
+            ),
+            None => format!(
+                "user `{user}` is not in {}; write a user name from it or a uid",
+                passwd.display()
+            ),
+        })
+    }
+
     /// Whether a systemd unit is enabled: a link to it in some `*.wants/` directory.
     /// Instances (`phc2sys@eth0.service`) count for their template (`phc2sys@.service`).
     fn enabled_unit(&self, unit: &str) -> Option<String> {

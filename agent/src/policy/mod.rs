@@ -68,6 +68,8 @@ pub struct CompiledRule {
     pub name: String,
     pub exe: PathBuf,
     pub exe_id: ExeId,
+    /// The uids the rule is narrowed to (`match.users`); empty: every user.
+    pub uids: Vec<u32>,
     pub allow: u32,
     pub mode: u32,
     /// Largest step allowed (ns); 0: no limit.
@@ -100,7 +102,12 @@ impl CompiledPolicy {
     /// Whether `other` is this policy again: the same files, resolving to the same
     /// executables (a replaced executable makes a new policy from the same text).
     pub fn same_as(&self, other: &CompiledPolicy) -> bool {
-        let ids = |p: &CompiledPolicy| p.rules.iter().map(|r| r.exe_id).collect::<Vec<_>>();
+        let ids = |p: &CompiledPolicy| {
+            p.rules
+                .iter()
+                .map(|r| (r.exe_id, r.uids.clone()))
+                .collect::<Vec<_>>()
+        };
         self.hash == other.hash && ids(self) == ids(other)
     }
 
@@ -296,7 +303,7 @@ fn check_and_compile(
             }
             let allow = check_operations(rule, &mut sink);
             check_limits(rule, allow, &mut sink);
-            check_match(rule, &mut sink);
+            let uids = check_match(rule, host, &mut sink);
             let exe = &rule.matches.exe;
             if !exe.value.is_absolute() {
                 continue;
@@ -334,6 +341,7 @@ fn check_and_compile(
                 name,
                 exe: exe.value.clone(),
                 exe_id,
+                uids,
                 allow,
                 mode: mode_value(rule.mode.unwrap_or(policy_mode)),
                 max_step_ns: rule.max_step.as_ref().map_or(0, |d| d.value.nanos),
@@ -442,21 +450,32 @@ fn check_limits(rule: &model::Rule, allow: u32, sink: &mut Sink) {
     }
 }
 
-fn check_match(rule: &model::Rule, sink: &mut Sink) {
+/// Checks `match`; returns the uids `match.users` narrows the rule to (empty: every user).
+fn check_match(rule: &model::Rule, host: &Host, sink: &mut Sink) -> Vec<u32> {
     let exe = &rule.matches.exe;
     if !exe.value.is_absolute() {
         sink.error(exe.referenced, format!("match.exe `{}` is not an absolute path; write the full path, e.g. /usr/sbin/chronyd", exe.value.display()));
     }
+    let mut uids = Vec::new();
     if let Some(users) = &rule.matches.users {
         if users.value.is_empty() {
             sink.error(users.referenced, "match.users is empty, so the rule can never match; list users, or remove match.users to match every user");
-        } else {
-            sink.error(users.referenced, "match.users is not enforced by this version of timeguard; remove it (the rule would match every user)");
+        }
+        for user in &users.value {
+            match host.uid(&user.value) {
+                Ok(uid) if uids.contains(&uid) => sink.error(
+                    user.referenced,
+                    format!("user `{}` is listed twice in match.users", user.value),
+                ),
+                Ok(uid) => uids.push(uid),
+                Err(e) => sink.error(user.referenced, e),
+            }
         }
     }
     if let Some(unit) = &rule.matches.unit {
         sink.error(unit.referenced, "match.unit is not enforced by this version of timeguard; remove it (the rule would match outside the unit too)");
     }
+    uids
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -495,6 +514,21 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: t}\nspec:\n";
+
+    #[test]
+    fn users_narrow_a_rule_to_their_uids() {
+        let (dir, file) = write_policy(&format!("{HEAD}  clock:\n    rules:\n      - name: mine\n        match: {{exe: /p.yaml, users: [_chrony, \"0\"]}}\n        allow: [slew]\n"));
+        std::fs::create_dir_all(dir.join("etc")).expect("etc");
+        std::fs::write(
+            dir.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\n_chrony:x:105:110::/var/lib/chrony:/usr/sbin/nologin\n",
+        )
+        .expect("passwd");
+        let p = load(std::slice::from_ref(&file), &Host { root: dir.clone() });
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = p.map_err(|d| format!("{d:?}")).expect("valid policy");
+        assert_eq!(p.rules[0].uids, vec![105, 0]);
+    }
 
     #[test]
     fn compiles_rules_to_executable_identities() {

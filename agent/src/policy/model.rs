@@ -92,7 +92,7 @@ pub struct Rule {
 pub struct Match {
     pub exe: Spanned<PathBuf>,
     #[serde(default)]
-    pub users: Option<Spanned<Vec<String>>>,
+    pub users: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub unit: Option<Spanned<String>>,
 }

@@ -665,6 +665,34 @@ fn scenario_million_denied() -> Outcome {
     ))
 }
 
+/// `match.users` narrows a rule to the users it names, by the caller's uid in the kernel:
+/// root running the allowed file under a rule for `_chrony` gets the default.
+fn scenario_users() -> Outcome {
+    let original = fs::read_to_string(POLICY).map_err(|e| format!("{POLICY}: {e}"))?;
+    let exe_line = format!("exe: {ALLOWED}\n");
+    let for_users = |users: &str, name: &str| {
+        original
+            .replace(
+                &exe_line,
+                &format!("{exe_line}          users: [{users}]\n"),
+            )
+            .replace("name: vm-test\n", &format!("name: {name}\n"))
+    };
+    reload_to(
+        &for_users("_chrony", "vm-test-chrony-only"),
+        "vm-test-chrony-only",
+    )?;
+    let denied = denied_step(ALLOWED, &["step", "3600"], Some("tg-clock-allowe"));
+    reload_to(&for_users("root, _chrony", "vm-test-root"), "vm-test-root")?;
+    let allowed = step_and_back(ALLOWED, "step", 60);
+    reload_to(&original, "vm-test")?;
+    let denied = denied.map_err(|e| format!("rule for _chrony, run as root: {e}"))?;
+    allowed.map_err(|e| format!("rule for root: {e}"))?;
+    Ok(format!(
+        "users: [_chrony] -> root denied by the default ({denied}); users: [root, _chrony] -> allowed"
+    ))
+}
+
 /// An upgrade renames a new file over an allowed executable: the agent follows the path to
 /// the new file within its watch interval, and the old file (kept here through a hard link)
 /// loses the rule.
@@ -1288,6 +1316,7 @@ fn main() {
             "chronyd is refused a step beyond maxStep",
             scenario_chronyd_big_step,
         ),
+        ("match.users narrows a rule", scenario_users),
         (
             "a replaced executable is followed",
             scenario_replaced_executable,
