@@ -41,6 +41,10 @@ fn bump(counter: &PerCpuArray<u64>) {
 /// Whether the process may send one more event now. Budgets are shared between CPUs
 /// without a lock: two CPUs may both send the last one, which only loosens the bound.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "explicit references, as in `count`"
+)]
 fn within_budget(tgid: u32, now_ns: u64) -> bool {
     match EVENT_BUDGETS.get_ptr_mut(&tgid) {
         // SAFETY: the value stays valid for this program run (RCU).

@@ -344,7 +344,6 @@ impl Guard {
             .collect())
     }
 
-    /// Events the kernel could not hand over because the ring buffer was full.
     /// Detailed events that did not fit in the ring buffer.
     pub fn events_lost(&self) -> anyhow::Result<u64> {
         self.per_cpu_total("EVENTS_LOST")
