@@ -80,6 +80,21 @@ fn comm(ev: &ClockEvent) -> String {
     String::from_utf8_lossy(&ev.comm[..end]).into_owned()
 }
 
+/// The size of the step an event asked for, in nanoseconds (signed), where it carries one:
+/// a time to set is measured against the wall clock at the decision, an ADJ_SETOFFSET is the
+/// offset itself.
+pub fn step_size_ns(ev: &ClockEvent) -> Option<i128> {
+    if ev.operations & op::STEP == 0 || ev.has_time == 0 {
+        return None;
+    }
+    let requested = ev.time_sec as i128 * 1_000_000_000 + ev.time_nsec as i128;
+    if ev.timex_modes & agent_common::clock::adj::SETOFFSET != 0 {
+        return Some(requested);
+    }
+    let wall_then = ev.tai_ns as i128 - tai_offset_ns() as i128;
+    Some(requested - wall_then)
+}
+
 /// One clock event as a JSON record.
 pub fn clock_event_json(ev: &ClockEvent, policy: &CompiledPolicy, host: &str) -> Value {
     let exe = std::fs::read_link(format!("/proc/{}/exe", ev.tgid))

@@ -262,6 +262,35 @@ impl Guard {
         Ok(())
     }
 
+    /// Each LSM hook this kernel has, and whether it decides (all of them or none do).
+    pub fn hooks(&self) -> Vec<(&'static str, bool)> {
+        let enforcing = self.enforcement == Enforcement::Enforce;
+        LSM_PROGRAMS
+            .iter()
+            .filter(|(_, hook, _)| !self.absent_hooks.contains(hook))
+            .map(|(_, hook, _)| (*hook, enforcing))
+            .collect()
+    }
+
+    /// Each kernel program, and whether it is attached.
+    pub fn programs(&self) -> Vec<(&'static str, bool)> {
+        let names = LSM_PROGRAMS
+            .iter()
+            .map(|(n, _, _)| *n)
+            .chain(OBSERVERS.iter().map(|(n, _)| *n))
+            .chain(KERNEL_OBSERVERS.iter().map(|(n, _)| *n));
+        let mut out: Vec<(&'static str, bool)> = Vec::new();
+        for name in names {
+            if out.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let prefix = format!("{name} (");
+            let on = self.attached.iter().any(|a| a.starts_with(&prefix));
+            out.push((name, on));
+        }
+        out
+    }
+
     /// Best effort: a kernel that refuses kprobes loses only the record of its own setters.
     fn attach_kernel_observers(&mut self) {
         for (name, function) in KERNEL_OBSERVERS {

@@ -1,6 +1,6 @@
 //! timeguard: guards the clock of a Linux time server.
 
-use timeguard_agent::{policy, run};
+use timeguard_agent::{audit, policy, run};
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +30,26 @@ enum Command {
         /// Where `timeguard status` reaches the agent (root only).
         #[arg(long, default_value = run::STATUS_SOCKET)]
         status_socket: PathBuf,
+        /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9817).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// The audit trail: one JSON line per record, also on stdout. `-`: stdout only.
+        #[arg(long, value_name = "PATH", default_value = audit::DEFAULT_PATH)]
+        audit_log: PathBuf,
+        /// Rotate the audit trail when it reaches this many MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        audit_log_max_mib: u64,
+        /// Rotated files kept (audit.jsonl.1 … .N).
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        audit_log_keep: u32,
+    },
+    /// Print the audit trail in a person's words.
+    Events {
+        #[arg(long, default_value = audit::DEFAULT_PATH)]
+        file: PathBuf,
+        /// Keep printing records as they are written.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Ask the running agent what it enforces: programs, policy generation and hash,
     /// reloads, and the exact counters since start.
@@ -70,7 +90,21 @@ fn main() -> ExitCode {
         Command::Run {
             policy,
             status_socket,
-        } => run::run(&policy, &status_socket),
+            metrics_addr,
+            audit_log,
+            audit_log_max_mib,
+            audit_log_keep,
+        } => run::run(&run::Options {
+            policy,
+            status_socket,
+            metrics_addr,
+            audit_log: (audit_log.as_os_str() != "-").then_some(audit_log),
+            audit_rotation: audit::Rotation {
+                max_bytes: audit_log_max_mib * 1024 * 1024,
+                keep: audit_log_keep,
+            },
+        }),
+        Command::Events { file, follow } => audit::print_events(&file, follow),
         Command::Status { socket, json } => run::status(&socket, json),
         Command::Kernel => run::kernel_report(),
         Command::Check { files, root } => return check(&files, &root),

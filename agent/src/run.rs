@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -14,10 +13,12 @@ use serde_json::{json, Value};
 use tokio::{io::unix::AsyncFd, io::AsyncWriteExt as _, net::UnixListener};
 
 use crate::{
+    audit::{self, AuditTrail},
     events,
     kernel::{self, btf::Btf},
     loader::{Enforcement, Guard},
-    policy::{self, CompiledPolicy},
+    metrics::{self, Metrics},
+    policy::{self, identity::RuleIds, CompiledPolicy},
 };
 
 /// Where `timeguard status` finds the running agent.
@@ -39,11 +40,15 @@ fn now() -> String {
     events::rfc3339(SystemTime::now())
 }
 
-/// Writes one JSON record to stdout (the audit trail for journald).
-fn record(value: Value) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not stop enforcement.
-    let _ = writeln!(out, "{value}").and_then(|_| out.flush());
+/// How `timeguard run` is set up.
+pub struct Options {
+    pub policy: PathBuf,
+    pub status_socket: PathBuf,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The audit trail file (also always on stdout); None: stdout only.
+    pub audit_log: Option<PathBuf>,
+    pub audit_rotation: audit::Rotation,
 }
 
 fn kernel_release() -> String {
@@ -156,6 +161,12 @@ struct Agent {
     last_reload_error: Option<Vec<String>>,
     host: String,
     started: String,
+    audit: AuditTrail,
+    /// Stable rule ids for the kernel's counters, by rule name.
+    rule_ids: RuleIds,
+    metrics: Option<Metrics>,
+    /// The last step seen, for the metrics: when (CLOCK_BOOTTIME) and how big.
+    last_step: Option<(u64, Option<i128>)>,
 }
 
 impl Agent {
@@ -178,7 +189,16 @@ impl Agent {
         }
     }
 
-    fn install(&mut self, policy: CompiledPolicy) -> anyhow::Result<u32> {
+    /// Writes one record to the audit trail.
+    fn record(&mut self, value: Value) {
+        self.audit.write(&value);
+    }
+
+    fn install(&mut self, mut policy: CompiledPolicy) -> anyhow::Result<u32> {
+        // Counters are kept per rule id for the agent's whole run: ids follow rule names.
+        for r in &mut policy.rules {
+            r.id = self.rule_ids.id_for(&r.name).map_err(anyhow::Error::msg)?;
+        }
         let generation = self.guard.install_policy(&policy)?;
         for w in &policy.warnings {
             log::warn!("policy: {w}");
@@ -226,7 +246,7 @@ impl Agent {
                         self.fingerprint = self.fingerprint_now();
                         self.reloads_ok += 1;
                         self.last_reload_error = None;
-                        record(
+                        self.record(
                             json!({"time": now(), "host": self.host, "kind": "agent", "event": "policy_loaded",
                             "reason": why, "policy": name, "policy_sha256": hash, "generation": generation}),
                         );
@@ -248,7 +268,7 @@ impl Agent {
         }
         let generation = self.current().map(|(g, _)| *g).unwrap_or(0);
         log::error!("policy reload rejected; generation {generation} stays in force");
-        record(
+        self.record(
             json!({"time": now(), "host": self.host, "kind": "agent", "event": "policy_rejected",
             "reason": why, "problems": problems, "generation_in_force": generation}),
         );
@@ -264,10 +284,7 @@ impl Agent {
             Ok(c) => c
                 .into_iter()
                 .map(|(k, n)| {
-                    let rule = self.policies.values().rev().find_map(|p| {
-                        p.rules.iter().find(|r| r.id == k.rule_id).map(|r| r.name.clone())
-                    });
-                    json!({"rule": rule.unwrap_or_else(|| "default".into()),
+                    json!({"rule": self.rule_ids.name(k.rule_id),
                         "operation": agent_common::clock::op::name(k.operation),
                         "verdict": agent_common::policy::verdict::name(k.verdict as u8), "count": n})
                 })
@@ -296,7 +313,58 @@ impl Agent {
             "counters": counters,
             "events_lost": self.guard.events_lost().unwrap_or(0),
             "events_thinned": self.guard.events_thinned().unwrap_or(0),
+            "audit_log": self.audit.path(),
+            "audit_write_failures": self.audit.failures,
         })
+    }
+
+    /// The metrics text for a scrape.
+    fn metrics_text(&mut self) -> anyhow::Result<String> {
+        let attempts = self
+            .guard
+            .counters()?
+            .into_iter()
+            .map(|(k, n)| {
+                (
+                    self.rule_ids.name(k.rule_id).to_string(),
+                    agent_common::clock::op::name(k.operation),
+                    agent_common::policy::verdict::name(k.verdict as u8),
+                    n,
+                )
+            })
+            .collect();
+        let snapshot = metrics::Snapshot {
+            attempts,
+            events_thinned: self.guard.events_thinned()?,
+            events_lost: self.guard.events_lost()?,
+            audit_write_failures: self.audit.failures,
+            generation: self.guard.generation(),
+            reloads_ok: self.reloads_ok,
+            reloads_rejected: self.reloads_failed,
+            hooks: self.guard.hooks(),
+            programs: self.guard.programs(),
+            last_step: self.last_step,
+        };
+        match self.metrics.as_mut() {
+            Some(m) => m.render(&snapshot),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Writes one clock event to the trail, named by the policy generation that decided it.
+    fn clock_event(&mut self, ev: &agent_common::event::ClockEvent) {
+        use agent_common::{clock::op, policy::verdict};
+        if ev.operations & op::STEP != 0 && ev.verdict != verdict::DENY {
+            self.last_step = Some((ev.boot_ns, events::step_size_ns(ev)));
+        }
+        let policy = self
+            .policies
+            .get(&ev.generation)
+            .or_else(|| self.policies.values().last());
+        if let Some(p) = policy {
+            let record = events::clock_event_json(ev, p, &self.host);
+            self.record(record);
+        }
     }
 }
 
@@ -324,7 +392,9 @@ fn bind_status(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub fn run(policy_path: &Path, status_socket: &Path) -> anyhow::Result<()> {
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let policy_path = options.policy.as_path();
+    let status_socket = options.status_socket.as_path();
     let policy = load_policy(policy_path).map_err(|problems| {
         for p in &problems {
             log::error!("policy: {p}");
@@ -345,6 +415,13 @@ pub fn run(policy_path: &Path, status_socket: &Path) -> anyhow::Result<()> {
         last_reload_error: None,
         host: hostname(),
         started: now(),
+        audit: AuditTrail::new(options.audit_log.clone(), options.audit_rotation.clone()),
+        rule_ids: RuleIds::default(),
+        metrics: match options.metrics_addr {
+            Some(_) => Some(Metrics::new()?),
+            None => None,
+        },
+        last_step: None,
     };
     // The policy is in the maps before any program is attached: there is no unguarded instant.
     let generation = agent.install(policy)?;
@@ -354,7 +431,7 @@ pub fn run(policy_path: &Path, status_socket: &Path) -> anyhow::Result<()> {
         .current()
         .map(|(_, p)| (p.name.clone(), p.hash.clone()))
         .unwrap_or_default();
-    record(json!({
+    let started = json!({
         "time": now(),
         "host": agent.host,
         "kind": "agent",
@@ -364,16 +441,19 @@ pub fn run(policy_path: &Path, status_socket: &Path) -> anyhow::Result<()> {
         "policy_sha256": hash,
         "generation": generation,
         "attached": agent.guard.attached,
-    }));
+        "audit_log": agent.audit.path(),
+        "metrics_addr": options.metrics_addr.map(|a| a.to_string()),
+    });
+    agent.record(started);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(event_loop(&mut agent, status_socket))?;
+    runtime.block_on(event_loop(&mut agent, status_socket, options.metrics_addr))?;
 
     summarize(&agent);
-    record(json!({
+    agent.record(json!({
         "time": now(),
         "host": agent.host,
         "kind": "agent",
@@ -386,7 +466,11 @@ pub fn run(policy_path: &Path, status_socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn event_loop(agent: &mut Agent, status_socket: &Path) -> anyhow::Result<()> {
+async fn event_loop(
+    agent: &mut Agent,
+    status_socket: &Path,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
     // AsyncFd owns it.
@@ -403,6 +487,20 @@ async fn event_loop(agent: &mut Agent, status_socket: &Path) -> anyhow::Result<(
             log::warn!("timeguard status will not answer: {e:#}");
             None
         }
+    };
+    // Metrics are a convenience too; a port already taken is reported, not fatal.
+    let metrics = match metrics_addr {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                log::info!("metrics: http://{addr}/metrics");
+                Some(l)
+            }
+            Err(e) => {
+                log::warn!("metrics will not be served on {addr}: {e}");
+                None
+            }
+        },
+        None => None,
     };
     loop {
         tokio::select! {
@@ -422,6 +520,20 @@ async fn event_loop(agent: &mut Agent, status_socket: &Path) -> anyhow::Result<(
                     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(body.as_bytes())).await;
                 }
             }
+            conn = accept_metrics(metrics.as_ref()) => {
+                if let Ok((mut stream, _)) = conn {
+                    let text = agent.metrics_text();
+                    let served = metrics::serve_one(&mut stream, |path| match (path, &text) {
+                        ("/metrics", Ok(t)) => Some(t.clone()),
+                        _ => None,
+                    });
+                    // A client that does not talk or read must not hold up the agent.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), served).await;
+                    if let Err(e) = text {
+                        log::warn!("metrics: {e:#}");
+                    }
+                }
+            }
             ready = events.readable_mut() => {
                 let mut ready = ready.context("waiting for events")?;
                 let ring = ready.get_inner_mut();
@@ -435,13 +547,7 @@ async fn event_loop(agent: &mut Agent, status_socket: &Path) -> anyhow::Result<(
                     }
                     let Some(item) = ring.next() else { break };
                     match events::parse(&item) {
-                        Some(ev) => {
-                            // Name the rule by the policy generation that decided.
-                            let policy = agent.policies.get(&ev.generation).or_else(|| agent.policies.values().last());
-                            if let Some(p) = policy {
-                                record(events::clock_event_json(&ev, p, &agent.host));
-                            }
-                        }
+                        Some(ev) => agent.clock_event(&ev),
                         None => log::warn!("dropped a malformed event record of {} bytes", item.len()),
                     }
                 }
@@ -455,6 +561,16 @@ async fn event_loop(agent: &mut Agent, status_socket: &Path) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// The next metrics client; never, when metrics are not served.
+async fn accept_metrics(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next status client; never, when there is no status socket.

@@ -134,6 +134,15 @@ pub fn settimeofday_by(secs: Option<i64>, with_tz: bool) -> Outcome {
     }
 }
 
+/// Writes the kernel's maxerror with the value it already holds: a change request (it needs
+/// CAP_SYS_TIME) that changes nothing, safe on any host.
+pub fn rewrite_maxerror() -> Outcome {
+    // SAFETY: timex is plain data; zero is valid; modes 0 only reads.
+    let mut now: libc::timex = unsafe { std::mem::zeroed() };
+    unsafe { libc::adjtimex(&mut now) };
+    adjtimex(0x0004, |tx| tx.maxerror = now.maxerror)
+}
+
 /// `timex.status` bit: the clock is not synchronized (set by the kernel at boot).
 pub const STA_UNSYNC: i32 = 0x0040;
 

@@ -13,7 +13,9 @@ use std::{
 
 use serde_json::Value;
 
-use timeguard_tests::harness::{is_root, timeguard, workspace, yaml_files};
+use timeguard_tests::harness::{
+    free_loopback_addr, http_get, is_root, timeguard, workspace, yaml_files,
+};
 
 #[test]
 fn bundled_policies_pass_check() {
@@ -87,21 +89,9 @@ fn check_rejects_a_broken_policy_with_its_file_name() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Rewrites the kernel's maxerror with the value it already has: a change request that
-/// changes nothing, and needs CAP_SYS_TIME like any other.
+/// Rewrites the kernel's maxerror with the value it already has; the errno (0: done).
 fn rewrite_maxerror() -> i32 {
-    // SAFETY: timex is plain data; zero is valid.
-    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    // SAFETY: a read-only call on a valid timex.
-    unsafe { libc::adjtimex(&mut tx) };
-    tx.modes = libc::ADJ_MAXERROR;
-    // SAFETY: tx is valid; maxerror is the value just read.
-    let rc = unsafe { libc::adjtimex(&mut tx) };
-    if rc < 0 {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-    } else {
-        0
-    }
+    timeguard_tests::clock::rewrite_maxerror().errno
 }
 
 /// A policy in audit mode that denies by default: where the kernel lets timeguard enforce,
@@ -122,6 +112,17 @@ struct RunningAgent {
 /// Starts the agent on `audit_policy("first")` in a fresh temporary directory; None (said
 /// in one line) where it cannot run.
 fn start_agent(tag: &str, stdout: Stdio) -> Option<RunningAgent> {
+    start_agent_with(tag, stdout, &audit_policy("first"), &[])
+}
+
+/// The same with another policy and more arguments; the audit trail goes to `audit.jsonl`
+/// in the agent's directory.
+fn start_agent_with(
+    tag: &str,
+    stdout: Stdio,
+    policy_text: &str,
+    args: &[&str],
+) -> Option<RunningAgent> {
     let bin = timeguard()?;
     if !is_root() {
         eprintln!("skipped: loading BPF programs needs root");
@@ -131,12 +132,15 @@ fn start_agent(tag: &str, stdout: Stdio) -> Option<RunningAgent> {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let policy = dir.join("policy.yaml");
     let socket = dir.join("status.sock");
-    std::fs::write(&policy, audit_policy("first")).expect("write the policy");
+    std::fs::write(&policy, policy_text).expect("write the policy");
     let agent = Command::new(&bin)
         .args(["run", "--policy"])
         .arg(&policy)
         .arg("--status-socket")
         .arg(&socket)
+        .arg("--audit-log")
+        .arg(dir.join("audit.jsonl"))
+        .args(args)
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
@@ -343,4 +347,217 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     assert_ne!(second["policy"]["sha256"], first["policy"]["sha256"]);
     assert!(status_code.success(), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The value of one series in Prometheus text format, if present.
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Metric names (timeguard_*) an expression or file mentions.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("timeguard_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The agent's metrics count exactly what this test did, the audit trail has each record,
+/// a real Prometheus scraping the agent on loopback returns the same number, and the shipped
+/// alerting rules and dashboard use only metrics the agent serves.
+#[test]
+fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
+    const ATTEMPTS: u32 = 5;
+    let (Some(prometheus), Some(promtool)) = (
+        std::env::var_os("TIMEGUARD_PROMETHEUS").map(PathBuf::from),
+        std::env::var_os("TIMEGUARD_PROMTOOL").map(PathBuf::from),
+    ) else {
+        eprintln!("skipped: no Prometheus (cargo xtask test unpacks Debian's and sets TIMEGUARD_PROMETHEUS, TIMEGUARD_PROMTOOL)");
+        return;
+    };
+    // The shipped rules first: valid, and their own unit tests pass.
+    let rules_dir = workspace().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "timeguard-alerts.yml"],
+        ["test", "rules", "timeguard-alerts.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&rules_dir)
+            .output()
+            .expect("promtool runs");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A rule for the test program, so that its attempts are told apart from the host time
+    // daemon's and from other tests running in this process: audit mode, allowing nothing
+    // it does.
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_tg-clock"));
+    let policy = format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: metrics}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n    rules:\n      - name: this-test\n        match: {{exe: {}}}\n        allow: [rtc]\n", me.display());
+    let metrics_addr = free_loopback_addr();
+    let Some(RunningAgent {
+        bin,
+        dir,
+        mut agent,
+        ..
+    }) = start_agent_with(
+        "metrics",
+        Stdio::null(),
+        &policy,
+        &["--metrics-addr", &metrics_addr],
+    )
+    else {
+        return;
+    };
+    let wait = |what: &str, secs: u64, f: &mut dyn FnMut() -> Option<String>| -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what} within {secs}s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let first = wait("the agent serves its metrics", 30, &mut || {
+        http_get(&metrics_addr, "/metrics")
+            .filter(|(code, text)| *code == 200 && text.contains("timeguard_policy_generation 1"))
+            .map(|(_, t)| t)
+    });
+    let verdict = if first.contains(r#"timeguard_enforcement_available{hook="settime"} 1"#) {
+        "audit"
+    } else {
+        "observed"
+    };
+    let series = format!(
+        r#"timeguard_clock_change_attempts_total{{operation="status",rule="this-test",verdict="{verdict}"}}"#
+    );
+    for _ in 0..ATTEMPTS {
+        let out = Command::new(&me)
+            .arg("same-maxerror")
+            .output()
+            .expect("tg-clock runs");
+        assert!(
+            out.status.success(),
+            "audit and observe must not refuse: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let text = wait("the attempts counted", 20, &mut || {
+        http_get(&metrics_addr, "/metrics")
+            .map(|(_, t)| t)
+            .filter(|t| series_value(t, &series) == Some(ATTEMPTS as f64))
+    });
+    assert_eq!(http_get(&metrics_addr, "/other").map(|(c, _)| c), Some(404));
+
+    // The dashboard and the rules use only metrics the agent serves (the two step gauges
+    // appear after the first step, which a host test must not make).
+    let served = metric_names(&text);
+    let mut used = metric_names(
+        &std::fs::read_to_string(workspace().join("deploy/grafana/timeguard-dashboard.json"))
+            .expect("the dashboard"),
+    );
+    used.extend(metric_names(
+        &std::fs::read_to_string(rules_dir.join("timeguard-alerts.yml")).expect("the rules"),
+    ));
+    for name in used {
+        let after_a_step = [
+            "timeguard_clock_seconds_since_last_step",
+            "timeguard_clock_last_step_seconds",
+        ];
+        assert!(
+            served.contains(&name) || after_a_step.contains(&name.as_str()),
+            "{name} is used by the dashboard or rules but not served:\n{text}"
+        );
+    }
+
+    // A real Prometheus scrapes the agent and answers a query with the same number.
+    let prom_addr = free_loopback_addr();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: timeguard\n    static_configs:\n      - targets: ['{metrics_addr}']\n"),
+    )
+    .expect("write the Prometheus config");
+    let mut prom = Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prometheus starts");
+    let query = format!(
+        "/api/v1/query?query=sum(timeguard_clock_change_attempts_total%7Brule%3D%22this-test%22%2Cjob%3D%22timeguard%22%7D)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answer = None;
+    while Instant::now() < deadline {
+        if let Some((200, body)) = http_get(&prom_addr, &query) {
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            if let Some(n) = v["data"]["result"][0]["value"][1].as_str() {
+                answer = Some(n.to_string());
+                if n == ATTEMPTS.to_string() {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Only the processes this test started, by their ids.
+    let _ = prom.kill();
+    let prom_out = prom.wait_with_output().expect("prometheus exits");
+    // The audit trail, read back by `timeguard events`.
+    let events = Command::new(&bin)
+        .args(["events", "--file"])
+        .arg(dir.join("audit.jsonl"))
+        .output()
+        .expect("timeguard events runs");
+    // SAFETY: signalling the agent this test started, by its id.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let _ = agent.wait();
+    let trail = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert_eq!(
+        answer.as_deref(),
+        Some(ATTEMPTS.to_string().as_str()),
+        "Prometheus's answer; its log:\n{}",
+        String::from_utf8_lossy(&prom_out.stderr)
+    );
+    let mine = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == "clock" && v["rule"] == "this-test")
+        .count();
+    assert_eq!(
+        mine, ATTEMPTS as usize,
+        "records in the audit trail:\n{trail}"
+    );
+    let human = String::from_utf8_lossy(&events.stdout);
+    assert!(events.status.success(), "{human}");
+    assert_eq!(
+        human
+            .lines()
+            .filter(|l| l.contains("rule this-test"))
+            .count(),
+        ATTEMPTS as usize,
+        "{human}"
+    );
+    assert!(human.contains("agent    started"), "{human}");
 }

@@ -189,9 +189,15 @@ fn test(
     }
     lint()?;
     println!("== unit and host integration tests");
+    // A real Prometheus scrapes the agent in a host test, and promtool checks the shipped
+    // alerting rules: both from Debian's package, unpacked, never installed.
+    let prometheus = setup::unpacked_tool("prometheus", "/usr/bin/prometheus")?;
+    let promtool = setup::unpacked_tool("prometheus", "/usr/bin/promtool")?;
     let mut c = cargo();
     c.args(["test", "--release"])
-        .env("TIMEGUARD_BIN", bin.join("timeguard"));
+        .env("TIMEGUARD_BIN", bin.join("timeguard"))
+        .env("TIMEGUARD_PROMETHEUS", prometheus)
+        .env("TIMEGUARD_PROMTOOL", promtool);
     if let Some(f) = filter {
         c.arg(f);
     }

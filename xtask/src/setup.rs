@@ -1,7 +1,12 @@
 //! Installs what a fresh machine lacks, says what it installs, and skips it next time.
 //! Where it cannot install (not Debian, not root) it stops with the exact command to run.
 
-use std::{ffi::OsStr, path::Path, process::Command, sync::Once};
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Once,
+};
 
 use anyhow::{bail, Context as _};
 
@@ -151,6 +156,61 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
         "--version",
         CARGO_FUZZ_VERSION,
     ]))
+}
+
+/// Where downloads and unpacked tools are kept between runs.
+pub fn cache_root() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    base.join("timeguard")
+}
+
+/// Downloads a Debian package's .deb into `dir` (without installing it); returns its path.
+pub fn download_deb(package: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    apt_update()?;
+    run(Command::new("apt-get")
+        .arg("download")
+        .arg(package)
+        .current_dir(dir))?;
+    std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow::anyhow!("apt-get download left no .deb in {}", dir.display()))
+}
+
+/// One program from a Debian package, unpacked once into the cache and never installed:
+/// chronyd would start disciplining this host's clock, prometheus would start a server.
+pub fn unpacked_tool(package: &str, path_in_package: &str) -> anyhow::Result<PathBuf> {
+    let dir = cache_root().join("tools");
+    let name = Path::new(path_in_package)
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{path_in_package} names no file"))?;
+    let tool = dir.join(name);
+    if tool.exists() {
+        return Ok(tool);
+    }
+    let work = dir.join(format!("{package}.download"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    println!(
+        "setup: unpacking {path_in_package} from Debian's {package} package into {} (not installed on this host)",
+        dir.display()
+    );
+    let deb = download_deb(package, &work)?;
+    let part = tool.with_extension("part");
+    let unpack = format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -xO '.{path_in_package}' > '{}' && chmod 755 '{}'",
+        deb.display(),
+        part.display(),
+        part.display()
+    );
+    run(Command::new("sh").args(["-c", &unpack]))?;
+    std::fs::rename(&part, &tool)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(tool)
 }
 
 /// QEMU, a static busybox for the guest, cpio for its initramfs, xz for compressed kernel

@@ -44,22 +44,11 @@ const GUEST_MODULES: [&str; 2] = [
     "drivers/pps/clients/pps-ldisc.ko",
 ];
 
-/// Where the Debian package of chronyd the guest runs is unpacked (never installed here).
-const CHRONY_PACKAGE: &str = "chrony";
-
 /// How long one guest may run the suite before it is declared hung.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn cache_root() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| workspace_root().join("target"));
-    base.join("timeguard")
-}
-
 fn cache_dir() -> PathBuf {
-    cache_root().join("kernels")
+    setup::cache_root().join("kernels")
 }
 
 /// A guest kernel's files: the image and the modules the guest loads.
@@ -72,42 +61,6 @@ struct KernelFiles {
 fn module_file(dir: &Path, module: &str) -> PathBuf {
     dir.join("modules")
         .join(Path::new(module).file_name().unwrap_or_default())
-}
-
-/// Downloads a Debian package's .deb into `dir` (without installing it); returns its path.
-fn download_deb(package: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    setup::apt_update()?;
-    run(Command::new("apt-get")
-        .arg("download")
-        .arg(package)
-        .current_dir(dir))?;
-    fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| anyhow!("apt-get download left no .deb in {}", dir.display()))
-}
-
-/// chronyd from Debian's package, unpacked once into the cache for the guest.
-fn guest_chronyd() -> anyhow::Result<PathBuf> {
-    let dir = cache_root().join("tools");
-    let chronyd = dir.join("chronyd");
-    if chronyd.exists() {
-        return Ok(chronyd);
-    }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    println!("setup: unpacking chronyd from Debian's {CHRONY_PACKAGE} package into {} (not installed on this host)", dir.display());
-    let deb = download_deb(CHRONY_PACKAGE, &dir)?;
-    let unpack = format!(
-        "dpkg-deb --fsys-tarfile '{}' | tar -xO ./usr/sbin/chronyd > '{}.part' && chmod 755 '{}.part'",
-        deb.display(),
-        chronyd.display(),
-        chronyd.display()
-    );
-    run(Command::new("sh").args(["-c", &unpack]))?;
-    fs::rename(chronyd.with_extension("part"), &chronyd)?;
-    let _ = fs::remove_file(&deb);
-    Ok(chronyd)
 }
 
 fn find_kernel(series: &str) -> anyhow::Result<&'static GuestKernel> {
@@ -145,7 +98,7 @@ fn kernel_files(k: &GuestKernel) -> anyhow::Result<KernelFiles> {
         "setup: downloading guest kernel {package} into {}",
         dir.display()
     );
-    let deb = download_deb(&package, &dir)?;
+    let deb = setup::download_deb(&package, &dir)?;
     // Only the image and a few modules are needed; newer packages compress modules (.ko.xz).
     let wanted: Vec<String> = GUEST_MODULES
         .iter()
@@ -315,7 +268,10 @@ fn build_initramfs(bin: &Path, kernel: &KernelFiles, work: &Path) -> anyhow::Res
         (bin.join("tg-clock"), "/usr/local/bin/tg-clock"),
         // Real tools, where Debian puts them (the policy allows these files), and util-linux's
         // hwclock a second time where it is not allowed.
-        (guest_chronyd()?, "/usr/sbin/chronyd"),
+        (
+            setup::unpacked_tool("chrony", "/usr/sbin/chronyd")?,
+            "/usr/sbin/chronyd",
+        ),
         (hwclock.to_path_buf(), "/usr/sbin/hwclock"),
         (hwclock.to_path_buf(), "/usr/local/bin/hwclock"),
     ];

@@ -4,6 +4,7 @@
 pub mod diagnostic;
 pub mod explain;
 pub mod host;
+pub mod identity;
 pub mod model;
 pub(crate) mod parse;
 

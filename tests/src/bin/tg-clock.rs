@@ -4,6 +4,8 @@
 //!   tg-clock step SECONDS   clock_settime(CLOCK_REALTIME, now + SECONDS)
 //!   tg-clock freq PPM       adjtimex(ADJ_FREQUENCY)
 //!   tg-clock read           adjtimex(modes = 0), read-only
+//!   tg-clock same-maxerror  adjtimex(ADJ_MAXERROR) with the value the kernel holds: a change
+//!                           request that changes nothing (safe on the host)
 //!   tg-clock hammer MS      clock_settime(CLOCK_REALTIME, now) for MS milliseconds: steps of
 //!                           zero, counted
 //!
@@ -52,6 +54,7 @@ fn main_inner(args: &[String]) -> i32 {
         ["step", secs] => secs.parse::<i64>().map(|s| Some(clock::step_by(s))).map_err(|e| e.to_string()),
         ["freq", ppm] => ppm.parse::<i64>().map(|p| Some(clock::set_frequency_ppm(p))).map_err(|e| e.to_string()),
         ["read"] => Ok(Some(clock::read())),
+        ["same-maxerror"] => Ok(Some(clock::rewrite_maxerror())),
         ["compat-step", secs] => secs
             .parse::<i64>()
             .map_err(|e| e.to_string())
@@ -86,7 +89,7 @@ fn main_inner(args: &[String]) -> i32 {
             .parse::<u64>()
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | compat-step S | compat-stime S | compat-freq PPM | hammer MS | bench WORKLOAD N | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | bench WORKLOAD N | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {
