@@ -502,13 +502,12 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("prometheus starts");
-    let query = format!(
-        "/api/v1/query?query=sum(timeguard_clock_change_attempts_total%7Brule%3D%22this-test%22%2Cjob%3D%22timeguard%22%7D)"
-    );
+    // sum(timeguard_clock_change_attempts_total{rule="this-test",job="timeguard"}), encoded.
+    let query = "/api/v1/query?query=sum(timeguard_clock_change_attempts_total%7Brule%3D%22this-test%22%2Cjob%3D%22timeguard%22%7D)";
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answer = None;
     while Instant::now() < deadline {
-        if let Some((200, body)) = http_get(&prom_addr, &query) {
+        if let Some((200, body)) = http_get(&prom_addr, query) {
             let v: Value = serde_json::from_str(&body).unwrap_or_default();
             if let Some(n) = v["data"]["result"][0]["value"][1].as_str() {
                 answer = Some(n.to_string());
