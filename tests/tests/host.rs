@@ -349,6 +349,18 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Percent-encodes a query parameter.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The value of one series in Prometheus text format, if present.
 fn series_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -502,12 +514,16 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("prometheus starts");
-    // sum(timeguard_clock_change_attempts_total{rule="this-test",job="timeguard"}), encoded.
-    let query = "/api/v1/query?query=sum(timeguard_clock_change_attempts_total%7Brule%3D%22this-test%22%2Cjob%3D%22timeguard%22%7D)";
+    let query = format!(
+        "/api/v1/query?query={}",
+        url_encode(
+            r#"sum(timeguard_clock_change_attempts_total{rule="this-test",job="timeguard"})"#
+        )
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answer = None;
     while Instant::now() < deadline {
-        if let Some((200, body)) = http_get(&prom_addr, query) {
+        if let Some((200, body)) = http_get(&prom_addr, &query) {
             let v: Value = serde_json::from_str(&body).unwrap_or_default();
             if let Some(n) = v["data"]["result"][0]["value"][1].as_str() {
                 answer = Some(n.to_string());
@@ -517,6 +533,27 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
             }
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+    // Every dashboard query is valid PromQL, as this Prometheus parses it.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("deploy/grafana/timeguard-dashboard.json"))
+            .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut refused = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_default()
+                .replace("$instance", ".*");
+            let path = format!("/api/v1/query?query={}", url_encode(&expr));
+            let ok = http_get(&prom_addr, &path)
+                .is_some_and(|(code, body)| code == 200 && body.contains(r#""status":"success""#));
+            if !ok {
+                refused.push(format!("{}: {expr}", panel["title"]));
+            }
+        }
     }
     // Only the processes this test started, by their ids.
     let _ = prom.kill();
@@ -533,6 +570,10 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     let trail = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
 
+    assert!(
+        refused.is_empty(),
+        "dashboard queries Prometheus refused: {refused:#?}"
+    );
     assert_eq!(
         answer.as_deref(),
         Some(ATTEMPTS.to_string().as_str()),
