@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod event;
 pub mod kernel;
+pub mod net;
 pub mod policy;
 
 /// Implements `aya::Pod` for the userspace side (the kernel side needs no marker).

@@ -601,3 +601,64 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     );
     assert!(human.contains("agent    started"), "{human}");
 }
+
+/// `timeguard events --follow` prints records as they are appended, and goes on with the new
+/// file when the trail is rotated under it.
+#[test]
+fn events_follow_reads_on_across_a_rotation() {
+    let Some(bin) = timeguard() else { return };
+    let dir = std::env::temp_dir().join(format!("tg-follow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let trail = dir.join("audit.jsonl");
+    let record = |n: u32| {
+        format!("{{\"time\":\"2026-11-22T00:00:0{n}Z\",\"kind\":\"clock\",\"verdict\":\"deny\",\"rule\":\"default\",\"reason\":\"\",\"generation\":1,\"hook\":\"lsm/settime\",\"who\":{{\"comm\":\"tool{n}\",\"pid\":{n},\"uid\":0,\"exe\":\"/bin/tool\"}},\"what\":{{\"operations\":[\"step\"],\"syscall\":\"clock_settime\"}}}}\n")
+    };
+    let append = |path: &std::path::Path, text: &str| {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open the trail");
+        f.write_all(text.as_bytes()).expect("append");
+    };
+    append(&trail, &record(1));
+    let mut follower = Command::new(&bin)
+        .args(["events", "--follow", "--file"])
+        .arg(&trail)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("timeguard events runs");
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = follower.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |comm: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if seen.iter().any(|l: &String| l.contains(comm)) {
+                return true;
+            }
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                seen.push(l);
+            }
+        }
+        false
+    };
+    let first = wait_for("tool1[1]");
+    append(&trail, &record(2));
+    let appended = wait_for("tool2[2]");
+    // Rotation as the agent does it: the file renamed away, a new one in its place.
+    std::fs::rename(&trail, dir.join("audit.jsonl.1")).expect("rotate");
+    append(&trail, &record(3));
+    let rotated = wait_for("tool3[3]");
+    // Only the process this test started, by its id.
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(first && appended && rotated, "follow printed: {seen:#?}");
+}

@@ -1149,6 +1149,50 @@ fn scenario_chronyd_big_step() -> Outcome {
     ))
 }
 
+/// Where the guest agent's audit trail lives: a tmpfs of 128 KiB, which the floods above
+/// fill long before the suite ends.
+const TRAIL_DIR: &str = "/var/log/timeguard";
+
+fn small_trail_disk() -> Result<(), String> {
+    fs::create_dir_all(TRAIL_DIR).map_err(|e| e.to_string())?;
+    let r = sh(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=128k", "tmpfs", TRAIL_DIR],
+    )?;
+    if r.status != 0 {
+        return Err(format!(
+            "mounting a small tmpfs on {TRAIL_DIR}: {}",
+            r.stderr
+        ));
+    }
+    Ok(())
+}
+
+/// The audit trail's disk is full: writes fail, are counted and reported, and enforcement
+/// and the exact counters go on.
+fn scenario_full_trail_disk() -> Outcome {
+    let st = agent_status()?;
+    let failures = st["audit_write_failures"].as_u64().unwrap_or(0);
+    if failures == 0 {
+        return Err(format!(
+            "the trail on a full 128 KiB disk reports no failed writes: {st}"
+        ));
+    }
+    let before = counter(&st, "default", "step", "deny");
+    denied_step(COPY, &["step", "3600"], Some("tg-clock"))?;
+    let after = counter(&agent_status()?, "default", "step", "deny");
+    if after != before + 1 {
+        return Err(format!("the denial was counted {} times", after - before));
+    }
+    let logged = fs::read_to_string(AGENT_LOG).unwrap_or_default();
+    if !logged.contains("audit trail") {
+        return Err("the agent's log does not report the failing trail".into());
+    }
+    Ok(format!(
+        "{failures} records not written to the full trail (counted, logged); denial still EPERM and counted"
+    ))
+}
+
 fn scenario_detach_restores(agent: Child) -> Outcome {
     let stopped = stop_agent(agent)?;
     step_and_back(COPY, "step", 10).map_err(|e| format!("after stop: {e}"))?;
@@ -1247,6 +1291,10 @@ fn main() {
         return;
     }
     let demo = std::env::args().any(|a| a == "--demo");
+    if let Err(e) = small_trail_disk() {
+        report("a small disk for the audit trail", Err(e));
+        std::process::exit(1);
+    }
     let agent = match start_agent() {
         Ok(a) => a,
         Err(e) => {
@@ -1324,6 +1372,10 @@ fn main() {
         (
             "a million denied attempts are counted exactly",
             scenario_million_denied,
+        ),
+        (
+            "a full audit-trail disk does not stop enforcement",
+            scenario_full_trail_disk,
         ),
     ];
     let mut ok = true;

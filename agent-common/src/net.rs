@@ -1,0 +1,275 @@
+//! Time traffic as the kernel programs see it: NTP headers, the network policy's maps, and
+//! the record of one packet decision.
+
+/// The NTP port.
+pub const NTP_PORT: u16 = 123;
+
+/// NTP association modes (RFC 5905 §3; 6 and 7 are ntpd's control and private modes).
+pub mod mode {
+    pub const SYMMETRIC_ACTIVE: u8 = 1;
+    pub const SYMMETRIC_PASSIVE: u8 = 2;
+    pub const CLIENT: u8 = 3;
+    pub const SERVER: u8 = 4;
+    pub const BROADCAST: u8 = 5;
+    /// ntpq and friends (readvar, peers…).
+    pub const CONTROL: u8 = 6;
+    /// ntpdc: monlist, the classic amplification.
+    pub const PRIVATE: u8 = 7;
+
+    pub fn name(m: u8) -> &'static str {
+        match m {
+            SYMMETRIC_ACTIVE => "symmetric-active",
+            SYMMETRIC_PASSIVE => "symmetric-passive",
+            CLIENT => "client",
+            SERVER => "server",
+            BROADCAST => "broadcast",
+            CONTROL => "control",
+            PRIVATE => "private",
+            _ => "reserved",
+        }
+    }
+}
+
+/// What the first bytes of an NTP packet say. Mode 6 and 7 packets share only the first
+/// byte's layout with the others; the rest is read only for modes 1–5.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NtpHeader {
+    pub leap: u8,
+    pub version: u8,
+    pub mode: u8,
+    pub stratum: u8,
+    pub poll: i8,
+    pub _pad: [u8; 3],
+    /// Reference id as sent (network order bytes); a Kiss-o'-Death code when stratum is 0.
+    pub refid: [u8; 4],
+}
+
+/// Parses the first 16 bytes of an NTP packet (LI/VN/mode, stratum, poll, precision, root
+/// delay, root dispersion, refid). Fewer bytes than the first one: None.
+pub const fn parse_ntp(head: &[u8; 16], len: usize) -> Option<NtpHeader> {
+    if len < 1 {
+        return None;
+    }
+    let b0 = head[0];
+    let mode = b0 & 0x7;
+    let mut h = NtpHeader {
+        leap: b0 >> 6,
+        version: (b0 >> 3) & 0x7,
+        mode,
+        stratum: 0,
+        poll: 0,
+        _pad: [0; 3],
+        refid: [0; 4],
+    };
+    if mode <= mode::BROADCAST && len >= 16 {
+        h.stratum = head[1];
+        h.poll = head[2] as i8;
+        h.refid = [head[12], head[13], head[14], head[15]];
+    }
+    Some(h)
+}
+
+/// Whether a server's reply is a Kiss-o'-Death (stratum 0, RFC 5905 §7.4): the refid then
+/// holds an ASCII code such as `RATE` or `DENY`.
+pub const fn is_kiss_of_death(h: &NtpHeader) -> bool {
+    h.mode == mode::SERVER && h.stratum == 0
+}
+
+/// Which list of the network policy an NTP packet arriving at this host is checked against.
+pub mod list {
+    /// Replies from upstream servers (`ntp.servers`).
+    pub const SERVERS: u32 = 0;
+    /// Requests from clients of this server (`ntp.clients`).
+    pub const CLIENTS: u32 = 1;
+    /// Mode 6/7 queries (`ntp.control`).
+    pub const CONTROL: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// The list a packet of this mode, arriving here, belongs to.
+pub const fn list_for_mode(m: u8) -> Option<u32> {
+    match m {
+        mode::SERVER => Some(list::SERVERS),
+        mode::CLIENT => Some(list::CLIENTS),
+        mode::CONTROL | mode::PRIVATE => Some(list::CONTROL),
+        _ => None,
+    }
+}
+
+/// Key of the address lists: an LPM trie keyed by (slot, list, IPv6 address), with IPv4 as
+/// v4-mapped IPv6 (`::ffff:a.b.c.d`). The prefix length counts the 64 bits of slot and
+/// list, which are always matched whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AddrKey {
+    pub slot: u32,
+    pub list: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of `AddrKey` before the address.
+pub const ADDR_KEY_FIXED_BITS: u32 = 64;
+
+/// An IPv4 address as v4-mapped IPv6 bytes.
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+}
+
+/// The network policy of one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetPolicy {
+    /// 0: no network policy in this slot (nothing is decided, only counted).
+    pub generation: u32,
+    /// Bit `1 << list::X`: that list restricts (packets from addresses not in it are refused).
+    pub restricted: u32,
+    /// `policy::mode::ENFORCE` (drop) or `AUDIT` (count and record, deliver).
+    pub mode: u32,
+    /// Per-source token bucket for requests (modes 3, 6, 7): tokens per second; 0: no limit.
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    pub _pad: u32,
+}
+
+/// A source's token bucket (LRU map keyed by address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Bucket {
+    pub last_ns: u64,
+    /// Tokens × 1e9 (a nanosecond-resolution refill without division in the kernel).
+    pub nano_tokens: u64,
+}
+
+impl Bucket {
+    /// A new source's bucket: full.
+    pub const fn full(now_ns: u64, burst: u32) -> Self {
+        let burst = if burst == 0 { 1 } else { burst };
+        Bucket {
+            last_ns: now_ns,
+            nano_tokens: burst as u64 * 1_000_000_000,
+        }
+    }
+}
+
+/// Takes one token from a bucket at `now_ns`; false when it is empty.
+pub fn take_token(b: &mut Bucket, now_ns: u64, rate_per_sec: u32, burst: u32) -> bool {
+    const NANO: u64 = 1_000_000_000;
+    let cap = burst.max(1) as u64 * NANO;
+    let elapsed = now_ns.saturating_sub(b.last_ns);
+    let refill = elapsed.saturating_mul(rate_per_sec as u64);
+    b.nano_tokens = b.nano_tokens.saturating_add(refill);
+    if b.nano_tokens > cap {
+        b.nano_tokens = cap;
+    }
+    b.last_ns = now_ns;
+    if b.nano_tokens >= NANO {
+        b.nano_tokens -= NANO;
+        true
+    } else {
+        false
+    }
+}
+
+/// Why a packet was refused.
+pub mod reason {
+    pub const NONE: u8 = 0;
+    /// Its source is not in the list for its mode.
+    pub const NOT_LISTED: u8 = 1;
+    /// Its source sent requests faster than `ntp.rateLimit`.
+    pub const RATE: u8 = 2;
+
+    pub fn name(r: u8) -> &'static str {
+        match r {
+            NOT_LISTED => "source not listed",
+            RATE => "over the rate limit",
+            _ => "",
+        }
+    }
+}
+
+/// Key of the exact per-CPU packet counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NetCounterKey {
+    /// NTP mode.
+    pub mode: u8,
+    /// `policy::verdict`.
+    pub verdict: u8,
+    pub reason: u8,
+    pub _pad: u8,
+}
+
+/// The record of one NTP packet decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetEvent {
+    pub boot_ns: u64,
+    pub tai_ns: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub len: u32,
+    pub generation: u32,
+    pub ntp: NtpHeader,
+    pub verdict: u8,
+    pub reason: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+crate::pod!(AddrKey, NetPolicy, Bucket, NetCounterKey, NetEvent);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[..bytes.len().min(16)].copy_from_slice(&bytes[..bytes.len().min(16)]);
+        h
+    }
+
+    #[test]
+    fn parses_a_server_reply() {
+        // LI 0, VN 4, mode 4; stratum 1; poll 6; refid "GPS\0".
+        let p = head(&[0x24, 1, 6, 0xec, 0, 0, 0, 0, 0, 0, 0, 0, b'G', b'P', b'S', 0]);
+        let h = parse_ntp(&p, 48).expect("header");
+        assert_eq!((h.leap, h.version, h.mode, h.stratum, h.poll), (0, 4, 4, 1, 6));
+        assert_eq!(&h.refid, b"GPS\0");
+        assert!(!is_kiss_of_death(&h));
+    }
+
+    #[test]
+    fn control_and_private_read_only_the_first_byte() {
+        // ntpdc monlist: VN 2, mode 7, then implementation-specific bytes.
+        let h = parse_ntp(&head(&[0x17, 0x00, 0x03, 0x2a]), 8).expect("header");
+        assert_eq!((h.version, h.mode, h.stratum), (2, mode::PRIVATE, 0));
+        assert_eq!(list_for_mode(h.mode), Some(list::CONTROL));
+        assert_eq!(parse_ntp(&head(&[]), 0), None);
+        // Truncated mode 4: the mode is known, the rest is not read.
+        let t = parse_ntp(&head(&[0x24, 1]), 2).expect("header");
+        assert_eq!((t.mode, t.stratum), (4, 0));
+    }
+
+    #[test]
+    fn kiss_of_death() {
+        let p = head(&[0x24, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'R', b'A', b'T', b'E']);
+        let h = parse_ntp(&p, 48).expect("header");
+        assert!(is_kiss_of_death(&h));
+    }
+
+    #[test]
+    fn token_bucket() {
+        let mut b = Bucket::full(1_000_000_000, 2);
+        // A full bucket of 2 at t=1s with 1 token/s: two requests, then none.
+        assert!(take_token(&mut b, 1_000_000_000, 1, 2));
+        assert!(take_token(&mut b, 1_000_000_000, 1, 2));
+        assert!(!take_token(&mut b, 1_000_000_000, 1, 2));
+        // Half a second later: still nothing; a second later: one.
+        assert!(!take_token(&mut b, 1_500_000_000, 1, 2));
+        assert!(take_token(&mut b, 2_000_000_000, 1, 2));
+    }
+}
