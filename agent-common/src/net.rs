@@ -113,7 +113,9 @@ pub const ADDR_KEY_FIXED_BITS: u32 = 64;
 
 /// An IPv4 address as v4-mapped IPv6 bytes.
 pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 /// The network policy of one slot.
@@ -152,12 +154,18 @@ impl Bucket {
     }
 }
 
+/// The largest `ntp.rateLimit` rate: with it and a refill window of at most `MAX_REFILL_NS`,
+/// the refill product stays within 64 bits (BPF has no 128-bit multiply).
+pub const MAX_RATE_PER_SEC: u32 = 1_000_000;
+const MAX_REFILL_NS: u64 = 1_000_000_000_000;
+
 /// Takes one token from a bucket at `now_ns`; false when it is empty.
 pub fn take_token(b: &mut Bucket, now_ns: u64, rate_per_sec: u32, burst: u32) -> bool {
     const NANO: u64 = 1_000_000_000;
     let cap = burst.max(1) as u64 * NANO;
-    let elapsed = now_ns.saturating_sub(b.last_ns);
-    let refill = elapsed.saturating_mul(rate_per_sec as u64);
+    let elapsed = now_ns.saturating_sub(b.last_ns).min(MAX_REFILL_NS);
+    let rate = rate_per_sec.min(MAX_RATE_PER_SEC) as u64;
+    let refill = elapsed * rate;
     b.nano_tokens = b.nano_tokens.saturating_add(refill);
     if b.nano_tokens > cap {
         b.nano_tokens = cap;
@@ -235,9 +243,14 @@ mod tests {
     #[test]
     fn parses_a_server_reply() {
         // LI 0, VN 4, mode 4; stratum 1; poll 6; refid "GPS\0".
-        let p = head(&[0x24, 1, 6, 0xec, 0, 0, 0, 0, 0, 0, 0, 0, b'G', b'P', b'S', 0]);
+        let p = head(&[
+            0x24, 1, 6, 0xec, 0, 0, 0, 0, 0, 0, 0, 0, b'G', b'P', b'S', 0,
+        ]);
         let h = parse_ntp(&p, 48).expect("header");
-        assert_eq!((h.leap, h.version, h.mode, h.stratum, h.poll), (0, 4, 4, 1, 6));
+        assert_eq!(
+            (h.leap, h.version, h.mode, h.stratum, h.poll),
+            (0, 4, 4, 1, 6)
+        );
         assert_eq!(&h.refid, b"GPS\0");
         assert!(!is_kiss_of_death(&h));
     }
@@ -256,7 +269,9 @@ mod tests {
 
     #[test]
     fn kiss_of_death() {
-        let p = head(&[0x24, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'R', b'A', b'T', b'E']);
+        let p = head(&[
+            0x24, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'R', b'A', b'T', b'E',
+        ]);
         let h = parse_ntp(&p, 48).expect("header");
         assert!(is_kiss_of_death(&h));
     }

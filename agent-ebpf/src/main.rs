@@ -3,6 +3,7 @@
 //! - `clock`: the BPF LSM hooks that decide every change of the system clock, and the
 //!   tracepoints that only observe when the kernel refuses LSM programs.
 //! - `devices`: PTP hardware clocks, decided when opened for writing and on their ioctls.
+//! - `net`: NTP packets arriving at this host's sockets, by the network policy.
 //! - `caller`: who is asking (executable identity, ids, syscall context).
 //! - `policy`: the compiled policy maps and the lookup of the rule in force.
 //! - `record`: exact counters and events to userspace.
@@ -12,6 +13,7 @@
 mod caller;
 mod clock;
 mod devices;
+mod net;
 mod policy;
 mod record;
 

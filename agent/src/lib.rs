@@ -6,5 +6,6 @@ pub mod events;
 pub mod kernel;
 pub mod loader;
 pub mod metrics;
+pub mod network;
 pub mod policy;
 pub mod run;

@@ -74,7 +74,7 @@ impl Enforcement {
 }
 
 pub struct Guard {
-    bpf: Ebpf,
+    pub(crate) bpf: Ebpf,
     pub enforcement: Enforcement,
     /// Programs attached, as "name (hook)".
     pub attached: Vec<String>,
@@ -84,6 +84,9 @@ pub struct Guard {
     absent_hooks: Vec<&'static str>,
     /// The kernel's own setters this kernel does not let the agent observe, and why.
     pub unobserved: Vec<String>,
+    /// The network guard: its slot in force, and where it is attached (None: not yet).
+    pub(crate) net_active_slot: u32,
+    pub network_attached: Option<String>,
 }
 
 impl Guard {
@@ -108,6 +111,8 @@ impl Guard {
             generation: 0,
             absent_hooks,
             unobserved: Vec::new(),
+            net_active_slot: 0,
+            network_attached: None,
         })
     }
 
@@ -244,7 +249,7 @@ impl Guard {
                 let _ = lsm.unload();
             }
         }
-        self.attached.clear();
+        self.attached.retain(|a| !a.contains("(lsm/"));
         for (name, tracepoint) in OBSERVERS {
             let tp: &mut TracePoint = self
                 .bpf
@@ -324,7 +329,7 @@ impl Guard {
         Ok(())
     }
 
-    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+    pub(crate) fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
         self.bpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
@@ -384,12 +389,16 @@ impl Guard {
     }
 
     fn per_cpu_total(&self, name: &str) -> anyhow::Result<u64> {
+        self.per_cpu_at(name, 0)
+    }
+
+    pub(crate) fn per_cpu_at(&self, name: &str, index: u32) -> anyhow::Result<u64> {
         let map = self
             .bpf
             .map(name)
             .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))?;
         let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        Ok(counts.get(&0, 0)?.iter().sum())
+        Ok(counts.get(&index, 0)?.iter().sum())
     }
 }
 

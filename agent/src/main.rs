@@ -42,6 +42,10 @@ enum Command {
         /// Rotated files kept (audit.jsonl.1 … .N).
         #[arg(long, value_name = "N", default_value_t = 5)]
         audit_log_keep: u32,
+        /// The cgroup v2 directory whose sockets the network guard watches (default: the
+        /// hierarchy's root, every socket of the host).
+        #[arg(long, value_name = "DIR")]
+        network_cgroup: Option<PathBuf>,
     },
     /// Print the audit trail in a person's words.
     Events {
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             audit_log,
             audit_log_max_mib,
             audit_log_keep,
+            network_cgroup,
         } => run::run(&run::Options {
             policy,
             status_socket,
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
                 max_bytes: audit_log_max_mib * 1024 * 1024,
                 keep: audit_log_keep,
             },
+            network_cgroup,
         }),
         Command::Events { file, follow } => audit::print_events(&file, follow),
         Command::Status { socket, json } => run::status(&socket, json),

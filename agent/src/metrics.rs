@@ -17,6 +17,11 @@ use prometheus::{
 pub struct Snapshot {
     /// (rule, operation, verdict) → count since the agent started, exact.
     pub attempts: Vec<(String, &'static str, &'static str, u64)>,
+    /// (NTP mode, verdict, reason) → packets decided by the network guard, exact.
+    pub ntp_packets: Vec<(&'static str, &'static str, &'static str, u64)>,
+    /// Packet records lost (ring buffer full) and thinned (over the budget).
+    pub packet_events_lost: u64,
+    pub packet_events_thinned: u64,
     pub events_thinned: u64,
     pub events_lost: u64,
     pub audit_write_failures: u64,
@@ -35,6 +40,7 @@ pub struct Snapshot {
 pub struct Metrics {
     registry: Registry,
     attempts: IntCounterVec,
+    ntp_packets: IntCounterVec,
     dropped: IntCounterVec,
     generation: IntGauge,
     reloads: IntCounterVec,
@@ -94,8 +100,11 @@ impl Metrics {
             attempts: counter(&r, "timeguard_clock_change_attempts_total",
                 "Attempts to change the clock, counted exactly in the kernel, by operation, verdict (allow, deny, audit: would have been denied, observed) and deciding rule.",
                 &["operation", "verdict", "rule"])?,
+            ntp_packets: counter(&r, "timeguard_ntp_packets_total",
+                "NTP packets arriving at this host's sockets, decided by the network guard, by mode, verdict and reason, counted exactly in the kernel.",
+                &["mode", "verdict", "reason"])?,
             dropped: counter(&r, "timeguard_events_dropped_total",
-                "Detailed event records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written). Counters stay exact.",
+                "Detailed records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written), packet_thinned and packet_lost (the same for packet records). Counters stay exact.",
                 &["reason"])?,
             generation: int_gauge(&r, "timeguard_policy_generation", "Generation of the policy in force.")?,
             reloads: counter(&r, "timeguard_policy_reloads_total", "Policy reloads, by result (ok, rejected).", &["result"])?,
@@ -124,6 +133,7 @@ impl Metrics {
         let before = self.shown.insert(key, total).unwrap_or(0);
         let vec = match vec_name {
             "attempts" => &self.attempts,
+            "ntp" => &self.ntp_packets,
             "dropped" => &self.dropped,
             _ => &self.reloads,
         };
@@ -136,6 +146,12 @@ impl Metrics {
         for (rule, op, verdict, n) in &snap.attempts {
             self.add_counter("attempts", &[op, verdict, rule], *n);
         }
+        for (mode, verdict, reason, n) in &snap.ntp_packets {
+            let reason = if reason.is_empty() { "none" } else { reason };
+            self.add_counter("ntp", &[mode, verdict, reason], *n);
+        }
+        self.add_counter("dropped", &["packet_lost"], snap.packet_events_lost);
+        self.add_counter("dropped", &["packet_thinned"], snap.packet_events_thinned);
         self.add_counter("dropped", &["thinned"], snap.events_thinned);
         self.add_counter("dropped", &["lost"], snap.events_lost);
         self.add_counter("dropped", &["audit_write"], snap.audit_write_failures);
@@ -257,6 +273,9 @@ mod tests {
     fn snapshot(n: u64) -> Snapshot {
         Snapshot {
             attempts: vec![("default".into(), "step", "deny", n)],
+            ntp_packets: vec![("private", "deny", "source not listed", 2)],
+            packet_events_lost: 0,
+            packet_events_thinned: 0,
             events_thinned: 0,
             events_lost: 0,
             audit_write_failures: 0,

@@ -12,12 +12,15 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 use tokio::{io::unix::AsyncFd, io::AsyncWriteExt as _, net::UnixListener};
 
+use aya::maps::{MapData, RingBuf};
+
 use crate::{
     audit::{self, AuditTrail},
     events,
     kernel::{self, btf::Btf},
     loader::{Enforcement, Guard},
     metrics::{self, Metrics},
+    network,
     policy::{self, identity::RuleIds, CompiledPolicy},
 };
 
@@ -49,6 +52,9 @@ pub struct Options {
     /// The audit trail file (also always on stdout); None: stdout only.
     pub audit_log: Option<PathBuf>,
     pub audit_rotation: audit::Rotation,
+    /// The cgroup v2 directory the network guard watches (default: the hierarchy's root,
+    /// every socket of the host).
+    pub network_cgroup: Option<PathBuf>,
 }
 
 fn kernel_release() -> String {
@@ -167,6 +173,9 @@ struct Agent {
     metrics: Option<Metrics>,
     /// The last step seen, for the metrics: when (CLOCK_BOOTTIME) and how big.
     last_step: Option<(u64, Option<i128>)>,
+    network_cgroup: Option<PathBuf>,
+    /// Why the network guard is not attached, when a policy asked for it.
+    network_unavailable: Option<String>,
 }
 
 impl Agent {
@@ -204,6 +213,12 @@ impl Agent {
             r.id = self.rule_ids.id_for(&r.name).map_err(anyhow::Error::msg)?;
         }
         let generation = self.guard.install_policy(&policy)?;
+        self.guard
+            .install_network(policy.network.as_ref(), generation)
+            .context("installing the network policy")?;
+        if policy.network.is_some() {
+            self.attach_network();
+        }
         for w in &policy.warnings {
             log::warn!("policy: {w}");
         }
@@ -319,6 +334,16 @@ impl Agent {
             "events_thinned": self.guard.events_thinned().unwrap_or(0),
             "audit_log": self.audit.path(),
             "audit_write_failures": self.audit.failures,
+            "network": {
+                "attached": self.guard.network_attached,
+                "unavailable": self.network_unavailable,
+                "ntp_packets": self.guard.net_counters().map(|c| c.into_iter().map(|(k, n)| json!({
+                    "mode": agent_common::net::mode::name(k.mode),
+                    "verdict": agent_common::policy::verdict::name(k.verdict),
+                    "reason": agent_common::net::reason::name(k.reason),
+                    "count": n,
+                })).collect::<Vec<_>>()).unwrap_or_default(),
+            },
         })
     }
 
@@ -337,8 +362,25 @@ impl Agent {
                 )
             })
             .collect();
+        let ntp_packets = self
+            .guard
+            .net_counters()?
+            .into_iter()
+            .map(|(k, n)| {
+                (
+                    agent_common::net::mode::name(k.mode),
+                    agent_common::policy::verdict::name(k.verdict),
+                    agent_common::net::reason::name(k.reason),
+                    n,
+                )
+            })
+            .collect();
+        let (packet_events_lost, packet_events_thinned) = self.guard.net_events_dropped()?;
         let snapshot = metrics::Snapshot {
             attempts,
+            ntp_packets,
+            packet_events_lost,
+            packet_events_thinned,
             events_thinned: self.guard.events_thinned()?,
             events_lost: self.guard.events_lost()?,
             audit_write_failures: self.audit.failures,
@@ -353,6 +395,39 @@ impl Agent {
             Some(m) => m.render(&snapshot),
             None => Ok(String::new()),
         }
+    }
+
+    /// Attaches the network guard the first time a policy has `spec.network`. A kernel or
+    /// host that refuses it loses the network guard only, said plainly.
+    fn attach_network(&mut self) {
+        let Some(cgroup) = self.network_cgroup.clone().or_else(network::cgroup2_root) else {
+            self.network_unavailable = Some(
+                "no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)".into(),
+            );
+            log::warn!("network guard unavailable: no cgroup v2 hierarchy is mounted");
+            return;
+        };
+        match self.guard.attach_network(&cgroup) {
+            Ok(()) => {
+                self.network_unavailable = None;
+                log::info!("network guard attached to {}", cgroup.display());
+            }
+            Err(e) => {
+                log::warn!("network guard unavailable: {e:#}");
+                self.network_unavailable = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Writes one packet decision to the trail.
+    fn packet_event(&mut self, ev: &agent_common::net::NetEvent) {
+        let name = self
+            .policies
+            .get(&ev.generation)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let record = network::packet_json(ev, &name, &self.host);
+        self.record(record);
     }
 
     /// Writes one clock event to the trail, named by the policy generation that decided it.
@@ -426,6 +501,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             None => None,
         },
         last_step: None,
+        network_cgroup: options.network_cgroup.clone(),
+        network_unavailable: None,
     };
     // The policy is in the maps before any program is attached: there is no unguarded instant.
     let generation = agent.install(policy)?;
@@ -480,6 +557,9 @@ async fn event_loop(
     // AsyncFd owns it.
     let mut events = unsafe { AsyncFd::register(agent.guard.take_events()?) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    // SAFETY: as above, for the packet ring buffer.
+    let mut net_events = unsafe { AsyncFd::register(agent.guard.take_net_events()?) }
+        .map_err(|e| anyhow::anyhow!("polling the packet ring buffer: {e}"))?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -540,31 +620,51 @@ async fn event_loop(
             }
             ready = events.readable_mut() => {
                 let mut ready = ready.context("waiting for events")?;
-                let ring = ready.get_inner_mut();
-                // A bounded batch per turn: under a flood the ring refills as fast as it is
-                // read, and signals, reloads and status must still get their turn.
-                let mut drained = true;
-                for n in 0.. {
-                    if n == EVENT_BATCH {
-                        drained = false;
-                        break;
-                    }
-                    let Some(item) = ring.next() else { break };
-                    match events::parse(&item) {
-                        Some(ev) => agent.clock_event(&ev),
-                        None => log::warn!("dropped a malformed event record of {} bytes", item.len()),
-                    }
-                }
-                if drained {
-                    ready.clear_ready();
-                } else {
-                    drop(ready);
-                    tokio::task::yield_now().await;
-                }
+                let drained = drain(ready.get_inner_mut(), |item| match events::parse(item) {
+                    Some(ev) => agent.clock_event(&ev),
+                    None => log::warn!("dropped a malformed event record of {} bytes", item.len()),
+                });
+                settle(ready, drained).await;
+            }
+            // Packet records come on their own ring: a packet flood cannot crowd out a
+            // clock event, and the loop turns between the two.
+            ready = net_events.readable_mut() => {
+                let mut ready = ready.context("waiting for packet events")?;
+                let drained = drain(ready.get_inner_mut(), |item| match network::parse(item) {
+                    Some(ev) => agent.packet_event(&ev),
+                    None => log::warn!("dropped a malformed packet record of {} bytes", item.len()),
+                });
+                settle(ready, drained).await;
             }
         }
     }
     Ok(())
+}
+
+/// Hands up to `EVENT_BATCH` records of a ring to `each`; whether the ring is now empty. A
+/// bounded batch per turn: under a flood a ring refills as fast as it is read, and signals,
+/// reloads and status must still get their turn.
+fn drain(ring: &mut RingBuf<MapData>, mut each: impl FnMut(&[u8])) -> bool {
+    for _ in 0..EVENT_BATCH {
+        let Some(item) = ring.next() else {
+            return true;
+        };
+        each(&item);
+    }
+    false
+}
+
+/// Waits for the next wakeup when the ring is empty; otherwise yields and reads on.
+async fn settle(
+    mut ready: tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>,
+    drained: bool,
+) {
+    if drained {
+        ready.clear_ready();
+    } else {
+        drop(ready);
+        tokio::task::yield_now().await;
+    }
 }
 
 /// The next metrics client; never, when metrics are not served.

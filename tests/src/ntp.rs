@@ -87,6 +87,57 @@ impl Drop for Server {
     }
 }
 
+/// A packet of the given kind, as a client, ntpq (mode 6) or ntpdc (mode 7, monlist) sends it.
+pub fn packet(kind: &str) -> Option<Vec<u8>> {
+    Some(match kind {
+        // VN 4, mode 3, 48 bytes.
+        "client" => {
+            let mut p = vec![0u8; 48];
+            p[0] = (4 << 3) | 3;
+            p
+        }
+        // ntpq readvar: VN 2, mode 6, opcode 2, 12-byte header.
+        "control" => vec![0x16, 0x02, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        // ntpdc monlist (MON_GETLIST_1): VN 2, mode 7, implementation 3, request 42.
+        "private" => {
+            let mut p = vec![0u8; 48];
+            p[0] = 0x17;
+            p[2] = 0x03;
+            p[3] = 0x2a;
+            p
+        }
+        _ => return None,
+    })
+}
+
+/// Sends `count` packets of `kind` from `from` (an address of this host) to `to`.
+pub fn send(from: &str, to: &str, kind: &str, count: u32) -> Result<(), String> {
+    let p = packet(kind)
+        .ok_or_else(|| format!("unknown packet kind {kind}: client, control, private"))?;
+    let s = UdpSocket::bind(format!("{from}:0")).map_err(|e| format!("bind {from}: {e}"))?;
+    for _ in 0..count {
+        s.send_to(&p, to)
+            .map_err(|e| format!("send to {to}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Counts the datagrams arriving at `addr` for `secs` seconds, by source address.
+pub fn receive(addr: &str, secs: u64) -> Result<serde_json::Value, String> {
+    let s = UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = [0u8; 1500];
+    while std::time::Instant::now() < deadline {
+        if let Ok((_, from)) = s.recv_from(&mut buf) {
+            *counts.entry(from.ip().to_string()).or_default() += 1;
+        }
+    }
+    Ok(serde_json::json!(counts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -662,3 +662,212 @@ fn events_follow_reads_on_across_a_rotation() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(first && appended && rotated, "follow printed: {seen:#?}");
 }
+
+/// Two network namespaces this test makes, joined by a veth pair, and a cgroup of its own:
+/// the network guard is attached there, so nothing of the host's own traffic is touched.
+struct NetLab {
+    a: String,
+    b: String,
+    cgroup: PathBuf,
+}
+
+impl NetLab {
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn new(cgroup_root: &std::path::Path) -> Result<Self, String> {
+        let id = std::process::id() % 100_000;
+        let lab = NetLab {
+            a: format!("tg-a-{id}"),
+            b: format!("tg-b-{id}"),
+            cgroup: cgroup_root.join(format!("tg-net-{id}")),
+        };
+        let (va, vb) = (format!("tga{id}"), format!("tgb{id}"));
+        for args in [
+            vec!["netns", "add", &lab.a],
+            vec!["netns", "add", &lab.b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", &lab.a],
+            vec!["link", "set", &vb, "netns", &lab.b],
+            vec!["-n", &lab.a, "addr", "add", "10.231.0.1/24", "dev", &va],
+            vec!["-n", &lab.b, "addr", "add", "10.231.0.2/24", "dev", &vb],
+            vec!["-n", &lab.b, "addr", "add", "10.231.0.3/24", "dev", &vb],
+            vec!["-n", &lab.a, "link", "set", &va, "up"],
+            vec!["-n", &lab.b, "link", "set", &vb, "up"],
+            vec!["-n", &lab.a, "link", "set", "lo", "up"],
+        ] {
+            NetLab::ip(&args)?;
+        }
+        std::fs::create_dir_all(&lab.cgroup)
+            .map_err(|e| format!("{}: {e}", lab.cgroup.display()))?;
+        Ok(lab)
+    }
+
+    /// Runs `tg-clock args…` in namespace `ns`, inside the lab's cgroup when `in_cgroup`.
+    fn tg_clock(&self, ns: &str, in_cgroup: bool, args: &[&str]) -> Command {
+        let tg = env!("CARGO_BIN_EXE_tg-clock");
+        let mut c = Command::new("sh");
+        let enter = if in_cgroup {
+            format!("echo $$ > '{}/cgroup.procs' && ", self.cgroup.display())
+        } else {
+            String::new()
+        };
+        c.arg("-c").arg(format!(
+            "{enter}exec ip netns exec {ns} {tg} {}",
+            args.join(" ")
+        ));
+        c
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        let _ = NetLab::ip(&["netns", "del", &self.a]);
+        let _ = NetLab::ip(&["netns", "del", &self.b]);
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// The NTP guard on this kernel, in namespaces this test makes: mode 7 (monlist) and mode 6
+/// from a source outside `ntp.control` are dropped before the socket, the listed control
+/// host gets through, a client flood above `ntp.rateLimit` is shed while another client is
+/// unaffected, and each drop is counted exactly and recorded.
+#[test]
+fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
+    if !is_root() || timeguard().is_none() {
+        eprintln!("skipped: needs root and the agent binary");
+        return;
+    }
+    let Some(cgroup_root) = timeguard_agent_cgroup2_root() else {
+        eprintln!("skipped: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let lab = NetLab::new(&cgroup_root).expect("the network lab");
+    let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      clients: [10.231.0.0/24]\n      control: [10.231.0.3]\n      rateLimit: {requestsPerSecond: 2, burst: 5}\n";
+    let cg = lab.cgroup.display().to_string();
+    let Some(RunningAgent {
+        bin,
+        dir,
+        socket,
+        mut agent,
+        ..
+    }) = start_agent_with("net", Stdio::null(), policy, &["--network-cgroup", &cg])
+    else {
+        return;
+    };
+    let status = || -> Option<Value> {
+        let out = Command::new(&bin)
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut attached = None;
+    while Instant::now() < deadline {
+        if let Some(s) = status().filter(|s| !s["network"]["attached"].is_null()) {
+            attached = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let Some(_) = attached else {
+        let _ = agent.kill();
+        let out = agent.wait_with_output().expect("agent exits");
+        panic!(
+            "the network guard never attached:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let receiver = lab
+        .tg_clock(&lab.a, true, &["udp-recv", "10.231.0.1:123", "6"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the receiver starts");
+    std::thread::sleep(Duration::from_millis(1500));
+    let send = |from: &str, kind: &str, n: &str| {
+        let out = lab
+            .tg_clock(
+                &lab.b,
+                false,
+                &["udp-send", from, "10.231.0.1:123", kind, n],
+            )
+            .output()
+            .expect("tg-clock runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    send("10.231.0.2", "private", "3");
+    send("10.231.0.2", "control", "3");
+    send("10.231.0.3", "private", "3");
+    send("10.231.0.3", "client", "40");
+    send("10.231.0.2", "client", "3");
+    let got = receiver.wait_with_output().expect("the receiver ends");
+    let got: Value = serde_json::from_slice(&got.stdout).unwrap_or_default();
+    let after = status().unwrap_or_default();
+    // SAFETY: signalling the agent this test started, by its id.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let _ = agent.wait();
+    let trail = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(lab);
+
+    let count = |mode: &str, verdict: &str, reason: &str| -> u64 {
+        after["network"]["ntp_packets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["mode"] == mode && c["verdict"] == verdict && c["reason"] == reason)
+            .filter_map(|c| c["count"].as_u64())
+            .sum()
+    };
+    // .2: only its 3 client requests (its monlist and mode 6 were dropped, and its own
+    // bucket is untouched by .3's flood); .3: one burst (5, plus what 2/s refills while
+    // sending) of its requests, monlist queries and clients alike.
+    assert_eq!(got["10.231.0.2"], 3, "delivered: {got}");
+    let from_3 = got["10.231.0.3"].as_u64().unwrap_or(0);
+    assert!((5..=7).contains(&from_3), "delivered from .3: {got}");
+    assert_eq!(count("private", "deny", "source not listed"), 3, "{after}");
+    assert_eq!(count("control", "deny", "source not listed"), 3, "{after}");
+    assert_eq!(count("private", "allow", ""), 3, "{after}");
+    let shed = count("client", "deny", "over the rate limit");
+    assert_eq!(shed, 43 - from_3, "{after}");
+    let records: Vec<Value> = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v["kind"] == "ntp")
+        .collect();
+    assert!(
+        records.iter().any(|v| v["ntp"]["mode"] == "private"
+            && v["packet"]["src"] == "10.231.0.2"
+            && v["verdict"] == "deny"),
+        "no record of the dropped monlist: {records:#?}"
+    );
+}
+
+/// Where the cgroup v2 hierarchy is mounted on this host (the root, or `unified` when the
+/// host runs a hybrid hierarchy).
+fn timeguard_agent_cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some("cgroup2"))?;
+    line.split(' ').nth(1).map(PathBuf::from)
+}

@@ -6,6 +6,7 @@ pub mod explain;
 pub mod host;
 pub mod identity;
 pub mod model;
+pub mod network;
 pub(crate) mod parse;
 
 use std::{
@@ -97,6 +98,8 @@ pub struct CompiledPolicy {
     pub watched: Vec<PathBuf>,
     /// Warnings from checking, for the log.
     pub warnings: Vec<Diagnostic>,
+    /// `spec.network`, when a policy has one.
+    pub network: Option<network::CompiledNetwork>,
 }
 
 impl CompiledPolicy {
@@ -237,6 +240,7 @@ fn check_and_compile(
     let mut default_mode = mode::AUDIT;
     let mut daemons_may_be_denied = false;
     let mut enforce_at: Option<(PathBuf, Location)> = None;
+    let mut net: Option<(network::CompiledNetwork, PathBuf)> = None;
 
     for p in parsed {
         let mut sink = Sink::new(p.file.clone());
@@ -353,6 +357,19 @@ fn check_and_compile(
                     .map_or(0, |f| (f.value.0 * 65536.0).round() as u64),
             });
         }
+        if let Some(spec) = &doc.spec.network {
+            let compiled = network::compile(spec, policy_mode, &mut sink);
+            match &net {
+                Some((_, first)) => sink.error(
+                    doc.kind.referenced,
+                    format!(
+                        "spec.network is already given by {}; keep the network policy in one file",
+                        first.display()
+                    ),
+                ),
+                None => net = Some((compiled, p.file.clone())),
+            }
+        }
         out.extend(sink.found);
     }
 
@@ -398,6 +415,7 @@ fn check_and_compile(
         inactive,
         watched,
         warnings: Vec::new(),
+        network: net.map(|(n, _)| n),
     })
 }
 

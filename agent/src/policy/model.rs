@@ -29,15 +29,95 @@ pub struct Spec {
     #[serde(default)]
     pub mode: Option<Spanned<Mode>>,
     pub clock: ClockSpec,
-    /// The host's time traffic; accepted (and checked for unknown keys) until the network
-    /// rules compile it.
+    /// The host's time traffic.
     #[serde(default)]
     pub network: Option<NetworkSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkSpec {}
+pub struct NetworkSpec {
+    /// Defaults to the policy's mode.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub ntp: Option<NtpSpec>,
+}
+
+/// Who this host takes time from, serves, and answers control queries from. A list that is
+/// absent restricts nothing; a list that is present (even empty) admits only its entries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NtpSpec {
+    #[serde(default)]
+    pub servers: Option<AddressList>,
+    #[serde(default)]
+    pub clients: Option<AddressList>,
+    #[serde(default)]
+    pub control: Option<AddressList>,
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<RateLimit>>,
+}
+
+/// A list of addresses and networks, each with its place in the file.
+pub type AddressList = Spanned<Vec<Spanned<Cidr>>>;
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+/// An address or a network: `192.0.2.1`, `192.0.2.0/24`, `2001:db8::/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// The address as v4-mapped IPv6 bytes, and the prefix length in those 128 bits.
+    pub fn as_v6(&self) -> ([u8; 16], u32) {
+        match self.addr {
+            std::net::IpAddr::V4(a) => (
+                agent_common::net::v4_mapped(a.octets()),
+                96 + u32::from(self.prefix),
+            ),
+            std::net::IpAddr::V6(a) => (a.octets(), u32::from(self.prefix)),
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = || {
+            format!("bad address `{s}`: write an IPv4 or IPv6 address, optionally with a /prefix (e.g. 192.0.2.10, 192.0.2.0/24, 2001:db8::/32)")
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| hint())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| {
+                    format!(
+                        "bad prefix in `{s}`: an {} prefix is 0 to {max}",
+                        if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+                    )
+                })?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,7 +218,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Operation, Duration, Ppm);
+deserialize_from_str!(Operation, Duration, Ppm, Cidr);
 
 /// A duration written as `500ms`, `1s`, `2h`, `1.5s` (units: ns, us, ms, s, m, h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -25,6 +25,10 @@
 //!   tg-clock pps-bind DEV on|off  PPS_KC_BIND: (un)bind a PPS source to the kernel clock
 //!   tg-clock timens S       a new time namespace with CLOCK_MONOTONIC S seconds ahead
 //!
+//! Network (for the network guard's tests, inside namespaces the test made):
+//!   tg-clock udp-send FROM TO KIND N   N NTP packets of KIND (client, control, private)
+//!   tg-clock udp-recv ADDR SECS        count datagrams arriving at ADDR, by source
+//!
 //! Ways of running a program that must not change who it is, taking the rest of the line:
 //!   tg-clock as-comm NAME …     rename the process (PR_SET_NAME) first
 //!   tg-clock via-fd PATH …      execute PATH through /proc/self/fd/N
@@ -32,7 +36,7 @@
 //!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
-use timeguard_tests::{bench, clock, devices};
+use timeguard_tests::{bench, clock, devices, ntp};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -84,12 +88,22 @@ fn main_inner(args: &[String]) -> i32 {
             .map_err(|e| e.to_string())
             .and_then(|n| bench::run(workload, n))
             .and_then(|(ns, failed)| counted(serde_json::json!({"workload": workload, "ns_per_op": ns, "failed": failed}))),
+        ["udp-send", from, to, kind, n] => n
+            .parse::<u32>()
+            .map_err(|e| e.to_string())
+            .and_then(|n| ntp::send(from, to, kind, n))
+            .map(|()| None),
+        ["udp-recv", addr, secs] => secs
+            .parse::<u64>()
+            .map_err(|e| e.to_string())
+            .and_then(|s| ntp::receive(addr, s))
+            .and_then(counted),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
         ["hammer", ms] => ms
             .parse::<u64>()
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | bench WORKLOAD N | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {

@@ -693,6 +693,27 @@ fn scenario_users() -> Outcome {
     ))
 }
 
+/// A policy with `spec.network` attaches the NTP guard (the kernel's verifier accepts it),
+/// and the guest's own NTP traffic (chronyd and the test server on loopback, above) was
+/// never touched before.
+fn scenario_network_guard_loads() -> Outcome {
+    let original = fs::read_to_string(POLICY).map_err(|e| format!("{POLICY}: {e}"))?;
+    let with_network = format!(
+        "{}  network:\n    ntp:\n      control: [127.0.0.1]\n      rateLimit: {{requestsPerSecond: 64, burst: 128}}\n",
+        original.replace("name: vm-test\n", "name: vm-test-net\n")
+    );
+    reload_to(&with_network, "vm-test-net")?;
+    let st = agent_status()?;
+    reload_to(&original, "vm-test")?;
+    match st["network"]["attached"].as_str() {
+        Some(at) => Ok(format!("attached: {at}")),
+        None => Err(format!(
+            "the network guard did not attach: {}",
+            st["network"]["unavailable"]
+        )),
+    }
+}
+
 /// An upgrade renames a new file over an allowed executable: the agent follows the path to
 /// the new file within its watch interval, and the old file (kept here through a hard link)
 /// loses the rule.
@@ -1365,6 +1386,10 @@ fn main() {
             scenario_chronyd_big_step,
         ),
         ("match.users narrows a rule", scenario_users),
+        (
+            "the network guard loads and attaches",
+            scenario_network_guard_loads,
+        ),
         (
             "a replaced executable is followed",
             scenario_replaced_executable,
