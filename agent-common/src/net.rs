@@ -3,6 +3,8 @@
 
 /// The NTP port.
 pub const NTP_PORT: u16 = 123;
+/// chronyd's command port (chronyc's requests), guarded as control like modes 6 and 7.
+pub const CHRONY_COMMAND_PORT: u16 = 323;
 
 /// NTP association modes (RFC 5905 §3; 6 and 7 are ntpd's control and private modes).
 pub mod mode {
@@ -15,6 +17,8 @@ pub mod mode {
     pub const CONTROL: u8 = 6;
     /// ntpdc: monlist, the classic amplification.
     pub const PRIVATE: u8 = 7;
+    /// Not an NTP mode: a chronyc command to chronyd's command port.
+    pub const CHRONY_COMMAND: u8 = 0xff;
 
     pub fn name(m: u8) -> &'static str {
         match m {
@@ -25,6 +29,7 @@ pub mod mode {
             BROADCAST => "broadcast",
             CONTROL => "control",
             PRIVATE => "private",
+            CHRONY_COMMAND => "chronyc",
             _ => "reserved",
         }
     }
@@ -92,7 +97,7 @@ pub const fn list_for_mode(m: u8) -> Option<u32> {
     match m {
         mode::SERVER => Some(list::SERVERS),
         mode::CLIENT => Some(list::CLIENTS),
-        mode::CONTROL | mode::PRIVATE => Some(list::CONTROL),
+        mode::CONTROL | mode::PRIVATE | mode::CHRONY_COMMAND => Some(list::CONTROL),
         _ => None,
     }
 }

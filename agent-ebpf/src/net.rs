@@ -14,7 +14,8 @@ use agent_common::{
     event::EventBudget,
     net::{
         list, list_for_mode, mode as ntp_mode, parse_ntp, reason, take_token, v4_mapped, AddrKey,
-        Bucket, NetCounterKey, NetEvent, NetPolicy, NtpHeader, ADDR_KEY_FIXED_BITS, NTP_PORT,
+        Bucket, NetCounterKey, NetEvent, NetPolicy, NtpHeader, ADDR_KEY_FIXED_BITS,
+        CHRONY_COMMAND_PORT, NTP_PORT,
     },
     policy::{mode, verdict, SLOTS},
 };
@@ -212,10 +213,17 @@ pub fn ntp_ingress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn decide(ctx: &SkBuffContext) -> Option<i32> {
     let flow = parse_flow(ctx)?;
-    if flow.sport != NTP_PORT && flow.dport != NTP_PORT {
+    // A chronyc request's header is chrony's own: only its port says what it is.
+    let ntp = if flow.dport == CHRONY_COMMAND_PORT {
+        NtpHeader {
+            mode: ntp_mode::CHRONY_COMMAND,
+            ..NtpHeader::default()
+        }
+    } else if flow.sport == NTP_PORT || flow.dport == NTP_PORT {
+        ntp_header(ctx, flow.payload)?
+    } else {
         return None;
-    }
-    let ntp = ntp_header(ctx, flow.payload)?;
+    };
     let slot = *NET_ACTIVE_SLOT.get(0)?;
     let policy = *NET_POLICY.get(slot)?;
     if policy.generation == 0 {

@@ -688,14 +688,15 @@ impl NetLab {
         }
     }
 
-    fn new(cgroup_root: &std::path::Path) -> Result<Self, String> {
+    /// A lab named by `tag` (one letter), so that tests running at once have their own.
+    fn new(cgroup_root: &std::path::Path, tag: char) -> Result<Self, String> {
         let id = std::process::id() % 100_000;
         let lab = NetLab {
-            a: format!("tg-a-{id}"),
-            b: format!("tg-b-{id}"),
-            cgroup: cgroup_root.join(format!("tg-net-{id}")),
+            a: format!("tg-a{tag}-{id}"),
+            b: format!("tg-b{tag}-{id}"),
+            cgroup: cgroup_root.join(format!("tg-net{tag}-{id}")),
         };
-        let (va, vb) = (format!("tga{id}"), format!("tgb{id}"));
+        let (va, vb) = (format!("tga{tag}{id}"), format!("tgb{tag}{id}"));
         for args in [
             vec!["netns", "add", &lab.a],
             vec!["netns", "add", &lab.b],
@@ -703,6 +704,7 @@ impl NetLab {
             vec!["link", "set", &va, "netns", &lab.a],
             vec!["link", "set", &vb, "netns", &lab.b],
             vec!["-n", &lab.a, "addr", "add", "10.231.0.1/24", "dev", &va],
+            vec!["-n", &lab.a, "addr", "add", "10.231.0.4/24", "dev", &va],
             vec!["-n", &lab.b, "addr", "add", "10.231.0.2/24", "dev", &vb],
             vec!["-n", &lab.b, "addr", "add", "10.231.0.3/24", "dev", &vb],
             vec!["-n", &lab.a, "link", "set", &va, "up"],
@@ -718,7 +720,11 @@ impl NetLab {
 
     /// Runs `tg-clock args…` in namespace `ns`, inside the lab's cgroup when `in_cgroup`.
     fn tg_clock(&self, ns: &str, in_cgroup: bool, args: &[&str]) -> Command {
-        let tg = env!("CARGO_BIN_EXE_tg-clock");
+        self.run_in(ns, in_cgroup, env!("CARGO_BIN_EXE_tg-clock"), args)
+    }
+
+    /// Runs `program args…` in namespace `ns`, inside the lab's cgroup when `in_cgroup`.
+    fn run_in(&self, ns: &str, in_cgroup: bool, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new("sh");
         let enter = if in_cgroup {
             format!("echo $$ > '{}/cgroup.procs' && ", self.cgroup.display())
@@ -726,7 +732,7 @@ impl NetLab {
             String::new()
         };
         c.arg("-c").arg(format!(
-            "{enter}exec ip netns exec {ns} {tg} {}",
+            "{enter}exec ip netns exec {ns} {program} {}",
             args.join(" ")
         ));
         c
@@ -755,7 +761,7 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
         eprintln!("skipped: no cgroup v2 hierarchy mounted");
         return;
     };
-    let lab = NetLab::new(&cgroup_root).expect("the network lab");
+    let lab = NetLab::new(&cgroup_root, 'n').expect("the network lab");
     let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      clients: [10.231.0.0/24]\n      control: [10.231.0.3]\n      rateLimit: {requestsPerSecond: 2, burst: 5}\n";
     let cg = lab.cgroup.display().to_string();
     let Some(RunningAgent {
@@ -870,4 +876,147 @@ fn timeguard_agent_cgroup2_root() -> Option<PathBuf> {
         .lines()
         .find(|l| l.split(' ').nth(2) == Some("cgroup2"))?;
     line.split(' ').nth(1).map(PathBuf::from)
+}
+
+/// Real chronyd in the lab, all with `-x` (none of them ever sets a clock): two servers in
+/// namespace A (10.231.0.1, listed in `ntp.servers`, and 10.231.0.4, not), a client in B.
+/// The client syncs to the listed server only, because the other's replies are dropped
+/// before it reads them; chronyc reaches the listed server's command port from A (listed in
+/// `ntp.control`) and not from B.
+#[test]
+fn real_chronyd_syncs_only_to_the_listed_server() {
+    let (Some(chronyd), Some(chronyc)) = (
+        std::env::var_os("TIMEGUARD_CHRONYD"),
+        std::env::var_os("TIMEGUARD_CHRONYC"),
+    ) else {
+        eprintln!("skipped: no chronyd (cargo xtask test unpacks Debian's and sets TIMEGUARD_CHRONYD, TIMEGUARD_CHRONYC)");
+        return;
+    };
+    let (chronyd, chronyc) = (
+        chronyd.to_string_lossy().into_owned(),
+        chronyc.to_string_lossy().into_owned(),
+    );
+    if !is_root() || timeguard().is_none() {
+        eprintln!("skipped: needs root and the agent binary");
+        return;
+    }
+    let Some(cgroup_root) = timeguard_agent_cgroup2_root() else {
+        eprintln!("skipped: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let lab = NetLab::new(&cgroup_root, 'c').expect("the network lab");
+    let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: chrony-net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      servers: [10.231.0.1]\n      control: [10.231.0.1]\n";
+    let cg = lab.cgroup.display().to_string();
+    let Some(RunningAgent {
+        bin,
+        dir,
+        socket,
+        mut agent,
+        ..
+    }) = start_agent_with("chrony", Stdio::null(), policy, &["--network-cgroup", &cg])
+    else {
+        return;
+    };
+    let status = || -> Value {
+        Command::new(&bin)
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status()["network"]["attached"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "the network guard never attached"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let conf = |name: &str, body: &str| -> String {
+        let path = dir.join(format!("{name}.conf"));
+        let pid = dir.join(format!("{name}.pid"));
+        std::fs::write(
+            &path,
+            format!("{body}pidfile {}\nbindcmdaddress /\n", pid.display()),
+        )
+        .expect("write a chrony.conf");
+        path.display().to_string()
+    };
+    let listed = conf(
+        "listed",
+        "local stratum 1\nallow all\nbindaddress 10.231.0.1\nbindcmdaddress 10.231.0.1\ncmdallow all\n",
+    );
+    let unlisted = conf(
+        "unlisted",
+        "local stratum 1\nallow all\nbindaddress 10.231.0.4\ncmdport 0\n",
+    );
+    let client = conf(
+        "client",
+        "server 10.231.0.1 iburst minpoll -4 maxpoll -4\nserver 10.231.0.4 iburst minpoll -4 maxpoll -4\ncmdport 0\n",
+    );
+    let daemon = |ns: &str, conf: &str| {
+        lab.run_in(ns, true, &chronyd, &["-x", "-d", "-u", "root", "-f", conf])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chronyd starts")
+    };
+    let mut servers = [daemon(&lab.a, &listed), daemon(&lab.a, &unlisted)];
+    std::thread::sleep(Duration::from_millis(500));
+    let mut client = daemon(&lab.b, &client);
+    std::thread::sleep(Duration::from_secs(8));
+    let chronyc_from = |ns: &str| -> bool {
+        lab.run_in(
+            ns,
+            false,
+            "timeout",
+            &["4", &chronyc, "-n", "-h", "10.231.0.1", "tracking"],
+        )
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Reference ID"))
+    };
+    let from_a = chronyc_from(&lab.a);
+    let from_b = chronyc_from(&lab.b);
+    let after = status();
+    // Only the processes this test started, by their ids.
+    let _ = client.kill();
+    let client_log = client
+        .wait_with_output()
+        .map(|o| o.stderr)
+        .unwrap_or_default();
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    // SAFETY: signalling the agent this test started, by its id.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let _ = agent.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(lab);
+
+    let log = String::from_utf8_lossy(&client_log);
+    let count = |mode: &str, verdict: &str| -> u64 {
+        after["network"]["ntp_packets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["mode"] == mode && c["verdict"] == verdict)
+            .filter_map(|c| c["count"].as_u64())
+            .sum()
+    };
+    assert!(
+        log.contains("Selected source 10.231.0.1"),
+        "the client did not sync to the listed server:\n{log}"
+    );
+    assert!(
+        !log.contains("Selected source 10.231.0.4"),
+        "the client synced to the unlisted server:\n{log}"
+    );
+    assert!(count("server", "allow") > 0, "{after}");
+    assert!(count("server", "deny") > 0, "{after}");
+    assert!(from_a, "chronyc from the control address was refused");
+    assert!(!from_b, "chronyc from an unlisted address got an answer");
+    assert!(count("chronyc", "deny") > 0, "{after}");
 }

@@ -193,11 +193,17 @@ fn test(
     // alerting rules: both from Debian's package, unpacked, never installed.
     let prometheus = setup::unpacked_tool("prometheus", "/usr/bin/prometheus")?;
     let promtool = setup::unpacked_tool("prometheus", "/usr/bin/promtool")?;
+    // Real chronyd and chronyc for the network guard's tests, run only with -x (never
+    // touching this host's clock) inside namespaces the tests make.
+    let chronyd = setup::unpacked_tool("chrony", "/usr/sbin/chronyd")?;
+    let chronyc = setup::unpacked_tool("chrony", "/usr/bin/chronyc")?;
     let mut c = cargo();
     c.args(["test", "--release"])
         .env("TIMEGUARD_BIN", bin.join("timeguard"))
         .env("TIMEGUARD_PROMETHEUS", prometheus)
-        .env("TIMEGUARD_PROMTOOL", promtool);
+        .env("TIMEGUARD_PROMTOOL", promtool)
+        .env("TIMEGUARD_CHRONYD", chronyd)
+        .env("TIMEGUARD_CHRONYC", chronyc);
     if let Some(f) = filter {
         c.arg(f);
     }
