@@ -201,6 +201,49 @@ pub mod reason {
     }
 }
 
+/// What an upstream server last said of itself (kept per source address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Upstream {
+    pub stratum: u8,
+    pub leap: u8,
+    pub _pad: [u8; 2],
+    pub refid: [u8; 4],
+}
+
+/// What a time server operator is told about a packet, beyond its verdict.
+pub mod alert {
+    pub const NONE: u8 = 0;
+    /// A server this host had not heard from before replied.
+    pub const NEW_SOURCE: u8 = 1;
+    /// An upstream's stratum or leap indicator changed.
+    pub const UPSTREAM_CHANGED: u8 = 2;
+    /// A server sent a Kiss-o'-Death (stratum 0, a code in the refid).
+    pub const KISS_OF_DEATH: u8 = 3;
+
+    pub fn name(a: u8) -> &'static str {
+        match a {
+            NEW_SOURCE => "new_source",
+            UPSTREAM_CHANGED => "upstream_changed",
+            KISS_OF_DEATH => "kiss_of_death",
+            _ => "",
+        }
+    }
+}
+
+/// The alert a server reply raises against what its source said before (`None`: never
+/// heard from).
+pub const fn upstream_alert(previous: Option<Upstream>, now: &NtpHeader) -> u8 {
+    if now.stratum == 0 {
+        return alert::KISS_OF_DEATH;
+    }
+    match previous {
+        None => alert::NEW_SOURCE,
+        Some(p) if p.stratum != now.stratum || p.leap != now.leap => alert::UPSTREAM_CHANGED,
+        Some(_) => alert::NONE,
+    }
+}
+
 /// Key of the exact per-CPU packet counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -230,10 +273,21 @@ pub struct NetEvent {
     pub reason: u8,
     /// 4 or 6.
     pub family: u8,
-    pub _pad: [u8; 5],
+    /// `alert::*`, and for `UPSTREAM_CHANGED` what the source said before.
+    pub alert: u8,
+    pub previous_stratum: u8,
+    pub previous_leap: u8,
+    pub _pad: [u8; 2],
 }
 
-crate::pod!(AddrKey, NetPolicy, Bucket, NetCounterKey, NetEvent);
+crate::pod!(
+    AddrKey,
+    NetPolicy,
+    Bucket,
+    NetCounterKey,
+    NetEvent,
+    Upstream
+);
 
 #[cfg(test)]
 mod tests {
@@ -279,6 +333,26 @@ mod tests {
         ]);
         let h = parse_ntp(&p, 48).expect("header");
         assert!(is_kiss_of_death(&h));
+    }
+
+    #[test]
+    fn upstream_alerts() {
+        let h = |stratum, leap| NtpHeader {
+            stratum,
+            leap,
+            mode: mode::SERVER,
+            ..NtpHeader::default()
+        };
+        let was = Upstream {
+            stratum: 2,
+            leap: 0,
+            ..Upstream::default()
+        };
+        assert_eq!(upstream_alert(None, &h(2, 0)), alert::NEW_SOURCE);
+        assert_eq!(upstream_alert(Some(was), &h(2, 0)), alert::NONE);
+        assert_eq!(upstream_alert(Some(was), &h(3, 0)), alert::UPSTREAM_CHANGED);
+        assert_eq!(upstream_alert(Some(was), &h(2, 1)), alert::UPSTREAM_CHANGED);
+        assert_eq!(upstream_alert(Some(was), &h(0, 3)), alert::KISS_OF_DEATH);
     }
 
     #[test]

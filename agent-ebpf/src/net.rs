@@ -13,9 +13,9 @@
 use agent_common::{
     event::EventBudget,
     net::{
-        list, list_for_mode, mode as ntp_mode, parse_ntp, reason, take_token, v4_mapped, AddrKey,
-        Bucket, NetCounterKey, NetEvent, NetPolicy, NtpHeader, ADDR_KEY_FIXED_BITS,
-        CHRONY_COMMAND_PORT, NTP_PORT,
+        alert, list, list_for_mode, mode as ntp_mode, parse_ntp, reason, take_token,
+        upstream_alert, v4_mapped, AddrKey, Bucket, NetCounterKey, NetEvent, NetPolicy, NtpHeader,
+        Upstream, ADDR_KEY_FIXED_BITS, CHRONY_COMMAND_PORT, NTP_PORT,
     },
     policy::{mode, verdict, SLOTS},
 };
@@ -40,6 +40,10 @@ static NET_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 
+/// What each upstream last said of itself, for the alerts (least recently heard forgotten).
+#[map]
+static NET_UPSTREAMS: LruHashMap<[u8; 16], Upstream> = LruHashMap::with_max_entries(4096, 0);
+
 /// Per-source token buckets (the least recently seen sources are forgotten first).
 #[map]
 static NET_BUCKETS: LruHashMap<[u8; 16], Bucket> = LruHashMap::with_max_entries(65536, 0);
@@ -53,6 +57,10 @@ static NET_EVENTS: RingBuf = RingBuf::with_byte_size(128 * 1024, 0);
 /// Index 0: events that did not fit; index 1: events over the budget.
 #[map]
 static NET_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Index 0: where this CPU builds a packet record.
+#[map]
+static NET_EVENT_SCRATCH: PerCpuArray<NetEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0: this CPU's event budget for the current second.
 #[map]
@@ -255,8 +263,13 @@ fn decide(ctx: &SkBuffContext) -> Option<i32> {
         reason: why,
         _pad: 0,
     });
-    if v != verdict::ALLOW || ntp.mode == ntp_mode::SERVER && ntp.stratum == 0 {
+    let (raised, previous) = note_upstream(&flow, &ntp, v);
+    if v != verdict::ALLOW || raised != alert::NONE {
         if within_event_budget(now) {
+            // Built in a per-CPU slot, not on the stack: BPF gives a program 512 bytes.
+            let Some(slot) = NET_EVENT_SCRATCH.get_ptr_mut(0) else {
+                return Some(if v == verdict::DENY { DROP } else { PASS });
+            };
             let ev = NetEvent {
                 boot_ns: now,
                 // SAFETY: a clock helper without arguments.
@@ -271,9 +284,17 @@ fn decide(ctx: &SkBuffContext) -> Option<i32> {
                 verdict: v,
                 reason: why,
                 family: flow.family,
-                _pad: [0; 5],
+                alert: raised,
+                previous_stratum: previous.stratum,
+                previous_leap: previous.leap,
+                _pad: [0; 2],
             };
-            if NET_EVENTS.output::<NetEvent>(&ev, 0).is_err() {
+            // SAFETY: a per-CPU value, written then read by this program run only.
+            let ev = unsafe {
+                *slot = ev;
+                &*slot
+            };
+            if NET_EVENTS.output::<NetEvent>(ev, 0).is_err() {
                 bump(0);
             }
         } else {
@@ -281,4 +302,36 @@ fn decide(ctx: &SkBuffContext) -> Option<i32> {
         }
     }
     Some(if v == verdict::DENY { DROP } else { PASS })
+}
+
+/// A reply that reaches the daemon: what its source says of itself, against last time.
+/// Returns the alert and what the source said before.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "explicit references, as in record::count"
+)]
+fn note_upstream(flow: &Flow, ntp: &NtpHeader, v: u8) -> (u8, Upstream) {
+    let mut raised = alert::NONE;
+    let mut previous = Upstream::default();
+    if ntp.mode == ntp_mode::SERVER && v != verdict::DENY {
+        let before = NET_UPSTREAMS.get_ptr(&flow.src).map(|p| {
+            // SAFETY: copied out at once.
+            unsafe { *p }
+        });
+        raised = upstream_alert(before, ntp);
+        if let Some(b) = before {
+            previous = b;
+        }
+        if raised != alert::NONE && raised != alert::KISS_OF_DEATH {
+            let now_says = Upstream {
+                stratum: ntp.stratum,
+                leap: ntp.leap,
+                _pad: [0; 2],
+                refid: ntp.refid,
+            };
+            let _ = NET_UPSTREAMS.insert(&flow.src, &now_says, 0);
+        }
+    }
+    (raised, previous)
 }

@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub attempts: Vec<(String, &'static str, &'static str, u64)>,
     /// (NTP mode, verdict, reason) → packets decided by the network guard, exact.
     pub ntp_packets: Vec<(&'static str, &'static str, &'static str, u64)>,
+    /// Alerts raised by packet records (new source, upstream changed, Kiss-o'-Death).
+    pub ntp_alerts: Vec<(&'static str, u64)>,
     /// Packet records lost (ring buffer full) and thinned (over the budget).
     pub packet_events_lost: u64,
     pub packet_events_thinned: u64,
@@ -41,8 +43,10 @@ pub struct Metrics {
     registry: Registry,
     attempts: IntCounterVec,
     ntp_packets: IntCounterVec,
+    ntp_alerts: IntCounterVec,
     dropped: IntCounterVec,
     generation: IntGauge,
+    started: Gauge,
     reloads: IntCounterVec,
     enforcement: IntGaugeVec,
     attached: IntGaugeVec,
@@ -96,17 +100,21 @@ fn int_gauge_vec(
 impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let r = Registry::new();
-        Ok(Metrics {
+        let m = Metrics {
             attempts: counter(&r, "timeguard_clock_change_attempts_total",
                 "Attempts to change the clock, counted exactly in the kernel, by operation, verdict (allow, deny, audit: would have been denied, observed) and deciding rule.",
                 &["operation", "verdict", "rule"])?,
             ntp_packets: counter(&r, "timeguard_ntp_packets_total",
                 "NTP packets arriving at this host's sockets, decided by the network guard, by mode, verdict and reason, counted exactly in the kernel.",
                 &["mode", "verdict", "reason"])?,
+            ntp_alerts: counter(&r, "timeguard_ntp_alerts_total",
+                "What a time server operator watches, from packet records: new_source, upstream_changed (stratum or leap), kiss_of_death.",
+                &["alert"])?,
             dropped: counter(&r, "timeguard_events_dropped_total",
                 "Detailed records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written), packet_thinned and packet_lost (the same for packet records). Counters stay exact.",
                 &["reason"])?,
             generation: int_gauge(&r, "timeguard_policy_generation", "Generation of the policy in force.")?,
+            started: gauge(&r, "timeguard_start_time_seconds", "When the agent started, in seconds since the Unix epoch.")?,
             reloads: counter(&r, "timeguard_policy_reloads_total", "Policy reloads, by result (ok, rejected).", &["result"])?,
             enforcement: int_gauge_vec(&r, "timeguard_enforcement_available",
                 "1 when the hook decides clock changes on this kernel, 0 when the agent can only observe.", &["hook"])?,
@@ -122,7 +130,22 @@ impl Metrics {
             step_size: gauge(&r, "timeguard_clock_last_step_seconds", "Size of the last step of the clock timeguard saw, signed (not present before one).")?,
             registry: r,
             shown: HashMap::new(),
-        })
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.started.set(now);
+        // Alerts are a fixed set: each series exists from the start, at 0, so that an
+        // increase from the first one on is seen.
+        for a in [
+            agent_common::net::alert::NEW_SOURCE,
+            agent_common::net::alert::UPSTREAM_CHANGED,
+            agent_common::net::alert::KISS_OF_DEATH,
+        ] {
+            m.ntp_alerts
+                .with_label_values(&[agent_common::net::alert::name(a)]);
+        }
+        Ok(m)
     }
 
     fn add_counter(&mut self, vec_name: &str, labels: &[&str], total: u64) {
@@ -134,6 +157,7 @@ impl Metrics {
         let vec = match vec_name {
             "attempts" => &self.attempts,
             "ntp" => &self.ntp_packets,
+            "alerts" => &self.ntp_alerts,
             "dropped" => &self.dropped,
             _ => &self.reloads,
         };
@@ -149,6 +173,9 @@ impl Metrics {
         for (mode, verdict, reason, n) in &snap.ntp_packets {
             let reason = if reason.is_empty() { "none" } else { reason };
             self.add_counter("ntp", &[mode, verdict, reason], *n);
+        }
+        for (alert, n) in &snap.ntp_alerts {
+            self.add_counter("alerts", &[alert], *n);
         }
         self.add_counter("dropped", &["packet_lost"], snap.packet_events_lost);
         self.add_counter("dropped", &["packet_thinned"], snap.packet_events_thinned);
@@ -274,6 +301,7 @@ mod tests {
         Snapshot {
             attempts: vec![("default".into(), "step", "deny", n)],
             ntp_packets: vec![("private", "deny", "source not listed", 2)],
+            ntp_alerts: vec![("kiss_of_death", 1)],
             packet_events_lost: 0,
             packet_events_thinned: 0,
             events_thinned: 0,

@@ -178,11 +178,15 @@ pub fn packet_json(ev: &NetEvent, policy: &str, host: &str) -> Value {
             ntp["kiss_of_death"] = ntp["refid"].clone();
         }
     }
+    if ev.alert == agent_common::net::alert::UPSTREAM_CHANGED {
+        ntp["previous"] = json!({"stratum": ev.previous_stratum, "leap": ev.previous_leap});
+    }
     json!({
         "time": events::rfc3339(events::wall_time(ev.tai_ns)),
         "boot_ns": ev.boot_ns,
         "host": host,
         "kind": "ntp",
+        "alert": agent_common::net::alert::name(ev.alert),
         "verdict": verdict::name(ev.verdict),
         "reason": reason::name(ev.reason),
         "policy": policy,

@@ -174,6 +174,8 @@ struct Agent {
     /// The last step seen, for the metrics: when (CLOCK_BOOTTIME) and how big.
     last_step: Option<(u64, Option<i128>)>,
     network_cgroup: Option<PathBuf>,
+    /// Alerts raised by packet records, by name, since start.
+    ntp_alerts: BTreeMap<&'static str, u64>,
     /// Why the network guard is not attached, when a policy asked for it.
     network_unavailable: Option<String>,
 }
@@ -379,6 +381,7 @@ impl Agent {
         let snapshot = metrics::Snapshot {
             attempts,
             ntp_packets,
+            ntp_alerts: self.ntp_alerts.iter().map(|(a, n)| (*a, *n)).collect(),
             packet_events_lost,
             packet_events_thinned,
             events_thinned: self.guard.events_thinned()?,
@@ -421,6 +424,10 @@ impl Agent {
 
     /// Writes one packet decision to the trail.
     fn packet_event(&mut self, ev: &agent_common::net::NetEvent) {
+        let alert = agent_common::net::alert::name(ev.alert);
+        if !alert.is_empty() {
+            *self.ntp_alerts.entry(alert).or_default() += 1;
+        }
         let name = self
             .policies
             .get(&ev.generation)
@@ -502,6 +509,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         },
         last_step: None,
         network_cgroup: options.network_cgroup.clone(),
+        ntp_alerts: BTreeMap::new(),
         network_unavailable: None,
     };
     // The policy is in the maps before any program is attached: there is no unguarded instant.

@@ -96,6 +96,21 @@ pub fn packet(kind: &str) -> Option<Vec<u8>> {
             p[0] = (4 << 3) | 3;
             p
         }
+        // Server replies as an upstream sends them: stratum 2, no leap; then stratum 3 with a
+        // leap second announced; then a Kiss-o'-Death (stratum 0, RATE).
+        "server" | "server-changed" | "kod" => {
+            let (leap, stratum, refid) = match kind {
+                "server" => (0u8, 2u8, [192, 0, 2, 1]),
+                "server-changed" => (1, 3, [192, 0, 2, 1]),
+                _ => (0, 0, *b"RATE"),
+            };
+            let mut p = vec![0u8; 48];
+            p[0] = (leap << 6) | (4 << 3) | 4;
+            p[1] = stratum;
+            p[2] = 6;
+            p[12..16].copy_from_slice(&refid);
+            p
+        }
         // ntpq readvar: VN 2, mode 6, opcode 2, 12-byte header.
         "control" => vec![0x16, 0x02, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
         // ntpdc monlist (MON_GETLIST_1): VN 2, mode 7, implementation 3, request 42.
@@ -112,8 +127,9 @@ pub fn packet(kind: &str) -> Option<Vec<u8>> {
 
 /// Sends `count` packets of `kind` from `from` (an address of this host) to `to`.
 pub fn send(from: &str, to: &str, kind: &str, count: u32) -> Result<(), String> {
-    let p = packet(kind)
-        .ok_or_else(|| format!("unknown packet kind {kind}: client, control, private"))?;
+    let p = packet(kind).ok_or_else(|| {
+        format!("unknown packet kind {kind}: client, control, private, server, server-changed, kod")
+    })?;
     let s = UdpSocket::bind(format!("{from}:0")).map_err(|e| format!("bind {from}: {e}"))?;
     for _ in 0..count {
         s.send_to(&p, to)

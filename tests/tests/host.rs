@@ -475,7 +475,8 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     assert_eq!(http_get(&metrics_addr, "/other").map(|(c, _)| c), Some(404));
 
     // The dashboard and the rules use only metrics the agent serves (the two step gauges
-    // appear after the first step, which a host test must not make).
+    // appear after the first step, which a host test must not make; the packet counters
+    // with the first NTP packet a network policy decides, tested below).
     let served = metric_names(&text);
     let mut used = metric_names(
         &std::fs::read_to_string(workspace().join("deploy/grafana/timeguard-dashboard.json"))
@@ -488,6 +489,7 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
         let after_a_step = [
             "timeguard_clock_seconds_since_last_step",
             "timeguard_clock_last_step_seconds",
+            "timeguard_ntp_packets_total",
         ];
         assert!(
             served.contains(&name) || after_a_step.contains(&name.as_str()),
@@ -825,6 +827,10 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     send("10.231.0.3", "private", "3");
     send("10.231.0.3", "client", "40");
     send("10.231.0.2", "client", "3");
+    // As an upstream: first heard, the same again, a changed stratum and leap, a KoD.
+    for kind in ["server", "server", "server-changed", "kod"] {
+        send("10.231.0.2", kind, "1");
+    }
     let got = receiver.wait_with_output().expect("the receiver ends");
     let got: Value = serde_json::from_slice(&got.stdout).unwrap_or_default();
     let after = status().unwrap_or_default();
@@ -847,7 +853,7 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     // .2: only its 3 client requests (its monlist and mode 6 were dropped, and its own
     // bucket is untouched by .3's flood); .3: one burst (5, plus what 2/s refills while
     // sending) of its requests, monlist queries and clients alike.
-    assert_eq!(got["10.231.0.2"], 3, "delivered: {got}");
+    assert_eq!(got["10.231.0.2"], 3 + 4, "delivered: {got}");
     let from_3 = got["10.231.0.3"].as_u64().unwrap_or(0);
     assert!((5..=7).contains(&from_3), "delivered from .3: {got}");
     assert_eq!(count("private", "deny", "source not listed"), 3, "{after}");
@@ -866,6 +872,26 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
             && v["verdict"] == "deny"),
         "no record of the dropped monlist: {records:#?}"
     );
+    let alerts: Vec<(String, Value)> = records
+        .iter()
+        .filter(|v| v["packet"]["src"] == "10.231.0.2" && v["alert"] != "")
+        .map(|v| {
+            (
+                v["alert"].as_str().unwrap_or("").to_string(),
+                v["ntp"].clone(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = alerts.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        names,
+        ["new_source", "upstream_changed", "kiss_of_death"],
+        "{alerts:#?}"
+    );
+    assert_eq!(alerts[1].1["previous"]["stratum"], 2, "{alerts:#?}");
+    assert_eq!(alerts[1].1["stratum"], 3, "{alerts:#?}");
+    assert_eq!(alerts[1].1["leap"], 1, "{alerts:#?}");
+    assert_eq!(alerts[2].1["kiss_of_death"], "RATE", "{alerts:#?}");
 }
 
 /// Where the cgroup v2 hierarchy is mounted on this host (the root, or `unified` when the
