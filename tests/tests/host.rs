@@ -296,14 +296,7 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
         return;
     };
     let text = audit_policy;
-    let status = || -> Option<Value> {
-        let out = Command::new(&bin)
-            .args(["status", "--json", "--socket"])
-            .arg(&socket)
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
+    let status = || agent_status(&bin, &socket);
     let wait_for = |pred: &dyn Fn(&Value) -> bool| -> Option<Value> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -755,52 +748,21 @@ impl Drop for NetLab {
 /// unaffected, and each drop is counted exactly and recorded.
 #[test]
 fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
-    if !is_root() || timeguard().is_none() {
-        eprintln!("skipped: needs root and the agent binary");
-        return;
-    }
-    let Some(cgroup_root) = timeguard_agent_cgroup2_root() else {
-        eprintln!("skipped: no cgroup v2 hierarchy mounted");
-        return;
-    };
-    let lab = NetLab::new(&cgroup_root, 'n').expect("the network lab");
     let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      clients: [10.231.0.0/24]\n      control: [10.231.0.3]\n      rateLimit: {requestsPerSecond: 2, burst: 5}\n";
-    let cg = lab.cgroup.display().to_string();
-    let Some(RunningAgent {
-        bin,
-        dir,
-        socket,
-        mut agent,
-        ..
-    }) = start_agent_with("net", Stdio::null(), policy, &["--network-cgroup", &cg])
+    let Some((
+        lab,
+        RunningAgent {
+            bin,
+            dir,
+            socket,
+            mut agent,
+            ..
+        },
+    )) = lab_with_agent('n', policy)
     else {
         return;
     };
-    let status = || -> Option<Value> {
-        let out = Command::new(&bin)
-            .args(["status", "--json", "--socket"])
-            .arg(&socket)
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut attached = None;
-    while Instant::now() < deadline {
-        if let Some(s) = status().filter(|s| !s["network"]["attached"].is_null()) {
-            attached = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let Some(_) = attached else {
-        let _ = agent.kill();
-        let out = agent.wait_with_output().expect("agent exits");
-        panic!(
-            "the network guard never attached:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let status = || agent_status(&bin, &socket);
     let receiver = lab
         .tg_clock(&lab.a, true, &["udp-recv", "10.231.0.1:123", "6"])
         .stdout(Stdio::piped())
@@ -922,44 +884,21 @@ fn real_chronyd_syncs_only_to_the_listed_server() {
         chronyd.to_string_lossy().into_owned(),
         chronyc.to_string_lossy().into_owned(),
     );
-    if !is_root() || timeguard().is_none() {
-        eprintln!("skipped: needs root and the agent binary");
-        return;
-    }
-    let Some(cgroup_root) = timeguard_agent_cgroup2_root() else {
-        eprintln!("skipped: no cgroup v2 hierarchy mounted");
-        return;
-    };
-    let lab = NetLab::new(&cgroup_root, 'c').expect("the network lab");
     let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: chrony-net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      servers: [10.231.0.1]\n      control: [10.231.0.1]\n";
-    let cg = lab.cgroup.display().to_string();
-    let Some(RunningAgent {
-        bin,
-        dir,
-        socket,
-        mut agent,
-        ..
-    }) = start_agent_with("chrony", Stdio::null(), policy, &["--network-cgroup", &cg])
+    let Some((
+        lab,
+        RunningAgent {
+            bin,
+            dir,
+            socket,
+            mut agent,
+            ..
+        },
+    )) = lab_with_agent('c', policy)
     else {
         return;
     };
-    let status = || -> Value {
-        Command::new(&bin)
-            .args(["status", "--json", "--socket"])
-            .arg(&socket)
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-            .unwrap_or_default()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status()["network"]["attached"].is_null() {
-        assert!(
-            Instant::now() < deadline,
-            "the network guard never attached"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let status = || agent_status(&bin, &socket).unwrap_or_default();
     let conf = |name: &str, body: &str| -> String {
         let path = dir.join(format!("{name}.conf"));
         let pid = dir.join(format!("{name}.pid"));
@@ -1045,4 +984,52 @@ fn real_chronyd_syncs_only_to_the_listed_server() {
     assert!(from_a, "chronyc from the control address was refused");
     assert!(!from_b, "chronyc from an unlisted address got an answer");
     assert!(count("chronyc", "deny") > 0, "{after}");
+}
+
+/// `timeguard status --json` of an agent a test started.
+fn agent_status(bin: &std::path::Path, socket: &std::path::Path) -> Option<Value> {
+    let out = Command::new(bin)
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// A network lab, and an agent with `policy` whose network guard watches the lab's cgroup,
+/// attached; None (said in one line) where it cannot run.
+fn lab_with_agent(tag: char, policy: &str) -> Option<(NetLab, RunningAgent)> {
+    if !is_root() || timeguard().is_none() {
+        eprintln!("skipped: needs root and the agent binary");
+        return None;
+    }
+    let Some(cgroup_root) = timeguard_agent_cgroup2_root() else {
+        eprintln!("skipped: no cgroup v2 hierarchy mounted");
+        return None;
+    };
+    let lab = NetLab::new(&cgroup_root, tag).expect("the network lab");
+    let cg = lab.cgroup.display().to_string();
+    let mut running = start_agent_with(
+        &format!("net{tag}"),
+        Stdio::null(),
+        policy,
+        &["--network-cgroup", &cg],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let attached = agent_status(&running.bin, &running.socket)
+            .is_some_and(|s| !s["network"]["attached"].is_null());
+        if attached {
+            return Some((lab, running));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = running.agent.kill();
+    let mut log = String::new();
+    if let Some(mut e) = running.agent.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut log);
+    }
+    let _ = running.agent.wait();
+    panic!("the network guard never attached:\n{log}");
 }
