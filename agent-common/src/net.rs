@@ -191,11 +191,14 @@ pub mod reason {
     pub const NOT_LISTED: u8 = 1;
     /// Its source sent requests faster than `ntp.rateLimit`.
     pub const RATE: u8 = 2;
+    /// It arrived at an NTP socket in a shape the guard does not parse.
+    pub const UNPARSED: u8 = 3;
 
     pub fn name(r: u8) -> &'static str {
         match r {
             NOT_LISTED => "source not listed",
             RATE => "over the rate limit",
+            UNPARSED => "not parseable",
             _ => "",
         }
     }

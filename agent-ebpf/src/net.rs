@@ -72,6 +72,10 @@ const NET_EVENTS_PER_SECOND: u32 = 100;
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 const IPPROTO_UDP: u8 = 17;
+/// IPv6 extension headers followed before giving up on a packet (then not decided).
+const IPV6_EXTENSIONS: usize = 4;
+/// The furthest a UDP header is looked for.
+const MAX_L4_OFFSET: usize = 512;
 
 /// Where a packet came from and went, as parsed.
 struct Flow {
@@ -102,16 +106,15 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
             let d: [u8; 4] = ctx.load(16).ok()?;
             (4, ihl, v4_mapped(s), v4_mapped(d))
         }
-        // Extension headers are not followed: such a packet is not decided.
-        6 => {
-            if ctx.load::<u8>(6).ok()? != IPPROTO_UDP {
-                return None;
-            }
-            (6, 40, ctx.load(8).ok()?, ctx.load(24).ok()?)
-        }
+        6 => (
+            6,
+            ipv6_udp_offset(ctx)?,
+            ctx.load(8).ok()?,
+            ctx.load(24).ok()?,
+        ),
         _ => return None,
     };
-    if !(20..=60).contains(&l4) {
+    if !(20..=MAX_L4_OFFSET).contains(&l4) {
         return None;
     }
     let sport = u16::from_be(ctx.load::<u16>(l4).ok()?);
@@ -124,6 +127,43 @@ fn parse_flow(ctx: &SkBuffContext) -> Option<Flow> {
         dport,
         payload: l4 + 8,
     })
+}
+
+/// Where the UDP header starts in an IPv6 packet, past any extension headers (hop-by-hop,
+/// routing, destination options, and a first fragment's header): a query hidden behind
+/// a destination option is decided like any other. None when it is not UDP.
+#[inline(always)]
+fn ipv6_udp_offset(ctx: &SkBuffContext) -> Option<usize> {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const DESTINATION: u8 = 60;
+    let mut next: u8 = ctx.load(6).ok()?;
+    let mut off = 40usize;
+    for _ in 0..IPV6_EXTENSIONS {
+        match next {
+            IPPROTO_UDP => return Some(off),
+            HOP_BY_HOP | ROUTING | DESTINATION => {
+                let header: [u8; 2] = ctx.load(off).ok()?;
+                next = header[0];
+                off += (header[1] as usize + 1) * 8;
+            }
+            FRAGMENT => {
+                let header: [u8; 4] = ctx.load(off).ok()?;
+                // A later fragment carries no UDP header.
+                if u16::from_be_bytes([header[2], header[3]]) & 0xfff8 != 0 {
+                    return None;
+                }
+                next = header[0];
+                off += 8;
+            }
+            _ => return None,
+        }
+        if off > MAX_L4_OFFSET {
+            return None;
+        }
+    }
+    (next == IPPROTO_UDP).then_some(off)
 }
 
 /// The first 16 bytes of the NTP payload, and how many there are.
@@ -220,7 +260,9 @@ pub fn ntp_ingress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn decide(ctx: &SkBuffContext) -> Option<i32> {
-    let flow = parse_flow(ctx)?;
+    let Some(flow) = parse_flow(ctx) else {
+        return refuse_unparsed(ctx);
+    };
     // A chronyc request's header is chrony's own: only its port says what it is.
     let ntp = if flow.dport == CHRONY_COMMAND_PORT {
         NtpHeader {
@@ -301,6 +343,34 @@ fn decide(ctx: &SkBuffContext) -> Option<i32> {
             bump(1);
         }
     }
+    Some(if v == verdict::DENY { DROP } else { PASS })
+}
+
+/// A packet the parser gave up on (too many IPv6 extension headers, a header cut short),
+/// arriving at an NTP or chronyc command socket: refused when a network policy is in force,
+/// so that no header trick carries a query past the lists. Elsewhere, not decided.
+#[inline(always)]
+fn refuse_unparsed(ctx: &SkBuffContext) -> Option<i32> {
+    let port = ctx.skb.local_port();
+    if port != NTP_PORT as u32 && port != CHRONY_COMMAND_PORT as u32 {
+        return None;
+    }
+    let slot = *NET_ACTIVE_SLOT.get(0)?;
+    let policy = *NET_POLICY.get(slot)?;
+    if policy.generation == 0 {
+        return None;
+    }
+    let v = if policy.mode == mode::AUDIT {
+        verdict::AUDIT
+    } else {
+        verdict::DENY
+    };
+    count(NetCounterKey {
+        mode: 0,
+        verdict: v,
+        reason: reason::UNPARSED,
+        _pad: 0,
+    });
     Some(if v == verdict::DENY { DROP } else { PASS })
 }
 

@@ -125,17 +125,54 @@ pub fn packet(kind: &str) -> Option<Vec<u8>> {
     })
 }
 
-/// Sends `count` packets of `kind` from `from` (an address of this host) to `to`.
-pub fn send(from: &str, to: &str, kind: &str, count: u32) -> Result<(), String> {
+/// Sends `count` packets of `kind` from `from` (an address of this host) to `to`; over
+/// IPv6 with `dstopts`, each carries a destination options header (a PadN option), the
+/// simplest way to put an extension header between IPv6 and UDP.
+pub fn send_with(
+    from: &str,
+    to: &str,
+    kind: &str,
+    count: u32,
+    dstopts: bool,
+) -> Result<(), String> {
     let p = packet(kind).ok_or_else(|| {
         format!("unknown packet kind {kind}: client, control, private, server, server-changed, kod")
     })?;
-    let s = UdpSocket::bind(format!("{from}:0")).map_err(|e| format!("bind {from}: {e}"))?;
+    let bind = if from.contains(':') {
+        format!("[{from}]:0")
+    } else {
+        format!("{from}:0")
+    };
+    let s = UdpSocket::bind(&bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    if dstopts {
+        use std::os::fd::AsRawFd as _;
+        const IPV6_DSTOPTS: libc::c_int = 59;
+        // Next header (filled in by the kernel), length 0 (8 bytes), PadN of 4.
+        let opts: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+        // SAFETY: a valid socket and an 8-byte option buffer.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                IPV6_DSTOPTS,
+                opts.as_ptr().cast(),
+                opts.len() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(format!("IPV6_DSTOPTS: {}", std::io::Error::last_os_error()));
+        }
+    }
     for _ in 0..count {
         s.send_to(&p, to)
             .map_err(|e| format!("send to {to}: {e}"))?;
     }
     Ok(())
+}
+
+/// Sends `count` packets of `kind` from `from` (an address of this host) to `to`.
+pub fn send(from: &str, to: &str, kind: &str, count: u32) -> Result<(), String> {
+    send_with(from, to, kind, count, false)
 }
 
 /// Counts the datagrams arriving at `addr` for `secs` seconds, by source address.

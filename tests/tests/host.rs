@@ -705,6 +705,26 @@ impl NetLab {
             vec!["-n", &lab.a, "link", "set", &va, "up"],
             vec!["-n", &lab.b, "link", "set", &vb, "up"],
             vec!["-n", &lab.a, "link", "set", "lo", "up"],
+            vec![
+                "-n",
+                &lab.a,
+                "addr",
+                "add",
+                "fd00:231::1/64",
+                "dev",
+                &va,
+                "nodad",
+            ],
+            vec![
+                "-n",
+                &lab.b,
+                "addr",
+                "add",
+                "fd00:231::2/64",
+                "dev",
+                &vb,
+                "nodad",
+            ],
         ] {
             NetLab::ip(&args)?;
         }
@@ -748,7 +768,7 @@ impl Drop for NetLab {
 /// unaffected, and each drop is counted exactly and recorded.
 #[test]
 fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
-    let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      clients: [10.231.0.0/24]\n      control: [10.231.0.3]\n      rateLimit: {requestsPerSecond: 2, burst: 5}\n";
+    let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      clients: [10.231.0.0/24, \"fd00:231::/64\"]\n      control: [10.231.0.3]\n      rateLimit: {requestsPerSecond: 2, burst: 5}\n";
     let Some((
         lab,
         RunningAgent {
@@ -768,6 +788,11 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("the receiver starts");
+    let receiver6 = lab
+        .tg_clock(&lab.a, true, &["udp-recv", "[fd00:231::1]:123", "6"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the IPv6 receiver starts");
     std::thread::sleep(Duration::from_millis(1500));
     let send = |from: &str, kind: &str, n: &str| {
         let out = lab
@@ -793,6 +818,50 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     for kind in ["server", "server", "server-changed", "kod"] {
         send("10.231.0.2", kind, "1");
     }
+    // Over IPv6, a monlist query behind a destination options header is decided all the
+    // same (dropped: not from the control address); a client request gets through.
+    for extra in [&["dstopts"][..], &[]] {
+        let mut args = vec![
+            "udp-send",
+            "fd00:231::2",
+            "[fd00:231::1]:123",
+            "private",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let out = lab
+            .tg_clock(&lab.b, false, &args)
+            .output()
+            .expect("tg-clock runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = lab
+        .tg_clock(
+            &lab.b,
+            false,
+            &[
+                "udp-send",
+                "fd00:231::2",
+                "[fd00:231::1]:123",
+                "client",
+                "1",
+            ],
+        )
+        .output()
+        .expect("tg-clock runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got6 = receiver6
+        .wait_with_output()
+        .expect("the IPv6 receiver ends");
+    let got6: Value = serde_json::from_slice(&got6.stdout).unwrap_or_default();
     let got = receiver.wait_with_output().expect("the receiver ends");
     let got: Value = serde_json::from_slice(&got.stdout).unwrap_or_default();
     let after = status().unwrap_or_default();
@@ -818,7 +887,12 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     assert_eq!(got["10.231.0.2"], 3 + 4, "delivered: {got}");
     let from_3 = got["10.231.0.3"].as_u64().unwrap_or(0);
     assert!((5..=7).contains(&from_3), "delivered from .3: {got}");
-    assert_eq!(count("private", "deny", "source not listed"), 3, "{after}");
+    assert_eq!(got6["fd00:231::2"], 1, "delivered over IPv6: {got6}");
+    assert_eq!(
+        count("private", "deny", "source not listed"),
+        3 + 4,
+        "{after}"
+    );
     assert_eq!(count("control", "deny", "source not listed"), 3, "{after}");
     assert_eq!(count("private", "allow", ""), 3, "{after}");
     let shed = count("client", "deny", "over the rate limit");

@@ -93,6 +93,11 @@ fn main_inner(args: &[String]) -> i32 {
             .map_err(|e| e.to_string())
             .and_then(|n| ntp::send(from, to, kind, n))
             .map(|()| None),
+        ["udp-send", from, to, kind, n, "dstopts"] => n
+            .parse::<u32>()
+            .map_err(|e| e.to_string())
+            .and_then(|n| ntp::send_with(from, to, kind, n, true))
+            .map(|()| None),
         ["udp-recv", addr, secs] => secs
             .parse::<u64>()
             .map_err(|e| e.to_string())
