@@ -113,6 +113,9 @@ pub struct AddrKey {
     pub addr: [u8; 16],
 }
 
+/// Most entries one address list may hold (the kernel's trie holds every list of both slots).
+pub const MAX_LIST_ENTRIES: usize = 1024;
+
 /// Bits of `AddrKey` before the address.
 pub const ADDR_KEY_FIXED_BITS: u32 = 64;
 

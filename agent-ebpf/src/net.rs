@@ -15,7 +15,7 @@ use agent_common::{
     net::{
         alert, list, list_for_mode, mode as ntp_mode, parse_ntp, reason, take_token,
         upstream_alert, v4_mapped, AddrKey, Bucket, NetCounterKey, NetEvent, NetPolicy, NtpHeader,
-        Upstream, ADDR_KEY_FIXED_BITS, CHRONY_COMMAND_PORT, NTP_PORT,
+        Upstream, ADDR_KEY_FIXED_BITS, CHRONY_COMMAND_PORT, MAX_LIST_ENTRIES, NTP_PORT,
     },
     policy::{mode, verdict, SLOTS},
 };
@@ -36,7 +36,7 @@ static NET_POLICY: Array<NetPolicy> = Array::with_max_entries(SLOTS, 0);
 /// Address lists, by (slot, list, prefix).
 #[map]
 static NET_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(
-    SLOTS * list::COUNT * 1024,
+    SLOTS * list::COUNT * MAX_LIST_ENTRIES as u32,
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 

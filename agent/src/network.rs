@@ -86,10 +86,11 @@ impl Guard {
         Ok(())
     }
 
-    /// Attaches the NTP ingress guard to a cgroup v2 directory (once).
-    pub fn attach_network(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+    /// Attaches the NTP ingress guard to a cgroup v2 directory, once; whether it was
+    /// attached now (false: it already was).
+    pub fn attach_network(&mut self, cgroup: &Path) -> anyhow::Result<bool> {
         if self.network_attached.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         let dir = std::fs::File::open(cgroup)
             .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
@@ -98,13 +99,15 @@ impl Guard {
             .program_mut("ntp_ingress")
             .ok_or_else(|| anyhow!("program ntp_ingress missing from the embedded object"))?
             .try_into()?;
-        prog.load().context("loading ntp_ingress")?;
+        if prog.fd().is_err() {
+            prog.load().context("loading ntp_ingress")?;
+        }
         prog.attach(dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
             .with_context(|| format!("attaching ntp_ingress to {}", cgroup.display()))?;
         let at = format!("ntp_ingress (cgroup_skb/ingress on {})", cgroup.display());
         self.attached.push(at.clone());
         self.network_attached = Some(at);
-        Ok(())
+        Ok(true)
     }
 
     /// The ring buffer of packet records (can be taken once).

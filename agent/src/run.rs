@@ -411,9 +411,11 @@ impl Agent {
             return;
         };
         match self.guard.attach_network(&cgroup) {
-            Ok(()) => {
+            Ok(now) => {
                 self.network_unavailable = None;
-                log::info!("network guard attached to {}", cgroup.display());
+                if now {
+                    log::info!("network guard attached to {}", cgroup.display());
+                }
             }
             Err(e) => {
                 log::warn!("network guard unavailable: {e:#}");

@@ -5,7 +5,7 @@ use super::{
     mode_value,
     model::{AddressList, Mode, NetworkSpec},
 };
-use agent_common::net::{list, MAX_RATE_PER_SEC};
+use agent_common::net::{list, MAX_LIST_ENTRIES, MAX_RATE_PER_SEC};
 
 /// The network policy as the kernel takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,13 @@ pub fn compile(net: &NetworkSpec, policy_mode: Mode, sink: &mut Sink) -> Compile
     for (which, given) in lists {
         let Some(given) = given else { continue };
         out.restricted |= 1 << which;
+        if given.value.len() > MAX_LIST_ENTRIES {
+            sink.error(
+                given.referenced,
+                format!("{} entries; a list may hold at most {MAX_LIST_ENTRIES} (use networks, e.g. 192.0.2.0/24)", given.value.len()),
+            );
+            continue;
+        }
         for cidr in &given.value {
             let (addr, prefix) = cidr.value.as_v6();
             if out.entries.contains(&(which, addr, prefix)) {
