@@ -10,6 +10,7 @@ pub mod event;
 pub mod kernel;
 pub mod net;
 pub mod policy;
+pub mod ptp;
 
 /// Implements `aya::Pod` for the userspace side (the kernel side needs no marker).
 macro_rules! pod {

@@ -1,10 +1,134 @@
 //! Time traffic as the kernel programs see it: NTP headers, the network policy's maps, and
-//! the record of one packet decision.
+//! the record of one packet or socket decision.
+
+use crate::ptp::PtpHeader;
 
 /// The NTP port.
 pub const NTP_PORT: u16 = 123;
 /// chronyd's command port (chronyc's requests), guarded as control like modes 6 and 7.
 pub const CHRONY_COMMAND_PORT: u16 = 323;
+/// NTS key establishment (RFC 8915), TCP.
+pub const NTS_KE_PORT: u16 = 4460;
+pub const DNS_PORT: u16 = 53;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// What a network decision was about: the `kind` of counters and records.
+pub mod kind {
+    /// An NTP packet arriving at a socket of this host (or a chronyc command).
+    pub const NTP: u8 = 1;
+    /// An NTS-KE connection opening (TCP 4460): a client's SYN, a server's SYN-ACK.
+    pub const NTS_KE: u8 = 2;
+    /// A PTP message arriving on an interface.
+    pub const PTP: u8 = 3;
+    /// A socket bound to a time port (UDP 123, 319, 320).
+    pub const BIND: u8 = 4;
+    /// A time daemon connecting or sending to a destination.
+    pub const CONNECT: u8 = 5;
+    /// A packet socket that sees PTP over Ethernet (AF_PACKET with ETH_P_ALL or ETH_P_1588).
+    pub const RAW_SOCKET: u8 = 6;
+
+    pub fn name(k: u8) -> &'static str {
+        match k {
+            NTP => "ntp",
+            NTS_KE => "nts_ke",
+            PTP => "ptp",
+            BIND => "bind",
+            CONNECT => "connect",
+            RAW_SOCKET => "raw_socket",
+            _ => "unknown",
+        }
+    }
+}
+
+/// What a port is, to a time server operator: the `detail` of bind and connect counters.
+pub mod service {
+    pub const OTHER: u8 = 0;
+    pub const NTP: u8 = 1;
+    pub const NTS_KE: u8 = 2;
+    pub const PTP: u8 = 3;
+    pub const DNS: u8 = 4;
+    pub const CHRONY_COMMAND: u8 = 5;
+
+    pub const fn of_port(port: u16) -> u8 {
+        match port {
+            super::NTP_PORT => NTP,
+            super::NTS_KE_PORT => NTS_KE,
+            crate::ptp::EVENT_PORT | crate::ptp::GENERAL_PORT => PTP,
+            super::DNS_PORT => DNS,
+            super::CHRONY_COMMAND_PORT => CHRONY_COMMAND,
+            _ => OTHER,
+        }
+    }
+
+    pub fn name(s: u8) -> &'static str {
+        match s {
+            NTP => "ntp",
+            NTS_KE => "nts-ke",
+            PTP => "ptp",
+            DNS => "dns",
+            CHRONY_COMMAND => "chronyc",
+            _ => "other",
+        }
+    }
+}
+
+/// `AF_PACKET`: sockets that see whole frames, PTP over Ethernet among them.
+pub const AF_PACKET: u16 = 17;
+/// Packet socket protocols that see PTP frames: every frame, or PTP's own ethertype.
+pub const ETH_P_ALL: u16 = 0x0003;
+
+/// Whether a packet socket of this protocol (host order) sees PTP over Ethernet.
+pub const fn packet_protocol_sees_ptp(protocol: u16) -> bool {
+    protocol == ETH_P_ALL || protocol == crate::ptp::ETH_P_1588
+}
+
+/// A destination a daemon used, for the `NEW_DESTINATION` alert.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Destination {
+    pub rule_id: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub addr: [u8; 16],
+}
+
+/// The ports only time daemons may bind (UDP): NTP and PTP's event and general ports.
+pub const fn is_time_port(port: u16) -> bool {
+    matches!(
+        port,
+        NTP_PORT | crate::ptp::EVENT_PORT | crate::ptp::GENERAL_PORT
+    )
+}
+
+/// Whether an address (v4-mapped or IPv6) is this host's loopback: a daemon talking to
+/// itself (its resolver, its own command socket) is not egress.
+pub const fn is_loopback(a: &[u8; 16]) -> bool {
+    let v4_mapped = a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff;
+    if v4_mapped {
+        return a[12] == 127;
+    }
+    let mut i = 0;
+    while i < 15 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    a[15] == 1
+}
 
 /// NTP association modes (RFC 5905 §3; 6 and 7 are ntpd's control and private modes).
 pub mod mode {
@@ -81,7 +205,7 @@ pub const fn is_kiss_of_death(h: &NtpHeader) -> bool {
     h.mode == mode::SERVER && h.stratum == 0
 }
 
-/// Which list of the network policy an NTP packet arriving at this host is checked against.
+/// Which list of the network policy an address is checked against.
 pub mod list {
     /// Replies from upstream servers (`ntp.servers`).
     pub const SERVERS: u32 = 0;
@@ -89,7 +213,21 @@ pub mod list {
     pub const CLIENTS: u32 = 1;
     /// Mode 6/7 queries (`ntp.control`).
     pub const CONTROL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Where one time daemon may connect (`egress`), by its rule id and the port.
+    pub const EGRESS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Bits of `NetPolicy::restricted` beyond the address lists' `1 << list::X`.
+pub mod restrict {
+    /// `ptp.domains` is given: Announce messages of other domains are refused.
+    pub const PTP_DOMAINS: u32 = 1 << 8;
+    /// `ptp.grandmasters` is given: Announce messages of other grandmasters are refused.
+    pub const PTP_GRANDMASTERS: u32 = 1 << 9;
+    /// `daemons` is given: only they may bind the time ports and open PTP packet sockets.
+    pub const TIME_SOCKETS: u32 = 1 << 10;
+    /// `egress` is given: the daemons it names may connect only where it says.
+    pub const EGRESS: u32 = 1 << 11;
 }
 
 /// The list a packet of this mode, arriving here, belongs to.
@@ -102,22 +240,53 @@ pub const fn list_for_mode(m: u8) -> Option<u32> {
     }
 }
 
-/// Key of the address lists: an LPM trie keyed by (slot, list, IPv6 address), with IPv4 as
-/// v4-mapped IPv6 (`::ffff:a.b.c.d`). The prefix length counts the 64 bits of slot and
-/// list, which are always matched whole.
+/// Key of the address lists: an LPM trie keyed by (slot, list, scope, port, IPv6 address),
+/// with IPv4 as v4-mapped IPv6 (`::ffff:a.b.c.d`). The prefix length counts the 128 bits
+/// before the address, which are always matched whole. `scope` is the daemon's rule id for
+/// `list::EGRESS` (0 otherwise), `port` the destination port (0: any port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AddrKey {
     pub slot: u32,
     pub list: u32,
+    pub scope: u32,
+    pub port: u32,
     pub addr: [u8; 16],
 }
 
-/// Most entries one address list may hold (the kernel's trie holds every list of both slots).
+/// Most entries one address list may hold (the kernel's trie holds every list of both
+/// slots); all `egress` destinations together count as one list.
 pub const MAX_LIST_ENTRIES: usize = 1024;
 
 /// Bits of `AddrKey` before the address.
-pub const ADDR_KEY_FIXED_BITS: u32 = 64;
+pub const ADDR_KEY_FIXED_BITS: u32 = 128;
+
+/// Key of the time daemons known to the network guard: the executable within one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DaemonKey {
+    pub slot: u32,
+    pub _pad: u32,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What the network guard knows of one time daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Daemon {
+    /// The clock rule naming its executable.
+    pub rule_id: u32,
+    /// `daemon::*`.
+    pub flags: u32,
+}
+
+pub mod daemon {
+    /// Listed in `daemons`: may bind the time ports and open PTP packet sockets.
+    pub const TIME_SOCKETS: u32 = 1;
+    /// Has an `egress` entry: it may connect only to the destinations listed there.
+    pub const EGRESS_LISTED: u32 = 2;
+}
 
 /// An IPv4 address as v4-mapped IPv6 bytes.
 pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
@@ -140,6 +309,8 @@ pub struct NetPolicy {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub _pad: u32,
+    /// `ptp.domains` as a 256-bit set.
+    pub ptp_domains: [u32; 8],
 }
 
 /// A source's token bucket (LRU map keyed by address).
@@ -196,12 +367,24 @@ pub mod reason {
     pub const RATE: u8 = 2;
     /// It arrived at an NTP socket in a shape the guard does not parse.
     pub const UNPARSED: u8 = 3;
+    /// A PTP Announce of a domain not in `ptp.domains`.
+    pub const DOMAIN: u8 = 4;
+    /// A PTP Announce of a grandmaster not in `ptp.grandmasters` (or too short to say).
+    pub const GRANDMASTER: u8 = 5;
+    /// A time port or PTP packet socket taken by a program not in `daemons`.
+    pub const NOT_A_TIME_DAEMON: u8 = 6;
+    /// A time daemon connecting to a destination its `egress` entry does not list.
+    pub const DESTINATION: u8 = 7;
 
     pub fn name(r: u8) -> &'static str {
         match r {
             NOT_LISTED => "source not listed",
             RATE => "over the rate limit",
             UNPARSED => "not parseable",
+            DOMAIN => "domain not listed",
+            GRANDMASTER => "grandmaster not listed",
+            NOT_A_TIME_DAEMON => "not a time daemon",
+            DESTINATION => "destination not listed",
             _ => "",
         }
     }
@@ -226,12 +409,15 @@ pub mod alert {
     pub const UPSTREAM_CHANGED: u8 = 2;
     /// A server sent a Kiss-o'-Death (stratum 0, a code in the refid).
     pub const KISS_OF_DEATH: u8 = 3;
+    /// A time daemon connected to a destination it had not used before.
+    pub const NEW_DESTINATION: u8 = 4;
 
     pub fn name(a: u8) -> &'static str {
         match a {
             NEW_SOURCE => "new_source",
             UPSTREAM_CHANGED => "upstream_changed",
             KISS_OF_DEATH => "kiss_of_death",
+            NEW_DESTINATION => "new_destination",
             _ => "",
         }
     }
@@ -250,19 +436,39 @@ pub const fn upstream_alert(previous: Option<Upstream>, now: &NtpHeader) -> u8 {
     }
 }
 
-/// Key of the exact per-CPU packet counters.
+/// Key of the exact per-CPU network counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NetCounterKey {
-    /// NTP mode.
-    pub mode: u8,
+    /// `kind::*`.
+    pub kind: u8,
+    /// NTP: the mode; NTS-KE: 3 (client) or 4 (server); PTP: the message type; bind and
+    /// connect: `service::*`; raw socket: 0.
+    pub detail: u8,
     /// `policy::verdict`.
     pub verdict: u8,
     pub reason: u8,
-    pub _pad: u8,
 }
 
-/// The record of one NTP packet decision.
+/// Who opened a socket (bind, connect and raw socket decisions; zero for packets, which
+/// arrive with no process to ask).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketOwner {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub exe_dev: u64,
+    pub exe_ino: u64,
+    /// The clock rule of the daemon (0: not a time daemon).
+    pub rule_id: u32,
+    /// IPPROTO_UDP/TCP, or the packet socket's ethertype.
+    pub protocol: u32,
+    pub comm: [u8; 16],
+}
+
+/// The record of one network decision.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct NetEvent {
@@ -283,7 +489,16 @@ pub struct NetEvent {
     pub alert: u8,
     pub previous_stratum: u8,
     pub previous_leap: u8,
-    pub _pad: [u8; 2],
+    /// `kind::*`.
+    pub kind: u8,
+    /// Bind and connect: `service::*`.
+    pub service: u8,
+    /// PTP messages.
+    pub ptp: PtpHeader,
+    /// PTP: what the grandmaster announced before (for `UPSTREAM_CHANGED`).
+    pub previous_grandmaster: crate::ptp::Grandmaster,
+    /// Socket decisions.
+    pub owner: SocketOwner,
 }
 
 crate::pod!(
@@ -292,7 +507,11 @@ crate::pod!(
     Bucket,
     NetCounterKey,
     NetEvent,
-    Upstream
+    Upstream,
+    DaemonKey,
+    Daemon,
+    SocketOwner,
+    Destination
 );
 
 #[cfg(test)]
@@ -359,6 +578,20 @@ mod tests {
         assert_eq!(upstream_alert(Some(was), &h(3, 0)), alert::UPSTREAM_CHANGED);
         assert_eq!(upstream_alert(Some(was), &h(2, 1)), alert::UPSTREAM_CHANGED);
         assert_eq!(upstream_alert(Some(was), &h(0, 3)), alert::KISS_OF_DEATH);
+    }
+
+    #[test]
+    fn loopback_and_time_ports() {
+        assert!(is_loopback(&v4_mapped([127, 0, 0, 53])));
+        assert!(!is_loopback(&v4_mapped([10, 0, 0, 1])));
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert!(is_loopback(&v6));
+        v6[0] = 0xfe;
+        assert!(!is_loopback(&v6));
+        assert!(is_time_port(123) && is_time_port(319) && is_time_port(320));
+        assert!(!is_time_port(323) && !is_time_port(4460));
+        assert_eq!(service::of_port(4460), service::NTS_KE);
     }
 
     #[test]

@@ -71,13 +71,14 @@ fn syscall_name(abi_: u8, nr_: i32) -> String {
     name.to_string()
 }
 
+/// A task's name as the kernel keeps it (NUL-padded).
+pub fn comm_text(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
 fn comm(ev: &ClockEvent) -> String {
-    let end = ev
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(ev.comm.len());
-    String::from_utf8_lossy(&ev.comm[..end]).into_owned()
+    comm_text(&ev.comm)
 }
 
 /// The size of the step an event asked for, in nanoseconds (signed), where it carries one:

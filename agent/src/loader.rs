@@ -20,7 +20,7 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 /// LSM programs and the hooks they decide on. A hook the kernel does not have is skipped
 /// only where it is marked optional: another hook covers its path on that kernel.
-const LSM_PROGRAMS: [(&str, &str, Presence); 5] = [
+const LSM_PROGRAMS: [(&str, &str, Presence); 7] = [
     ("clock_settime_guard", "settime", Presence::Required),
     ("clock_capable_guard", "capable", Presence::Required),
     ("phc_open_guard", "file_open", Presence::Required),
@@ -31,6 +31,9 @@ const LSM_PROGRAMS: [(&str, &str, Presence); 5] = [
         "file_ioctl_compat",
         Presence::Optional,
     ),
+    // Packet sockets that see PTP frames (they decide only under a network policy).
+    ("packet_socket_create", "socket_create", Presence::Required),
+    ("packet_socket_bind", "socket_bind", Presence::Required),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -84,9 +87,11 @@ pub struct Guard {
     absent_hooks: Vec<&'static str>,
     /// The kernel's own setters this kernel does not let the agent observe, and why.
     pub unobserved: Vec<String>,
-    /// The network guard: its slot in force, and where it is attached (None: not yet).
+    /// The network guard: its slot in force, the cgroup it is attached to (None: not
+    /// yet), and the interfaces the PTP guard is on.
     pub(crate) net_active_slot: u32,
     pub network_attached: Option<String>,
+    pub(crate) ptp_links: crate::network::PtpLinks,
 }
 
 impl Guard {
@@ -113,6 +118,7 @@ impl Guard {
             unobserved: Vec::new(),
             net_active_slot: 0,
             network_attached: None,
+            ptp_links: Default::default(),
         })
     }
 
@@ -283,7 +289,8 @@ impl Guard {
             .iter()
             .map(|(n, _, _)| *n)
             .chain(OBSERVERS.iter().map(|(n, _)| *n))
-            .chain(KERNEL_OBSERVERS.iter().map(|(n, _)| *n));
+            .chain(KERNEL_OBSERVERS.iter().map(|(n, _)| *n))
+            .chain(crate::network::program_names());
         let mut out: Vec<(&'static str, bool)> = Vec::new();
         for name in names {
             if out.iter().any(|(n, _)| *n == name) {

@@ -17,10 +17,11 @@ use prometheus::{
 pub struct Snapshot {
     /// (rule, operation, verdict) → count since the agent started, exact.
     pub attempts: Vec<(String, &'static str, &'static str, u64)>,
-    /// (NTP mode, verdict, reason) → packets decided by the network guard, exact.
-    pub ntp_packets: Vec<(&'static str, &'static str, &'static str, u64)>,
-    /// Alerts raised by packet records (new source, upstream changed, Kiss-o'-Death).
-    pub ntp_alerts: Vec<(&'static str, u64)>,
+    /// The network guard's exact counters: (series, what, verdict, reason) → count, where
+    /// series is ntp, nts_ke, ptp, bind, connect or raw_socket (`network::counter_labels`).
+    pub network: Vec<(&'static str, String, &'static str, &'static str, u64)>,
+    /// Alerts raised by network records: (kind, alert) → count.
+    pub net_alerts: Vec<((&'static str, &'static str), u64)>,
     /// Packet records lost (ring buffer full) and thinned (over the budget).
     pub packet_events_lost: u64,
     pub packet_events_thinned: u64,
@@ -44,6 +45,11 @@ pub struct Metrics {
     attempts: IntCounterVec,
     ntp_packets: IntCounterVec,
     ntp_alerts: IntCounterVec,
+    nts_ke: IntCounterVec,
+    ptp_messages: IntCounterVec,
+    ptp_alerts: IntCounterVec,
+    sockets: IntCounterVec,
+    new_destinations: IntCounterVec,
     dropped: IntCounterVec,
     generation: IntGauge,
     started: Gauge,
@@ -110,6 +116,21 @@ impl Metrics {
             ntp_alerts: counter(&r, "timeguard_ntp_alerts_total",
                 "What a time server operator watches, from packet records: new_source, upstream_changed (stratum or leap), kiss_of_death.",
                 &["alert"])?,
+            nts_ke: counter(&r, "timeguard_nts_ke_connections_total",
+                "NTS-KE connections opening (TCP 4460): mode client (a client's SYN to this server) or server (a server's SYN-ACK to this client), by verdict and reason, counted exactly in the kernel.",
+                &["mode", "verdict", "reason"])?,
+            ptp_messages: counter(&r, "timeguard_ptp_messages_total",
+                "PTP messages arriving on guarded interfaces (UDP 319/320 and Ethernet 0x88F7), by message type, verdict and reason, counted exactly in the kernel.",
+                &["message", "verdict", "reason"])?,
+            ptp_alerts: counter(&r, "timeguard_ptp_alerts_total",
+                "From accepted PTP Announce messages: new_grandmaster, grandmaster_changed (quality, leap flags or UTC offset).",
+                &["alert"])?,
+            sockets: counter(&r, "timeguard_time_sockets_total",
+                "Sockets that matter to time, decided by the network guard: action bind (UDP 123, 319, 320), connect (a time daemon's connections and datagrams), raw_socket (packet sockets that see PTP frames), by service, verdict and reason.",
+                &["action", "service", "verdict", "reason"])?,
+            new_destinations: counter(&r, "timeguard_daemon_new_destinations_total",
+                "Destinations a time daemon used for the first time (from records; a daemon's usual servers show once).",
+                &["kind"])?,
             dropped: counter(&r, "timeguard_events_dropped_total",
                 "Detailed records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written), packet_thinned and packet_lost (the same for packet records). Counters stay exact.",
                 &["reason"])?,
@@ -137,13 +158,18 @@ impl Metrics {
         m.started.set(now);
         // Alerts are a fixed set: each series exists from the start, at 0, so that an
         // increase from the first one on is seen.
+        use agent_common::net::{alert, kind};
         for a in [
-            agent_common::net::alert::NEW_SOURCE,
-            agent_common::net::alert::UPSTREAM_CHANGED,
-            agent_common::net::alert::KISS_OF_DEATH,
+            alert::NEW_SOURCE,
+            alert::UPSTREAM_CHANGED,
+            alert::KISS_OF_DEATH,
         ] {
             m.ntp_alerts
-                .with_label_values(&[agent_common::net::alert::name(a)]);
+                .with_label_values(&[crate::network::alert_label(kind::NTP, a)]);
+        }
+        for a in [alert::NEW_SOURCE, alert::UPSTREAM_CHANGED] {
+            m.ptp_alerts
+                .with_label_values(&[crate::network::alert_label(kind::PTP, a)]);
         }
         Ok(m)
     }
@@ -158,6 +184,11 @@ impl Metrics {
             "attempts" => &self.attempts,
             "ntp" => &self.ntp_packets,
             "alerts" => &self.ntp_alerts,
+            "nts_ke" => &self.nts_ke,
+            "ptp" => &self.ptp_messages,
+            "ptp_alerts" => &self.ptp_alerts,
+            "sockets" => &self.sockets,
+            "destinations" => &self.new_destinations,
             "dropped" => &self.dropped,
             _ => &self.reloads,
         };
@@ -170,12 +201,19 @@ impl Metrics {
         for (rule, op, verdict, n) in &snap.attempts {
             self.add_counter("attempts", &[op, verdict, rule], *n);
         }
-        for (mode, verdict, reason, n) in &snap.ntp_packets {
+        for (series, what, verdict, reason, n) in &snap.network {
             let reason = if reason.is_empty() { "none" } else { reason };
-            self.add_counter("ntp", &[mode, verdict, reason], *n);
+            match *series {
+                "ntp" | "nts_ke" | "ptp" => self.add_counter(series, &[what, verdict, reason], *n),
+                action => self.add_counter("sockets", &[action, what, verdict, reason], *n),
+            }
         }
-        for (alert, n) in &snap.ntp_alerts {
-            self.add_counter("alerts", &[alert], *n);
+        for ((kind, alert), n) in &snap.net_alerts {
+            match *kind {
+                "ntp" => self.add_counter("alerts", &[alert], *n),
+                "ptp" => self.add_counter("ptp_alerts", &[alert], *n),
+                other => self.add_counter("destinations", &[other], *n),
+            }
         }
         self.add_counter("dropped", &["packet_lost"], snap.packet_events_lost);
         self.add_counter("dropped", &["packet_thinned"], snap.packet_events_thinned);
@@ -300,8 +338,11 @@ mod tests {
     fn snapshot(n: u64) -> Snapshot {
         Snapshot {
             attempts: vec![("default".into(), "step", "deny", n)],
-            ntp_packets: vec![("private", "deny", "source not listed", 2)],
-            ntp_alerts: vec![("kiss_of_death", 1)],
+            network: vec![
+                ("ntp", "private".into(), "deny", "source not listed", 2),
+                ("bind", "ntp".into(), "deny", "not a time daemon", 1),
+            ],
+            net_alerts: vec![(("ntp", "kiss_of_death"), 1)],
             packet_events_lost: 0,
             packet_events_thinned: 0,
             events_thinned: 0,
@@ -326,6 +367,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("timeguard_policy_generation 2"), "{text}");
+        assert!(
+            text.contains(r#"timeguard_time_sockets_total{action="bind",reason="not a time daemon",service="ntp",verdict="deny"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"timeguard_ptp_alerts_total{alert="new_grandmaster"} 0"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"timeguard_enforcement_available{hook="lsm/settime"} 1"#),
             "{text}"

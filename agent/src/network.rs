@@ -1,22 +1,52 @@
 //! The network guard from the agent's side: installing `spec.network` into the kernel's maps,
-//! attaching the cgroup_skb program, and turning packet records into audit records.
+//! attaching its programs (cgroup_skb and sock_addr on a cgroup, tc on interfaces, LSM for
+//! packet sockets), and turning network records into audit records.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use agent_common::{
     net::{
-        mode as ntp_mode, reason, AddrKey, NetCounterKey, NetEvent, NetPolicy, ADDR_KEY_FIXED_BITS,
+        alert, kind, list, mode as ntp_mode, reason, service, AddrKey, Daemon, DaemonKey,
+        NetCounterKey, NetEvent, NetPolicy, ADDR_KEY_FIXED_BITS,
     },
     policy::{verdict, SLOTS},
+    ptp::{message, GrandmasterKey},
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuHashMap, RingBuf},
-    programs::{cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuHashMap, RingBuf},
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, tc, CgroupAttachMode, CgroupSkb, CgroupSockAddr,
+        SchedClassifier, TcAttachType,
+    },
 };
 use serde_json::{json, Value};
 
-use crate::{events, loader::Guard, policy::network::CompiledNetwork};
+use crate::{
+    events,
+    loader::Guard,
+    policy::{network::CompiledNetwork, CompiledRule, ExeId},
+};
+
+/// The sock_addr programs: time ports, and where time daemons connect.
+const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+    "time_bind4",
+    "time_bind6",
+    "time_connect4",
+    "time_connect6",
+    "time_sendmsg4",
+    "time_sendmsg6",
+];
+
+/// Every program of the network guard but the LSM ones, for status and metrics.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once("ntp_ingress")
+        .chain(SOCK_ADDR_PROGRAMS)
+        .chain(std::iter::once("ptp_ingress"))
+}
 
 /// The cgroup v2 hierarchy's root, where the guard sees every socket of the host.
 pub fn cgroup2_root() -> Option<PathBuf> {
@@ -28,15 +58,41 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// The interfaces of the agent's network namespace, loopback left out.
+pub fn interfaces() -> Vec<String> {
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+    dev.lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
+        .filter(|n| n != "lo")
+        .collect()
+}
+
+/// Where the PTP guard is attached: interface → its index when attached.
+#[derive(Default)]
+pub struct PtpLinks {
+    links: BTreeMap<String, (u32, aya::programs::tc::SchedClassifierLinkId)>,
+    /// Interfaces the guard could not attach to, and why.
+    pub refused: BTreeMap<String, String>,
+}
+
+impl PtpLinks {
+    pub fn attached(&self) -> Vec<String> {
+        self.links.keys().cloned().collect()
+    }
+}
+
 impl Guard {
     /// Installs a network policy (or none) under `generation`: fills the slot not in force,
-    /// then flips, as for the clock policy.
+    /// then flips, as for the clock policy. `rules` give the daemons' rule ids.
     pub fn install_network(
         &mut self,
         net: Option<&CompiledNetwork>,
+        rules: &[CompiledRule],
         generation: u32,
     ) -> anyhow::Result<()> {
         let slot = (self.net_active_slot + 1) % SLOTS;
+        let rule_id = |name: &str| rules.iter().find(|r| r.name == name).map(|r| r.id);
         {
             let mut addrs: LpmTrie<_, AddrKey, u8> = LpmTrie::try_from(self.map_mut("NET_ADDRS")?)?;
             let stale: Vec<Key<AddrKey>> = addrs
@@ -49,18 +105,64 @@ impl Guard {
                     .remove(&k)
                     .context("clearing the inactive network slot")?;
             }
-            for (which, addr, prefix) in net.map(|n| &n.entries[..]).unwrap_or_default() {
+            let ntp = net.map(|n| &n.entries[..]).unwrap_or_default();
+            let ntp = ntp.iter().map(|(l, a, p)| (*l, 0, 0, *a, *p));
+            let egress = net.map(|n| &n.egress[..]).unwrap_or_default();
+            let egress = egress
+                .iter()
+                .filter_map(|e| Some((list::EGRESS, rule_id(&e.rule)?, e.port, e.addr, e.prefix)));
+            for (which, scope, port, addr, prefix) in ntp.chain(egress) {
                 let key = Key::new(
                     ADDR_KEY_FIXED_BITS + prefix,
                     AddrKey {
                         slot,
-                        list: *which,
-                        addr: *addr,
+                        list: which,
+                        scope,
+                        port: port.into(),
+                        addr,
                     },
                 );
                 addrs
                     .insert(&key, 1, 0)
                     .context("installing an address list")?;
+            }
+        }
+        {
+            let mut daemons: HashMap<_, DaemonKey, Daemon> =
+                HashMap::try_from(self.map_mut("NET_DAEMONS")?)?;
+            clear_slot(&mut daemons, slot, |k| k.slot)?;
+            for d in net.map(|n| &n.daemons[..]).unwrap_or_default() {
+                let Some(id) = rule_id(&d.rule) else { continue };
+                let key = DaemonKey {
+                    slot,
+                    _pad: 0,
+                    dev: d.exe_id.dev,
+                    ino: d.exe_id.ino,
+                };
+                daemons
+                    .insert(
+                        key,
+                        Daemon {
+                            rule_id: id,
+                            flags: d.flags,
+                        },
+                        0,
+                    )
+                    .with_context(|| format!("installing the network daemon `{}`", d.rule))?;
+            }
+        }
+        {
+            let mut gms: HashMap<_, GrandmasterKey, u8> =
+                HashMap::try_from(self.map_mut("PTP_GRANDMASTERS")?)?;
+            clear_slot(&mut gms, slot, |k| k.slot)?;
+            for identity in net.map(|n| &n.grandmasters[..]).unwrap_or_default() {
+                let key = GrandmasterKey {
+                    slot,
+                    _pad: 0,
+                    identity: *identity,
+                };
+                gms.insert(key, 1, 0)
+                    .context("installing the PTP grandmasters")?;
             }
         }
         let policy = match net {
@@ -71,6 +173,7 @@ impl Guard {
                 rate_per_sec: n.rate_per_sec,
                 burst: n.burst,
                 _pad: 0,
+                ptp_domains: n.ptp_domains,
             },
             None => NetPolicy::default(),
         };
@@ -86,8 +189,8 @@ impl Guard {
         Ok(())
     }
 
-    /// Attaches the NTP ingress guard to a cgroup v2 directory, once; whether it was
-    /// attached now (false: it already was).
+    /// Attaches the NTP ingress guard and the socket guards to a cgroup v2 directory, once;
+    /// whether they were attached now (false: they already were).
     pub fn attach_network(&mut self, cgroup: &Path) -> anyhow::Result<bool> {
         if self.network_attached.is_some() {
             return Ok(false);
@@ -102,24 +205,114 @@ impl Guard {
         if prog.fd().is_err() {
             prog.load().context("loading ntp_ingress")?;
         }
-        prog.attach(dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+        // Attached as a link: other programs on the same cgroup (systemd's, another
+        // agent's) keep running, and a packet passes only if every one of them lets it.
+        prog.attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
             .with_context(|| format!("attaching ntp_ingress to {}", cgroup.display()))?;
-        let at = format!("ntp_ingress (cgroup_skb/ingress on {})", cgroup.display());
-        self.attached.push(at.clone());
-        self.network_attached = Some(at);
+        self.attached.push(format!(
+            "ntp_ingress (cgroup_skb/ingress on {})",
+            cgroup.display()
+        ));
+        for name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = self
+                .bpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load().with_context(|| format!("loading {name}"))?;
+            }
+            prog.attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            self.attached
+                .push(format!("{name} (cgroup/sock_addr on {})", cgroup.display()));
+        }
+        self.network_attached = Some(cgroup.display().to_string());
         Ok(true)
     }
 
-    /// The ring buffer of packet records (can be taken once).
+    /// Attaches the PTP guard to each interface in `wanted` (None: every interface but
+    /// loopback) that is there and not yet guarded, and forgets interfaces that went away.
+    /// Called at each policy install and watch tick, so new interfaces are followed.
+    pub fn follow_ptp_interfaces(&mut self, wanted: Option<&[String]>) -> Vec<String> {
+        let present = interfaces();
+        let mut attached_now = Vec::new();
+        let targets: Vec<String> = match wanted {
+            Some(w) => w.iter().filter(|i| present.contains(i)).cloned().collect(),
+            None => present.clone(),
+        };
+        let gone: Vec<String> = self
+            .ptp_links
+            .links
+            .keys()
+            .filter(|name| !targets.contains(name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.attached
+                .retain(|a| a != &format!("ptp_ingress (tc/ingress on {name})"));
+            if let Some((_, link)) = self.ptp_links.links.remove(&name) {
+                if let Some(p) = self.bpf.program_mut("ptp_ingress") {
+                    if let Ok(p) = <&mut SchedClassifier>::try_from(p) {
+                        // The interface is gone or no longer wanted; its link may be too.
+                        let _ = p.detach(link);
+                    }
+                }
+            }
+        }
+        for name in targets {
+            let index = interface_index(&name);
+            match self.ptp_links.links.get(&name) {
+                Some((i, _)) if Some(*i) == index => continue,
+                _ => {}
+            }
+            let Some(index) = index else { continue };
+            match self.attach_ptp(&name) {
+                Ok(link) => {
+                    self.attached
+                        .push(format!("ptp_ingress (tc/ingress on {name})"));
+                    self.ptp_links.links.insert(name.clone(), (index, link));
+                    self.ptp_links.refused.remove(&name);
+                    attached_now.push(name);
+                }
+                Err(e) => {
+                    self.ptp_links.refused.insert(name, format!("{e:#}"));
+                }
+            }
+        }
+        attached_now
+    }
+
+    fn attach_ptp(&mut self, interface: &str) -> anyhow::Result<tc::SchedClassifierLinkId> {
+        // Kernels before 6.6 attach through the clsact qdisc; it may be there already.
+        let _ = tc::qdisc_add_clsact(interface);
+        let prog: &mut SchedClassifier = self
+            .bpf
+            .program_mut("ptp_ingress")
+            .ok_or_else(|| anyhow!("program ptp_ingress missing from the embedded object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load().context("loading ptp_ingress")?;
+        }
+        prog.attach(interface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching ptp_ingress to {interface}"))
+    }
+
+    /// The interfaces the PTP guard is on, and those it could not attach to.
+    pub fn ptp_links(&self) -> &PtpLinks {
+        &self.ptp_links
+    }
+
+    /// The ring buffer of network records (can be taken once).
     pub fn take_net_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
             .bpf
             .take_map("NET_EVENTS")
-            .ok_or_else(|| anyhow!("the packet event ring buffer was already taken"))?;
+            .ok_or_else(|| anyhow!("the network event ring buffer was already taken"))?;
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Exact packet counters per (NTP mode, verdict, reason), summed over CPUs.
+    /// Exact network counters per (kind, detail, verdict, reason), summed over CPUs.
     pub fn net_counters(&self) -> anyhow::Result<Vec<(NetCounterKey, u64)>> {
         let map = self
             .bpf
@@ -128,14 +321,14 @@ impl Guard {
         let counters: PerCpuHashMap<_, NetCounterKey, u64> = PerCpuHashMap::try_from(map)?;
         let mut out = Vec::new();
         for entry in counters.iter() {
-            let (key, values) = entry.context("reading the packet counters")?;
+            let (key, values) = entry.context("reading the network counters")?;
             out.push((key, values.iter().sum()));
         }
-        out.sort_by_key(|(k, _)| (k.mode, k.verdict, k.reason));
+        out.sort_by_key(|(k, _)| (k.kind, k.detail, k.verdict, k.reason));
         Ok(out)
     }
 
-    /// Packet records lost (ring buffer full) and thinned (over the budget).
+    /// Network records lost (ring buffer full) and thinned (over the budget).
     pub fn net_events_dropped(&self) -> anyhow::Result<(u64, u64)> {
         Ok((
             self.per_cpu_at("NET_EVENTS_DROPPED", 0)?,
@@ -144,7 +337,61 @@ impl Guard {
     }
 }
 
-/// Copies a ring buffer record into a packet event, refusing records of the wrong size.
+/// Removes a map's entries of one policy slot.
+fn clear_slot<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<&mut aya::maps::MapData, K, V>,
+    slot: u32,
+    slot_of: impl Fn(&K) -> u32,
+) -> anyhow::Result<()> {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| slot_of(k) == slot)
+        .collect();
+    for k in stale {
+        map.remove(&k)
+            .context("clearing the inactive network slot")?;
+    }
+    Ok(())
+}
+
+fn interface_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// The labels of one network counter: (series, what, verdict, reason), where series is
+/// `ntp`, `nts_ke`, `ptp` or `socket` and what is the NTP mode, the PTP message type, or
+/// the socket action and service.
+pub fn counter_labels(k: &NetCounterKey) -> (&'static str, String, &'static str, &'static str) {
+    let what = match k.kind {
+        kind::NTP => ntp_mode::name(k.detail).to_string(),
+        kind::NTS_KE => ntp_mode::name(k.detail).to_string(),
+        kind::PTP => message::name(k.detail).to_string(),
+        kind::RAW_SOCKET => "ptp".to_string(),
+        _ => service::name(k.detail).to_string(),
+    };
+    (
+        kind::name(k.kind),
+        what,
+        verdict::name(k.verdict),
+        reason::name(k.reason),
+    )
+}
+
+/// An alert in an operator's words for its kind of record: a PTP "new source" is a new
+/// grandmaster.
+pub fn alert_label(k: u8, a: u8) -> &'static str {
+    match (k, a) {
+        (kind::PTP, alert::NEW_SOURCE) => "new_grandmaster",
+        (kind::PTP, alert::UPSTREAM_CHANGED) => "grandmaster_changed",
+        _ => alert::name(a),
+    }
+}
+
+/// Copies a ring buffer record into a network event, refusing records of the wrong size.
 pub fn parse(bytes: &[u8]) -> Option<NetEvent> {
     if bytes.len() < std::mem::size_of::<NetEvent>() {
         return None;
@@ -161,14 +408,91 @@ fn address(family: u8, bytes: &[u8; 16]) -> String {
     }
 }
 
-/// One packet decision as a JSON record.
-pub fn packet_json(ev: &NetEvent, policy: &str, host: &str) -> Value {
+fn clock_identity(id: &[u8; 8]) -> String {
+    crate::policy::model::ClockIdentity(*id).to_string()
+}
+
+/// One network decision as a JSON record. `rule_name` names a daemon's rule by its id.
+pub fn net_json(
+    ev: &NetEvent,
+    policy: &str,
+    host: &str,
+    rule_name: &dyn Fn(u32) -> String,
+) -> Value {
+    let mut record = json!({
+        "time": events::rfc3339(events::wall_time(ev.tai_ns)),
+        "boot_ns": ev.boot_ns,
+        "host": host,
+        "kind": kind::name(ev.kind),
+        "alert": alert_label(ev.kind, ev.alert),
+        "verdict": verdict::name(ev.verdict),
+        "reason": reason::name(ev.reason),
+        "policy": policy,
+        "generation": ev.generation,
+    });
+    match ev.kind {
+        kind::NTP | kind::NTS_KE => {
+            record["packet"] = packet(ev);
+            record["ntp"] = ntp_json(ev);
+        }
+        kind::PTP => {
+            if ev.family != 0 {
+                record["packet"] = packet(ev);
+            } else {
+                record["packet"] = json!({"transport": "ethernet", "len": ev.len});
+            }
+            record["ptp"] = ptp_json(ev);
+        }
+        _ => {
+            let o = &ev.owner;
+            let exe = std::fs::read_link(format!("/proc/{}/exe", o.tgid))
+                .map(|p| p.display().to_string())
+                .ok();
+            record["who"] = json!({
+                "pid": o.pid,
+                "tgid": o.tgid,
+                "uid": o.uid,
+                "gid": o.gid,
+                "comm": events::comm_text(&o.comm),
+                "exe": exe,
+                "exe_id": ExeId { dev: o.exe_dev, ino: o.exe_ino }.to_string(),
+                "daemon": (o.rule_id != 0).then(|| rule_name(o.rule_id)),
+            });
+            record["socket"] = if ev.kind == kind::RAW_SOCKET {
+                json!({"family": "packet", "protocol": format!("{:#06x}", o.protocol)})
+            } else {
+                json!({
+                    "protocol": match o.protocol { 6 => "tcp", 17 => "udp", _ => "other" },
+                    "service": service::name(ev.service),
+                    "address": address(ev.family, &ev.dst),
+                    "port": ev.dport,
+                })
+            };
+        }
+    }
+    record
+}
+
+fn packet(ev: &NetEvent) -> Value {
+    json!({
+        "src": address(ev.family, &ev.src),
+        "sport": ev.sport,
+        "dst": address(ev.family, &ev.dst),
+        "dport": ev.dport,
+        "len": ev.len,
+    })
+}
+
+fn ntp_json(ev: &NetEvent) -> Value {
     let n = &ev.ntp;
     let mut ntp = json!({
         "version": n.version,
         "mode": ntp_mode::name(n.mode),
         "leap": n.leap,
     });
+    if ev.kind == kind::NTS_KE {
+        return json!({"nts_ke": if n.mode == ntp_mode::CLIENT { "client opening" } else { "server answering" }});
+    }
     if n.mode <= ntp_mode::BROADCAST {
         ntp["stratum"] = json!(n.stratum);
         ntp["poll"] = json!(n.poll);
@@ -181,26 +505,41 @@ pub fn packet_json(ev: &NetEvent, policy: &str, host: &str) -> Value {
             ntp["kiss_of_death"] = ntp["refid"].clone();
         }
     }
-    if ev.alert == agent_common::net::alert::UPSTREAM_CHANGED {
+    if ev.alert == alert::UPSTREAM_CHANGED {
         ntp["previous"] = json!({"stratum": ev.previous_stratum, "leap": ev.previous_leap});
     }
-    json!({
-        "time": events::rfc3339(events::wall_time(ev.tai_ns)),
-        "boot_ns": ev.boot_ns,
-        "host": host,
-        "kind": "ntp",
-        "alert": agent_common::net::alert::name(ev.alert),
-        "verdict": verdict::name(ev.verdict),
-        "reason": reason::name(ev.reason),
-        "policy": policy,
-        "generation": ev.generation,
-        "packet": {
-            "src": address(ev.family, &ev.src),
-            "sport": ev.sport,
-            "dst": address(ev.family, &ev.dst),
-            "dport": ev.dport,
-            "len": ev.len,
-        },
-        "ntp": ntp,
-    })
+    ntp
+}
+
+fn ptp_json(ev: &NetEvent) -> Value {
+    let p = &ev.ptp;
+    let mut out = json!({
+        "message": message::name(p.message_type),
+        "version": p.version,
+        "domain": p.domain,
+        "source": format!("{}-{}", clock_identity(&p.source), p.source_port),
+    });
+    if p.announce != 0 {
+        out["grandmaster"] = json!({
+            "identity": clock_identity(&p.grandmaster),
+            "priority1": p.priority1,
+            "clock_class": p.clock_class,
+            "priority2": p.priority2,
+            "utc_offset": p.utc_offset,
+            "leap61": p.flags & agent_common::ptp::flags::LEAP61 != 0,
+            "leap59": p.flags & agent_common::ptp::flags::LEAP59 != 0,
+            "steps_removed": p.steps_removed,
+        });
+    }
+    if ev.alert == alert::UPSTREAM_CHANGED {
+        let b = &ev.previous_grandmaster;
+        out["previous"] = json!({
+            "priority1": b.priority1,
+            "clock_class": b.clock_class,
+            "utc_offset": b.utc_offset,
+            "leap61": b.leap & agent_common::ptp::flags::LEAP61 != 0,
+            "leap59": b.leap & agent_common::ptp::flags::LEAP59 != 0,
+        });
+    }
+    out
 }

@@ -174,8 +174,8 @@ struct Agent {
     /// The last step seen, for the metrics: when (CLOCK_BOOTTIME) and how big.
     last_step: Option<(u64, Option<i128>)>,
     network_cgroup: Option<PathBuf>,
-    /// Alerts raised by packet records, by name, since start.
-    ntp_alerts: BTreeMap<&'static str, u64>,
+    /// Alerts raised by network records, by (kind, alert), since start.
+    net_alerts: BTreeMap<(&'static str, &'static str), u64>,
     /// Why the network guard is not attached, when a policy asked for it.
     network_unavailable: Option<String>,
 }
@@ -216,11 +216,12 @@ impl Agent {
         }
         let generation = self.guard.install_policy(&policy)?;
         self.guard
-            .install_network(policy.network.as_ref(), generation)
+            .install_network(policy.network.as_ref(), &policy.rules, generation)
             .context("installing the network policy")?;
         if policy.network.is_some() {
             self.attach_network();
         }
+        self.follow_ptp_interfaces(policy.network.as_ref());
         for w in &policy.warnings {
             log::warn!("policy: {w}");
         }
@@ -336,17 +337,45 @@ impl Agent {
             "events_thinned": self.guard.events_thinned().unwrap_or(0),
             "audit_log": self.audit.path(),
             "audit_write_failures": self.audit.failures,
-            "network": {
-                "attached": self.guard.network_attached,
-                "unavailable": self.network_unavailable,
-                "ntp_packets": self.guard.net_counters().map(|c| c.into_iter().map(|(k, n)| json!({
-                    "mode": agent_common::net::mode::name(k.mode),
-                    "verdict": agent_common::policy::verdict::name(k.verdict),
-                    "reason": agent_common::net::reason::name(k.reason),
-                    "count": n,
-                })).collect::<Vec<_>>()).unwrap_or_default(),
-            },
+            "network": self.network_status(),
         })
+    }
+
+    /// The network guard's part of status: where it is attached, and its exact counters by
+    /// kind (`ntp_packets`, `nts_ke`, `ptp_messages`, `sockets`).
+    fn network_status(&self) -> Value {
+        let links = self.guard.ptp_links();
+        let mut out = json!({
+            "attached": self.guard.network_attached,
+            "unavailable": self.network_unavailable,
+            "ptp_interfaces": links.attached(),
+            "ptp_refused": links.refused,
+            "ntp_packets": [], "nts_ke": [], "ptp_messages": [], "sockets": [],
+        });
+        let counters = match self.guard.net_counters() {
+            Ok(c) => c,
+            Err(e) => {
+                out["error"] = json!(format!("{e:#}"));
+                return out;
+            }
+        };
+        for (k, n) in counters {
+            let (series, what, verdict, reason) = network::counter_labels(&k);
+            let (section, label) = match series {
+                "ntp" => ("ntp_packets", "mode"),
+                "nts_ke" => ("nts_ke", "mode"),
+                "ptp" => ("ptp_messages", "message"),
+                _ => ("sockets", "service"),
+            };
+            let mut entry = json!({label: what, "verdict": verdict, "reason": reason, "count": n});
+            if section == "sockets" {
+                entry["action"] = json!(series);
+            }
+            if let Some(list) = out[section].as_array_mut() {
+                list.push(entry);
+            }
+        }
+        out
     }
 
     /// The metrics text for a scrape.
@@ -364,24 +393,20 @@ impl Agent {
                 )
             })
             .collect();
-        let ntp_packets = self
+        let network = self
             .guard
             .net_counters()?
-            .into_iter()
+            .iter()
             .map(|(k, n)| {
-                (
-                    agent_common::net::mode::name(k.mode),
-                    agent_common::policy::verdict::name(k.verdict),
-                    agent_common::net::reason::name(k.reason),
-                    n,
-                )
+                let (series, what, verdict, reason) = network::counter_labels(k);
+                (series, what, verdict, reason, *n)
             })
             .collect();
         let (packet_events_lost, packet_events_thinned) = self.guard.net_events_dropped()?;
         let snapshot = metrics::Snapshot {
             attempts,
-            ntp_packets,
-            ntp_alerts: self.ntp_alerts.iter().map(|(a, n)| (*a, *n)).collect(),
+            network,
+            net_alerts: self.net_alerts.iter().map(|(a, n)| (*a, *n)).collect(),
             packet_events_lost,
             packet_events_thinned,
             events_thinned: self.guard.events_thinned()?,
@@ -424,18 +449,34 @@ impl Agent {
         }
     }
 
-    /// Writes one packet decision to the trail.
-    fn packet_event(&mut self, ev: &agent_common::net::NetEvent) {
-        let alert = agent_common::net::alert::name(ev.alert);
+    /// Attaches the PTP guard to interfaces that appeared, when the policy has `ptp`.
+    fn follow_ptp_interfaces(&mut self, net: Option<&crate::policy::network::CompiledNetwork>) {
+        let Some(net) = net.filter(|n| n.ptp) else {
+            return;
+        };
+        for name in self
+            .guard
+            .follow_ptp_interfaces(net.ptp_interfaces.as_deref())
+        {
+            log::info!("PTP guard attached to {name}");
+        }
+    }
+
+    /// Writes one network decision to the trail.
+    fn net_event(&mut self, ev: &agent_common::net::NetEvent) {
+        let alert = network::alert_label(ev.kind, ev.alert);
         if !alert.is_empty() {
-            *self.ntp_alerts.entry(alert).or_default() += 1;
+            let series = agent_common::net::kind::name(ev.kind);
+            *self.net_alerts.entry((series, alert)).or_default() += 1;
         }
         let name = self
             .policies
             .get(&ev.generation)
             .map(|p| p.name.clone())
             .unwrap_or_default();
-        let record = network::packet_json(ev, &name, &self.host);
+        let rule_ids = &self.rule_ids;
+        let rule_name = |id: u32| rule_ids.name(id).to_string();
+        let record = network::net_json(ev, &name, &self.host, &rule_name);
         self.record(record);
     }
 
@@ -511,7 +552,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         },
         last_step: None,
         network_cgroup: options.network_cgroup.clone(),
-        ntp_alerts: BTreeMap::new(),
+        net_alerts: BTreeMap::new(),
         network_unavailable: None,
     };
     // The policy is in the maps before any program is attached: there is no unguarded instant.
@@ -606,6 +647,8 @@ async fn event_loop(
                     log::warn!("refreshing the TAI offset for step limits: {e:#}");
                 }
                 agent.follow_changes();
+                let net = agent.current().and_then(|(_, p)| p.network.clone());
+                agent.follow_ptp_interfaces(net.as_ref());
             }
             conn = accept_status(status.as_ref()) => {
                 if let Ok((mut stream, _)) = conn {
@@ -641,7 +684,7 @@ async fn event_loop(
             ready = net_events.readable_mut() => {
                 let mut ready = ready.context("waiting for packet events")?;
                 let drained = drain(ready.get_inner_mut(), |item| match network::parse(item) {
-                    Some(ev) => agent.packet_event(&ev),
+                    Some(ev) => agent.net_event(&ev),
                     None => log::warn!("dropped a malformed packet record of {} bytes", item.len()),
                 });
                 settle(ready, drained).await;

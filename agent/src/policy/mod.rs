@@ -240,7 +240,7 @@ fn check_and_compile(
     let mut default_mode = mode::AUDIT;
     let mut daemons_may_be_denied = false;
     let mut enforce_at: Option<(PathBuf, Location)> = None;
-    let mut net: Option<(network::CompiledNetwork, PathBuf)> = None;
+    let mut net: Option<(&model::NetworkSpec, Mode, PathBuf)> = None;
 
     for p in parsed {
         let mut sink = Sink::new(p.file.clone());
@@ -358,20 +358,27 @@ fn check_and_compile(
             });
         }
         if let Some(spec) = &doc.spec.network {
-            let compiled = network::compile(spec, policy_mode, &mut sink);
             match &net {
-                Some((_, first)) => sink.error(
+                Some((_, _, first)) => sink.error(
                     doc.kind.referenced,
                     format!(
                         "spec.network is already given by {}; keep the network policy in one file",
                         first.display()
                     ),
                 ),
-                None => net = Some((compiled, p.file.clone())),
+                None => net = Some((spec, policy_mode, p.file.clone())),
             }
         }
         out.extend(sink.found);
     }
+    // The network policy names clock rules, which may come from any of the files.
+    let net = net.map(|(spec, policy_mode, file)| {
+        let mut sink = Sink::new(file);
+        let rule_names: Vec<&str> = names.keys().map(String::as_str).collect();
+        let compiled = network::compile(spec, policy_mode, &rules, &rule_names, &mut sink);
+        out.extend(sink.found);
+        compiled
+    });
 
     if let (Some((file, at)), false) = (&enforce_at, daemons_may_be_denied) {
         let mut sink = Sink::new(file.clone());
@@ -415,7 +422,7 @@ fn check_and_compile(
         inactive,
         watched,
         warnings: Vec::new(),
-        network: net.map(|(n, _)| n),
+        network: net,
     })
 }
 

@@ -42,6 +42,108 @@ pub struct NetworkSpec {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub ntp: Option<NtpSpec>,
+    #[serde(default)]
+    pub ptp: Option<PtpSpec>,
+    /// Clock rules (by name) whose executables alone may bind UDP 123, 319 and 320 and open
+    /// packet sockets that see PTP frames. Absent: anyone may.
+    #[serde(default)]
+    pub daemons: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Where each time daemon may connect.
+    #[serde(default)]
+    pub egress: Option<Spanned<Vec<Spanned<Egress>>>>,
+}
+
+/// Which PTP domains and grandmasters this host's clients may follow, and on which
+/// interfaces PTP is watched.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PtpSpec {
+    #[serde(default)]
+    pub domains: Option<Spanned<Vec<Spanned<u8>>>>,
+    #[serde(default)]
+    pub grandmasters: Option<Spanned<Vec<Spanned<ClockIdentity>>>>,
+    /// Default: every interface but loopback, followed as interfaces come and go.
+    #[serde(default)]
+    pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// The destinations one time daemon may connect or send to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// The clock rule naming the daemon's executable.
+    pub daemon: Spanned<String>,
+    pub to: Spanned<Vec<Spanned<Destination>>>,
+}
+
+/// A PTP clockIdentity (8 bytes), written as ptp4l prints it (`001b21.fffe.aabbcc`), with
+/// colons (`00:1b:21:ff:fe:aa:bb:cc`) or as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClockIdentity(pub [u8; 8]);
+
+impl FromStr for ClockIdentity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = || {
+            format!("bad clock identity `{s}`: write it as ptp4l prints it (e.g. 001b21.fffe.aabbcc) or as 8 bytes (00:1b:21:ff:fe:aa:bb:cc)")
+        };
+        let hex: String = s.chars().filter(|c| *c != '.' && *c != ':').collect();
+        if hex.len() != 16 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(hint());
+        }
+        let mut id = [0u8; 8];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).map_err(|_| hint())?;
+        }
+        Ok(ClockIdentity(id))
+    }
+}
+
+impl fmt::Display for ClockIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}{:02x}{:02x}.{:02x}{:02x}.{:02x}{:02x}{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]
+        )
+    }
+}
+
+/// Where a daemon may go: an address or network, and a port (none: any port).
+/// `192.0.2.1`, `192.0.2.0/24:123`, `[2001:db8::1]:4460`, `2001:db8::/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination {
+    pub net: Cidr,
+    pub port: Option<u16>,
+}
+
+impl FromStr for Destination {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| {
+            p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                format!("bad port in `{s}`: a port is 1 to 65535 (leave it out for any port)")
+            })
+        };
+        let (net, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (inner, after) = rest.split_once(']').ok_or_else(|| {
+                format!("bad destination `{s}`: an IPv6 address with a port is written [2001:db8::1]:123")
+            })?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(port(p)?),
+                None if after.is_empty() => None,
+                None => return Err(format!("bad destination `{s}`: write [address]:port")),
+            };
+            (inner.parse::<Cidr>()?, port)
+        } else if s.matches(':').count() == 1 {
+            let (a, p) = s.split_once(':').unwrap_or((s, ""));
+            (a.parse::<Cidr>()?, Some(port(p)?))
+        } else {
+            (s.parse::<Cidr>()?, None)
+        };
+        Ok(Destination { net, port })
+    }
 }
 
 /// Who this host takes time from, serves, and answers control queries from. A list that is
@@ -218,7 +320,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Operation, Duration, Ppm, Cidr);
+deserialize_from_str!(Operation, Duration, Ppm, Cidr, ClockIdentity, Destination);
 
 /// A duration written as `500ms`, `1s`, `2h`, `1.5s` (units: ns, us, ms, s, m, h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -328,6 +430,30 @@ mod tests {
         assert_eq!("500ppm".parse::<Ppm>(), Ok(Ppm(500.0)));
         assert!("500".parse::<Ppm>().is_err());
         assert!("-3ppm".parse::<Ppm>().is_err());
+    }
+
+    #[test]
+    fn clock_identities() {
+        let want = ClockIdentity([0, 0x1b, 0x21, 0xff, 0xfe, 0xaa, 0xbb, 0xcc]);
+        assert_eq!("001b21.fffe.aabbcc".parse(), Ok(want));
+        assert_eq!("00:1b:21:ff:fe:aa:bb:cc".parse(), Ok(want));
+        assert_eq!("001B21FFFEAABBCC".parse(), Ok(want));
+        assert_eq!(want.to_string(), "001b21.fffe.aabbcc");
+        assert!("001b21.fffe.aabb".parse::<ClockIdentity>().is_err());
+        assert!("zz1b21.fffe.aabbcc".parse::<ClockIdentity>().is_err());
+    }
+
+    #[test]
+    fn destinations() {
+        let d: Destination = "192.0.2.0/24:123".parse().expect("v4 net and port");
+        assert_eq!((d.net.prefix, d.port), (24, Some(123)));
+        let d: Destination = "[2001:db8::1]:4460".parse().expect("v6 and port");
+        assert_eq!((d.net.prefix, d.port), (128, Some(4460)));
+        let d: Destination = "2001:db8::/32".parse().expect("v6 net");
+        assert_eq!((d.net.prefix, d.port), (32, None));
+        assert!("192.0.2.1:0".parse::<Destination>().is_err());
+        assert!("192.0.2.1:ntp".parse::<Destination>().is_err());
+        assert!("[2001:db8::1".parse::<Destination>().is_err());
     }
 
     #[test]

@@ -1,0 +1,240 @@
+//! NTP and NTS-KE arriving at this host's sockets, decided before the daemon reads them.
+//!
+//! A cgroup_skb ingress program on the cgroup v2 root (or the cgroup the agent is told): it
+//! sees every packet delivered to a local socket, IPv4 and IPv6, after the stack has
+//! reassembled it, with no per-interface attachment to keep up to date. Replies from
+//! upstream servers are checked against `ntp.servers`, requests against `ntp.clients`, mode
+//! 6/7 queries and chronyc commands against `ntp.control`; requests are also held to a
+//! per-source token bucket. An NTS-KE connection (TCP 4460) is decided at its opening: a
+//! client's SYN by `ntp.clients`, a server's SYN-ACK by `ntp.servers`.
+//! A refused packet is dropped (enforce) or delivered and recorded (audit).
+
+use agent_common::net::{
+    alert, kind, list, list_for_mode, mode as ntp_mode, parse_ntp, reason, take_token,
+    upstream_alert, Bucket, NetCounterKey, NetPolicy, NtpHeader, Upstream, CHRONY_COMMAND_PORT,
+    IPPROTO_TCP, NTP_PORT, NTS_KE_PORT,
+};
+use agent_common::policy::verdict;
+use aya_ebpf::{
+    macros::{cgroup_skb, map},
+    maps::LruHashMap,
+    programs::SkBuffContext,
+};
+
+use super::{
+    boot_ns, budget, count, emit, listed,
+    packet::{parse_flow, payload_len, tcp, Flow},
+    policy_in_force, verdict_for,
+};
+
+/// What each upstream last said of itself, for the alerts (least recently heard forgotten).
+#[map]
+static NET_UPSTREAMS: LruHashMap<[u8; 16], Upstream> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per-source token buckets (the least recently seen sources are forgotten first).
+#[map]
+static NET_BUCKETS: LruHashMap<[u8; 16], Bucket> = LruHashMap::with_max_entries(65536, 0);
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+/// The first 16 bytes of the NTP payload, and how many there are.
+#[inline(always)]
+fn ntp_header(ctx: &SkBuffContext, payload: usize) -> Option<NtpHeader> {
+    let len = payload_len(&ctx.skb, payload);
+    let mut head = [0u8; 16];
+    if len >= 16 {
+        head = ctx.load(payload).ok()?;
+    } else if len >= 1 {
+        head[0] = ctx.load(payload).ok()?;
+    }
+    parse_ntp(&head, len)
+}
+
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "explicit references, as in record::count"
+)]
+fn within_rate(src: [u8; 16], now: u64, policy: &NetPolicy) -> bool {
+    match NET_BUCKETS.get_ptr_mut(&src) {
+        // SAFETY: the value stays valid for this program run.
+        Some(b) => unsafe { take_token(&mut *b, now, policy.rate_per_sec, policy.burst) },
+        None => {
+            let mut fresh = Bucket::full(now, policy.burst);
+            let ok = take_token(&mut fresh, now, policy.rate_per_sec, policy.burst);
+            let _ = NET_BUCKETS.insert(&src, &fresh, 0);
+            ok
+        }
+    }
+}
+
+#[cgroup_skb(ingress)]
+pub fn ntp_ingress(ctx: SkBuffContext) -> i32 {
+    decide(&ctx).unwrap_or(PASS)
+}
+
+#[inline(always)]
+fn decide(ctx: &SkBuffContext) -> Option<i32> {
+    let Some(flow) = parse_flow(&ctx.skb, 0) else {
+        return refuse_unparsed(ctx);
+    };
+    if flow.proto == IPPROTO_TCP {
+        return nts_ke(ctx, &flow);
+    }
+    // A chronyc request's header is chrony's own: only its port says what it is.
+    let ntp = if flow.dport == CHRONY_COMMAND_PORT {
+        NtpHeader {
+            mode: ntp_mode::CHRONY_COMMAND,
+            ..NtpHeader::default()
+        }
+    } else if flow.sport == NTP_PORT || flow.dport == NTP_PORT {
+        ntp_header(ctx, flow.payload)?
+    } else {
+        return None;
+    };
+    let (slot, policy) = policy_in_force()?;
+    let now = boot_ns();
+    let mut why = reason::NONE;
+    if let Some(which) = list_for_mode(ntp.mode) {
+        if policy.restricted & (1 << which) != 0 && !listed(slot, which, 0, 0, flow.src) {
+            why = reason::NOT_LISTED;
+        } else if which != list::SERVERS
+            && policy.rate_per_sec != 0
+            && !within_rate(flow.src, now, &policy)
+        {
+            why = reason::RATE;
+        }
+    }
+    let v = verdict_for(why, &policy);
+    count(NetCounterKey {
+        kind: kind::NTP,
+        detail: ntp.mode,
+        verdict: v,
+        reason: why,
+    });
+    let (raised, previous) = note_upstream(&flow, &ntp, v);
+    if v != verdict::ALLOW || raised != alert::NONE {
+        let len = ctx.len();
+        emit(budget::PACKETS, now, policy.generation, |ev| {
+            fill_packet(ev, &flow, len, kind::NTP, v, why);
+            ev.ntp = ntp;
+            ev.alert = raised;
+            ev.previous_stratum = previous.stratum;
+            ev.previous_leap = previous.leap;
+        });
+    }
+    Some(if v == verdict::DENY { DROP } else { PASS })
+}
+
+/// The packet part of a record.
+#[inline(always)]
+pub(super) fn fill_packet(
+    ev: &mut agent_common::net::NetEvent,
+    flow: &Flow,
+    len: u32,
+    k: u8,
+    v: u8,
+    why: u8,
+) {
+    ev.kind = k;
+    ev.src = flow.src;
+    ev.dst = flow.dst;
+    ev.sport = flow.sport;
+    ev.dport = flow.dport;
+    ev.len = len;
+    ev.family = flow.family;
+    ev.verdict = v;
+    ev.reason = why;
+}
+
+/// An NTS-KE connection opening: a client's SYN to this server (`ntp.clients`), or a
+/// server's SYN-ACK to this client (`ntp.servers`). The rest of the connection follows its
+/// opening and is not looked at.
+#[inline(always)]
+fn nts_ke(ctx: &SkBuffContext, flow: &Flow) -> Option<i32> {
+    let syn = flow.tcp_flags & (tcp::SYN | tcp::ACK);
+    let (which, detail) = if flow.dport == NTS_KE_PORT && syn == tcp::SYN {
+        (list::CLIENTS, ntp_mode::CLIENT)
+    } else if flow.sport == NTS_KE_PORT && syn == tcp::SYN | tcp::ACK {
+        (list::SERVERS, ntp_mode::SERVER)
+    } else {
+        return None;
+    };
+    let (slot, policy) = policy_in_force()?;
+    let why = if policy.restricted & (1 << which) != 0 && !listed(slot, which, 0, 0, flow.src) {
+        reason::NOT_LISTED
+    } else {
+        reason::NONE
+    };
+    let v = verdict_for(why, &policy);
+    count(NetCounterKey {
+        kind: kind::NTS_KE,
+        detail,
+        verdict: v,
+        reason: why,
+    });
+    if v != verdict::ALLOW {
+        let len = ctx.len();
+        emit(budget::PACKETS, boot_ns(), policy.generation, |ev| {
+            fill_packet(ev, flow, len, kind::NTS_KE, v, why);
+            ev.ntp = NtpHeader {
+                mode: detail,
+                ..NtpHeader::default()
+            };
+        });
+    }
+    Some(if v == verdict::DENY { DROP } else { PASS })
+}
+
+/// A packet the parser gave up on (too many IPv6 extension headers, a header cut short),
+/// arriving at an NTP or chronyc command socket: refused when a network policy is in force,
+/// so that no header trick carries a query past the lists. Elsewhere, not decided.
+#[inline(always)]
+fn refuse_unparsed(ctx: &SkBuffContext) -> Option<i32> {
+    let port = ctx.skb.local_port();
+    if port != NTP_PORT as u32 && port != CHRONY_COMMAND_PORT as u32 {
+        return None;
+    }
+    let (_, policy) = policy_in_force()?;
+    let v = verdict_for(reason::UNPARSED, &policy);
+    count(NetCounterKey {
+        kind: kind::NTP,
+        detail: 0,
+        verdict: v,
+        reason: reason::UNPARSED,
+    });
+    Some(if v == verdict::DENY { DROP } else { PASS })
+}
+
+/// A reply that reaches the daemon: what its source says of itself, against last time.
+/// Returns the alert and what the source said before.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "explicit references, as in record::count"
+)]
+fn note_upstream(flow: &Flow, ntp: &NtpHeader, v: u8) -> (u8, Upstream) {
+    let mut raised = alert::NONE;
+    let mut previous = Upstream::default();
+    if ntp.mode == ntp_mode::SERVER && v != verdict::DENY {
+        let before = NET_UPSTREAMS.get_ptr(&flow.src).map(|p| {
+            // SAFETY: copied out at once.
+            unsafe { *p }
+        });
+        raised = upstream_alert(before, ntp);
+        if let Some(b) = before {
+            previous = b;
+        }
+        if raised != alert::NONE && raised != alert::KISS_OF_DEATH {
+            let now_says = Upstream {
+                stratum: ntp.stratum,
+                leap: ntp.leap,
+                _pad: [0; 2],
+                refid: ntp.refid,
+            };
+            let _ = NET_UPSTREAMS.insert(&flow.src, &now_says, 0);
+        }
+    }
+    (raised, previous)
+}

@@ -1,0 +1,196 @@
+//! PTP messages arriving on this host's interfaces, over Ethernet (0x88F7) and over UDP
+//! (ports 319 and 320), decided before ptp4l reads them.
+//!
+//! A tc ingress program on each interface: PTP over Ethernet goes to packet sockets, which
+//! cgroup_skb never sees, and a PTP network is a link's business anyway. Every message is
+//! counted by type; an Announce is refused when its domain is not in `ptp.domains` or its
+//! grandmaster not in `ptp.grandmasters`: a rogue grandmaster is how PTP networks are taken
+//! over, and without its Announce no client ever selects it. Accepted Announces raise an
+//! alert when a grandmaster is first heard or changes what it says (quality, leap, UTC offset).
+
+use agent_common::{
+    net::{alert, kind, reason, NetCounterKey, IPPROTO_UDP},
+    policy::verdict,
+    ptp::{
+        domain_listed, grandmaster_alert, message, parse_ptp, Grandmaster, GrandmasterKey,
+        PtpHeader, ANNOUNCE_LEN, ETH_P_1588, EVENT_PORT, GENERAL_PORT, MAX_GRANDMASTERS,
+    },
+};
+use aya_ebpf::{
+    macros::{classifier, map},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::{sk_buff::SkBuff, TcContext},
+};
+
+use super::{
+    boot_ns, budget, count, emit,
+    packet::{parse_flow, payload_len, Flow},
+    policy_in_force, verdict_for,
+};
+
+/// Grandmasters allowed, by (slot, identity).
+#[map]
+static PTP_GRANDMASTERS: HashMap<GrandmasterKey, u8> =
+    HashMap::with_max_entries(agent_common::policy::SLOTS * MAX_GRANDMASTERS as u32, 0);
+
+/// Index 0: where this CPU reads a PTP message (off the 512-byte BPF stack).
+#[map]
+static PTP_MESSAGE: PerCpuArray<[u8; ANNOUNCE_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// What each grandmaster last announced (least recently heard forgotten).
+#[map]
+static PTP_ANNOUNCED: LruHashMap<[u8; 8], Grandmaster> = LruHashMap::with_max_entries(1024, 0);
+
+/// Let the packet go on (to the next tc program, if any).
+const TC_ACT_UNSPEC: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+#[classifier]
+pub fn ptp_ingress(ctx: TcContext) -> i32 {
+    decide(&ctx.skb).unwrap_or(TC_ACT_UNSPEC)
+}
+
+/// Where a PTP message starts, and the UDP flow it came in (None over Ethernet).
+#[inline(always)]
+fn locate(skb: &SkBuff) -> Option<(usize, Option<Flow>)> {
+    let mut ethertype = u16::from_be(skb.load::<u16>(12).ok()?);
+    let mut at = ETH_HLEN;
+    // Up to two VLAN tags left in the frame (when the driver did not take them out).
+    for _ in 0..2 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = u16::from_be(skb.load::<u16>(at + 2).ok()?);
+        at += 4;
+    }
+    match ethertype {
+        ETH_P_1588 => Some((at, None)),
+        ETH_P_IP | ETH_P_IPV6 => {
+            let flow = parse_flow(skb, at)?;
+            let ptp_port = |p: u16| p == EVENT_PORT || p == GENERAL_PORT;
+            (flow.proto == IPPROTO_UDP && ptp_port(flow.dport)).then(|| (flow.payload, Some(flow)))
+        }
+        _ => None,
+    }
+}
+
+/// The PTP message at `at`, as far as the packet holds it, read into this CPU's buffer
+/// (bytes past what the packet holds are not looked at).
+#[inline(always)]
+fn read_ptp(skb: &SkBuff, at: usize) -> PtpHeader {
+    let len = payload_len(skb, at);
+    let n = if len > ANNOUNCE_LEN {
+        ANNOUNCE_LEN
+    } else {
+        len
+    };
+    let Some(buf) = PTP_MESSAGE.get_ptr_mut(0) else {
+        return parse_ptp(&[0; ANNOUNCE_LEN], 0);
+    };
+    if n == 0 {
+        return parse_ptp(&[0; ANNOUNCE_LEN], 0);
+    }
+    // SAFETY: a per-CPU buffer of ANNOUNCE_LEN bytes; n is 1..=ANNOUNCE_LEN.
+    let read = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            skb.skb as *const _,
+            at as u32,
+            buf as *mut _,
+            n as u32,
+        )
+    };
+    if read != 0 {
+        return parse_ptp(&[0; ANNOUNCE_LEN], 0);
+    }
+    // SAFETY: as above.
+    parse_ptp(unsafe { &*buf }, n)
+}
+
+#[inline(always)]
+fn decide(skb: &SkBuff) -> Option<i32> {
+    let (at, flow) = locate(skb)?;
+    let (slot, policy) = policy_in_force()?;
+    let ptp = read_ptp(skb, at);
+    let mut why = reason::NONE;
+    if ptp.message_type == message::ANNOUNCE {
+        if policy.restricted & agent_common::net::restrict::PTP_DOMAINS != 0
+            && !domain_listed(&policy.ptp_domains, ptp.domain)
+        {
+            why = reason::DOMAIN;
+        } else if policy.restricted & agent_common::net::restrict::PTP_GRANDMASTERS != 0
+            && (ptp.announce == 0 || !grandmaster_listed(slot, ptp.grandmaster))
+        {
+            why = reason::GRANDMASTER;
+        }
+    }
+    let v = verdict_for(why, &policy);
+    count(NetCounterKey {
+        kind: kind::PTP,
+        detail: ptp.message_type,
+        verdict: v,
+        reason: why,
+    });
+    let (raised, previous) = if ptp.announce != 0 && v != verdict::DENY {
+        note_grandmaster(&ptp)
+    } else {
+        (alert::NONE, Grandmaster::default())
+    };
+    if v != verdict::ALLOW || raised != alert::NONE {
+        let len = skb.len();
+        emit(budget::PACKETS, boot_ns(), policy.generation, |ev| {
+            match &flow {
+                Some(f) => super::ntp::fill_packet(ev, f, len, kind::PTP, v, why),
+                None => {
+                    ev.kind = kind::PTP;
+                    ev.family = 0;
+                    ev.len = len;
+                    ev.verdict = v;
+                    ev.reason = why;
+                }
+            }
+            ev.ptp = ptp;
+            ev.alert = raised;
+            ev.previous_grandmaster = previous;
+        });
+    }
+    Some(if v == verdict::DENY {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
+    })
+}
+
+#[inline(always)]
+fn grandmaster_listed(slot: u32, identity: [u8; 8]) -> bool {
+    let key = GrandmasterKey {
+        slot,
+        _pad: 0,
+        identity,
+    };
+    // SAFETY: only whether it is there is used.
+    unsafe { PTP_GRANDMASTERS.get(&key) }.is_some()
+}
+
+/// An Announce that reaches ptp4l: what its grandmaster says, against last time.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "explicit references, as in record::count"
+)]
+fn note_grandmaster(ptp: &PtpHeader) -> (u8, Grandmaster) {
+    let now = Grandmaster::of(ptp);
+    let before = PTP_ANNOUNCED.get_ptr(&ptp.grandmaster).map(|p| {
+        // SAFETY: copied out at once.
+        unsafe { *p }
+    });
+    let raised = grandmaster_alert(before, &now);
+    if raised != alert::NONE {
+        let _ = PTP_ANNOUNCED.insert(&ptp.grandmaster, &now, 0);
+    }
+    (raised, before.unwrap_or_default())
+}

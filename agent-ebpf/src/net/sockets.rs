@@ -1,0 +1,359 @@
+//! Sockets that matter to time: who may own the time ports and see PTP frames, and where
+//! each time daemon may connect.
+//!
+//! - cgroup sock_addr `bind4/6`: a UDP socket bound to port 123, 319 or 320 by a program not
+//!   in `daemons` fails with EPERM (enforce). A port rule alone would be bypassed by a
+//!   packet socket, so
+//! - BPF LSM `socket_create`/`socket_bind`: an AF_PACKET socket for every frame (ETH_P_ALL)
+//!   or for PTP's ethertype is decided the same way, at creation and when bound to that
+//!   protocol later.
+//! - cgroup sock_addr `connect4/6` and `sendmsg4/6`: a time daemon's connections and
+//!   unconnected datagrams go only to its `egress` destinations (its own host's loopback
+//!   always; a server's reply from a time port to a client by `ntp.clients`). Each
+//!   destination a daemon uses for the first time is recorded as `new_destination`.
+//!
+//! Who asks is the executable file (device and inode), as for the clock.
+
+use agent_common::{
+    net::{
+        alert, daemon, is_loopback, is_time_port, kind, list, packet_protocol_sees_ptp, reason,
+        restrict, service, v4_mapped, Daemon, DaemonKey, Destination, NetCounterKey, NetPolicy,
+        AF_PACKET, IPPROTO_UDP, NTP_PORT,
+    },
+    policy::verdict,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    macros::{cgroup_sock_addr, lsm, map},
+    maps::{HashMap, LruHashMap},
+    programs::{LsmContext, SockAddrContext},
+};
+
+use super::{boot_ns, budget, count, emit, listed, policy_in_force, verdict_for};
+use crate::{
+    caller::{current_exe, kread, offsets},
+    clock::lsm_verdict,
+};
+
+/// Time daemons by (slot, executable).
+#[map]
+static NET_DAEMONS: HashMap<DaemonKey, Daemon> = HashMap::with_max_entries(
+    agent_common::policy::SLOTS * agent_common::policy::MAX_RULES,
+    0,
+);
+
+/// Destinations each daemon has used (least recently used forgotten first).
+#[map]
+static NET_DESTINATIONS: LruHashMap<Destination, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// sock_addr programs: 1 lets the call go on, 0 fails it with EPERM.
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+/// What a sock_addr call names: the address (v4-mapped for IPv4) and port, host order.
+#[inline(always)]
+fn sock_addr(ctx: &SockAddrContext, family: u8) -> ([u8; 16], u16) {
+    // SAFETY: the context the kernel passed; the verifier checks each field read.
+    let sa = unsafe { &*ctx.sock_addr };
+    let port = u16::from_be(sa.user_port as u16);
+    let addr = if family == 4 {
+        v4_mapped(sa.user_ip4.to_ne_bytes())
+    } else {
+        let w = sa.user_ip6;
+        let mut a = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = w[i].to_ne_bytes();
+            a[i * 4] = b[0];
+            a[i * 4 + 1] = b[1];
+            a[i * 4 + 2] = b[2];
+            a[i * 4 + 3] = b[3];
+            i += 1;
+        }
+        a
+    };
+    (addr, port)
+}
+
+/// The calling time daemon under the policy of `slot`, if the caller is one.
+#[inline(always)]
+fn calling_daemon(slot: u32) -> (u64, u64, Option<Daemon>) {
+    let (dev, ino) = current_exe(&offsets());
+    let key = DaemonKey {
+        slot,
+        _pad: 0,
+        dev,
+        ino,
+    };
+    // SAFETY: copied out at once.
+    let d = unsafe { NET_DAEMONS.get(&key) }.copied();
+    (dev, ino, d)
+}
+
+/// The owner part of a record: the calling process.
+#[inline(always)]
+fn fill_owner(
+    ev: &mut agent_common::net::NetEvent,
+    dev: u64,
+    ino: u64,
+    d: Option<Daemon>,
+    protocol: u32,
+) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.owner.pid = pid_tgid as u32;
+    ev.owner.tgid = (pid_tgid >> 32) as u32;
+    ev.owner.uid = uid_gid as u32;
+    ev.owner.gid = (uid_gid >> 32) as u32;
+    ev.owner.exe_dev = dev;
+    ev.owner.exe_ino = ino;
+    ev.owner.rule_id = d.map_or(0, |d| d.rule_id);
+    ev.owner.protocol = protocol;
+    ev.owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// Whether the policy lets this caller own a time socket.
+#[inline(always)]
+fn may_own_time_socket(policy: &NetPolicy, d: Option<Daemon>) -> bool {
+    policy.restricted & restrict::TIME_SOCKETS == 0
+        || d.is_some_and(|d| d.flags & daemon::TIME_SOCKETS != 0)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn time_bind4(ctx: SockAddrContext) -> i32 {
+    bind(&ctx, 4)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn time_bind6(ctx: SockAddrContext) -> i32 {
+    bind(&ctx, 6)
+}
+
+#[inline(always)]
+fn bind(ctx: &SockAddrContext, family: u8) -> i32 {
+    // SAFETY: the context the kernel passed.
+    let proto = unsafe { (*ctx.sock_addr).protocol };
+    let (addr, port) = sock_addr(ctx, family);
+    if proto != IPPROTO_UDP as u32 || !is_time_port(port) {
+        return ALLOW;
+    }
+    let Some((slot, policy)) = policy_in_force() else {
+        return ALLOW;
+    };
+    let (dev, ino, d) = calling_daemon(slot);
+    let why = if may_own_time_socket(&policy, d) {
+        reason::NONE
+    } else {
+        reason::NOT_A_TIME_DAEMON
+    };
+    let v = verdict_for(why, &policy);
+    let svc = service::of_port(port);
+    count(NetCounterKey {
+        kind: kind::BIND,
+        detail: svc,
+        verdict: v,
+        reason: why,
+    });
+    // Binding a time port is rare and worth a record, allowed or not.
+    emit(budget::SOCKETS, boot_ns(), policy.generation, |ev| {
+        ev.kind = kind::BIND;
+        ev.service = svc;
+        ev.family = family;
+        ev.verdict = v;
+        ev.reason = why;
+        ev.dst = addr;
+        ev.dport = port;
+        fill_owner(ev, dev, ino, d, proto);
+    });
+    if v == verdict::DENY {
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn time_connect4(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, 4, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn time_connect6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, 6, false)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn time_sendmsg4(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, 4, true)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn time_sendmsg6(ctx: SockAddrContext) -> i32 {
+    connect(&ctx, 6, true)
+}
+
+/// The local port of the socket a sock_addr call is made on (host order).
+#[inline(always)]
+fn local_port(ctx: &SockAddrContext) -> u16 {
+    // SAFETY: the context the kernel passed; `sk` is always set for these hooks.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return 0;
+    }
+    // SAFETY: a socket pointer the verifier tracks; src_port is in host order.
+    unsafe { (*sk).src_port as u16 }
+}
+
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
+    let Some((slot, policy)) = policy_in_force() else {
+        return ALLOW;
+    };
+    // Unconnected datagrams are decided only when egress is: they are the hot path of an
+    // NTP server's replies.
+    if datagram && policy.restricted & restrict::EGRESS == 0 {
+        return ALLOW;
+    }
+    let (dev, ino, d) = calling_daemon(slot);
+    let Some(dm) = d else {
+        return ALLOW;
+    };
+    // SAFETY: the context the kernel passed.
+    let proto = unsafe { (*ctx.sock_addr).protocol };
+    let (addr, port) = sock_addr(ctx, family);
+    let why = if dm.flags & daemon::EGRESS_LISTED == 0 || is_loopback(&addr) {
+        reason::NONE
+    } else if datagram && port != NTP_PORT && is_time_port(local_port(ctx)) {
+        // A server answering a client from its time port: `ntp.clients` decides.
+        if policy.restricted & (1 << list::CLIENTS) != 0 && !listed(slot, list::CLIENTS, 0, 0, addr)
+        {
+            reason::DESTINATION
+        } else {
+            reason::NONE
+        }
+    } else if listed(slot, list::EGRESS, dm.rule_id, port, addr)
+        || listed(slot, list::EGRESS, dm.rule_id, 0, addr)
+    {
+        reason::NONE
+    } else {
+        reason::DESTINATION
+    };
+    let v = verdict_for(why, &policy);
+    let svc = service::of_port(port);
+    count(NetCounterKey {
+        kind: kind::CONNECT,
+        detail: svc,
+        verdict: v,
+        reason: why,
+    });
+    let raised = if v == verdict::DENY {
+        alert::NONE
+    } else {
+        first_use(dm.rule_id, port, proto, addr)
+    };
+    if v != verdict::ALLOW || raised != alert::NONE {
+        emit(budget::SOCKETS, boot_ns(), policy.generation, |ev| {
+            ev.kind = kind::CONNECT;
+            ev.service = svc;
+            ev.family = family;
+            ev.verdict = v;
+            ev.reason = why;
+            ev.alert = raised;
+            ev.dst = addr;
+            ev.dport = port;
+            fill_owner(ev, dev, ino, d, proto);
+        });
+    }
+    if v == verdict::DENY {
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
+/// `alert::NEW_DESTINATION` the first time a daemon uses a destination.
+#[inline(always)]
+fn first_use(rule_id: u32, port: u16, proto: u32, addr: [u8; 16]) -> u8 {
+    let key = Destination {
+        rule_id,
+        port,
+        proto: proto as u8,
+        _pad: 0,
+        addr,
+    };
+    // SAFETY: only whether it is there is used.
+    if unsafe { NET_DESTINATIONS.get(&key) }.is_some() {
+        return alert::NONE;
+    }
+    let _ = NET_DESTINATIONS.insert(&key, &1, 0);
+    alert::NEW_DESTINATION
+}
+
+/// LSM_HOOK(int, 0, socket_create, int family, int type, int protocol, int kern)
+#[lsm(hook = "socket_create")]
+pub fn packet_socket_create(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let family: i32 = ctx.arg(0);
+    let kern: i32 = ctx.arg(3);
+    if family != AF_PACKET as i32 || kern != 0 {
+        return 0;
+    }
+    let protocol: i32 = ctx.arg(2);
+    packet_socket(u16::from_be(protocol as u16))
+}
+
+/// LSM_HOOK(int, 0, socket_bind, struct socket *sock, struct sockaddr *address, int addrlen)
+#[lsm(hook = "socket_bind")]
+pub fn packet_socket_bind(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let address: *const u8 = ctx.arg(1);
+    let addrlen: i32 = ctx.arg(2);
+    // struct sockaddr_ll: sll_family, then sll_protocol (network order).
+    if addrlen < 4 || kread::<u16>(address, 0) != Some(AF_PACKET) {
+        return 0;
+    }
+    match kread::<u16>(address, 2) {
+        Some(p) => packet_socket(u16::from_be(p)),
+        None => 0,
+    }
+}
+
+/// A packet socket of `protocol` (host order): decided when it sees PTP frames.
+#[inline(always)]
+fn packet_socket(protocol: u16) -> i32 {
+    if !packet_protocol_sees_ptp(protocol) {
+        return 0;
+    }
+    let Some((slot, policy)) = policy_in_force() else {
+        return 0;
+    };
+    let (dev, ino, d) = calling_daemon(slot);
+    let why = if may_own_time_socket(&policy, d) {
+        reason::NONE
+    } else {
+        reason::NOT_A_TIME_DAEMON
+    };
+    let v = verdict_for(why, &policy);
+    count(NetCounterKey {
+        kind: kind::RAW_SOCKET,
+        detail: 0,
+        verdict: v,
+        reason: why,
+    });
+    // Rare, and each one can see every PTP frame: always recorded.
+    emit(budget::SOCKETS, boot_ns(), policy.generation, |ev| {
+        ev.kind = kind::RAW_SOCKET;
+        ev.service = service::PTP;
+        ev.family = 0;
+        ev.verdict = v;
+        ev.reason = why;
+        fill_owner(ev, dev, ino, d, protocol as u32);
+    });
+    lsm_verdict(v)
+}
