@@ -1,5 +1,5 @@
 //! The network guard from the agent's side: installing `spec.network` into the kernel's maps,
-//! attaching its programs (cgroup_skb and sock_addr on a cgroup, tc on interfaces, LSM for
+//! attaching its programs (cgroup_skb and sock_addr on a cgroup, XDP on interfaces, LSM for
 //! packet sockets), and turning network records into audit records.
 
 use std::{
@@ -19,8 +19,8 @@ use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuHashMap, RingBuf},
     programs::{
-        cgroup_skb::CgroupSkbAttachType, tc, CgroupAttachMode, CgroupSkb, CgroupSockAddr,
-        SchedClassifier, TcAttachType,
+        cgroup_skb::CgroupSkbAttachType, xdp::XdpLinkId, CgroupAttachMode, CgroupSkb,
+        CgroupSockAddr, Xdp, XdpMode,
     },
 };
 use serde_json::{json, Value};
@@ -71,7 +71,7 @@ pub fn interfaces() -> Vec<String> {
 /// Where the PTP guard is attached: interface → its index when attached.
 #[derive(Default)]
 pub struct PtpLinks {
-    links: BTreeMap<String, (u32, aya::programs::tc::SchedClassifierLinkId)>,
+    links: BTreeMap<String, (u32, XdpLinkId)>,
     /// Interfaces the guard could not attach to, and why.
     pub refused: BTreeMap<String, String>,
 }
@@ -250,10 +250,10 @@ impl Guard {
             .collect();
         for name in gone {
             self.attached
-                .retain(|a| a != &format!("ptp_ingress (tc/ingress on {name})"));
+                .retain(|a| a != &format!("ptp_ingress (xdp on {name})"));
             if let Some((_, link)) = self.ptp_links.links.remove(&name) {
                 if let Some(p) = self.bpf.program_mut("ptp_ingress") {
-                    if let Ok(p) = <&mut SchedClassifier>::try_from(p) {
+                    if let Ok(p) = <&mut Xdp>::try_from(p) {
                         // The interface is gone or no longer wanted; its link may be too.
                         let _ = p.detach(link);
                     }
@@ -267,10 +267,9 @@ impl Guard {
                 _ => {}
             }
             let Some(index) = index else { continue };
-            match self.attach_ptp(&name) {
+            match self.attach_ptp(&name, index) {
                 Ok(link) => {
-                    self.attached
-                        .push(format!("ptp_ingress (tc/ingress on {name})"));
+                    self.attached.push(format!("ptp_ingress (xdp on {name})"));
                     self.ptp_links.links.insert(name.clone(), (index, link));
                     self.ptp_links.refused.remove(&name);
                     attached_now.push(name);
@@ -283,10 +282,8 @@ impl Guard {
         attached_now
     }
 
-    fn attach_ptp(&mut self, interface: &str) -> anyhow::Result<tc::SchedClassifierLinkId> {
-        // Kernels before 6.6 attach through the clsact qdisc; it may be there already.
-        let _ = tc::qdisc_add_clsact(interface);
-        let prog: &mut SchedClassifier = self
+    fn attach_ptp(&mut self, interface: &str, index: u32) -> anyhow::Result<XdpLinkId> {
+        let prog: &mut Xdp = self
             .bpf
             .program_mut("ptp_ingress")
             .ok_or_else(|| anyhow!("program ptp_ingress missing from the embedded object"))?
@@ -294,8 +291,10 @@ impl Guard {
         if prog.fd().is_err() {
             prog.load().context("loading ptp_ingress")?;
         }
-        prog.attach(interface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching ptp_ingress to {interface}"))
+        // The driver's own XDP where it has one, the kernel's generic XDP otherwise; both
+        // run before any packet socket sees the frame.
+        prog.attach_to_if_index(index, XdpMode::Default)
+            .with_context(|| format!("attaching ptp_ingress (XDP) to {interface}"))
     }
 
     /// The interfaces the PTP guard is on, and those it could not attach to.

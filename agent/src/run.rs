@@ -454,11 +454,18 @@ impl Agent {
         let Some(net) = net.filter(|n| n.ptp) else {
             return;
         };
+        let refused_before = self.guard.ptp_links().refused.clone();
         for name in self
             .guard
             .follow_ptp_interfaces(net.ptp_interfaces.as_deref())
         {
             log::info!("PTP guard attached to {name}");
+        }
+        // Said once per interface and reason, not at every tick.
+        for (name, why) in &self.guard.ptp_links().refused {
+            if refused_before.get(name) != Some(why) {
+                log::warn!("PTP guard not attached to {name}: {why}");
+            }
         }
     }
 

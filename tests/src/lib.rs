@@ -1,7 +1,10 @@
 //! Helpers shared by timeguard's test programs and integration tests.
 
+pub mod agent;
 pub mod bench;
 pub mod clock;
 pub mod devices;
 pub mod harness;
+pub mod lab;
 pub mod ntp;
+pub mod sockets;

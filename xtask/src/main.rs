@@ -197,13 +197,16 @@ fn test(
     // touching this host's clock) inside namespaces the tests make.
     let chronyd = setup::unpacked_tool("chrony", "/usr/sbin/chronyd")?;
     let chronyc = setup::unpacked_tool("chrony", "/usr/bin/chronyc")?;
+    // Real ptp4l for the PTP guard's tests, run free-running without CAP_SYS_TIME.
+    let ptp4l = setup::unpacked_tool("linuxptp", "/usr/sbin/ptp4l")?;
     let mut c = cargo();
     c.args(["test", "--release"])
         .env("TIMEGUARD_BIN", bin.join("timeguard"))
         .env("TIMEGUARD_PROMETHEUS", prometheus)
         .env("TIMEGUARD_PROMTOOL", promtool)
         .env("TIMEGUARD_CHRONYD", chronyd)
-        .env("TIMEGUARD_CHRONYC", chronyc);
+        .env("TIMEGUARD_CHRONYC", chronyc)
+        .env("TIMEGUARD_PTP4L", ptp4l);
     if let Some(f) = filter {
         c.arg(f);
     }

@@ -89,7 +89,11 @@ fn decide(ctx: &SkBuffContext) -> Option<i32> {
             ..NtpHeader::default()
         }
     } else if flow.sport == NTP_PORT || flow.dport == NTP_PORT {
-        ntp_header(ctx, flow.payload)?
+        match ntp_header(ctx, flow.payload) {
+            Some(h) => h,
+            // An empty datagram, or one the packet does not really hold.
+            None => return refuse_unparsed(ctx),
+        }
     } else {
         return None;
     };

@@ -1,8 +1,10 @@
 //! PTP messages arriving on this host's interfaces, over Ethernet (0x88F7) and over UDP
 //! (ports 319 and 320), decided before ptp4l reads them.
 //!
-//! A tc ingress program on each interface: PTP over Ethernet goes to packet sockets, which
-//! cgroup_skb never sees, and a PTP network is a link's business anyway. Every message is
+//! An XDP program on each interface. PTP over Ethernet goes to packet sockets, which
+//! cgroup_skb never sees; and ptp4l's packet socket is for every frame (ETH_P_ALL), a tap
+//! that the kernel feeds before tc ingress runs, so only XDP decides before any socket has
+//! the frame. A PTP network is a link's business anyway. Every message is
 //! counted by type; an Announce is refused when its domain is not in `ptp.domains` or its
 //! grandmaster not in `ptp.grandmasters`: a rogue grandmaster is how PTP networks are taken
 //! over, and without its Announce no client ever selects it. Accepted Announces raise an
@@ -17,14 +19,15 @@ use agent_common::{
     },
 };
 use aya_ebpf::{
-    macros::{classifier, map},
+    bindings::xdp_action,
+    macros::{map, xdp},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{sk_buff::SkBuff, TcContext},
+    programs::XdpContext,
 };
 
 use super::{
     boot_ns, budget, count, emit,
-    packet::{parse_flow, payload_len, Flow},
+    packet::{parse_flow, payload_len, Flow, Frame},
     policy_in_force, verdict_for,
 };
 
@@ -41,31 +44,28 @@ static PTP_MESSAGE: PerCpuArray<[u8; ANNOUNCE_LEN]> = PerCpuArray::with_max_entr
 #[map]
 static PTP_ANNOUNCED: LruHashMap<[u8; 8], Grandmaster> = LruHashMap::with_max_entries(1024, 0);
 
-/// Let the packet go on (to the next tc program, if any).
-const TC_ACT_UNSPEC: i32 = -1;
-const TC_ACT_SHOT: i32 = 2;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-#[classifier]
-pub fn ptp_ingress(ctx: TcContext) -> i32 {
-    decide(&ctx.skb).unwrap_or(TC_ACT_UNSPEC)
+#[xdp]
+pub fn ptp_ingress(ctx: XdpContext) -> u32 {
+    decide(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
 /// Where a PTP message starts, and the UDP flow it came in (None over Ethernet).
 #[inline(always)]
-fn locate(skb: &SkBuff) -> Option<(usize, Option<Flow>)> {
-    let mut ethertype = u16::from_be(skb.load::<u16>(12).ok()?);
+fn locate(skb: &XdpContext) -> Option<(usize, Option<Flow>)> {
+    let mut ethertype = u16::from_be(skb.load::<u16>(12)?);
     let mut at = ETH_HLEN;
     // Up to two VLAN tags left in the frame (when the driver did not take them out).
     for _ in 0..2 {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        ethertype = u16::from_be(skb.load::<u16>(at + 2).ok()?);
+        ethertype = u16::from_be(skb.load::<u16>(at + 2)?);
         at += 4;
     }
     match ethertype {
@@ -82,29 +82,17 @@ fn locate(skb: &SkBuff) -> Option<(usize, Option<Flow>)> {
 /// The PTP message at `at`, as far as the packet holds it, read into this CPU's buffer
 /// (bytes past what the packet holds are not looked at).
 #[inline(always)]
-fn read_ptp(skb: &SkBuff, at: usize) -> PtpHeader {
+fn read_ptp(skb: &XdpContext, at: usize) -> PtpHeader {
     let len = payload_len(skb, at);
-    let n = if len > ANNOUNCE_LEN {
-        ANNOUNCE_LEN
-    } else {
-        len
-    };
     let Some(buf) = PTP_MESSAGE.get_ptr_mut(0) else {
         return parse_ptp(&[0; ANNOUNCE_LEN], 0);
     };
-    if n == 0 {
+    if len == 0 {
         return parse_ptp(&[0; ANNOUNCE_LEN], 0);
     }
-    // SAFETY: a per-CPU buffer of ANNOUNCE_LEN bytes; n is 1..=ANNOUNCE_LEN.
-    let read = unsafe {
-        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
-            skb.skb as *const _,
-            at as u32,
-            buf as *mut _,
-            n as u32,
-        )
-    };
-    if read != 0 {
+    // 1 to ANNOUNCE_LEN, in a form the verifier can see is never 0.
+    let n = ((len.min(ANNOUNCE_LEN) - 1) & (ANNOUNCE_LEN - 1)) + 1;
+    if !skb.copy(at, buf.cast(), n as u32) {
         return parse_ptp(&[0; ANNOUNCE_LEN], 0);
     }
     // SAFETY: as above.
@@ -112,7 +100,7 @@ fn read_ptp(skb: &SkBuff, at: usize) -> PtpHeader {
 }
 
 #[inline(always)]
-fn decide(skb: &SkBuff) -> Option<i32> {
+fn decide(skb: &XdpContext) -> Option<u32> {
     let (at, flow) = locate(skb)?;
     let (slot, policy) = policy_in_force()?;
     let ptp = read_ptp(skb, at);
@@ -141,7 +129,7 @@ fn decide(skb: &SkBuff) -> Option<i32> {
         (alert::NONE, Grandmaster::default())
     };
     if v != verdict::ALLOW || raised != alert::NONE {
-        let len = skb.len();
+        let len = skb.length() as u32;
         emit(budget::PACKETS, boot_ns(), policy.generation, |ev| {
             match &flow {
                 Some(f) => super::ntp::fill_packet(ev, f, len, kind::PTP, v, why),
@@ -159,9 +147,9 @@ fn decide(skb: &SkBuff) -> Option<i32> {
         });
     }
     Some(if v == verdict::DENY {
-        TC_ACT_SHOT
+        xdp_action::XDP_DROP
     } else {
-        TC_ACT_UNSPEC
+        xdp_action::XDP_PASS
     })
 }
 

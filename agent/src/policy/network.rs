@@ -105,7 +105,10 @@ pub fn compile(
         if let Some(ifs) = &ptp.interfaces {
             for i in &ifs.value {
                 let name = &i.value;
-                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                if name.is_empty()
+                    || name.len() > 15
+                    || name.contains(|c: char| c == '/' || c.is_whitespace() || c.is_control())
+                {
                     sink.error(
                         i.referenced,
                         format!("`{name}` is not an interface name (1 to 15 characters, no / or spaces; e.g. eth0)"),

@@ -28,6 +28,14 @@
 //! Network (for the network guard's tests, inside namespaces the test made):
 //!   tg-clock udp-send FROM TO KIND N   N NTP packets of KIND (client, control, private)
 //!   tg-clock udp-recv ADDR SECS        count datagrams arriving at ADDR, by source
+//!   tg-clock udp-bind ADDR             bind a UDP socket (a time port, for the bind guard)
+//!   tg-clock connect tcp|udp ADDR      connect (udp: and send one datagram)
+//!   tg-clock sendto ADDR [FROM_PORT]   one unconnected datagram
+//!   tg-clock tcp-listen ADDR SECS      accept connections for SECS, counted
+//!   tg-clock packet-open all|ptp|ip    an AF_PACKET socket for that protocol
+//!   tg-clock packet-bind all|ptp|ip    an AF_PACKET socket for none, then bound to one
+//!   tg-clock malformed IFACE           send the catalogue of malformed time frames
+//!   tg-clock truncated-ntp FROM TO     NTP payloads cut at every length, 0 to 48 bytes
 //!
 //! Ways of running a program that must not change who it is, taking the rest of the line:
 //!   tg-clock as-comm NAME …     rename the process (PR_SET_NAME) first
@@ -36,7 +44,7 @@
 //!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
-use timeguard_tests::{bench, clock, devices, ntp};
+use timeguard_tests::{bench, clock, devices, ntp, sockets};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,6 +60,15 @@ fn main_inner(args: &[String]) -> i32 {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let counted = |v: serde_json::Value| {
         println!("{v}");
+        Ok(None)
+    };
+    // Socket calls: the JSON, and exit status 1 when the call failed.
+    let judged = |r: Result<serde_json::Value, String>| -> Result<Option<clock::Outcome>, String> {
+        let v = r?;
+        println!("{v}");
+        if v["errno"] != 0 {
+            std::process::exit(1);
+        }
         Ok(None)
     };
     let result = match args.as_slice() {
@@ -103,12 +120,21 @@ fn main_inner(args: &[String]) -> i32 {
             .map_err(|e| e.to_string())
             .and_then(|s| ntp::receive(addr, s))
             .and_then(counted),
+        ["udp-bind", at] => judged(sockets::udp_bind(at)),
+        ["connect", proto, to] => judged(sockets::connect(proto, to)),
+        ["sendto", to] => judged(sockets::send_to(to, 0)),
+        ["sendto", to, port] => port.parse::<u16>().map_err(|e| e.to_string()).and_then(|p| judged(sockets::send_to(to, p))),
+        ["tcp-listen", at, secs] => secs.parse::<u64>().map_err(|e| e.to_string()).and_then(|s| judged(sockets::tcp_listen(at, s))),
+        ["packet-open", proto] => judged(sockets::packet_open(proto)),
+        ["packet-bind", proto] => judged(sockets::packet_bind(proto)),
+        ["malformed", iface] => judged(sockets::send_malformed(iface)),
+        ["truncated-ntp", from, to] => judged(sockets::send_truncated_ntp(from, to)),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
         ["hammer", ms] => ms
             .parse::<u64>()
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | udp-bind ADDR | connect tcp|udp ADDR | sendto ADDR [PORT] | tcp-listen ADDR SECS | packet-open P | packet-bind P | malformed IFACE | truncated-ntp FROM TO | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {
