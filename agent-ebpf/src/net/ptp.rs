@@ -73,7 +73,8 @@ fn locate(skb: &XdpContext) -> Option<(usize, Option<Flow>)> {
         ETH_P_IP | ETH_P_IPV6 => {
             let flow = parse_flow(skb, at)?;
             let ptp_port = |p: u16| p == EVENT_PORT || p == GENERAL_PORT;
-            (flow.proto == IPPROTO_UDP && ptp_port(flow.dport)).then(|| (flow.payload, Some(flow)))
+            (flow.proto == IPPROTO_UDP && ptp_port(flow.dport))
+                .then_some((flow.payload, Some(flow)))
         }
         _ => None,
     }
@@ -161,7 +162,7 @@ fn grandmaster_listed(slot: u32, identity: [u8; 8]) -> bool {
         identity,
     };
     // SAFETY: only whether it is there is used.
-    unsafe { PTP_GRANDMASTERS.get(&key) }.is_some()
+    unsafe { PTP_GRANDMASTERS.get(key) }.is_some()
 }
 
 /// An Announce that reaches ptp4l: what its grandmaster says, against last time.

@@ -86,7 +86,7 @@ fn calling_daemon(slot: u32) -> (u64, u64, Option<Daemon>) {
         ino,
     };
     // SAFETY: copied out at once.
-    let d = unsafe { NET_DAEMONS.get(&key) }.copied();
+    let d = unsafe { NET_DAEMONS.get(key) }.copied();
     (dev, ino, d)
 }
 
@@ -282,10 +282,10 @@ fn first_use(rule_id: u32, port: u16, proto: u32, addr: [u8; 16]) -> u8 {
         addr,
     };
     // SAFETY: only whether it is there is used.
-    if unsafe { NET_DESTINATIONS.get(&key) }.is_some() {
+    if unsafe { NET_DESTINATIONS.get(key) }.is_some() {
         return alert::NONE;
     }
-    let _ = NET_DESTINATIONS.insert(&key, &1, 0);
+    let _ = NET_DESTINATIONS.insert(key, 1, 0);
     alert::NEW_DESTINATION
 }
 
