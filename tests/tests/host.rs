@@ -56,6 +56,34 @@ fn bundled_policies_pass_check() {
             policy.display()
         );
         assert!(text.contains("ok: policy"), "{text}");
+        // The commented network example, as an operator would uncomment it, checks too.
+        let original = std::fs::read_to_string(policy).expect("read the policy");
+        if let Some(at) = original.find("\n  # network:") {
+            let (head, example) = original.split_at(at + 1);
+            let uncommented: String = example
+                .lines()
+                .map(|l| {
+                    l.strip_prefix("  # ")
+                        .map_or(l.to_string(), |r| format!("  {r}"))
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let path = empty_root.join("uncommented.yaml");
+            std::fs::write(&path, format!("{head}{uncommented}\n")).expect("write");
+            let out = Command::new(&bin)
+                .arg("check")
+                .arg("--root")
+                .arg(&empty_root)
+                .arg(&path)
+                .output()
+                .expect("timeguard check runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("ok: policy"),
+                "{}'s network example fails check:\n{text}",
+                policy.display()
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&empty_root);
     let default = workspace().join("policies/default.yaml");

@@ -693,25 +693,70 @@ fn scenario_users() -> Outcome {
     ))
 }
 
-/// A policy with `spec.network` attaches the NTP guard (the kernel's verifier accepts it),
-/// and the guest's own NTP traffic (chronyd and the test server on loopback, above) was
-/// never touched before.
-fn scenario_network_guard_loads() -> Outcome {
+/// A policy with `spec.network` attaches the network guard (the kernel's verifier accepts
+/// it), and with `daemons` only the listed executable may open packet sockets that see PTP
+/// frames (at creation, and by binding a protocol-less socket later) or bind the NTP port:
+/// the copy of it gets EPERM, each refusal counted. A packet socket for IP alone is not a
+/// PTP socket and is not decided.
+fn scenario_network_guard() -> Outcome {
     let original = fs::read_to_string(POLICY).map_err(|e| format!("{POLICY}: {e}"))?;
     let with_network = format!(
-        "{}  network:\n    ntp:\n      control: [127.0.0.1]\n      rateLimit: {{requestsPerSecond: 64, burst: 128}}\n",
+        "{}  network:\n    ntp:\n      control: [127.0.0.1]\n      rateLimit: {{requestsPerSecond: 64, burst: 128}}\n    daemons: [test-allowed]\n",
         original.replace("name: vm-test\n", "name: vm-test-net\n")
     );
     reload_to(&with_network, "vm-test-net")?;
+    let errno = |program: &str, args: &[&str]| -> Result<i64, String> {
+        let r = sh(program, args)?;
+        serde_json::from_str::<Value>(&r.stdout)
+            .ok()
+            .and_then(|v| v["errno"].as_i64())
+            .ok_or_else(|| format!("{program} {args:?}: {} {}", r.stdout, r.stderr))
+    };
+    let eperm = i64::from(libc::EPERM);
+    let cases: [(&str, &[&str], i64); 8] = [
+        (COPY, &["packet-open", "ptp"], eperm),
+        (COPY, &["packet-open", "all"], eperm),
+        (COPY, &["packet-bind", "ptp"], eperm),
+        (COPY, &["packet-open", "ip"], 0),
+        (COPY, &["udp-bind", "0.0.0.0:123"], eperm),
+        (ALLOWED, &["packet-open", "ptp"], 0),
+        (ALLOWED, &["packet-bind", "all"], 0),
+        (ALLOWED, &["udp-bind", "0.0.0.0:123"], 0),
+    ];
+    let mut wrong = Vec::new();
+    for (program, args, want) in cases {
+        let got = errno(program, args)?;
+        if got != want {
+            wrong.push(format!("{program} {args:?}: errno {got}, expected {want}"));
+        }
+    }
     let st = agent_status()?;
     reload_to(&original, "vm-test")?;
-    match st["network"]["attached"].as_str() {
-        Some(at) => Ok(format!("attached: {at}")),
-        None => Err(format!(
+    let Some(at) = st["network"]["attached"].as_str() else {
+        return Err(format!(
             "the network guard did not attach: {}",
             st["network"]["unavailable"]
-        )),
+        ));
+    };
+    if !wrong.is_empty() {
+        return Err(wrong.join("; "));
     }
+    let refused: u64 = st["network"]["sockets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["verdict"] == "deny" && c["reason"] == "not a time daemon")
+        .filter_map(|c| c["count"].as_u64())
+        .sum();
+    if refused != 4 {
+        return Err(format!(
+            "{refused} refusals counted, expected 4: {}",
+            st["network"]
+        ));
+    }
+    Ok(format!(
+        "attached: {at}; PTP packet sockets and UDP 123 for the listed daemon only, 4 refusals counted"
+    ))
 }
 
 /// An upgrade renames a new file over an allowed executable: the agent follows the path to
@@ -1387,8 +1432,8 @@ fn main() {
         ),
         ("match.users narrows a rule", scenario_users),
         (
-            "the network guard loads and attaches",
-            scenario_network_guard_loads,
+            "the network guard: only time daemons own time sockets",
+            scenario_network_guard,
         ),
         (
             "a replaced executable is followed",
