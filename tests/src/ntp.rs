@@ -175,6 +175,92 @@ pub fn send(from: &str, to: &str, kind: &str, count: u32) -> Result<(), String> 
     send_with(from, to, kind, count, false)
 }
 
+/// Requests sent and replies received by `load`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Load {
+    pub sent: u64,
+    pub answered: u64,
+    pub seconds: f64,
+}
+
+/// How `load` sends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Each socket keeps a window of requests in flight (a new one for each reply, the
+    /// window refilled after 20 ms without one): a server at saturation, not flooded.
+    Saturate,
+    /// As fast as they go, replies counted as they come.
+    Flood,
+    /// This many requests a second, evenly, as an ordinary client polls.
+    PerSecond(f64),
+}
+
+/// Client requests to an NTP server `to` from `from` for `secs` seconds.
+pub fn load(from: &str, to: &str, secs: f64, pace: Pace) -> Result<Load, String> {
+    const WINDOW: u64 = 8;
+    let count = if matches!(pace, Pace::PerSecond(_)) {
+        1
+    } else {
+        16
+    };
+    let request = packet("client").unwrap_or_default();
+    let mut sockets = Vec::new();
+    for _ in 0..count {
+        let s = UdpSocket::bind(format!("{from}:0")).map_err(|e| format!("bind {from}: {e}"))?;
+        s.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        sockets.push((s, 0u64, std::time::Instant::now()));
+    }
+    let started = std::time::Instant::now();
+    let mut out = Load::default();
+    let mut buf = [0u8; 128];
+    while started.elapsed().as_secs_f64() < secs {
+        for (s, in_flight, last) in &mut sockets {
+            while s.recv(&mut buf).is_ok() {
+                out.answered += 1;
+                *in_flight = in_flight.saturating_sub(1);
+                *last = std::time::Instant::now();
+            }
+            match pace {
+                Pace::Saturate => {
+                    if last.elapsed() > Duration::from_millis(20) {
+                        *in_flight = 0;
+                        *last = std::time::Instant::now();
+                    }
+                    while *in_flight < WINDOW && s.send(&request).is_ok() {
+                        out.sent += 1;
+                        *in_flight += 1;
+                    }
+                }
+                Pace::Flood => {
+                    for _ in 0..64 {
+                        if s.send(&request).is_err() {
+                            break;
+                        }
+                        out.sent += 1;
+                    }
+                }
+                Pace::PerSecond(rate) => {
+                    let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                    if out.sent < due && s.send(&request).is_ok() {
+                        out.sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+        }
+    }
+    // Replies still on their way.
+    std::thread::sleep(Duration::from_millis(100));
+    for (s, _, _) in &sockets {
+        while s.recv(&mut buf).is_ok() {
+            out.answered += 1;
+        }
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
 /// Counts the datagrams arriving at `addr` for `secs` seconds, by source address.
 pub fn receive(addr: &str, secs: u64) -> Result<serde_json::Value, String> {
     let s = UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;

@@ -56,6 +56,9 @@ enum Cmd {
         /// Guest kernel series: 6.1 or 6.12.
         #[arg(long, default_value = "6.12")]
         kernel: String,
+        /// Only these figures: `clock` (in a guest) or `network` (on this host's kernel).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Boot a guest kernel with the agent running and a shell on the console.
     Vm {
@@ -260,6 +263,71 @@ fn bench(bin: &Path, kernel: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The network guard's figures, on this host's kernel (its network programs load here):
+/// real chronyd's throughput with and without the guard, and a flood over the rate limit.
+fn bench_network(bin: &Path) -> anyhow::Result<()> {
+    println!("== benchmark: the network guard on this host's kernel, in namespaces it makes");
+    let chronyd = setup::unpacked_tool("chrony", "/usr/sbin/chronyd")?;
+    let out = setup::output_as_root(
+        &bin.join("tg-ntp-bench"),
+        &[chronyd.as_os_str(), "5".as_ref()],
+        &[("TIMEGUARD_BIN", bin.join("timeguard").as_os_str())],
+    )?;
+    let figures: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("TG-BENCH "))
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect();
+    if let Some(failed) = out.lines().find_map(|l| l.strip_prefix("TG-BENCH-FAILED ")) {
+        bail!("the network benchmark failed: {failed}");
+    }
+    let mut md = format!(
+        "On this host's kernel ({}), {}; chronyd -x in a network namespace, load from another over veth. Best of 3 rounds of 5 s, alternating without and with the agent.\n\n| figure | without agent | with agent | ratio |\n|---|---:|---:|---:|\n",
+        kernel_release(),
+        host_cpu()
+    );
+    for f in &figures {
+        let name = f["figure"].as_str().unwrap_or("?");
+        if let (Some(without), Some(with)) = (f["without_agent"].as_f64(), f["with_agent"].as_f64())
+        {
+            let ratio = with / without;
+            println!("{name:<56} {without:>12.0} {with:>12.0} {ratio:>7.3}");
+            md.push_str(&format!(
+                "| {name} | {without:.0} | {with:.0} | {ratio:.3} |\n"
+            ));
+        }
+    }
+    for f in &figures {
+        if let Some(offered) = f["offered_per_s"].as_f64() {
+            let line = format!(
+                "{}: offered {offered:.0}/s, shed in the kernel {:.0}/s, the flooding source answered {:.0}/s; another client asking {:.0}/s was answered {:.0}/s",
+                f["figure"].as_str().unwrap_or("?"),
+                f["shed_per_s"].as_f64().unwrap_or(f64::NAN),
+                f["flood_answered_per_s"].as_f64().unwrap_or(f64::NAN),
+                f["other_client_sent_per_s"].as_f64().unwrap_or(f64::NAN),
+                f["other_client_answered_per_s"].as_f64().unwrap_or(f64::NAN),
+            );
+            println!("{line}");
+            md.push_str(&format!("\n{line}.\n"));
+        }
+    }
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("network.json"),
+        serde_json::to_string_pretty(&figures)?,
+    )?;
+    std::fs::write(dir.join("network.md"), md)?;
+    println!("written: {}/network.json, network.md", dir.display());
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown kernel".into())
+}
+
 /// The host's CPU model, for the record of where a benchmark ran.
 fn host_cpu() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -291,10 +359,21 @@ fn main() -> anyhow::Result<()> {
             kernels,
             filter,
         } => test(no_vm, vm_only, &kernels, filter.as_deref()),
-        Cmd::Bench { kernel } => {
-            setup::ensure_vm_tools()?;
+        Cmd::Bench { kernel, only } => {
             let bin = build(true)?;
-            bench(&bin, &kernel)
+            match only.as_deref() {
+                Some("clock") => {
+                    setup::ensure_vm_tools()?;
+                    bench(&bin, &kernel)
+                }
+                Some("network") => bench_network(&bin),
+                Some(other) => bail!("--only {other}: write clock or network"),
+                None => {
+                    setup::ensure_vm_tools()?;
+                    bench(&bin, &kernel)?;
+                    bench_network(&bin)
+                }
+            }
         }
         Cmd::Vm { kernel, demo } => {
             setup::ensure_vm_tools()?;

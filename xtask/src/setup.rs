@@ -256,3 +256,37 @@ pub fn run_as_root(bin: &Path, args: &[&OsStr]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs a program as root (through sudo when not root) with `env` set, and returns what it
+/// printed; its stderr goes to ours.
+pub fn output_as_root(
+    bin: &Path,
+    args: &[&OsStr],
+    env: &[(&str, &OsStr)],
+) -> anyhow::Result<String> {
+    let mut cmd = if is_root() {
+        let mut c = Command::new(bin);
+        c.envs(env.iter().copied());
+        c
+    } else {
+        println!(
+            "xtask: {} needs root; running it through sudo",
+            bin.display()
+        );
+        let mut c = Command::new("sudo");
+        c.arg("env");
+        for (k, v) in env {
+            let mut kv = std::ffi::OsString::from(format!("{k}="));
+            kv.push(v);
+            c.arg(kv);
+        }
+        c.arg(bin);
+        c
+    };
+    let out = cmd
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

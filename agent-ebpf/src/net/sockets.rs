@@ -94,13 +94,7 @@ fn calling_daemon(slot: u32) -> (u64, u64, Daemon) {
 
 /// The owner part of a record: the calling process.
 #[inline(always)]
-fn fill_owner(
-    ev: &mut agent_common::net::NetEvent,
-    dev: u64,
-    ino: u64,
-    d: Daemon,
-    protocol: u32,
-) {
+fn fill_owner(ev: &mut agent_common::net::NetEvent, dev: u64, ino: u64, d: Daemon, protocol: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     ev.owner.pid = pid_tgid as u32;

@@ -36,6 +36,8 @@
 //!   tg-clock packet-bind all|ptp|ip    an AF_PACKET socket for none, then bound to one
 //!   tg-clock malformed IFACE           send the catalogue of malformed time frames
 //!   tg-clock truncated-ntp FROM TO     NTP payloads cut at every length, 0 to 48 bytes
+//!   tg-clock ntp-load FROM TO SECS [flood|RATE]   client requests at saturation (or a
+//!                           flood, or RATE a second)
 //!
 //! Ways of running a program that must not change who it is, taking the rest of the line:
 //!   tg-clock as-comm NAME …     rename the process (PR_SET_NAME) first
@@ -129,6 +131,19 @@ fn main_inner(args: &[String]) -> i32 {
         ["packet-bind", proto] => judged(sockets::packet_bind(proto)),
         ["malformed", iface] => judged(sockets::send_malformed(iface)),
         ["truncated-ntp", from, to] => judged(sockets::send_truncated_ntp(from, to)),
+        ["ntp-load", from, to, secs, pace @ ..] => secs
+            .parse::<f64>()
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                let pace = match pace {
+                    [] => Ok(ntp::Pace::Saturate),
+                    ["flood"] => Ok(ntp::Pace::Flood),
+                    [rate] => rate.parse().map(ntp::Pace::PerSecond).map_err(|e| format!("{rate}: {e}")),
+                    _ => Err("ntp-load FROM TO SECS [flood|RATE]".to_string()),
+                };
+                pace.and_then(|p| ntp::load(from, to, s, p))
+            })
+            .and_then(|l| counted(serde_json::json!({"sent": l.sent, "answered": l.answered, "seconds": l.seconds}))),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
         ["hammer", ms] => ms
             .parse::<u64>()
