@@ -341,6 +341,14 @@ mod tests {
             network: vec![
                 ("ntp", "private".into(), "deny", "source not listed", 2),
                 ("bind", "ntp".into(), "deny", "not a time daemon", 1),
+                (
+                    "ptp",
+                    "announce".into(),
+                    "deny",
+                    "grandmaster not listed",
+                    4,
+                ),
+                ("nts_ke", "client".into(), "allow", "", 2),
             ],
             net_alerts: vec![(("ntp", "kiss_of_death"), 1)],
             packet_events_lost: 0,
@@ -373,6 +381,14 @@ mod tests {
         );
         assert!(
             text.contains(r#"timeguard_ptp_alerts_total{alert="new_grandmaster"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"timeguard_ptp_messages_total{message="announce",reason="grandmaster not listed",verdict="deny"} 4"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"timeguard_nts_ke_connections_total{mode="client",reason="none",verdict="allow"} 2"#),
             "{text}"
         );
         assert!(

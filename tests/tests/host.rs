@@ -449,8 +449,9 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     assert_eq!(http_get(&metrics_addr, "/other").map(|(c, _)| c), Some(404));
 
     // The dashboard and the rules use only metrics the agent serves (the two step gauges
-    // appear after the first step, which a host test must not make; the packet counters
-    // with the first NTP packet a network policy decides, tested below).
+    // appear after the first step, which a host test must not make; the network counters
+    // with the first packet or socket a network policy decides, which this agent has not:
+    // their exposition is checked in the agent's metrics unit test).
     let served = metric_names(&text);
     let mut used = metric_names(
         &std::fs::read_to_string(workspace().join("deploy/grafana/timeguard-dashboard.json"))
@@ -464,6 +465,9 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
             "timeguard_clock_seconds_since_last_step",
             "timeguard_clock_last_step_seconds",
             "timeguard_ntp_packets_total",
+            "timeguard_ptp_messages_total",
+            "timeguard_time_sockets_total",
+            "timeguard_nts_ke_connections_total",
         ];
         assert!(
             served.contains(&name) || after_a_step.contains(&name.as_str()),
