@@ -28,6 +28,19 @@ fn lab_with_agent(tag: char, policy: &str) -> Option<(NetLab, RunningAgent)> {
     Some((lab, agent))
 }
 
+/// Runs `tg-clock args…` in namespace `ns` (outside the lab's cgroup); it must succeed.
+fn tg_clock_ok(lab: &NetLab, ns: &str, args: &[&str]) {
+    let out = lab
+        .tg_clock(ns, false, args)
+        .output()
+        .expect("tg-clock runs");
+    assert!(
+        out.status.success(),
+        "tg-clock {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The count of a network counter section's entries matching every (key, value) given.
 fn counted(status: &Value, section: &str, matching: &[(&str, &str)]) -> u64 {
     status["network"][section]
@@ -72,19 +85,7 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
         .expect("the IPv6 receiver starts");
     std::thread::sleep(Duration::from_millis(1500));
     let send = |from: &str, kind: &str, n: &str| {
-        let out = lab
-            .tg_clock(
-                &lab.b,
-                false,
-                &["udp-send", from, "10.231.0.1:123", kind, n],
-            )
-            .output()
-            .expect("tg-clock runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        tg_clock_ok(&lab, &lab.b, &["udp-send", from, "10.231.0.1:123", kind, n]);
     };
     send("10.231.0.2", "private", "3");
     send("10.231.0.2", "control", "3");
@@ -106,34 +107,18 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
             "2",
         ];
         args.extend_from_slice(extra);
-        let out = lab
-            .tg_clock(&lab.b, false, &args)
-            .output()
-            .expect("tg-clock runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        tg_clock_ok(&lab, &lab.b, &args);
     }
-    let out = lab
-        .tg_clock(
-            &lab.b,
-            false,
-            &[
-                "udp-send",
-                "fd00:231::2",
-                "[fd00:231::1]:123",
-                "client",
-                "1",
-            ],
-        )
-        .output()
-        .expect("tg-clock runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    tg_clock_ok(
+        &lab,
+        &lab.b,
+        &[
+            "udp-send",
+            "fd00:231::2",
+            "[fd00:231::1]:123",
+            "client",
+            "1",
+        ],
     );
     let got6 = receiver6
         .wait_with_output()
@@ -643,26 +628,19 @@ fn ptp4l_follows_only_the_listed_grandmaster(tag: char, transport: &str) {
     };
     assert!(announce_deny("grandmaster not listed") > 0, "{during}");
     assert!(announce_deny("domain not listed") > 0, "{during}");
-    assert!(
+    let announces = |status: &Value, verdict: &str| {
         counted(
-            &during,
+            status,
             "ptp_messages",
-            &[("message", "announce"), ("verdict", "allow")]
-        ) > 0,
-        "{during}"
-    );
+            &[("message", "announce"), ("verdict", verdict)],
+        )
+    };
+    assert!(announces(&during, "allow") > 0, "{during}");
     assert!(
         audited.last().is_some_and(|g| g == "bbbbbb.fffe.000002"),
         "audit: the client should turn to the rogue, selected {audited:?}\n{client_text}"
     );
-    assert!(
-        counted(
-            &after,
-            "ptp_messages",
-            &[("message", "announce"), ("verdict", "audit")]
-        ) > 0,
-        "{after}"
-    );
+    assert!(announces(&after, "audit") > 0, "{after}");
     assert!(
         records.iter().any(|r| r["kind"] == "ptp"
             && r["verdict"] == "deny"
@@ -723,18 +701,10 @@ fn malformed_and_truncated_packets_pass_the_parsers_without_harm() {
         ("10.231.0.2", "client"),
         ("10.231.0.3", "private"),
     ] {
-        let out = lab
-            .tg_clock(
-                &lab.b,
-                false,
-                &["udp-send", from, "10.231.0.1:123", kind, "2"],
-            )
-            .output()
-            .expect("tg-clock runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        tg_clock_ok(
+            &lab,
+            &lab.b,
+            &["udp-send", from, "10.231.0.1:123", kind, "2"],
         );
     }
     let got: Value = receiver

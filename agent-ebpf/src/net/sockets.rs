@@ -108,6 +108,47 @@ fn fill_owner(ev: &mut agent_common::net::NetEvent, dev: u64, ino: u64, d: Daemo
     ev.owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
 
+/// One socket decision, as recorded.
+struct SocketDecision {
+    kind: u8,
+    service: u8,
+    /// 4 or 6; 0 for a packet socket.
+    family: u8,
+    verdict: u8,
+    reason: u8,
+    alert: u8,
+    addr: [u8; 16],
+    port: u16,
+    /// IPPROTO_UDP/TCP, or the packet socket's ethertype.
+    protocol: u32,
+}
+
+/// Records a socket decision (within the sockets' budget) with the calling process.
+#[inline(always)]
+fn record(d: &SocketDecision, generation: u32, dev: u64, ino: u64, daemon: Daemon) {
+    emit(budget::SOCKETS, boot_ns(), generation, |ev| {
+        ev.kind = d.kind;
+        ev.service = d.service;
+        ev.family = d.family;
+        ev.verdict = d.verdict;
+        ev.reason = d.reason;
+        ev.alert = d.alert;
+        ev.dst = d.addr;
+        ev.dport = d.port;
+        fill_owner(ev, dev, ino, daemon, d.protocol);
+    });
+}
+
+/// What a sock_addr program returns for a verdict.
+#[inline(always)]
+fn sock_addr_verdict(v: u8) -> i32 {
+    if v == verdict::DENY {
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
 /// Whether the policy lets this caller own a time socket.
 #[inline(always)]
 fn may_own_time_socket(policy: &NetPolicy, d: Daemon) -> bool {
@@ -150,21 +191,19 @@ fn bind(ctx: &SockAddrContext, family: u8) -> i32 {
         reason: why,
     });
     // Binding a time port is rare and worth a record, allowed or not.
-    emit(budget::SOCKETS, boot_ns(), policy.generation, |ev| {
-        ev.kind = kind::BIND;
-        ev.service = svc;
-        ev.family = family;
-        ev.verdict = v;
-        ev.reason = why;
-        ev.dst = addr;
-        ev.dport = port;
-        fill_owner(ev, dev, ino, d, proto);
-    });
-    if v == verdict::DENY {
-        REFUSE
-    } else {
-        ALLOW
-    }
+    let decision = SocketDecision {
+        kind: kind::BIND,
+        service: svc,
+        family,
+        verdict: v,
+        reason: why,
+        alert: alert::NONE,
+        addr,
+        port,
+        protocol: proto,
+    };
+    record(&decision, policy.generation, dev, ino, d);
+    sock_addr_verdict(v)
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -247,23 +286,20 @@ fn connect(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
         first_use(dm.rule_id, port, proto, addr)
     };
     if v != verdict::ALLOW || raised != alert::NONE {
-        emit(budget::SOCKETS, boot_ns(), policy.generation, |ev| {
-            ev.kind = kind::CONNECT;
-            ev.service = svc;
-            ev.family = family;
-            ev.verdict = v;
-            ev.reason = why;
-            ev.alert = raised;
-            ev.dst = addr;
-            ev.dport = port;
-            fill_owner(ev, dev, ino, dm, proto);
-        });
+        let decision = SocketDecision {
+            kind: kind::CONNECT,
+            service: svc,
+            family,
+            verdict: v,
+            reason: why,
+            alert: raised,
+            addr,
+            port,
+            protocol: proto,
+        };
+        record(&decision, policy.generation, dev, ino, dm);
     }
-    if v == verdict::DENY {
-        REFUSE
-    } else {
-        ALLOW
-    }
+    sock_addr_verdict(v)
 }
 
 /// `alert::NEW_DESTINATION` the first time a daemon uses a destination.
@@ -342,13 +378,17 @@ fn packet_socket(protocol: u16) -> i32 {
         reason: why,
     });
     // Rare, and each one can see every PTP frame: always recorded.
-    emit(budget::SOCKETS, boot_ns(), policy.generation, |ev| {
-        ev.kind = kind::RAW_SOCKET;
-        ev.service = service::PTP;
-        ev.family = 0;
-        ev.verdict = v;
-        ev.reason = why;
-        fill_owner(ev, dev, ino, d, protocol as u32);
-    });
+    let decision = SocketDecision {
+        kind: kind::RAW_SOCKET,
+        service: service::PTP,
+        family: 0,
+        verdict: v,
+        reason: why,
+        alert: alert::NONE,
+        addr: [0; 16],
+        port: 0,
+        protocol: protocol as u32,
+    };
+    record(&decision, policy.generation, dev, ino, d);
     lsm_verdict(v)
 }
