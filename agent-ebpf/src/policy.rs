@@ -13,14 +13,14 @@ use aya_ebpf::{
 
 /// Index 0 holds the slot in force. The agent flips it with one write after filling the other.
 #[map]
-static ACTIVE_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+static ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
 
 #[map]
-static POLICY: Array<PolicyHeader> = Array::with_max_entries(SLOTS, 0);
+static POLICY: Array<PolicyHeader> = Array::pinned(SLOTS, 0);
 
 /// Index 0: what the agent knows of the clock (the TAI offset).
 #[map]
-static CLOCK_STATE: Array<ClockState> = Array::with_max_entries(1, 0);
+static CLOCK_STATE: Array<ClockState> = Array::pinned(1, 0);
 
 #[inline(always)]
 pub fn clock_state() -> ClockState {
@@ -28,7 +28,7 @@ pub fn clock_state() -> ClockState {
 }
 
 #[map]
-static CLOCK_RULES: HashMap<ExeKey, ClockRule> = HashMap::with_max_entries(SLOTS * MAX_RULES, 0);
+static CLOCK_RULES: HashMap<ExeKey, ClockRule> = HashMap::pinned(SLOTS * MAX_RULES, 0);
 
 /// A decision and the generation of the policy that made it.
 pub struct Decided {

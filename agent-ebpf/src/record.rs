@@ -11,24 +11,23 @@ use aya_ebpf::{
 };
 
 #[map]
-static CLOCK_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static CLOCK_EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
 
 /// Per (rule, set of operations, verdict): exact, whatever happens to the events.
 #[map]
-static CLOCK_COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+static CLOCK_COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::pinned(8192, 0);
 
 /// Index 0: events that did not fit in the ring buffer.
 #[map]
-static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 /// Index 0: events not sent because their process had used its budget for the window.
 #[map]
-static EVENTS_THINNED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static EVENTS_THINNED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 /// Event budgets by process (tgid).
 #[map]
-static EVENT_BUDGETS: LruHashMap<u32, EventBudget> =
-    LruHashMap::with_max_entries(thinning::PROCESSES, 0);
+static EVENT_BUDGETS: LruHashMap<u32, EventBudget> = LruHashMap::pinned(thinning::PROCESSES, 0);
 
 #[inline(always)]
 fn bump(counter: &PerCpuArray<u64>) {

@@ -103,6 +103,19 @@ impl AuditTrail {
     }
 }
 
+/// Writes one record outside a running agent (`timeguard stop --unpin` with none running): on
+/// stdout and appended to `path`, a failure said on stderr.
+pub fn append_once(path: &Path, record: &Value) {
+    let mut trail = AuditTrail::new(
+        Some(path.to_path_buf()),
+        Rotation {
+            max_bytes: u64::MAX,
+            keep: 0,
+        },
+    );
+    trail.write(record);
+}
+
 /// Shifts `path.N` to `path.N+1` (dropping the oldest), then `path` to `path.1`.
 fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
     let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));

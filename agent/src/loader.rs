@@ -9,14 +9,22 @@ use agent_common::{
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{KProbe, Lsm, TracePoint},
+    programs::{links::FdLink, KProbe, Lsm, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 
-use crate::policy::CompiledPolicy;
+use crate::{
+    pins::{link_key, Pins},
+    policy::CompiledPolicy,
+};
 
 /// The kernel programs, built by build.rs and embedded in the binary.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// The build of the embedded kernel programs (names its pin directory).
+pub fn programs_build() -> String {
+    crate::pins::build_id(PROGRAMS)
+}
 
 /// LSM programs and the hooks they decide on. A hook the kernel does not have is skipped
 /// only where it is marked optional: another hook covers its path on that kernel.
@@ -92,11 +100,19 @@ pub struct Guard {
     pub(crate) net_active_slot: u32,
     pub network_attached: Option<String>,
     pub(crate) ptp_links: crate::network::PtpLinks,
+    /// The pinned maps and links: enforcement that outlives this process.
+    pub(crate) pins: Pins,
 }
 
 impl Guard {
-    /// Loads the programs with this kernel's struct offsets. Nothing is attached yet.
-    pub fn load(offsets: &KernelOffsets, btf: &crate::kernel::btf::Btf) -> anyhow::Result<Self> {
+    /// Loads the programs with this kernel's struct offsets, their maps pinned under `pins`
+    /// (the maps an earlier agent of this build pinned are taken over as they are). Nothing
+    /// is attached yet.
+    pub fn load(
+        offsets: &KernelOffsets,
+        btf: &crate::kernel::btf::Btf,
+        pins: Pins,
+    ) -> anyhow::Result<Self> {
         let absent_hooks = LSM_PROGRAMS
             .iter()
             .filter(|(_, hook, _)| !btf.has_function(&format!("bpf_lsm_{hook}")))
@@ -104,9 +120,10 @@ impl Guard {
             .collect();
         let bpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", offsets, true)
+            .default_map_pin_directory(pins.maps_dir())
             .load(PROGRAMS)
             .context("loading the embedded kernel programs")?;
-        Ok(Guard {
+        let mut guard = Guard {
             bpf,
             enforcement: Enforcement::ObserveOnly {
                 reasons: vec!["not attached yet".into()],
@@ -119,7 +136,48 @@ impl Guard {
             net_active_slot: 0,
             network_attached: None,
             ptp_links: Default::default(),
-        })
+            pins,
+        };
+        guard.restore_state()?;
+        Ok(guard)
+    }
+
+    /// Reads back what an earlier agent left in the pinned maps: the policy slot in force
+    /// and its generation, so the next policy goes to the other slot and the flip from the
+    /// old policy to the new one has no gap.
+    fn restore_state(&mut self) -> anyhow::Result<()> {
+        let active: Array<_, u32> = Array::try_from(self.map("ACTIVE_SLOT")?)?;
+        let slot = active.get(&0, 0).unwrap_or(0) % SLOTS;
+        let headers: Array<_, PolicyHeader> = Array::try_from(self.map("POLICY")?)?;
+        let generation = headers.get(&slot, 0).map_or(0, |h| h.generation);
+        let net: Array<_, u32> = Array::try_from(self.map("NET_ACTIVE_SLOT")?)?;
+        self.net_active_slot = net.get(&0, 0).unwrap_or(0) % SLOTS;
+        if generation != 0 {
+            self.active_slot = slot;
+            self.generation = generation;
+        }
+        Ok(())
+    }
+
+    /// The generation an earlier agent left in force (0: none): its policy is enforced
+    /// until this agent installs one.
+    pub fn inherited_generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Where this agent's pins are.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        self.pins.dir()
+    }
+
+    /// The links taken over from an earlier agent.
+    pub fn adopted(&self) -> &[String] {
+        self.pins.adopted()
+    }
+
+    /// Removes the pins of other builds of the programs, once this build is attached.
+    pub fn remove_other_builds(&self) -> Vec<std::path::PathBuf> {
+        self.pins.remove_other_builds()
     }
 
     pub fn generation(&self) -> u32 {
@@ -234,7 +292,12 @@ impl Guard {
                     if presence == Presence::Optional && self.absent_hooks.contains(&hook) {
                         continue;
                     }
-                    if let Err(e) = self.attach_lsm(name, hook, &btf) {
+                    let key = link_key(name, &format!("lsm.{hook}"));
+                    if self.pins.adopt(&key) {
+                        self.attached.push(format!("{name} (lsm/{hook}, adopted)"));
+                        continue;
+                    }
+                    if let Err(e) = self.attach_lsm(name, hook, &btf, &key) {
                         refused.push(format!("BPF LSM hook {hook}: {e:#}"));
                         break;
                     }
@@ -249,7 +312,8 @@ impl Guard {
             return Ok(());
         }
         // All or nothing: a half-attached guard would decide some paths and not others.
-        for (name, _, _) in LSM_PROGRAMS {
+        for (name, hook, _) in LSM_PROGRAMS {
+            self.pins.release(&link_key(name, &format!("lsm.{hook}")));
             if let Some(p) = self.bpf.program_mut(name) {
                 let lsm: &mut Lsm = p.try_into()?;
                 let _ = lsm.unload();
@@ -325,15 +389,23 @@ impl Guard {
         }
     }
 
-    fn attach_lsm(&mut self, name: &str, hook: &str, btf: &Btf) -> anyhow::Result<()> {
+    /// Loads and attaches one LSM program, and pins its link under `key`.
+    fn attach_lsm(&mut self, name: &str, hook: &str, btf: &Btf, key: &str) -> anyhow::Result<()> {
         let lsm: &mut Lsm = self
             .bpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
             .try_into()?;
         lsm.load(hook, btf).map_err(describe_load_error)?;
-        lsm.attach()?;
-        Ok(())
+        let id = lsm.attach()?;
+        let link = lsm.take_link(id)?;
+        self.pins.keep(key, FdLink::from(link))
+    }
+
+    pub(crate) fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
+        self.bpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
     }
 
     pub(crate) fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
@@ -383,6 +455,17 @@ impl Guard {
                 )
             })
             .collect())
+    }
+
+    /// Empties the exact clock counters (their rule names were lost with an earlier agent).
+    pub fn clear_counters(&mut self) -> anyhow::Result<()> {
+        let mut counters: PerCpuHashMap<_, CounterKey, u64> =
+            PerCpuHashMap::try_from(self.map_mut("CLOCK_COUNTERS")?)?;
+        let keys: Vec<CounterKey> = counters.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            counters.remove(&k).context("clearing the clock counters")?;
+        }
+        Ok(())
     }
 
     /// Detailed events that did not fit in the ring buffer.

@@ -1,6 +1,6 @@
 //! timeguard: guards the clock of a Linux time server.
 
-use timeguard_agent::{audit, policy, run};
+use timeguard_agent::{audit, control, pins, policy, run};
 
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +46,25 @@ enum Command {
         /// hierarchy's root, every socket of the host).
         #[arg(long, value_name = "DIR")]
         network_cgroup: Option<PathBuf>,
+        /// Where the kernel programs' maps and links are pinned (bpffs): enforcement stays
+        /// when the agent stops, and a restarted agent takes it over.
+        #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_ROOT)]
+        pin_dir: PathBuf,
+    },
+    /// Stop the running agent. Its last policy stays enforced in the kernel unless
+    /// `--unpin` is given: then the programs are removed and the clock is no longer guarded.
+    /// With no agent running, `--unpin` removes what a dead agent left pinned. Recorded.
+    Stop {
+        /// Remove enforcement from the kernel too.
+        #[arg(long)]
+        unpin: bool,
+        #[arg(long, default_value = run::STATUS_SOCKET)]
+        socket: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_ROOT)]
+        pin_dir: PathBuf,
+        /// Where the act is recorded when no agent is running to record it.
+        #[arg(long, value_name = "PATH", default_value = audit::DEFAULT_PATH)]
+        audit_log: PathBuf,
     },
     /// Print the audit trail in a person's words.
     Events {
@@ -99,6 +118,7 @@ fn main() -> ExitCode {
             audit_log_max_mib,
             audit_log_keep,
             network_cgroup,
+            pin_dir,
         } => run::run(&run::Options {
             policy,
             status_socket,
@@ -109,7 +129,14 @@ fn main() -> ExitCode {
                 keep: audit_log_keep,
             },
             network_cgroup,
+            pin_root: pin_dir,
         }),
+        Command::Stop {
+            unpin,
+            socket,
+            pin_dir,
+            audit_log,
+        } => control::stop(&socket, unpin, &pin_dir, &audit_log),
         Command::Events { file, follow } => audit::print_events(&file, follow),
         Command::Status { socket, json } => run::status(&socket, json),
         Command::Kernel => run::kernel_report(),

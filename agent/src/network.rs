@@ -19,8 +19,8 @@ use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuHashMap, RingBuf},
     programs::{
-        cgroup_skb::CgroupSkbAttachType, xdp::XdpLinkId, CgroupAttachMode, CgroupSkb,
-        CgroupSockAddr, Xdp, XdpMode,
+        cgroup_skb::CgroupSkbAttachType, links::FdLink, xdp::XdpLinkId, CgroupAttachMode,
+        CgroupSkb, CgroupSockAddr, Xdp, XdpMode,
     },
 };
 use serde_json::{json, Value};
@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use crate::{
     events,
     loader::Guard,
+    pins::link_key,
     policy::{network::CompiledNetwork, CompiledRule, ExeId},
 };
 
@@ -68,10 +69,18 @@ pub fn interfaces() -> Vec<String> {
         .collect()
 }
 
-/// Where the PTP guard is attached: interface → its index when attached.
+/// How the PTP guard holds an interface's XDP link.
+enum PtpLink {
+    /// Pinned under this key: it outlives the agent.
+    Pinned(String),
+    /// Held by this agent only: the kernel refused to pin it.
+    Held(XdpLinkId),
+}
+
+/// Where the PTP guard is attached: interface → its index and link.
 #[derive(Default)]
 pub struct PtpLinks {
-    links: BTreeMap<String, (u32, XdpLinkId)>,
+    links: BTreeMap<String, (u32, PtpLink)>,
     /// Interfaces the guard could not attach to, and why.
     pub refused: BTreeMap<String, String>,
 }
@@ -197,33 +206,48 @@ impl Guard {
         }
         let dir = std::fs::File::open(cgroup)
             .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
-        let prog: &mut CgroupSkb = self
-            .bpf
-            .program_mut("ntp_ingress")
-            .ok_or_else(|| anyhow!("program ntp_ingress missing from the embedded object"))?
-            .try_into()?;
-        if prog.fd().is_err() {
-            prog.load().context("loading ntp_ingress")?;
-        }
-        // Attached as a link: other programs on the same cgroup (systemd's, another
+        let target = format!("cgroup{}", cgroup.display());
+        // Attached as links: other programs on the same cgroup (systemd's, another
         // agent's) keep running, and a packet passes only if every one of them lets it.
-        prog.attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching ntp_ingress to {}", cgroup.display()))?;
+        let key = link_key("ntp_ingress", &target);
+        if !self.pins.adopt(&key) {
+            let prog: &mut CgroupSkb = self
+                .bpf
+                .program_mut("ntp_ingress")
+                .ok_or_else(|| anyhow!("program ntp_ingress missing from the embedded object"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load().context("loading ntp_ingress")?;
+            }
+            let id = prog
+                .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching ntp_ingress to {}", cgroup.display()))?;
+            let link = FdLink::try_from(prog.take_link(id)?)
+                .context("the kernel attached ntp_ingress without a link to pin")?;
+            self.pins.keep(&key, link)?;
+        }
         self.attached.push(format!(
             "ntp_ingress (cgroup_skb/ingress on {})",
             cgroup.display()
         ));
         for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
-                .bpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
-                .try_into()?;
-            if prog.fd().is_err() {
-                prog.load().with_context(|| format!("loading {name}"))?;
+            let key = link_key(name, &target);
+            if !self.pins.adopt(&key) {
+                let prog: &mut CgroupSockAddr = self
+                    .bpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
+                    .try_into()?;
+                if prog.fd().is_err() {
+                    prog.load().with_context(|| format!("loading {name}"))?;
+                }
+                let id = prog
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+                let link = FdLink::try_from(prog.take_link(id)?)
+                    .with_context(|| format!("the kernel attached {name} without a link to pin"))?;
+                self.pins.keep(&key, link)?;
             }
-            prog.attach(&dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
             self.attached
                 .push(format!("{name} (cgroup/sock_addr on {})", cgroup.display()));
         }
@@ -251,13 +275,19 @@ impl Guard {
         for name in gone {
             self.attached
                 .retain(|a| a != &format!("ptp_ingress (xdp on {name})"));
-            if let Some((_, link)) = self.ptp_links.links.remove(&name) {
-                if let Some(p) = self.bpf.program_mut("ptp_ingress") {
-                    if let Ok(p) = <&mut Xdp>::try_from(p) {
-                        // The interface is gone or no longer wanted; its link may be too.
-                        let _ = p.detach(link);
+            // The interface is gone or no longer wanted; its link may be too.
+            match self.ptp_links.links.remove(&name) {
+                Some((_, PtpLink::Pinned(key))) => self.pins.release(&key),
+                Some((_, PtpLink::Held(id))) => {
+                    if let Some(Ok(p)) = self
+                        .bpf
+                        .program_mut("ptp_ingress")
+                        .map(<&mut Xdp>::try_from)
+                    {
+                        let _ = p.detach(id);
                     }
                 }
+                None => {}
             }
         }
         for name in targets {
@@ -282,7 +312,12 @@ impl Guard {
         attached_now
     }
 
-    fn attach_ptp(&mut self, interface: &str, index: u32) -> anyhow::Result<XdpLinkId> {
+    /// Attaches the PTP guard to one interface (or takes over its pinned link).
+    fn attach_ptp(&mut self, interface: &str, index: u32) -> anyhow::Result<PtpLink> {
+        let key = link_key("ptp_ingress", &format!("xdp.{interface}.{index}"));
+        if self.pins.adopt(&key) {
+            return Ok(PtpLink::Pinned(key));
+        }
         let prog: &mut Xdp = self
             .bpf
             .program_mut("ptp_ingress")
@@ -293,8 +328,27 @@ impl Guard {
         }
         // The driver's own XDP where it has one, the kernel's generic XDP otherwise; both
         // run before any packet socket sees the frame.
-        prog.attach_to_if_index(index, XdpMode::Default)
-            .with_context(|| format!("attaching ptp_ingress (XDP) to {interface}"))
+        let attach = |prog: &mut Xdp| {
+            prog.attach_to_if_index(index, XdpMode::Default)
+                .with_context(|| format!("attaching ptp_ingress (XDP) to {interface}"))
+        };
+        let id = attach(prog)?;
+        let link = FdLink::try_from(prog.take_link(id)?)
+            .with_context(|| format!("the kernel attached XDP to {interface} without a link"))?;
+        match self.pins.keep(&key, link) {
+            Ok(()) => Ok(PtpLink::Pinned(key)),
+            Err(e) => {
+                // Seen in a sandbox whose kernel refuses to pin XDP links: the guard still
+                // holds while this agent runs.
+                log::warn!("{e:#}; the PTP guard on {interface} holds only while this agent runs");
+                let prog: &mut Xdp = self
+                    .bpf
+                    .program_mut("ptp_ingress")
+                    .ok_or_else(|| anyhow!("program ptp_ingress missing"))?
+                    .try_into()?;
+                Ok(PtpLink::Held(attach(prog)?))
+            }
+        }
     }
 
     /// The interfaces the PTP guard is on, and those it could not attach to.

@@ -55,6 +55,8 @@ pub struct Options {
     /// The cgroup v2 directory the network guard watches (default: the hierarchy's root,
     /// every socket of the host).
     pub network_cgroup: Option<PathBuf>,
+    /// Where the programs' maps and links are pinned (bpffs).
+    pub pin_root: PathBuf,
 }
 
 fn kernel_release() -> String {
@@ -64,7 +66,7 @@ fn kernel_release() -> String {
 }
 
 /// Loads the programs with this kernel's offsets, after reporting what the kernel offers.
-fn prepare(caps: &[kernel::Capability]) -> anyhow::Result<Guard> {
+fn prepare(caps: &[kernel::Capability], pin_root: &Path) -> anyhow::Result<Guard> {
     for said in kernel::mount_pseudo_filesystems() {
         log::info!("{said}");
     }
@@ -82,7 +84,9 @@ fn prepare(caps: &[kernel::Capability]) -> anyhow::Result<Guard> {
         format!("timeguard identifies executables through the kernel's BTF ({}); this kernel needs CONFIG_DEBUG_INFO_BTF=y", kernel::VMLINUX_BTF)
     })?;
     let offsets = kernel::offsets(&btf)?;
-    Guard::load(&offsets, &btf).context("loading the kernel programs (timeguard must run as root)")
+    let pins = crate::pins::Pins::open(pin_root, &crate::loader::programs_build())?;
+    Guard::load(&offsets, &btf, pins)
+        .context("loading the kernel programs (timeguard must run as root)")
 }
 
 fn report_enforcement(guard: &Guard) {
@@ -115,11 +119,17 @@ pub fn kernel_report() -> anyhow::Result<()> {
     for cap in &caps {
         println!("{cap}");
     }
-    let mut guard = prepare(&caps)?;
-    guard.attach()?;
-    report_enforcement(&guard);
-    println!("enforcement: {}", guard.enforcement.label());
-    Ok(())
+    // A trial under pins of its own, removed after: the running agent's are not touched.
+    let probe = Path::new(crate::pins::DEFAULT_ROOT)
+        .with_file_name(format!("timeguard-probe-{}", std::process::id()));
+    let result = prepare(&caps, &probe).and_then(|mut guard| {
+        guard.attach()?;
+        report_enforcement(&guard);
+        println!("enforcement: {}", guard.enforcement.label());
+        Ok(())
+    });
+    crate::pins::unpin_all(&probe)?;
+    result
 }
 
 /// Loads and checks the policy; errors refuse it, with every diagnostic.
@@ -178,6 +188,10 @@ struct Agent {
     net_alerts: BTreeMap<(&'static str, &'static str), u64>,
     /// Why the network guard is not attached, when a policy asked for it.
     network_unavailable: Option<String>,
+    /// Where the rule names behind the kernel's counters are kept for a restarted agent.
+    rule_names_path: PathBuf,
+    /// A stop asked for on the control socket: whether to unpin as well.
+    stop: Option<bool>,
 }
 
 impl Agent {
@@ -213,6 +227,12 @@ impl Agent {
         // Counters are kept per rule id for the agent's whole run: ids follow rule names.
         for r in &mut policy.rules {
             r.id = self.rule_ids.id_for(&r.name).map_err(anyhow::Error::msg)?;
+        }
+        // A restarted agent must name the kernel's counters as this one did.
+        if let Err(e) =
+            crate::control::save_rule_names(&self.rule_names_path, self.rule_ids.names())
+        {
+            log::warn!("keeping the rule names for a restarted agent: {e:#}");
         }
         let generation = self.guard.install_policy(&policy)?;
         self.guard
@@ -449,6 +469,48 @@ impl Agent {
         }
     }
 
+    /// Answers one client of the control socket; whether the agent is to stop.
+    async fn control(&mut self, mut stream: tokio::net::UnixStream) -> bool {
+        use tokio::io::AsyncReadExt as _;
+        // A client that does not talk or read must not hold up the agent.
+        let limit = Duration::from_secs(1);
+        let mut buf = [0u8; 64];
+        let mut len = 0;
+        let _ = tokio::time::timeout(limit, async {
+            while len < buf.len() {
+                match stream.read(&mut buf[len..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        len += n;
+                        if buf[..len].contains(&b'\n') {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        let line = String::from_utf8_lossy(&buf[..len]).into_owned();
+        let (answer, stop) = match crate::control::Request::parse(&line) {
+            Ok(crate::control::Request::Status) => (self.status(), false),
+            Ok(crate::control::Request::Stop { unpin }) => {
+                let by = stream
+                    .peer_cred()
+                    .ok()
+                    .map(|c| json!({"uid": c.uid(), "pid": c.pid()}));
+                log::warn!("stop asked for on the control socket by {by:?} (unpin: {unpin})");
+                self.record(json!({"time": now(), "host": self.host, "kind": "agent",
+                    "event": "stop_requested", "unpin": unpin, "by": by}));
+                self.stop = Some(unpin);
+                (json!({"stopping": true, "unpin": unpin}), true)
+            }
+            Err(e) => (json!({ "error": e }), false),
+        };
+        let body = format!("{answer}\n");
+        let _ = tokio::time::timeout(limit, stream.write_all(body.as_bytes())).await;
+        stop
+    }
+
     /// Attaches the PTP guard to interfaces that appeared, when the policy has `ptp`.
     fn follow_ptp_interfaces(&mut self, net: Option<&crate::policy::network::CompiledNetwork>) {
         let Some(net) = net.filter(|n| n.ptp) else {
@@ -540,7 +602,29 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             policy_path.display()
         )
     })?;
-    let guard = prepare(&kernel::capabilities())?;
+    let mut guard = prepare(&kernel::capabilities(), &options.pin_root)?;
+    let rule_names_path =
+        crate::control::rule_names_path(status_socket, &crate::loader::programs_build());
+    let inherited = guard.inherited_generation();
+    let rule_ids = if inherited == 0 {
+        RuleIds::default()
+    } else {
+        log::info!(
+            "taking over from an earlier agent: its policy (generation {inherited}) is enforced until this one is installed; links adopted: {}",
+            guard.adopted().join(", ")
+        );
+        match crate::control::load_rule_names(&rule_names_path) {
+            Some(names) => RuleIds::from_names(names),
+            None => {
+                log::warn!(
+                    "the rule names of the kernel's counters are lost ({} missing); the counters start again at zero",
+                    rule_names_path.display()
+                );
+                guard.clear_counters()?;
+                RuleIds::default()
+            }
+        }
+    };
     let mut agent = Agent {
         guard,
         policy_path: policy_path.to_path_buf(),
@@ -552,7 +636,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         host: hostname(),
         started: now(),
         audit: AuditTrail::new(options.audit_log.clone(), options.audit_rotation.clone()),
-        rule_ids: RuleIds::default(),
+        rule_ids,
         metrics: match options.metrics_addr {
             Some(_) => Some(Metrics::new()?),
             None => None,
@@ -561,11 +645,20 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         network_cgroup: options.network_cgroup.clone(),
         net_alerts: BTreeMap::new(),
         network_unavailable: None,
+        rule_names_path,
+        stop: None,
     };
     // The policy is in the maps before any program is attached: there is no unguarded instant.
     let generation = agent.install(policy)?;
     agent.guard.attach()?;
     report_enforcement(&agent.guard);
+    // This build's programs are attached: an older build's may go (make before break).
+    for old in agent.guard.remove_other_builds() {
+        log::info!(
+            "removed the pins of an older build of the programs: {}",
+            old.display()
+        );
+    }
     let (name, hash) = agent
         .current()
         .map(|(_, p)| (p.name.clone(), p.hash.clone()))
@@ -580,6 +673,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "policy_sha256": hash,
         "generation": generation,
         "attached": agent.guard.attached,
+        "adopted": agent.guard.adopted(),
+        "inherited_generation": inherited,
+        "pins": agent.guard.pin_dir(),
         "audit_log": agent.audit.path(),
         "metrics_addr": options.metrics_addr.map(|a| a.to_string()),
     });
@@ -592,6 +688,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     runtime.block_on(event_loop(&mut agent, status_socket, options.metrics_addr))?;
 
     summarize(&agent);
+    let unpin = agent.stop == Some(true);
+    let mut unpinned = Vec::new();
+    if unpin {
+        // The pins go first; the programs detach when this process lets go of its links.
+        unpinned = crate::pins::unpin_all(&options.pin_root)?;
+        let _ = std::fs::remove_file(&agent.rule_names_path);
+    }
     agent.record(json!({
         "time": now(),
         "host": agent.host,
@@ -599,9 +702,20 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "event": "stopped",
         "enforcement": agent.guard.enforcement.label(),
         "generation": agent.guard.generation(),
+        "enforcement_stays": !unpin,
+        "unpinned": unpinned,
     }));
     let _ = std::fs::remove_file(status_socket);
-    log::info!("stopped; programs detached");
+    if unpin {
+        log::warn!(
+            "stopped and unpinned: the programs are detached, the clock is no longer guarded"
+        );
+    } else {
+        log::info!(
+            "stopped; the last policy stays enforced in the kernel (pinned at {}); `timeguard stop --unpin` removes it",
+            agent.guard.pin_dir().display()
+        );
+    }
     Ok(())
 }
 
@@ -658,10 +772,10 @@ async fn event_loop(
                 agent.follow_ptp_interfaces(net.as_ref());
             }
             conn = accept_status(status.as_ref()) => {
-                if let Ok((mut stream, _)) = conn {
-                    let body = format!("{}\n", agent.status());
-                    // A client that does not read must not hold up the agent.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(body.as_bytes())).await;
+                if let Ok((stream, _)) = conn {
+                    if agent.control(stream).await {
+                        break;
+                    }
                 }
             }
             conn = accept_metrics(metrics.as_ref()) => {
@@ -777,17 +891,7 @@ fn summarize(agent: &Agent) {
 
 /// `timeguard status`: asks the running agent and prints what it says.
 pub fn status(socket: &Path, as_json: bool) -> anyhow::Result<()> {
-    use std::io::Read as _;
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!(
-            "no running agent answers at {} (is timeguard running? status needs root)",
-            socket.display()
-        )
-    })?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .context("reading the agent's status")?;
+    let text = crate::control::ask(socket, crate::control::Request::Status)?;
     let v: Value = serde_json::from_str(&text).context("the agent's status is not JSON")?;
     if as_json {
         println!("{v}");

@@ -9,13 +9,22 @@ use serde_json::Value;
 
 use crate::harness::{is_root, timeguard};
 
-/// An agent this test started, with its own directory, policy and status socket.
+/// An agent this test started, with its own directory, policy, status socket and pin
+/// directory.
 pub struct RunningAgent {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub policy: PathBuf,
     pub socket: PathBuf,
+    /// Where its programs are pinned (bpffs); a test that stops the agent by a signal
+    /// removes them with `unpin`, or they stay attached.
+    pub pin_dir: PathBuf,
     pub agent: Child,
+}
+
+/// Removes what an agent pinned (its programs detach once no process holds them).
+pub fn unpin(pin_dir: &Path) {
+    let _ = std::fs::remove_dir_all(pin_dir);
 }
 
 impl RunningAgent {
@@ -33,11 +42,31 @@ impl RunningAgent {
             .collect()
     }
 
-    /// Stops the agent (SIGINT, by its id) and returns what it logged.
-    pub fn stop(self) -> String {
-        // SAFETY: signalling the agent this test started, by its id.
-        unsafe { libc::kill(self.agent.id() as i32, libc::SIGINT) };
+    /// Stops the agent the way an operator removes timeguard, `timeguard stop --unpin`
+    /// (SIGKILL, by its id, if it does not answer), and returns what it logged.
+    pub fn stop(mut self) -> String {
+        let asked = Command::new(&self.bin)
+            .args(["stop", "--unpin", "--socket"])
+            .arg(&self.socket)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--audit-log")
+            .arg(self.dir.join("audit.jsonl"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while asked && std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.agent.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if !matches!(self.agent.try_wait(), Ok(Some(_))) {
+            // Only the agent this test started, by its id.
+            let _ = self.agent.kill();
+        }
         let out = self.agent.wait_with_output();
+        unpin(&self.pin_dir);
         out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
             .unwrap_or_default()
     }
@@ -72,6 +101,7 @@ pub fn start_agent_via(
     std::fs::create_dir_all(&dir).expect("temp dir");
     let policy = dir.join("policy.yaml");
     let socket = dir.join("status.sock");
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/tg-test-{tag}-{}", std::process::id()));
     std::fs::write(&policy, policy_text).expect("write the policy");
     let mut cmd = match prefix {
         [first, rest @ ..] => {
@@ -88,6 +118,8 @@ pub fn start_agent_via(
         .arg(&socket)
         .arg("--audit-log")
         .arg(dir.join("audit.jsonl"))
+        .arg("--pin-dir")
+        .arg(&pin_dir)
         .args(args)
         .stdout(stdout)
         .stderr(Stdio::piped())
@@ -98,6 +130,7 @@ pub fn start_agent_via(
         dir,
         policy,
         socket,
+        pin_dir,
         agent,
     })
 }

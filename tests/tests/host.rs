@@ -137,7 +137,13 @@ fn start_agent(tag: &str, stdout: Stdio) -> Option<RunningAgent> {
 
 #[test]
 fn the_agent_reports_its_enforcement_and_records_an_attempt() {
-    let Some(RunningAgent { dir, mut agent, .. }) = start_agent("run", Stdio::piped()) else {
+    let Some(RunningAgent {
+        dir,
+        mut agent,
+        pin_dir,
+        ..
+    }) = start_agent("run", Stdio::piped())
+    else {
         return;
     };
     let (tx, rx) = mpsc::channel::<Value>();
@@ -184,6 +190,7 @@ fn the_agent_reports_its_enforcement_and_records_an_attempt() {
     let event = next(&|v| v["kind"] == "clock" && v["who"]["tgid"] == me);
     // SAFETY: signalling the agent this test started, by its id.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    timeguard_tests::agent::unpin(&pin_dir);
     let stopped = next(&|v| v["event"] == "stopped");
     let out = agent.wait_with_output().expect("agent exits");
     let log = String::from_utf8_lossy(&out.stderr);
@@ -271,6 +278,7 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
         dir,
         policy,
         socket,
+        pin_dir,
         mut agent,
     }) = start_agent("reload", Stdio::null())
     else {
@@ -295,6 +303,7 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     let second = wait_for(&|v| v["policy"]["generation"] == 2);
     // SAFETY: signalling the agent this test started, by its id.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    timeguard_tests::agent::unpin(&pin_dir);
     let status_code = agent.wait().expect("agent exits");
     let mut log = String::new();
     if let Some(mut e) = agent.stderr.take() {
@@ -397,6 +406,7 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
         bin,
         dir,
         mut agent,
+        pin_dir,
         ..
     }) = start_agent_with(
         "metrics",
@@ -546,6 +556,7 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
         .expect("timeguard events runs");
     // SAFETY: signalling the agent this test started, by its id.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    timeguard_tests::agent::unpin(&pin_dir);
     let _ = agent.wait();
     let trail = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);

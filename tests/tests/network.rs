@@ -66,6 +66,7 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
             dir,
             socket,
             mut agent,
+            pin_dir,
             ..
         },
     )) = lab_with_agent('n', policy)
@@ -129,6 +130,7 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     let after = status().unwrap_or_default();
     // SAFETY: signalling the agent this test started, by its id.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    timeguard_tests::agent::unpin(&pin_dir);
     let _ = agent.wait();
     let trail = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
@@ -218,6 +220,7 @@ fn real_chronyd_syncs_only_to_the_listed_server() {
             dir,
             socket,
             mut agent,
+            pin_dir,
             ..
         },
     )) = lab_with_agent('c', policy)
@@ -283,6 +286,7 @@ fn real_chronyd_syncs_only_to_the_listed_server() {
     }
     // SAFETY: signalling the agent this test started, by its id.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    timeguard_tests::agent::unpin(&pin_dir);
     let _ = agent.wait();
     let _ = std::fs::remove_dir_all(&dir);
     drop(lab);
@@ -759,4 +763,92 @@ fn malformed_and_truncated_packets_pass_the_parsers_without_harm() {
         "{after}"
     );
     assert_eq!(after["events_lost"], 0, "{after}");
+}
+
+/// Enforcement outlives the agent: with the agent killed (SIGKILL), the pinned programs go
+/// on dropping monlist queries and counting them; a restarted agent takes the pinned links
+/// over (no second attachment: each packet is counted once) and its counters go on from
+/// where the first one's stopped; `timeguard stop --unpin` removes the guard.
+#[test]
+fn enforcement_outlives_a_killed_agent_and_a_restarted_one_takes_over() {
+    let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: outlive}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      control: [10.231.0.3]\n";
+    let Some((lab, mut first)) = lab_with_agent('k', policy) else {
+        return;
+    };
+    let receiver = lab
+        .tg_clock(&lab.a, true, &["udp-recv", "10.231.0.1:123", "14"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the receiver starts");
+    std::thread::sleep(Duration::from_millis(1000));
+    let monlist = |n: &str| {
+        tg_clock_ok(
+            &lab,
+            &lab.b,
+            &["udp-send", "10.231.0.2", "10.231.0.1:123", "private", n],
+        );
+    };
+    monlist("3");
+    // Only the agent this test started, by its id: as a crash or `kill -9` would.
+    let _ = first.agent.kill();
+    let _ = first.agent.wait();
+    monlist("4");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = timeguard_tests::agent::start_agent_via(
+        &[],
+        "netk",
+        Stdio::null(),
+        policy,
+        &["--network-cgroup", &lab.cgroup.display().to_string()],
+    )
+    .expect("the agent starts again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = Value::Null;
+    while Instant::now() < deadline {
+        status = second.status().unwrap_or_default();
+        if status["policy"]["generation"] == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    monlist("2");
+    std::thread::sleep(Duration::from_millis(300));
+    let after_restart = second.status().unwrap_or_default();
+    let records = second.records();
+    let log = second.stop();
+    monlist("5");
+    let got: Value = receiver
+        .wait_with_output()
+        .ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&first.dir);
+    drop(lab);
+
+    let started = records
+        .iter()
+        .rev()
+        .find(|r| r["event"] == "started")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(status["policy"]["generation"], 2, "{status}\n{log}");
+    assert_eq!(started["inherited_generation"], 1, "{started}");
+    assert!(
+        started["adopted"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|k| k.as_str().is_some_and(|k| k.starts_with("ntp_ingress@")))),
+        "the restarted agent did not take over the pinned link: {started}"
+    );
+    // 3 with the first agent, 4 with none, 2 with the second: each counted once.
+    assert_eq!(
+        counted(
+            &after_restart,
+            "ntp_packets",
+            &[("mode", "private"), ("verdict", "deny")]
+        ),
+        9,
+        "{after_restart}"
+    );
+    // Only the 5 sent after `stop --unpin` reached the socket.
+    assert_eq!(got["10.231.0.2"], 5, "{got}\n{log}");
 }

@@ -27,36 +27,36 @@ use aya_ebpf::{
 
 /// Index 0: the slot in force (the network policy is double-buffered like the clock's).
 #[map]
-static NET_ACTIVE_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+static NET_ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
 
 #[map]
-static NET_POLICY: Array<NetPolicy> = Array::with_max_entries(SLOTS, 0);
+static NET_POLICY: Array<NetPolicy> = Array::pinned(SLOTS, 0);
 
 /// Address lists, by (slot, list, scope, port, prefix).
 #[map]
-static NET_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::with_max_entries(
+static NET_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::pinned(
     SLOTS * agent_common::net::list::COUNT * MAX_LIST_ENTRIES as u32,
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 
 #[map]
-static NET_COUNTERS: PerCpuHashMap<NetCounterKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+static NET_COUNTERS: PerCpuHashMap<NetCounterKey, u64> = PerCpuHashMap::pinned(4096, 0);
 
 #[map]
-static NET_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static NET_EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
 
 /// Index 0: events that did not fit; index 1: events over the budget.
 #[map]
-static NET_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static NET_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
 
 /// Index 0: where this CPU builds a record (BPF gives a program 512 bytes of stack).
 #[map]
-static NET_EVENT_SCRATCH: PerCpuArray<NetEvent> = PerCpuArray::with_max_entries(1, 0);
+static NET_EVENT_SCRATCH: PerCpuArray<NetEvent> = PerCpuArray::pinned(1, 0);
 
 /// This CPU's event budget for the current second: index `budget::PACKETS` for packets,
 /// `budget::SOCKETS` for socket decisions, so that neither crowds out the other.
 #[map]
-static NET_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(2, 0);
+static NET_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(2, 0);
 
 pub mod budget {
     pub const PACKETS: u32 = 0;

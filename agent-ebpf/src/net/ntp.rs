@@ -29,11 +29,11 @@ use super::{
 
 /// What each upstream last said of itself, for the alerts (least recently heard forgotten).
 #[map]
-static NET_UPSTREAMS: LruHashMap<[u8; 16], Upstream> = LruHashMap::with_max_entries(4096, 0);
+static NET_UPSTREAMS: LruHashMap<[u8; 16], Upstream> = LruHashMap::pinned(4096, 0);
 
 /// Per-source token buckets (the least recently seen sources are forgotten first).
 #[map]
-static NET_BUCKETS: LruHashMap<[u8; 16], Bucket> = LruHashMap::with_max_entries(65536, 0);
+static NET_BUCKETS: LruHashMap<[u8; 16], Bucket> = LruHashMap::pinned(65536, 0);
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;

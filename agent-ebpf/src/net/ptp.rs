@@ -34,15 +34,15 @@ use super::{
 /// Grandmasters allowed, by (slot, identity).
 #[map]
 static PTP_GRANDMASTERS: HashMap<GrandmasterKey, u8> =
-    HashMap::with_max_entries(agent_common::policy::SLOTS * MAX_GRANDMASTERS as u32, 0);
+    HashMap::pinned(agent_common::policy::SLOTS * MAX_GRANDMASTERS as u32, 0);
 
 /// Index 0: where this CPU reads a PTP message (off the 512-byte BPF stack).
 #[map]
-static PTP_MESSAGE: PerCpuArray<[u8; ANNOUNCE_LEN]> = PerCpuArray::with_max_entries(1, 0);
+static PTP_MESSAGE: PerCpuArray<[u8; ANNOUNCE_LEN]> = PerCpuArray::pinned(1, 0);
 
 /// What each grandmaster last announced (least recently heard forgotten).
 #[map]
-static PTP_ANNOUNCED: LruHashMap<[u8; 8], Grandmaster> = LruHashMap::with_max_entries(1024, 0);
+static PTP_ANNOUNCED: LruHashMap<[u8; 8], Grandmaster> = LruHashMap::pinned(1024, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;

@@ -37,14 +37,14 @@ use crate::{
 
 /// Time daemons by (slot, executable).
 #[map]
-static NET_DAEMONS: HashMap<DaemonKey, Daemon> = HashMap::with_max_entries(
+static NET_DAEMONS: HashMap<DaemonKey, Daemon> = HashMap::pinned(
     agent_common::policy::SLOTS * agent_common::policy::MAX_RULES,
     0,
 );
 
 /// Destinations each daemon has used (least recently used forgotten first).
 #[map]
-static NET_DESTINATIONS: LruHashMap<Destination, u8> = LruHashMap::with_max_entries(4096, 0);
+static NET_DESTINATIONS: LruHashMap<Destination, u8> = LruHashMap::pinned(4096, 0);
 
 /// sock_addr programs: 1 lets the call go on, 0 fails it with EPERM.
 const ALLOW: i32 = 1;

@@ -34,6 +34,22 @@ impl RuleIds {
         Ok(id)
     }
 
+    /// Numbers rule names as an earlier agent did (`names()[id - 1]`), so that counters it
+    /// left in the kernel keep their rules.
+    pub fn from_names(names: Vec<String>) -> Self {
+        let by_name = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32 + 1))
+            .collect();
+        RuleIds { by_name, names }
+    }
+
+    /// Every name numbered so far, by id - 1.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The name of a rule id; the policy's default for 0.
     pub fn name(&self, id: u32) -> &str {
         if id == DEFAULT_RULE {

@@ -504,7 +504,7 @@ fn check_match(rule: &model::Rule, host: &Host, sink: &mut Sink) -> Vec<u32> {
     uids
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(bytes);
     digest.iter().fold(String::with_capacity(64), |mut s, b| {
