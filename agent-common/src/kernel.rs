@@ -33,6 +33,19 @@ pub struct KernelOffsets {
     /// `user_namespace` address of `init_user_ns` is not known to Rust eBPF; instead the
     /// agent gives `user_namespace.level` so a non-initial namespace can be told apart.
     pub userns_level: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.max_fds`, `fdtable.fd`: from a
+    /// descriptor number to its file (the object a `bpf()` command names).
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    /// `file.private_data` (a BPF map's or link's file points at it)
+    pub file_private_data: u32,
+    /// `bpf_map.id`, `bpf_link.id`
+    pub bpf_map_id: u32,
+    pub bpf_link_id: u32,
+    /// `dentry.d_inode`
+    pub dentry_inode: u32,
 }
 
 crate::pod!(KernelOffsets, ClockState);

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod net;
 pub mod policy;
 pub mod ptp;
+pub mod tamper;
 
 /// Implements `aya::Pod` for the userspace side (the kernel side needs no marker).
 macro_rules! pod {

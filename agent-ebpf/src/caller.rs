@@ -26,6 +26,14 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     inode_rdev: 0,
     sb_dev: 0,
     userns_level: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    bpf_map_id: 0,
+    bpf_link_id: 0,
+    dentry_inode: 0,
 };
 
 #[inline(always)]
@@ -70,15 +78,27 @@ pub fn uread<T>(base: u64, off: usize) -> Option<T> {
 pub fn current_exe(off: &KernelOffsets) -> (u64, u64) {
     // SAFETY: the helper returns the current task; it is only read through probe reads.
     let task = unsafe { bpf_get_current_task() } as *const u8;
+    task_exe(task, off)
+}
+
+/// The (device, inode) of a task's executable; (0, 0) for a kernel thread.
+#[inline(always)]
+pub fn task_exe(task: *const u8, off: &KernelOffsets) -> (u64, u64) {
     let Some(mm) = kread::<*const u8>(task, off.task_mm) else {
         return (0, 0);
     };
     let Some(file) = kread::<*const u8>(mm, off.mm_exe_file) else {
         return (0, 0);
     };
-    let Some(inode) = kread::<*const u8>(file, off.file_inode) else {
-        return (0, 0);
-    };
+    match kread::<*const u8>(file, off.file_inode) {
+        Some(inode) => inode_id(inode, off),
+        None => (0, 0),
+    }
+}
+
+/// The (device, inode) of an inode: its file system's `dev_t` and its number.
+#[inline(always)]
+pub fn inode_id(inode: *const u8, off: &KernelOffsets) -> (u64, u64) {
     let ino = kread::<u64>(inode, off.inode_ino).unwrap_or(0);
     let dev = kread::<*const u8>(inode, off.inode_sb)
         .and_then(|sb| kread::<u32>(sb, off.sb_dev))

@@ -7,6 +7,7 @@
 //! - `caller`: who is asking (executable identity, ids, syscall context).
 //! - `policy`: the compiled policy maps and the lookup of the rule in force.
 //! - `record`: exact counters and events to userspace.
+//! - `tamper`: the guard guarding itself (signals, ptrace, its files, its BPF objects).
 #![no_std]
 #![no_main]
 
@@ -16,6 +17,7 @@ mod devices;
 mod net;
 mod policy;
 mod record;
+mod tamper;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -11,3 +11,4 @@ pub mod network;
 pub mod pins;
 pub mod policy;
 pub mod run;
+pub mod tamper;

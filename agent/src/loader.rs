@@ -44,6 +44,18 @@ const LSM_PROGRAMS: [(&str, &str, Presence); 7] = [
     ("packet_socket_bind", "socket_bind", Presence::Required),
 ];
 
+/// Self-protection's LSM programs (they decide only while it is on). Each is attached on its
+/// own: a kernel that refuses one loses that protection only, said in status, never the
+/// clock's enforcement.
+const SELF_PROTECTION_PROGRAMS: [(&str, &str); 6] = [
+    ("tamper_signal", "task_kill"),
+    ("tamper_ptrace", "ptrace_access_check"),
+    ("tamper_traceme", "ptrace_traceme"),
+    ("tamper_unlink", "inode_unlink"),
+    ("tamper_rename", "inode_rename"),
+    ("tamper_bpf", "bpf"),
+];
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Presence {
     Required,
@@ -102,6 +114,10 @@ pub struct Guard {
     pub(crate) ptp_links: crate::network::PtpLinks,
     /// The pinned maps and links: enforcement that outlives this process.
     pub(crate) pins: Pins,
+    /// Arguments of this kernel's `bpf` LSM hook (where its previous verdict is).
+    pub(crate) bpf_hook_args: u32,
+    /// Self-protection hooks this kernel refused, and why.
+    pub self_protection_unavailable: Vec<String>,
 }
 
 impl Guard {
@@ -137,6 +153,8 @@ impl Guard {
             network_attached: None,
             ptp_links: Default::default(),
             pins,
+            bpf_hook_args: btf.function_params("bpf_lsm_bpf").unwrap_or(3),
+            self_protection_unavailable: Vec::new(),
         };
         guard.restore_state()?;
         Ok(guard)
@@ -168,6 +186,11 @@ impl Guard {
     /// Where this agent's pins are.
     pub fn pin_dir(&self) -> &std::path::Path {
         self.pins.dir()
+    }
+
+    /// Where this build's maps are pinned.
+    pub fn maps_dir(&self) -> std::path::PathBuf {
+        self.pins.maps_dir()
     }
 
     /// The links taken over from an earlier agent.
@@ -308,9 +331,14 @@ impl Guard {
         }
         if refused.is_empty() {
             self.enforcement = Enforcement::Enforce;
+            if let Ok(btf) = Btf::from_sys_fs() {
+                self.attach_self_protection(&btf);
+            }
             self.attach_kernel_observers();
             return Ok(());
         }
+        self.self_protection_unavailable =
+            vec!["the kernel refuses BPF LSM programs: self-protection needs them".into()];
         // All or nothing: a half-attached guard would decide some paths and not others.
         for (name, hook, _) in LSM_PROGRAMS {
             self.pins.release(&link_key(name, &format!("lsm.{hook}")));
@@ -352,6 +380,7 @@ impl Guard {
         let names = LSM_PROGRAMS
             .iter()
             .map(|(n, _, _)| *n)
+            .chain(SELF_PROTECTION_PROGRAMS.iter().map(|(n, _)| *n))
             .chain(OBSERVERS.iter().map(|(n, _)| *n))
             .chain(KERNEL_OBSERVERS.iter().map(|(n, _)| *n))
             .chain(crate::network::program_names());
@@ -385,6 +414,25 @@ impl Guard {
             match attached {
                 Ok(()) => self.attached.push(format!("{name} (kprobe/{function})")),
                 Err(e) => self.unobserved.push(format!("{function}: {e:#}")),
+            }
+        }
+    }
+
+    /// Attaches self-protection's programs, each on its own (or takes over their pins).
+    fn attach_self_protection(&mut self, btf: &Btf) {
+        for (name, hook) in SELF_PROTECTION_PROGRAMS {
+            let key = link_key(name, &format!("lsm.{hook}"));
+            if self.pins.adopt(&key) {
+                self.attached.push(format!("{name} (lsm/{hook}, adopted)"));
+                continue;
+            }
+            match self.attach_lsm(name, hook, btf, &key) {
+                Ok(()) => self.attached.push(format!("{name} (lsm/{hook})")),
+                Err(e) => {
+                    let why = format!("{hook}: {e:#}");
+                    log::warn!("self-protection hook unavailable on this kernel: {why}");
+                    self.self_protection_unavailable.push(why);
+                }
             }
         }
     }
@@ -455,17 +503,6 @@ impl Guard {
                 )
             })
             .collect())
-    }
-
-    /// Empties the exact clock counters (their rule names were lost with an earlier agent).
-    pub fn clear_counters(&mut self) -> anyhow::Result<()> {
-        let mut counters: PerCpuHashMap<_, CounterKey, u64> =
-            PerCpuHashMap::try_from(self.map_mut("CLOCK_COUNTERS")?)?;
-        let keys: Vec<CounterKey> = counters.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            counters.remove(&k).context("clearing the clock counters")?;
-        }
-        Ok(())
     }
 
     /// Detailed events that did not fit in the ring buffer.

@@ -7,7 +7,7 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,21 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = audit::DEFAULT_PATH)]
         audit_log: PathBuf,
     },
+    /// Change the policy the way self-protection allows: check FILE, then write it into the
+    /// policy (the running agent reloads it). Direct edits are refused while
+    /// selfProtection enforces.
+    Apply {
+        file: PathBuf,
+        /// The policy the agent runs with: a file, or a directory of *.yaml files.
+        #[arg(long, default_value = "/etc/timeguard")]
+        policy: PathBuf,
+    },
+    /// Write the man page (roff) or a shell's completions to standard output (packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+    },
     /// Print the audit trail in a person's words.
     Events {
         #[arg(long, default_value = audit::DEFAULT_PATH)]
@@ -104,6 +119,31 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Generated {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The man page or completions for `timeguard`, from the command line definition itself.
+fn generate(what: Generated) -> anyhow::Result<()> {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generated::Man => {
+            clap_mangen::Man::new(cmd).section("8").render(&mut out)?;
+            return Ok(());
+        }
+        Generated::Bash => clap_complete::Shell::Bash,
+        Generated::Zsh => clap_complete::Shell::Zsh,
+        Generated::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "timeguard", &mut out);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
@@ -137,6 +177,8 @@ fn main() -> ExitCode {
             pin_dir,
             audit_log,
         } => control::stop(&socket, unpin, &pin_dir, &audit_log),
+        Command::Apply { file, policy } => control::apply(&file, &policy),
+        Command::Generate { what } => generate(what),
         Command::Events { file, follow } => audit::print_events(&file, follow),
         Command::Status { socket, json } => run::status(&socket, json),
         Command::Kernel => run::kernel_report(),

@@ -22,6 +22,11 @@ pub struct Snapshot {
     pub network: Vec<(&'static str, String, &'static str, &'static str, u64)>,
     /// Alerts raised by network records: (kind, alert) → count.
     pub net_alerts: Vec<((&'static str, &'static str), u64)>,
+    /// Attempts on the guard itself: (action, target, verdict) → count, exact.
+    pub tamper: Vec<(&'static str, &'static str, &'static str, u64)>,
+    /// Tamper records lost and thinned.
+    pub tamper_events_lost: u64,
+    pub tamper_events_thinned: u64,
     /// Packet records lost (ring buffer full) and thinned (over the budget).
     pub packet_events_lost: u64,
     pub packet_events_thinned: u64,
@@ -50,6 +55,7 @@ pub struct Metrics {
     ptp_alerts: IntCounterVec,
     sockets: IntCounterVec,
     new_destinations: IntCounterVec,
+    tamper: IntCounterVec,
     dropped: IntCounterVec,
     generation: IntGauge,
     started: Gauge,
@@ -131,6 +137,9 @@ impl Metrics {
             new_destinations: counter(&r, "timeguard_daemon_new_destinations_total",
                 "Destinations a time daemon used for the first time (from records; a daemon's usual servers show once).",
                 &["kind"])?,
+            tamper: counter(&r, "timeguard_tamper_attempts_total",
+                "Attempts on the guard itself, counted exactly in the kernel: action (signal, ptrace, write, unlink, rename, bpf), target (agent, policy, time daemon, pin, map, link), verdict (deny, audit: would have been denied).",
+                &["action", "target", "verdict"])?,
             dropped: counter(&r, "timeguard_events_dropped_total",
                 "Detailed records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written), packet_thinned and packet_lost (the same for packet records). Counters stay exact.",
                 &["reason"])?,
@@ -189,6 +198,7 @@ impl Metrics {
             "ptp_alerts" => &self.ptp_alerts,
             "sockets" => &self.sockets,
             "destinations" => &self.new_destinations,
+            "tamper" => &self.tamper,
             "dropped" => &self.dropped,
             _ => &self.reloads,
         };
@@ -215,6 +225,11 @@ impl Metrics {
                 other => self.add_counter("destinations", &[other], *n),
             }
         }
+        for (act, target, verdict, n) in &snap.tamper {
+            self.add_counter("tamper", &[act, target, verdict], *n);
+        }
+        self.add_counter("dropped", &["tamper_lost"], snap.tamper_events_lost);
+        self.add_counter("dropped", &["tamper_thinned"], snap.tamper_events_thinned);
         self.add_counter("dropped", &["packet_lost"], snap.packet_events_lost);
         self.add_counter("dropped", &["packet_thinned"], snap.packet_events_thinned);
         self.add_counter("dropped", &["thinned"], snap.events_thinned);
@@ -351,6 +366,9 @@ mod tests {
                 ("nts_ke", "client".into(), "allow", "", 2),
             ],
             net_alerts: vec![(("ntp", "kiss_of_death"), 1)],
+            tamper: vec![("signal", "agent", "deny", 3)],
+            tamper_events_lost: 0,
+            tamper_events_thinned: 0,
             packet_events_lost: 0,
             packet_events_thinned: 0,
             events_thinned: 0,
@@ -375,6 +393,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("timeguard_policy_generation 2"), "{text}");
+        assert!(
+            text.contains(r#"timeguard_tamper_attempts_total{action="signal",target="agent",verdict="deny"} 3"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"timeguard_time_sockets_total{action="bind",reason="not a time daemon",service="ntp",verdict="deny"} 1"#),
             "{text}"

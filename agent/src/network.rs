@@ -338,8 +338,7 @@ impl Guard {
         match self.pins.keep(&key, link) {
             Ok(()) => Ok(PtpLink::Pinned(key)),
             Err(e) => {
-                // Seen in a sandbox whose kernel refuses to pin XDP links: the guard still
-                // holds while this agent runs.
+                // A kernel that refuses the pin: the guard still holds while this agent runs.
                 log::warn!("{e:#}; the PTP guard on {interface} holds only while this agent runs");
                 let prog: &mut Xdp = self
                     .bpf

@@ -40,12 +40,14 @@ pub fn build_id(programs: &[u8]) -> String {
     digest[..16].to_string()
 }
 
-/// A link's key: its program and where it is attached, as one file name.
+/// A link's key: its program and where it is attached, as one file name. bpffs refuses
+/// names with a dot (reserved for its own files: BPF_OBJ_PIN fails with EPERM), so only
+/// letters, digits, `-` and `_` are kept.
 pub fn link_key(program: &str, target: &str) -> String {
     let target: String = target
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+            if c.is_ascii_alphanumeric() || c == '-' {
                 c
             } else {
                 '_'
@@ -196,6 +198,18 @@ impl Pins {
         self.links.contains_key(key)
     }
 
+    /// The kernel's ids of the links held (read through their pins), by key.
+    pub fn link_ids(&self) -> Vec<(String, u32)> {
+        self.links
+            .keys()
+            .filter_map(|k| {
+                let link = PinnedLink::from_pin(self.link_path(k)).ok()?;
+                let id = FdLink::from(link).info().ok()?.id();
+                Some((k.clone(), id))
+            })
+            .collect()
+    }
+
     /// The keys taken over from an earlier agent.
     pub fn adopted(&self) -> &[String] {
         &self.adopted
@@ -266,8 +280,8 @@ mod tests {
             link_key("ntp_ingress", "/sys/fs/cgroup"),
             "ntp_ingress@_sys_fs_cgroup"
         );
-        assert_eq!(link_key("ptp_ingress", "eth0.42"), "ptp_ingress@eth0.42");
-        assert!(!link_key("x", "a/b c").contains(['/', ' ']));
+        assert_eq!(link_key("ptp_ingress", "eth0.42"), "ptp_ingress@eth0_42");
+        assert!(!link_key("x", "a/b c.d").contains(['/', ' ', '.']));
     }
 
     #[test]

@@ -192,6 +192,10 @@ struct Agent {
     rule_names_path: PathBuf,
     /// A stop asked for on the control socket: whether to unpin as well.
     stop: Option<bool>,
+    /// Where the pins are (protected, and removed by an unpinning stop).
+    pin_root: PathBuf,
+    /// The files self-protection guards now.
+    protected: Vec<crate::tamper::ProtectedFile>,
 }
 
 impl Agent {
@@ -265,7 +269,54 @@ impl Agent {
         while self.policies.len() > GENERATIONS_KEPT {
             self.policies.pop_first();
         }
+        self.protect();
         Ok(generation)
+    }
+
+    /// Tells the kernel programs what self-protection guards now: the policy's files and
+    /// daemons, the pins and the BPF objects this agent holds. Called after each install
+    /// and each new attachment. A failure leaves the previous state (and says so).
+    fn protect(&mut self) {
+        let Some((generation, policy)) = self.current() else {
+            return;
+        };
+        let generation = *generation;
+        let mode = policy.self_protection;
+        let files = crate::tamper::protected_files(&self.policy_path, policy, &self.pin_root);
+        match self.guard.install_self_protection(mode, generation, &files) {
+            Ok(()) => self.protected = files,
+            Err(e) => log::warn!("self-protection not updated: {e:#}"),
+        }
+    }
+
+    /// The protected file with this identity, for tamper records.
+    fn protected_path(&self, dev: u64, ino: u64) -> Option<PathBuf> {
+        self.protected
+            .iter()
+            .find(|(p, _)| {
+                crate::policy::ExeId::of(p).is_ok_and(|id| id.dev == dev && id.ino == ino)
+            })
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Writes one tamper attempt to the trail.
+    fn tamper_event(&mut self, ev: &agent_common::tamper::TamperEvent) {
+        let name = self
+            .policies
+            .get(&ev.generation)
+            .or_else(|| self.policies.values().last())
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let path_of = |dev: u64, ino: u64| self.protected_path(dev, ino);
+        let record = crate::tamper::tamper_json(ev, &name, &self.host, &path_of);
+        log::warn!(
+            "tamper attempt: {} {} by {} ({})",
+            record["action"].as_str().unwrap_or("?"),
+            record["verdict"].as_str().unwrap_or("?"),
+            record["who"]["comm"].as_str().unwrap_or("?"),
+            record["who"]["exe"].as_str().unwrap_or("?")
+        );
+        self.record(record);
     }
 
     /// Loads the policy again; a policy that fails validation is rejected and the one in
@@ -358,6 +409,27 @@ impl Agent {
             "audit_log": self.audit.path(),
             "audit_write_failures": self.audit.failures,
             "network": self.network_status(),
+            "self_protection": {
+                "mode": match policy.and_then(|p| p.self_protection) {
+                    Some(m) if m == agent_common::policy::mode::ENFORCE => "enforce",
+                    Some(_) => "audit",
+                    None => "off",
+                },
+                "unavailable": self.guard.self_protection_unavailable,
+                "protected_files": self.protected.len(),
+                "pins": self.guard.pin_dir(),
+                "objects": self.guard.own_objects().map(|o| o.into_iter().map(|(name, k)| json!({
+                    "name": name,
+                    "kind": agent_common::tamper::target::name(k.kind),
+                    "id": k.id,
+                })).collect::<Vec<_>>()).unwrap_or_default(),
+                "attempts": self.guard.tamper_counters().map(|c| c.into_iter().map(|(k, n)| json!({
+                    "action": agent_common::tamper::action::name(k.action),
+                    "target": agent_common::tamper::target::name(k.target),
+                    "verdict": agent_common::policy::verdict::name(k.verdict),
+                    "count": n,
+                })).collect::<Vec<_>>()).unwrap_or_default(),
+            },
         })
     }
 
@@ -423,10 +495,27 @@ impl Agent {
             })
             .collect();
         let (packet_events_lost, packet_events_thinned) = self.guard.net_events_dropped()?;
+        let (tamper_events_lost, tamper_events_thinned) = self.guard.tamper_events_dropped()?;
+        let tamper = self
+            .guard
+            .tamper_counters()?
+            .into_iter()
+            .map(|(k, n)| {
+                (
+                    agent_common::tamper::action::name(k.action),
+                    agent_common::tamper::target::name(k.target),
+                    agent_common::policy::verdict::name(k.verdict),
+                    n,
+                )
+            })
+            .collect();
         let snapshot = metrics::Snapshot {
             attempts,
             network,
             net_alerts: self.net_alerts.iter().map(|(a, n)| (*a, *n)).collect(),
+            tamper,
+            tamper_events_lost,
+            tamper_events_thinned,
             packet_events_lost,
             packet_events_thinned,
             events_thinned: self.guard.events_thinned()?,
@@ -517,11 +606,14 @@ impl Agent {
             return;
         };
         let refused_before = self.guard.ptp_links().refused.clone();
-        for name in self
+        let attached = self
             .guard
-            .follow_ptp_interfaces(net.ptp_interfaces.as_deref())
-        {
+            .follow_ptp_interfaces(net.ptp_interfaces.as_deref());
+        for name in &attached {
             log::info!("PTP guard attached to {name}");
+        }
+        if !attached.is_empty() {
+            self.protect();
         }
         // Said once per interface and reason, not at every tick.
         for (name, why) in &self.guard.ptp_links().refused {
@@ -602,7 +694,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             policy_path.display()
         )
     })?;
-    let mut guard = prepare(&kernel::capabilities(), &options.pin_root)?;
+    let guard = prepare(&kernel::capabilities(), &options.pin_root)?;
     let rule_names_path =
         crate::control::rule_names_path(status_socket, &crate::loader::programs_build());
     let inherited = guard.inherited_generation();
@@ -616,12 +708,19 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         match crate::control::load_rule_names(&rule_names_path) {
             Some(names) => RuleIds::from_names(names),
             None => {
+                // The counters are frozen (only the kernel writes them): they stay, under
+                // rule ids whose names are lost; new rules are numbered after them.
+                let highest = guard
+                    .counters()?
+                    .iter()
+                    .map(|(k, _)| k.rule_id)
+                    .max()
+                    .unwrap_or(0);
                 log::warn!(
-                    "the rule names of the kernel's counters are lost ({} missing); the counters start again at zero",
+                    "the rule names of the kernel's counters are lost ({} missing); counts from before show as rules unknown-1 to unknown-{highest}",
                     rule_names_path.display()
                 );
-                guard.clear_counters()?;
-                RuleIds::default()
+                RuleIds::from_names((1..=highest).map(|i| format!("unknown-{i}")).collect())
             }
         }
     };
@@ -647,10 +746,21 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         network_unavailable: None,
         rule_names_path,
         stop: None,
+        pin_root: options.pin_root.clone(),
+        protected: Vec::new(),
     };
     // The policy is in the maps before any program is attached: there is no unguarded instant.
     let generation = agent.install(policy)?;
     agent.guard.attach()?;
+    // The links are known now: self-protection covers them too.
+    agent.protect();
+    let frozen = crate::tamper::freeze_kernel_only_maps(&agent.guard.maps_dir());
+    if !frozen.is_empty() {
+        log::info!(
+            "frozen against writes from userspace: {}",
+            frozen.join(", ")
+        );
+    }
     report_enforcement(&agent.guard);
     // This build's programs are attached: an older build's may go (make before break).
     for old in agent.guard.remove_other_builds() {
@@ -688,6 +798,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     runtime.block_on(event_loop(&mut agent, status_socket, options.metrics_addr))?;
 
     summarize(&agent);
+    if let Err(e) = agent.guard.forget_agent_process() {
+        log::warn!("{e:#}");
+    }
     let unpin = agent.stop == Some(true);
     let mut unpinned = Vec::new();
     if unpin {
@@ -732,6 +845,9 @@ async fn event_loop(
     // SAFETY: as above, for the packet ring buffer.
     let mut net_events = unsafe { AsyncFd::register(agent.guard.take_net_events()?) }
         .map_err(|e| anyhow::anyhow!("polling the packet ring buffer: {e}"))?;
+    // SAFETY: as above, for the tamper ring buffer.
+    let mut tamper_events = unsafe { AsyncFd::register(agent.guard.take_tamper_events()?) }
+        .map_err(|e| anyhow::anyhow!("polling the tamper ring buffer: {e}"))?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -807,6 +923,15 @@ async fn event_loop(
                 let drained = drain(ready.get_inner_mut(), |item| match network::parse(item) {
                     Some(ev) => agent.net_event(&ev),
                     None => log::warn!("dropped a malformed packet record of {} bytes", item.len()),
+                });
+                settle(ready, drained).await;
+            }
+            // Tamper records too: attempts on the guard itself.
+            ready = tamper_events.readable_mut() => {
+                let mut ready = ready.context("waiting for tamper events")?;
+                let drained = drain(ready.get_inner_mut(), |item| match crate::tamper::parse(item) {
+                    Some(ev) => agent.tamper_event(&ev),
+                    None => log::warn!("dropped a malformed tamper record of {} bytes", item.len()),
                 });
                 settle(ready, drained).await;
             }

@@ -8,3 +8,4 @@ pub mod harness;
 pub mod lab;
 pub mod ntp;
 pub mod sockets;
+pub mod tamper;

@@ -269,8 +269,10 @@ fn the_kernel_report_names_every_program_type_and_the_enforcement() {
     assert!(text.contains(expected), "expected {expected:?}:\n{text}");
 }
 
-/// Reload on file change, rejection of a broken edit (the old policy stays, counted), and
-/// `timeguard status` showing generation and hash, on this host's kernel.
+/// Reload on file change, rejection of a broken edit (the old policy stays, counted),
+/// `timeguard apply` (refusing an invalid policy, applying a valid one), a policy deleted
+/// while running (reported, the last one stays in force), and `timeguard status` showing
+/// generation and hash, on this host's kernel.
 #[test]
 fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     let Some(RunningAgent {
@@ -301,6 +303,34 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     let rejected = wait_for(&|v| v["reloads"]["failed"] == 1);
     std::fs::write(&policy, text("second")).expect("write");
     let second = wait_for(&|v| v["policy"]["generation"] == 2);
+    // The agent's own path: `timeguard apply` refuses an invalid policy and changes
+    // nothing, and writes a valid one into place.
+    let candidate = dir.join("candidate.yaml");
+    let apply = || {
+        Command::new(&bin)
+            .arg("apply")
+            .arg(&candidate)
+            .arg("--policy")
+            .arg(&policy)
+            .output()
+            .expect("timeguard apply runs")
+    };
+    std::fs::write(
+        &candidate,
+        format!(
+            "{}  bogus: 1
+",
+            text("refused")
+        ),
+    )
+    .expect("write");
+    let refused = apply();
+    std::fs::write(&candidate, text("third")).expect("write");
+    let applied = apply();
+    let third = wait_for(&|v| v["policy"]["generation"] == 3);
+    // The policy deleted while running: the fault is reported, the policy stays in force.
+    std::fs::remove_file(&policy).expect("delete the policy");
+    let deleted = wait_for(&|v| v["reloads"]["failed"] == 2);
     // SAFETY: signalling the agent this test started, by its id.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     timeguard_tests::agent::unpin(&pin_dir);
@@ -328,6 +358,17 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     let second = second.unwrap_or_else(|| panic!("the fixed policy was not loaded:\n{log}"));
     assert_eq!(second["policy"]["name"], "second");
     assert_ne!(second["policy"]["sha256"], first["policy"]["sha256"]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stdout).contains("bogus"),
+        "{refused:?}"
+    );
+    assert!(applied.status.success(), "{applied:?}");
+    let third = third.unwrap_or_else(|| panic!("the applied policy was not loaded:\n{log}"));
+    assert_eq!(third["policy"]["name"], "third");
+    assert_eq!(third["self_protection"]["mode"], "audit", "{third}");
+    let deleted = deleted.unwrap_or_else(|| panic!("deleting the policy was not reported:\n{log}"));
+    assert_eq!(deleted["policy"]["generation"], 3, "{deleted}");
+    assert_eq!(deleted["policy"]["name"], "third", "{deleted}");
     assert!(status_code.success(), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -60,6 +60,9 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Build the Debian package (cargo-deb): the agent, its systemd unit, the policies (the
+    /// default under /etc/timeguard), the man page and shell completions.
+    Deb,
     /// Boot a guest kernel with the agent running and a shell on the console.
     Vm {
         /// Guest kernel series: 6.1 or 6.12.
@@ -216,12 +219,94 @@ fn test(
     run(&mut c)?;
     // Bounded, so CI stays well inside its time; `cargo xtask fuzz` runs longer.
     fuzz(30)?;
+    println!("== the Debian package");
+    check_deb(&deb(&bin)?)?;
     if no_vm {
         println!("vm tests: skipped (--no-vm)");
         return Ok(());
     }
     println!("== VM tests (BPF LSM enforcement in guest kernels)");
     vm::test_all(&bin, kernels)
+}
+
+/// Builds the Debian package from the release build in `bin`; its path.
+fn deb(bin: &Path) -> anyhow::Result<PathBuf> {
+    setup::ensure_cargo_deb()?;
+    let assets = workspace_root().join("target/deb-assets");
+    std::fs::create_dir_all(&assets)?;
+    let timeguard = bin.join("timeguard");
+    for (what, file) in [
+        ("man", "timeguard.8"),
+        ("bash", "timeguard.bash"),
+        ("zsh", "_timeguard"),
+        ("fish", "timeguard.fish"),
+    ] {
+        let out = Command::new(&timeguard)
+            .args(["generate", what])
+            .output()
+            .with_context(|| format!("{} generate {what}", timeguard.display()))?;
+        if !out.status.success() {
+            bail!("timeguard generate {what} failed");
+        }
+        std::fs::write(assets.join(file), out.stdout)?;
+    }
+    // Reproducible: no name or time stamp in the gzip header.
+    run(Command::new("gzip")
+        .args(["-9nf"])
+        .arg(assets.join("timeguard.8")))?;
+    let out = cargo()
+        .args(["deb", "--package", "agent", "--no-build", "--no-strip"])
+        .current_dir(workspace_root())
+        .output()
+        .context("running cargo deb")?;
+    if !out.status.success() {
+        bail!(
+            "cargo deb failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(PathBuf::from(path))
+}
+
+/// The package holds what an operator installs it for.
+fn check_deb(deb: &Path) -> anyhow::Result<()> {
+    let list = Command::new("dpkg-deb").arg("-c").arg(deb).output()?;
+    let list = String::from_utf8_lossy(&list.stdout);
+    let mut missing = Vec::new();
+    for want in [
+        "./usr/sbin/timeguard",
+        "./lib/systemd/system/timeguard.service",
+        "./etc/timeguard/default.yaml",
+        "./usr/share/timeguard/policies/chrony.yaml",
+        "./usr/share/man/man8/timeguard.8.gz",
+        "./usr/share/bash-completion/completions/timeguard",
+    ] {
+        if !list.lines().any(|l| l.ends_with(want)) {
+            missing.push(want);
+        }
+    }
+    if !missing.is_empty() {
+        bail!("{} lacks {missing:?}:\n{list}", deb.display());
+    }
+    // The operator's policy is a conffile: an upgrade never overwrites their edits.
+    let conffiles = Command::new("dpkg-deb")
+        .arg("--info")
+        .arg(deb)
+        .arg("conffiles")
+        .output()?;
+    if !String::from_utf8_lossy(&conffiles.stdout).contains("/etc/timeguard/default.yaml") {
+        bail!(
+            "{}: /etc/timeguard/default.yaml is not a conffile",
+            deb.display()
+        );
+    }
+    println!(
+        "{}: the agent, its unit, the policies, the man page and completions",
+        deb.display()
+    );
+    Ok(())
 }
 
 /// Runs the benchmark in a guest and reports it.
@@ -353,6 +438,7 @@ fn main() -> anyhow::Result<()> {
             )
         }
         Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Deb => deb(&build(true)?).map(|p| println!("built {}", p.display())),
         Cmd::Test {
             no_vm,
             vm_only,

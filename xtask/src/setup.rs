@@ -158,6 +158,23 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     ]))
 }
 
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// cargo-deb, for the Debian package.
+pub fn ensure_cargo_deb() -> anyhow::Result<()> {
+    if have("cargo-deb", "--version") {
+        return Ok(());
+    }
+    println!("setup: cargo install cargo-deb {CARGO_DEB_VERSION} (builds the Debian package)");
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+}
+
 /// Where downloads and unpacked tools are kept between runs.
 pub fn cache_root() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")

@@ -49,8 +49,10 @@ struct Member {
 struct Type {
     name_off: u32,
     kind: u32,
-    /// For modifiers and typedefs: the type they refer to.
+    /// For modifiers and typedefs: the type they refer to; for a function, its prototype.
     refers_to: u32,
+    /// For a function prototype: how many parameters it has.
+    vlen: u32,
     members: Vec<Member>,
 }
 
@@ -139,6 +141,7 @@ impl Btf {
                 name_off,
                 kind,
                 refers_to: size_or_type,
+                vlen: vlen as u32,
                 members,
             });
         }
@@ -162,6 +165,16 @@ impl Btf {
         self.types
             .iter()
             .any(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name)
+    }
+
+    /// How many parameters the kernel function `name` takes (an LSM hook's grew over
+    /// releases: `bpf` took a fourth, `kernel`, in 6.9).
+    pub fn function_params(&self, name: &str) -> Option<u32> {
+        let func = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name)?;
+        self.ty(func.refers_to).map(|proto| proto.vlen)
     }
 
     fn name(&self, off: u32) -> &str {

@@ -30,6 +30,14 @@ pub fn offsets(btf: &btf::Btf) -> anyhow::Result<KernelOffsets> {
         inode_rdev: at("inode.i_rdev")?,
         sb_dev: at("super_block.s_dev")?,
         userns_level: at("user_namespace.level")?,
+        task_files: at("task_struct.files")?,
+        files_fdt: at("files_struct.fdt")?,
+        fdt_max_fds: at("fdtable.max_fds")?,
+        fdt_fd: at("fdtable.fd")?,
+        file_private_data: at("file.private_data")?,
+        bpf_map_id: at("bpf_map.id")?,
+        bpf_link_id: at("bpf_link.id")?,
+        dentry_inode: at("dentry.d_inode")?,
     })
 }
 

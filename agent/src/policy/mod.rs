@@ -100,6 +100,8 @@ pub struct CompiledPolicy {
     pub warnings: Vec<Diagnostic>,
     /// `spec.network`, when a policy has one.
     pub network: Option<network::CompiledNetwork>,
+    /// `spec.selfProtection` (`mode::*`), None when off.
+    pub self_protection: Option<u32>,
 }
 
 impl CompiledPolicy {
@@ -241,6 +243,8 @@ fn check_and_compile(
     let mut daemons_may_be_denied = false;
     let mut enforce_at: Option<(PathBuf, Location)> = None;
     let mut net: Option<(&model::NetworkSpec, Mode, PathBuf)> = None;
+    // Several policies together: the strictest wins; a policy that says nothing audits.
+    let mut self_protection = model::SelfProtectionMode::Off;
 
     for p in parsed {
         let mut sink = Sink::new(p.file.clone());
@@ -357,6 +361,12 @@ fn check_and_compile(
                     .map_or(0, |f| (f.value.0 * 65536.0).round() as u64),
             });
         }
+        let sp = doc
+            .spec
+            .self_protection
+            .as_ref()
+            .map_or(model::SelfProtectionMode::Audit, |s| s.value.mode);
+        self_protection = self_protection.max(sp);
         if let Some(spec) = &doc.spec.network {
             match &net {
                 Some((_, _, first)) => sink.error(
@@ -423,6 +433,11 @@ fn check_and_compile(
         watched,
         warnings: Vec::new(),
         network: net,
+        self_protection: match self_protection {
+            model::SelfProtectionMode::Off => None,
+            model::SelfProtectionMode::Audit => Some(mode::AUDIT),
+            model::SelfProtectionMode::Enforce => Some(mode::ENFORCE),
+        },
     })
 }
 

@@ -32,6 +32,27 @@ pub struct Spec {
     /// The host's time traffic.
     #[serde(default)]
     pub network: Option<NetworkSpec>,
+    /// The guard guarding itself: signals and ptrace of the agent and the time daemons,
+    /// writes to the files it trusts, changes to its BPF objects.
+    #[serde(default, rename = "selfProtection")]
+    pub self_protection: Option<Spanned<SelfProtectionSpec>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfProtectionSpec {
+    #[serde(default)]
+    pub mode: SelfProtectionMode,
+}
+
+/// Self-protection records before it refuses: `audit` is the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SelfProtectionMode {
+    Off,
+    #[default]
+    Audit,
+    Enforce,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

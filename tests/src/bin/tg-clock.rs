@@ -39,6 +39,14 @@
 //!   tg-clock ntp-load FROM TO SECS [flood|RATE]   client requests at saturation (or a
 //!                           flood, or RATE a second)
 //!
+//! Against the guard itself (self-protection):
+//!   tg-clock kill PID SIG              kill(PID, SIG)
+//!   tg-clock ptrace PID                PTRACE_ATTACH (detached again at once)
+//!   tg-clock open-write PATH           open for writing (appending nothing)
+//!   tg-clock unlink PATH | rename FROM TO
+//!   tg-clock bpf-map-update ID         zeros into the first entry of map ID
+//!   tg-clock bpf-link-detach ID        BPF_LINK_DETACH of link ID
+//!
 //! Ways of running a program that must not change who it is, taking the rest of the line:
 //!   tg-clock as-comm NAME …     rename the process (PR_SET_NAME) first
 //!   tg-clock via-fd PATH …      execute PATH through /proc/self/fd/N
@@ -46,7 +54,7 @@
 //!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
-use timeguard_tests::{bench, clock, devices, ntp, sockets};
+use timeguard_tests::{bench, clock, devices, ntp, sockets, tamper};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -144,6 +152,16 @@ fn main_inner(args: &[String]) -> i32 {
                 pace.and_then(|p| ntp::load(from, to, s, p))
             })
             .and_then(|l| counted(serde_json::json!({"sent": l.sent, "answered": l.answered, "seconds": l.seconds}))),
+        ["kill", pid, sig] => match (pid.parse::<i32>(), sig.parse::<i32>()) {
+            (Ok(p), Ok(s)) => judged(Ok(tamper::signal(p, s))),
+            _ => Err("kill PID SIG".to_string()),
+        },
+        ["ptrace", pid] => pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| judged(Ok(tamper::ptrace_attach(p)))),
+        ["open-write", path] => judged(tamper::open_write(path)),
+        ["unlink", path] => judged(tamper::unlink(path)),
+        ["rename", from, to] => judged(tamper::rename(from, to)),
+        ["bpf-map-update", id] => id.parse::<u32>().map_err(|e| e.to_string()).and_then(|i| judged(Ok(tamper::bpf_map_update(i)))),
+        ["bpf-link-detach", id] => id.parse::<u32>().map_err(|e| e.to_string()).and_then(|i| judged(Ok(tamper::bpf_link_detach(i)))),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
         ["hammer", ms] => ms
             .parse::<u64>()

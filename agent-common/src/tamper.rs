@@ -1,0 +1,198 @@
+//! The guard guarding itself (`spec.selfProtection`): who may signal or trace the agent and
+//! the time daemons, write the files the guard trusts, and touch timeguard's own BPF
+//! programs, links, maps and pins.
+
+/// What was tried against the guard.
+pub mod action {
+    /// A signal that would stop the agent, from anyone but its service manager.
+    pub const SIGNAL: u8 = 1;
+    /// ptrace (or reading its memory, or its descriptors) of the agent or a time daemon.
+    pub const PTRACE: u8 = 2;
+    /// Opening a protected file for writing.
+    pub const WRITE: u8 = 3;
+    /// Removing a protected file (or a pin).
+    pub const UNLINK: u8 = 4;
+    /// Renaming a protected file, or another file over it.
+    pub const RENAME: u8 = 5;
+    /// A `bpf()` command on one of timeguard's maps or links: update, delete, freeze,
+    /// detach, replace.
+    pub const BPF: u8 = 6;
+
+    pub fn name(a: u8) -> &'static str {
+        match a {
+            SIGNAL => "signal",
+            PTRACE => "ptrace",
+            WRITE => "write",
+            UNLINK => "unlink",
+            RENAME => "rename",
+            BPF => "bpf",
+            _ => "unknown",
+        }
+    }
+}
+
+/// What a protected file is.
+pub mod target {
+    pub const AGENT: u32 = 1;
+    pub const POLICY: u32 = 2;
+    pub const DAEMON: u32 = 3;
+    /// Timeguard's pins in bpffs, and their directories.
+    pub const PIN: u32 = 4;
+    pub const MAP: u32 = 5;
+    pub const LINK: u32 = 6;
+
+    pub fn name(t: u32) -> &'static str {
+        match t {
+            AGENT => "agent",
+            POLICY => "policy",
+            DAEMON => "time daemon",
+            PIN => "pin",
+            MAP => "map",
+            LINK => "link",
+            _ => "",
+        }
+    }
+}
+
+/// The state of self-protection, set by the agent (index 0 of an array map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SelfState {
+    /// 0: self-protection is off (nothing is decided).
+    pub generation: u32,
+    /// `policy::mode::ENFORCE` or `AUDIT`.
+    pub mode: u32,
+    /// The agent's process (signals to it are decided).
+    pub agent_tgid: u32,
+    /// Its service manager's process (pid 1, or the agent's parent), which may stop it.
+    pub manager_tgid: u32,
+    /// The agent's executable: a process running it is the agent (the only one that may
+    /// touch what is protected).
+    pub agent_dev: u64,
+    pub agent_ino: u64,
+    /// Number of arguments of the `bpf` LSM hook on this kernel (3 before 6.9, 4 after):
+    /// where the previous verdict is.
+    pub bpf_hook_args: u32,
+    pub _pad: u32,
+}
+
+/// A protected file: its file system's `dev_t` (kernel encoding) and inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// One of timeguard's BPF objects, by kind (`target::MAP` or `target::LINK`) and id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ObjectKey {
+    pub kind: u32,
+    pub id: u32,
+}
+
+/// Key of the exact per-CPU counters of tamper attempts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct TamperCounterKey {
+    pub action: u8,
+    pub verdict: u8,
+    pub _pad: [u8; 2],
+    /// `target::*`
+    pub target: u32,
+}
+
+/// The record of one tamper attempt.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TamperEvent {
+    pub boot_ns: u64,
+    pub tai_ns: u64,
+    pub action: u8,
+    pub verdict: u8,
+    pub _pad: [u8; 2],
+    /// `target::*`
+    pub target: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub exe_dev: u64,
+    pub exe_ino: u64,
+    pub comm: [u8; 16],
+    /// Signals: the signal; ptrace: the mode; bpf: the command.
+    pub detail: u32,
+    /// Signals and ptrace: the target process.
+    pub target_tgid: u32,
+    /// Files: the file; bpf: the object id in `target_ino`.
+    pub target_dev: u64,
+    pub target_ino: u64,
+    pub generation: u32,
+    pub _pad2: u32,
+}
+
+/// Whether a signal's default action ends or stops a process the agent does not handle:
+/// everything but SIGHUP (reload), the ignorable ones, and 0 (a liveness probe).
+pub const fn stops_the_agent(sig: u32) -> bool {
+    const SIGHUP: u32 = 1;
+    const SIGCHLD: u32 = 17;
+    const SIGCONT: u32 = 18;
+    const SIGURG: u32 = 23;
+    const SIGWINCH: u32 = 28;
+    !matches!(sig, 0 | SIGHUP | SIGCHLD | SIGCONT | SIGURG | SIGWINCH)
+}
+
+/// `bpf()` commands that change a map or a link, and where the map or link descriptor is in
+/// `union bpf_attr`; None for the others.
+pub const fn changing_bpf_command(cmd: u32) -> Option<(u32, usize)> {
+    const MAP_UPDATE_ELEM: u32 = 2;
+    const MAP_DELETE_ELEM: u32 = 3;
+    const MAP_LOOKUP_AND_DELETE_ELEM: u32 = 21;
+    const MAP_FREEZE: u32 = 22;
+    const MAP_LOOKUP_AND_DELETE_BATCH: u32 = 25;
+    const MAP_UPDATE_BATCH: u32 = 26;
+    const MAP_DELETE_BATCH: u32 = 27;
+    const LINK_UPDATE: u32 = 29;
+    const LINK_DETACH: u32 = 34;
+    // `batch`: in_batch, out_batch, keys, values (8 bytes each), count, then map_fd.
+    const BATCH_MAP_FD: usize = 36;
+    match cmd {
+        MAP_UPDATE_ELEM | MAP_DELETE_ELEM | MAP_LOOKUP_AND_DELETE_ELEM | MAP_FREEZE => {
+            Some((target::MAP, 0))
+        }
+        MAP_LOOKUP_AND_DELETE_BATCH | MAP_UPDATE_BATCH | MAP_DELETE_BATCH => {
+            Some((target::MAP, BATCH_MAP_FD))
+        }
+        LINK_UPDATE | LINK_DETACH => Some((target::LINK, 0)),
+        _ => None,
+    }
+}
+
+crate::pod!(SelfState, FileKey, ObjectKey, TamperCounterKey, TamperEvent);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_that_stop_the_agent() {
+        for sig in [2, 3, 6, 9, 15, 19, 20] {
+            assert!(stops_the_agent(sig), "signal {sig}");
+        }
+        for sig in [0, 1, 17, 18, 23, 28] {
+            assert!(!stops_the_agent(sig), "signal {sig}");
+        }
+    }
+
+    #[test]
+    fn bpf_commands() {
+        assert_eq!(changing_bpf_command(2), Some((target::MAP, 0)));
+        assert_eq!(changing_bpf_command(26), Some((target::MAP, 36)));
+        assert_eq!(changing_bpf_command(34), Some((target::LINK, 0)));
+        // Lookups, gets by id and program loads change nothing of ours.
+        for cmd in [0, 1, 4, 5, 13, 14, 30] {
+            assert_eq!(changing_bpf_command(cmd), None, "command {cmd}");
+        }
+    }
+}

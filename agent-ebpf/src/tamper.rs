@@ -1,0 +1,439 @@
+//! The guard guarding itself (`spec.selfProtection`), by BPF LSM: an attacker who owns root
+//! goes for the guard before the clock.
+//!
+//! - `task_kill`: a signal that would stop the agent, from anyone but the agent, its service
+//!   manager or the kernel.
+//! - `ptrace_access_check` (attach mode: ptrace, /proc/PID/mem, pidfd_getfd,
+//!   process_vm_writev) and `ptrace_traceme`: the agent and the time daemons, whose rights
+//!   a tracer would inherit.
+//! - `file_open` (for writing, with the PHC check in `devices`), `inode_unlink`,
+//!   `inode_rename`: the agent's executable, the policy files, the daemons' executables and
+//!   timeguard's pins.
+//! - `bpf`: commands that change one of timeguard's maps or links (update, delete, freeze,
+//!   detach, replace), whatever way the descriptor was obtained.
+//!
+//! The agent (a process running the agent's executable) may do all of it. Each decision
+//! honours the mode (audit: allowed and recorded), is counted exactly and recorded on a
+//! ring of its own.
+
+use agent_common::{
+    policy::{mode, verdict},
+    tamper::{
+        action, changing_bpf_command, stops_the_agent, target, FileKey, ObjectKey, SelfState,
+        TamperCounterKey, TamperEvent,
+    },
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    },
+    macros::{lsm, map},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::LsmContext,
+};
+
+use crate::{
+    caller::{current_exe, inode_id, kread, offsets, task_exe},
+    clock::lsm_verdict,
+};
+
+#[map]
+static SELF_STATE: Array<SelfState> = Array::pinned(1, 0);
+
+/// Protected files by (dev, ino): `target::*`.
+#[map]
+static PROTECTED_FILES: HashMap<FileKey, u32> = HashMap::pinned(4096, 0);
+
+/// Timeguard's own maps and links, by (kind, id).
+#[map]
+static OWN_OBJECTS: HashMap<ObjectKey, u8> = HashMap::pinned(1024, 0);
+
+#[map]
+static TAMPER_COUNTERS: PerCpuHashMap<TamperCounterKey, u64> = PerCpuHashMap::pinned(256, 0);
+
+#[map]
+static TAMPER_EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);
+
+/// Index 0: records that did not fit; index 1: records over the budget.
+#[map]
+static TAMPER_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
+
+/// Index 0: this CPU's record budget for the current second.
+#[map]
+static TAMPER_BUDGET: PerCpuArray<agent_common::event::EventBudget> = PerCpuArray::pinned(1, 0);
+
+/// Index 0: where this CPU builds a record.
+#[map]
+static TAMPER_SCRATCH: PerCpuArray<TamperEvent> = PerCpuArray::pinned(1, 0);
+
+const RECORDS_PER_SECOND: u32 = 100;
+/// `PTRACE_MODE_ATTACH`: the access that lets one process act as another.
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+
+/// Self-protection in force, or None (off: nothing is decided).
+#[inline(always)]
+fn state() -> Option<SelfState> {
+    let s = *SELF_STATE.get(0)?;
+    (s.generation != 0).then_some(s)
+}
+
+/// Whether the calling process runs the agent's executable.
+#[inline(always)]
+fn caller_is_agent(s: &SelfState) -> bool {
+    let (dev, ino) = current_exe(&offsets());
+    dev == s.agent_dev && ino == s.agent_ino
+}
+
+/// What a file is to the guard (0: nothing).
+#[inline(always)]
+fn protected(dev: u64, ino: u64) -> u32 {
+    if ino == 0 {
+        return 0;
+    }
+    // SAFETY: copied out at once.
+    unsafe { PROTECTED_FILES.get(FileKey { dev, ino }) }
+        .copied()
+        .unwrap_or(0)
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(n) = TAMPER_EVENTS_DROPPED.get_ptr_mut(index) {
+        // SAFETY: a per-CPU value.
+        unsafe { *n += 1 }
+    }
+}
+
+#[inline(always)]
+fn within_budget(now: u64) -> bool {
+    let Some(b) = TAMPER_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU value.
+    unsafe {
+        if now.wrapping_sub((*b).window_start_ns) >= 1_000_000_000 {
+            (*b).window_start_ns = now;
+            (*b).sent = 0;
+        }
+        if (*b).sent < RECORDS_PER_SECOND {
+            (*b).sent += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What was tried, and on what.
+struct Attempt {
+    action: u8,
+    target: u32,
+    detail: u32,
+    target_tgid: u32,
+    target_dev: u64,
+    target_ino: u64,
+}
+
+/// Decides an attempt by the mode, counts it and records it; the LSM return value.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "explicit references, as in record::count"
+)]
+fn refuse(s: &SelfState, a: &Attempt) -> i32 {
+    let v = if s.mode == mode::AUDIT {
+        verdict::AUDIT
+    } else {
+        verdict::DENY
+    };
+    let key = TamperCounterKey {
+        action: a.action,
+        verdict: v,
+        _pad: [0; 2],
+        target: a.target,
+    };
+    match TAMPER_COUNTERS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = TAMPER_COUNTERS.insert(&key, &1, 0);
+        }
+    }
+    // SAFETY: a clock helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if !within_budget(now) {
+        bump(1);
+        return lsm_verdict(v);
+    }
+    if let Some(ev) = TAMPER_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value, written then read by this program run only.
+        let ev = unsafe { &mut *ev };
+        ev.boot_ns = now;
+        // SAFETY: a clock helper without arguments.
+        ev.tai_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_tai_ns() };
+        ev.action = a.action;
+        ev.verdict = v;
+        ev.target = a.target;
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let uid_gid = bpf_get_current_uid_gid();
+        ev.pid = pid_tgid as u32;
+        ev.tgid = (pid_tgid >> 32) as u32;
+        ev.uid = uid_gid as u32;
+        ev.gid = (uid_gid >> 32) as u32;
+        let (dev, ino) = current_exe(&offsets());
+        ev.exe_dev = dev;
+        ev.exe_ino = ino;
+        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        ev.detail = a.detail;
+        ev.target_tgid = a.target_tgid;
+        ev.target_dev = a.target_dev;
+        ev.target_ino = a.target_ino;
+        ev.generation = s.generation;
+        if TAMPER_EVENTS.output::<TamperEvent>(ev, 0).is_err() {
+            bump(0);
+        }
+    }
+    lsm_verdict(v)
+}
+
+/// LSM_HOOK(int, 0, task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig,
+/// const struct cred *cred)
+#[lsm(hook = "task_kill")]
+pub fn tamper_signal(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let sig: i32 = ctx.arg(2);
+    let Some(s) = state() else { return 0 };
+    if s.agent_tgid == 0 || !stops_the_agent(sig as u32) {
+        return 0;
+    }
+    let off = offsets();
+    let target: *const u8 = ctx.arg(0);
+    let target_tgid = kread::<u32>(target, off.task_tgid).unwrap_or(0);
+    if target_tgid != s.agent_tgid {
+        return 0;
+    }
+    // The kernel's own signals (SEND_SIG_PRIV), the agent itself, its service manager.
+    let info: u64 = crate::caller::nullable_arg(&ctx, 1);
+    let sender = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if info <= 1 || sender == s.agent_tgid || sender == s.manager_tgid || sender == 1 {
+        return 0;
+    }
+    refuse(
+        &s,
+        &Attempt {
+            action: action::SIGNAL,
+            target: target::AGENT,
+            detail: sig as u32,
+            target_tgid,
+            target_dev: s.agent_dev,
+            target_ino: s.agent_ino,
+        },
+    )
+}
+
+/// A process the guard protects from tracing: the agent, or a time daemon.
+#[inline(always)]
+fn traced(s: &SelfState, task: *const u8, mode_bits: u32) -> i32 {
+    let off = offsets();
+    let (dev, ino) = task_exe(task, &off);
+    let what = protected(dev, ino);
+    if what != target::AGENT && what != target::DAEMON {
+        return 0;
+    }
+    if caller_is_agent(s) {
+        return 0;
+    }
+    refuse(
+        s,
+        &Attempt {
+            action: action::PTRACE,
+            target: what,
+            detail: mode_bits,
+            target_tgid: kread::<u32>(task, off.task_tgid).unwrap_or(0),
+            target_dev: dev,
+            target_ino: ino,
+        },
+    )
+}
+
+/// LSM_HOOK(int, 0, ptrace_access_check, struct task_struct *child, unsigned int mode)
+#[lsm(hook = "ptrace_access_check")]
+pub fn tamper_ptrace(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let mode_bits: u32 = ctx.arg(1);
+    // Reading (ps, /proc/PID/exe) is left alone; acting as the process is not.
+    if mode_bits & PTRACE_MODE_ATTACH == 0 {
+        return 0;
+    }
+    let Some(s) = state() else { return 0 };
+    traced(&s, ctx.arg(0), mode_bits)
+}
+
+/// LSM_HOOK(int, 0, ptrace_traceme, struct task_struct *parent)
+#[lsm(hook = "ptrace_traceme")]
+pub fn tamper_traceme(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(s) = state() else { return 0 };
+    // SAFETY: the helper returns the current task, only read through probe reads.
+    let me = unsafe { bpf_get_current_task() } as *const u8;
+    traced(&s, me, PTRACE_MODE_ATTACH)
+}
+
+/// Decides a change to a file; 0 when it is not protected.
+#[inline(always)]
+fn file_change(act: u8, inode: *const u8) -> i32 {
+    if inode.is_null() {
+        return 0;
+    }
+    let Some(s) = state() else { return 0 };
+    let off = offsets();
+    let (dev, ino) = inode_id(inode, &off);
+    let what = protected(dev, ino);
+    if what == 0 || caller_is_agent(&s) {
+        return 0;
+    }
+    refuse(
+        &s,
+        &Attempt {
+            action: act,
+            target: what,
+            detail: 0,
+            target_tgid: 0,
+            target_dev: dev,
+            target_ino: ino,
+        },
+    )
+}
+
+/// A protected file opened for writing (called by the `file_open` program).
+#[inline(always)]
+pub fn file_write(file: *const u8) -> i32 {
+    let off = offsets();
+    match kread::<*const u8>(file, off.file_inode) {
+        Some(inode) => file_change(action::WRITE, inode),
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn dentry_inode(dentry: *const u8) -> *const u8 {
+    kread::<*const u8>(dentry, offsets().dentry_inode).unwrap_or(core::ptr::null())
+}
+
+/// LSM_HOOK(int, 0, inode_unlink, struct inode *dir, struct dentry *dentry)
+#[lsm(hook = "inode_unlink")]
+pub fn tamper_unlink(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    file_change(action::UNLINK, dentry_inode(ctx.arg(1)))
+}
+
+/// LSM_HOOK(int, 0, inode_rename, struct inode *old_dir, struct dentry *old_dentry,
+/// struct inode *new_dir, struct dentry *new_dentry)
+#[lsm(hook = "inode_rename")]
+pub fn tamper_rename(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    // Moving a protected file away, or another file over it (its dentry may be negative).
+    let moved = file_change(action::RENAME, dentry_inode(ctx.arg(1)));
+    if moved != 0 {
+        return moved;
+    }
+    file_change(action::RENAME, dentry_inode(ctx.arg(3)))
+}
+
+/// The id of the map or link behind descriptor `fd` of the calling process.
+#[inline(always)]
+fn object_id(fd: i32, id_offset: u32) -> u32 {
+    if fd < 0 {
+        return 0;
+    }
+    let off = offsets();
+    // SAFETY: the helper returns the current task; it is only read through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Some(files) = kread::<*const u8>(task, off.task_files) else {
+        return 0;
+    };
+    let Some(fdt) = kread::<*const u8>(files, off.files_fdt) else {
+        return 0;
+    };
+    if fd as u32 >= kread::<u32>(fdt, off.fdt_max_fds).unwrap_or(0) {
+        return 0;
+    }
+    let Some(table) = kread::<*const u8>(fdt, off.fdt_fd) else {
+        return 0;
+    };
+    let Some(file) = kread::<*const u8>(table, fd as u32 * 8) else {
+        return 0;
+    };
+    let Some(object) = kread::<*const u8>(file, off.file_private_data) else {
+        return 0;
+    };
+    kread::<u32>(object, id_offset).unwrap_or(0)
+}
+
+/// LSM_HOOK(int, 0, bpf, int cmd, union bpf_attr *attr, unsigned int size[, bool kernel])
+#[lsm(hook = "bpf")]
+pub fn tamper_bpf(ctx: LsmContext) -> i32 {
+    let Some(s) = state() else { return 0 };
+    // Where the previous verdict is depends on the kernel; read through a probe, as a
+    // variable offset into the context is refused by the verifier (6.1).
+    let at = if s.bpf_hook_args == 4 { 4 } else { 3 };
+    let previous = crate::caller::nullable_arg(&ctx, at) as i32;
+    if previous != 0 {
+        // Read through a probe, the verdict has no range the verifier knows, and 6.12
+        // requires an LSM program's return to be an errno: bounded here.
+        return if (-4095..0).contains(&previous) {
+            previous
+        } else {
+            lsm_verdict(verdict::DENY)
+        };
+    }
+    let cmd: i32 = ctx.arg(0);
+    let Some((kind, fd_at)) = changing_bpf_command(cmd as u32) else {
+        return 0;
+    };
+    let attr: *const u8 = ctx.arg(1);
+    let Some(fd) = kread::<i32>(attr, fd_at as u32) else {
+        return 0;
+    };
+    let off = offsets();
+    let id_offset = if kind == target::MAP {
+        off.bpf_map_id
+    } else {
+        off.bpf_link_id
+    };
+    let id = object_id(fd, id_offset);
+    // SAFETY: only whether it is there is used.
+    if id == 0 || unsafe { OWN_OBJECTS.get(ObjectKey { kind, id }) }.is_none() {
+        return 0;
+    }
+    if caller_is_agent(&s) {
+        return 0;
+    }
+    refuse(
+        &s,
+        &Attempt {
+            action: action::BPF,
+            target: kind,
+            detail: cmd as u32,
+            target_tgid: 0,
+            target_dev: 0,
+            target_ino: id as u64,
+        },
+    )
+}
