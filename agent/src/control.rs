@@ -137,41 +137,6 @@ pub fn save_rule_names(path: &Path, names: &[String]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests() {
-        assert_eq!(Request::parse(""), Ok(Request::Status));
-        assert_eq!(Request::parse("status\n"), Ok(Request::Status));
-        assert_eq!(Request::parse("stop"), Ok(Request::Stop { unpin: false }));
-        assert_eq!(
-            Request::parse("stop unpin\n"),
-            Ok(Request::Stop { unpin: true })
-        );
-        assert!(Request::parse("reboot").is_err());
-        for r in [
-            Request::Status,
-            Request::Stop { unpin: false },
-            Request::Stop { unpin: true },
-        ] {
-            assert_eq!(Request::parse(r.line()), Ok(r));
-        }
-    }
-
-    #[test]
-    fn rule_names_round_trip() {
-        let dir = std::env::temp_dir().join(format!("tg-rule-names-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = rule_names_path(&dir.join("status.sock"), "abc");
-        let names = vec!["chronyd".to_string(), "ptp4l".to_string()];
-        save_rule_names(&path, &names).expect("save");
-        assert_eq!(load_rule_names(&path), Some(names));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 /// `timeguard apply SRC [--policy DEST]`: the agent's own way of changing the policy, which
 /// self-protection leaves open (the policy files are written by this executable only). SRC
 /// is checked first; a policy with errors changes nothing. It is then written over DEST (or,
@@ -217,4 +182,39 @@ pub fn apply(src: &Path, dest: &Path) -> anyhow::Result<()> {
         target.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(Request::parse(""), Ok(Request::Status));
+        assert_eq!(Request::parse("status\n"), Ok(Request::Status));
+        assert_eq!(Request::parse("stop"), Ok(Request::Stop { unpin: false }));
+        assert_eq!(
+            Request::parse("stop unpin\n"),
+            Ok(Request::Stop { unpin: true })
+        );
+        assert!(Request::parse("reboot").is_err());
+        for r in [
+            Request::Status,
+            Request::Stop { unpin: false },
+            Request::Stop { unpin: true },
+        ] {
+            assert_eq!(Request::parse(r.line()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn rule_names_round_trip() {
+        let dir = std::env::temp_dir().join(format!("tg-rule-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = rule_names_path(&dir.join("status.sock"), "abc");
+        let names = vec!["chronyd".to_string(), "ptp4l".to_string()];
+        save_rule_names(&path, &names).expect("save");
+        assert_eq!(load_rule_names(&path), Some(names));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

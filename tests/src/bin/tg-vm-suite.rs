@@ -782,9 +782,9 @@ fn scenario_network_guard() -> Outcome {
 }
 
 /// Self-protection enforced: an intruder with root (a process that is neither the agent
-/// nor its service manager) cannot stop the agent, trace it or a time daemon, write the
-/// agent's executable, a daemon's or the policy, unpin, rename over the policy, update a
-/// map or detach a link; each refusal is EPERM, counted and recorded. The agent's own
+/// nor its service manager) cannot stop the agent, trace it or chronyd, write chronyd's or
+/// another daemon's executable or the policy, unpin, rename over the policy or the agent,
+/// update a map or detach a link; each refusal is EPERM, counted and recorded. The agent's own
 /// paths (`timeguard apply`, its map updates) work throughout.
 fn scenario_self_protection() -> Outcome {
     let original = fs::read_to_string(POLICY).map_err(|e| format!("{POLICY}: {e}"))?;
@@ -823,11 +823,20 @@ fn scenario_self_protection() -> Outcome {
         .map_err(|e| e.to_string())?
         .display()
         .to_string();
-    let mut daemon = Command::new(ALLOWED)
-        .args(["udp-recv", "127.0.0.1:9999", "6"])
+    // chronyd's executable while it does not run (a running one the kernel keeps from
+    // writes itself, ETXTBSY), then the running chronyd (-x: it never sets the clock).
+    let chronyd_write = sh(COPY, &["open-write", "/usr/sbin/chronyd"])?;
+    fs::write(
+        "/tmp/chrony-self.conf",
+        "local stratum 10\ncmdport 0\nbindcmdaddress /\npidfile /tmp/chronyd-self.pid\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut daemon = Command::new("/usr/sbin/chronyd")
+        .args(["-x", "-d", "-u", "root", "-f", "/tmp/chrony-self.conf"])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot start chronyd: {e}"))?;
     let daemon_pid = daemon.id().to_string();
     let decoy = "/etc/timeguard/decoy.yaml.tmp";
     fs::write(decoy, &original).map_err(|e| e.to_string())?;
@@ -860,6 +869,16 @@ fn scenario_self_protection() -> Outcome {
         .collect();
     let bpf_hook = !unavailable.iter().any(|u| u.starts_with("bpf:"));
     let mut wrong = Vec::new();
+    if serde_json::from_str::<Value>(&chronyd_write.stdout)
+        .ok()
+        .and_then(|v| v["errno"].as_i64())
+        != Some(eperm)
+    {
+        wrong.push(format!(
+            "open-write /usr/sbin/chronyd: {} {}",
+            chronyd_write.stdout, chronyd_write.stderr
+        ));
+    }
     for (args, want) in cases {
         if !bpf_hook && args[0].starts_with("bpf-") {
             continue;
@@ -900,7 +919,7 @@ fn scenario_self_protection() -> Outcome {
     let counts: Vec<(&str, u64, u64)> = [
         ("signal", 2),
         ("ptrace", 2),
-        ("write", 2),
+        ("write", 3),
         ("unlink", 1),
         ("rename", 2),
         ("bpf", if bpf_hook { 2 } else { 0 }),
@@ -923,7 +942,7 @@ fn scenario_self_protection() -> Outcome {
         ));
     }
     Ok(format!(
-        "signals, ptrace (agent and daemon), writes (a daemon's executable, the policy), unpin, renames over the policy and the agent, map update, link detach: all EPERM and recorded; counts {counts:?}"
+        "signals, ptrace (agent and a running chronyd), writes (/usr/sbin/chronyd, hwclock, the policy), unpin, renames over the policy and the agent, map update, link detach: all EPERM and recorded; counts {counts:?}"
     ))
 }
 
