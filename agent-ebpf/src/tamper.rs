@@ -395,13 +395,9 @@ pub fn tamper_bpf(ctx: LsmContext) -> i32 {
     let at = if s.bpf_hook_args == 4 { 4 } else { 3 };
     let previous = crate::caller::nullable_arg(&ctx, at) as i32;
     if previous != 0 {
-        // Read through a probe, the verdict has no range the verifier knows, and 6.12
-        // requires an LSM program's return to be an errno: bounded here.
-        return if (-4095..0).contains(&previous) {
-            previous
-        } else {
-            lsm_verdict(verdict::DENY)
-        };
+        // Read through a probe, that verdict has no range the verifier knows, and 6.12 wants
+        // an LSM program to return an errno it can prove: the refusal stands, as EPERM.
+        return lsm_verdict(verdict::DENY);
     }
     let cmd: i32 = ctx.arg(0);
     let Some((kind, fd_at)) = changing_bpf_command(cmd as u32) else {

@@ -302,10 +302,38 @@ fn check_deb(deb: &Path) -> anyhow::Result<()> {
             deb.display()
         );
     }
+    check_unit()?;
     println!(
         "{}: the agent, its unit, the policies, the man page and completions",
         deb.display()
     );
+    Ok(())
+}
+
+/// `systemd-analyze verify` on the unit, where systemd's tools are: ordering cycles, unknown
+/// settings. That the agent is not installed on this machine is the one thing let pass.
+fn check_unit() -> anyhow::Result<()> {
+    let unit = workspace_root().join("deploy/systemd/timeguard.service");
+    let Ok(out) = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+    else {
+        println!("systemd-analyze is not on this machine: the unit is not verified here");
+        return Ok(());
+    };
+    let said = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = said
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("is not executable"))
+        .collect();
+    if !problems.is_empty() {
+        bail!(
+            "systemd-analyze verify {}:\n{}",
+            unit.display(),
+            problems.join("\n")
+        );
+    }
     Ok(())
 }
 

@@ -788,6 +788,13 @@ fn scenario_network_guard() -> Outcome {
 /// paths (`timeguard apply`, its map updates) work throughout.
 fn scenario_self_protection() -> Outcome {
     let original = fs::read_to_string(POLICY).map_err(|e| format!("{POLICY}: {e}"))?;
+    let outcome = self_protection_attempts(&original);
+    // Back to the suite's policy whatever happened (self-protection off its files).
+    reload_to(&original, "vm-test")?;
+    outcome
+}
+
+fn self_protection_attempts(original: &str) -> Outcome {
     let enforced = format!(
         "{}  selfProtection: {{mode: enforce}}\n",
         original.replace("name: vm-test\n", "name: vm-test-self\n")
@@ -828,18 +835,34 @@ fn scenario_self_protection() -> Outcome {
     let chronyd_write = sh(COPY, &["open-write", "/usr/sbin/chronyd"])?;
     fs::write(
         "/tmp/chrony-self.conf",
-        "local stratum 10\ncmdport 0\nbindcmdaddress /\npidfile /tmp/chronyd-self.pid\n",
+        chrony_conf("").replace("/tmp/chronyd.pid", "/tmp/chronyd-self.pid"),
     )
     .map_err(|e| e.to_string())?;
+    let _ = fs::remove_file("/tmp/chronyd-self.pid");
+    let log = fs::File::create("/tmp/chronyd-self.log").map_err(|e| e.to_string())?;
     let mut daemon = Command::new("/usr/sbin/chronyd")
         .args(["-x", "-d", "-u", "root", "-f", "/tmp/chrony-self.conf"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .map_err(|e| format!("cannot start chronyd: {e}"))?;
     let daemon_pid = daemon.id().to_string();
+    // Up and running (its pid file written), so that a refusal is the guard's, not that of
+    // a process already gone.
+    let up = Instant::now();
+    while !std::path::Path::new("/tmp/chronyd-self.pid").exists()
+        && up.elapsed() < Duration::from_secs(10)
+    {
+        sleep(Duration::from_millis(50));
+    }
+    if daemon.try_wait().map_err(|e| e.to_string())?.is_some() {
+        return Err(format!(
+            "chronyd did not stay up: {}",
+            fs::read_to_string("/tmp/chronyd-self.log").unwrap_or_default()
+        ));
+    }
     let decoy = "/etc/timeguard/decoy.yaml.tmp";
-    fs::write(decoy, &original).map_err(|e| e.to_string())?;
+    fs::write(decoy, original).map_err(|e| e.to_string())?;
     sleep(Duration::from_millis(300));
     let eperm = i64::from(libc::EPERM);
     // A running executable is refused for writing by the kernel itself (ETXTBSY); the
@@ -891,13 +914,20 @@ fn scenario_self_protection() -> Outcome {
             wrong.push(format!("{args:?}: {got:?} (expected {want}) {}", r.stderr));
         }
     }
+    let chronyd_lived = daemon.try_wait().map_err(|e| e.to_string())?.is_none();
+    // Only the chronyd this scenario started, by its id.
     let _ = daemon.kill();
     let _ = daemon.wait();
+    if !chronyd_lived {
+        wrong.push(format!(
+            "chronyd exited during the attempts: {}",
+            fs::read_to_string("/tmp/chronyd-self.log").unwrap_or_default()
+        ));
+    }
     let _ = fs::remove_file(decoy);
     let after = agent_status()?;
     // The clock guard is whole: the copy is still refused a step.
     let still = outcome(sh(COPY, &["step", "3600"])?)?;
-    reload_to(&original, "vm-test")?;
     if !wrong.is_empty() {
         return Err(wrong.join("; "));
     }
