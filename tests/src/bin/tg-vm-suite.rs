@@ -1533,6 +1533,26 @@ fn scenario_kill9_during_flood(agent: Child) -> (Outcome, Option<Child>) {
     }
 }
 
+/// `timeguard stop --unpin` with no agent running, then the wait until the kernel has let go
+/// of the programs: it releases a link whose last pin and descriptor are gone from a work
+/// queue, and a trampoline only after the tasks in it have left (a moment, longer emulated).
+fn unpin_and_wait() -> Result<(), String> {
+    let r = sh("timeguard", &["stop", "--unpin", "--audit-log", EVENTS])?;
+    if r.status != 0 || !r.stdout.contains("no longer guarded") {
+        return Err(format!("timeguard stop --unpin: {} {}", r.stdout, r.stderr));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if outcome(sh(COPY, &["step", "0"])?)?.errno == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("20 s after stop --unpin the copy's step is still refused".into());
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
 /// Stopping the agent leaves its last policy enforced; `timeguard stop --unpin` (recorded)
 /// gives the clock back to the kernel's own rules.
 fn scenario_stop_then_unpin(agent: Child) -> Outcome {
@@ -1544,27 +1564,8 @@ fn scenario_stop_then_unpin(agent: Child) -> Outcome {
             o.errno
         ));
     }
-    let r = sh("timeguard", &["stop", "--unpin", "--audit-log", EVENTS])?;
-    if r.status != 0 || !r.stdout.contains("no longer guarded") {
-        return Err(format!("timeguard stop --unpin: {} {}", r.stdout, r.stderr));
-    }
+    unpin_and_wait()?;
     wait_record("the unpinning recorded", |v| v["event"] == "unpinned")?;
-    // The kernel releases a link whose last pin and descriptor are gone from a work queue,
-    // and a trampoline only after the tasks in it have left: a moment, longer emulated.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let released = loop {
-        let o = outcome(sh(COPY, &["step", "0"])?)?;
-        if o.errno == 0 {
-            break true;
-        }
-        if Instant::now() > deadline {
-            break false;
-        }
-        sleep(Duration::from_millis(100));
-    };
-    if !released {
-        return Err("20 s after stop --unpin the copy's step is still refused".into());
-    }
     step_and_back(COPY, "step", 10).map_err(|e| format!("after stop --unpin: {e}"))?;
     Ok(format!(
         "{stopped}; the copy still EPERM with no agent; after stop --unpin (recorded) the clock is the kernel's own again"
@@ -1634,7 +1635,9 @@ fn bench_main() -> Result<(), String> {
         keep_best(&mut without, bench_round()?);
         let agent = start_agent()?;
         let round = bench_round();
+        // Stopping leaves enforcement pinned: the next round without the agent needs it gone.
         stop_agent(agent)?;
+        unpin_and_wait()?;
         keep_best(&mut with, round?);
     }
     for (i, (label, workload, program)) in BENCH.iter().enumerate() {
