@@ -166,11 +166,10 @@ fn program_types() -> Vec<Capability> {
             "guarding binds and connects",
         ),
         (
-            "tc classifier",
-            ProgramType::SchedClassifier,
-            "classifying NTP/PTP packets",
+            "xdp",
+            ProgramType::Xdp,
+            "deciding PTP before any socket sees it",
         ),
-        ("xdp", ProgramType::Xdp, "shedding NTP floods early"),
     ];
     types
         .into_iter()
