@@ -59,6 +59,24 @@ pub struct EventBudget {
     pub _pad: u32,
 }
 
+impl EventBudget {
+    /// Takes one record from the budget at `now_ns`: a new window of
+    /// `thinning::WINDOW_NS` starts afresh, and at most `per_window` are taken in each.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64, per_window: u32) -> bool {
+        if now_ns.wrapping_sub(self.window_start_ns) >= thinning::WINDOW_NS {
+            self.window_start_ns = now_ns;
+            self.sent = 0;
+        }
+        if self.sent < per_window {
+            self.sent += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ClockEvent {
@@ -135,3 +153,22 @@ impl ClockEvent {
 }
 
 crate::pod!(ClockEvent, EventBudget);
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_refills_each_window() {
+        let mut b = EventBudget {
+            window_start_ns: 0,
+            sent: 0,
+            _pad: 0,
+        };
+        assert!(b.take(10, 2) && b.take(20, 2));
+        assert!(!b.take(30, 2));
+        // A window later: two more.
+        let next = 10 + thinning::WINDOW_NS;
+        assert!(b.take(next, 2) && b.take(next, 2) && !b.take(next, 2));
+    }
+}

@@ -29,9 +29,10 @@ static EVENTS_THINNED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 #[map]
 static EVENT_BUDGETS: LruHashMap<u32, EventBudget> = LruHashMap::pinned(thinning::PROCESSES, 0);
 
+/// Adds one to entry `index` of a per-CPU counter array (records lost or thinned).
 #[inline(always)]
-fn bump(counter: &PerCpuArray<u64>) {
-    if let Some(n) = counter.get_ptr_mut(0) {
+pub fn bump(counter: &PerCpuArray<u64>, index: u32) {
+    if let Some(n) = counter.get_ptr_mut(index) {
         // SAFETY: a per-CPU value: no other CPU writes it.
         unsafe { *n += 1 }
     }
@@ -47,18 +48,7 @@ fn bump(counter: &PerCpuArray<u64>) {
 fn within_budget(tgid: u32, now_ns: u64) -> bool {
     match EVENT_BUDGETS.get_ptr_mut(&tgid) {
         // SAFETY: the value stays valid for this program run (RCU).
-        Some(b) => unsafe {
-            if now_ns.wrapping_sub((*b).window_start_ns) >= thinning::WINDOW_NS {
-                (*b).window_start_ns = now_ns;
-                (*b).sent = 1;
-                true
-            } else if (*b).sent < thinning::EVENTS_PER_WINDOW {
-                (*b).sent += 1;
-                true
-            } else {
-                false
-            }
-        },
+        Some(b) => unsafe { (*b).take(now_ns, thinning::EVENTS_PER_WINDOW) },
         None => {
             let fresh = EventBudget {
                 window_start_ns: now_ns,
@@ -97,8 +87,8 @@ pub fn count(rule_id: u32, operations: u32, verdict: u8) {
 #[inline(always)]
 pub fn emit(ev: &ClockEvent) {
     if !within_budget(ev.tgid, ev.boot_ns) {
-        bump(&EVENTS_THINNED);
+        bump(&EVENTS_THINNED, 0);
     } else if CLOCK_EVENTS.output::<ClockEvent>(ev, 0).is_err() {
-        bump(&EVENTS_LOST);
+        bump(&EVENTS_LOST, 0);
     }
 }

@@ -36,6 +36,7 @@ use aya_ebpf::{
 use crate::{
     caller::{current_exe, inode_id, kread, offsets, task_exe},
     clock::lsm_verdict,
+    record::bump,
 };
 
 #[map]
@@ -97,34 +98,6 @@ fn protected(dev: u64, ino: u64) -> u32 {
         .unwrap_or(0)
 }
 
-#[inline(always)]
-fn bump(index: u32) {
-    if let Some(n) = TAMPER_EVENTS_DROPPED.get_ptr_mut(index) {
-        // SAFETY: a per-CPU value.
-        unsafe { *n += 1 }
-    }
-}
-
-#[inline(always)]
-fn within_budget(now: u64) -> bool {
-    let Some(b) = TAMPER_BUDGET.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: a per-CPU value.
-    unsafe {
-        if now.wrapping_sub((*b).window_start_ns) >= 1_000_000_000 {
-            (*b).window_start_ns = now;
-            (*b).sent = 0;
-        }
-        if (*b).sent < RECORDS_PER_SECOND {
-            (*b).sent += 1;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// What was tried, and on what.
 struct Attempt {
     action: u8,
@@ -162,8 +135,13 @@ fn refuse(s: &SelfState, a: &Attempt) -> i32 {
     }
     // SAFETY: a clock helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if !within_budget(now) {
-        bump(1);
+    let within = match TAMPER_BUDGET.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value.
+        Some(b) => unsafe { (*b).take(now, RECORDS_PER_SECOND) },
+        None => false,
+    };
+    if !within {
+        bump(&TAMPER_EVENTS_DROPPED, 1);
         return lsm_verdict(v);
     }
     if let Some(ev) = TAMPER_SCRATCH.get_ptr_mut(0) {
@@ -191,7 +169,7 @@ fn refuse(s: &SelfState, a: &Attempt) -> i32 {
         ev.target_ino = a.target_ino;
         ev.generation = s.generation;
         if TAMPER_EVENTS.output::<TamperEvent>(ev, 0).is_err() {
-            bump(0);
+            bump(&TAMPER_EVENTS_DROPPED, 0);
         }
     }
     lsm_verdict(v)

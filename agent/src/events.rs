@@ -154,13 +154,14 @@ pub fn clock_event_json(ev: &ClockEvent, policy: &CompiledPolicy, host: &str) ->
     })
 }
 
-/// Copies a ring buffer record into an event, refusing records of the wrong size.
-pub fn parse(bytes: &[u8]) -> Option<ClockEvent> {
-    if bytes.len() < std::mem::size_of::<ClockEvent>() {
+/// Copies a ring buffer record into its record type (clock, network, tamper), refusing
+/// records of the wrong size.
+pub fn parse<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
         return None;
     }
-    // SAFETY: the length is checked, ClockEvent is plain data, and read_unaligned copies.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const ClockEvent) })
+    // SAFETY: the length is checked, T is plain data (Pod), and read_unaligned copies.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 
 #[cfg(test)]
@@ -178,8 +179,8 @@ mod tests {
 
     #[test]
     fn short_records_are_refused() {
-        assert!(parse(&[0u8; 8]).is_none());
+        assert!(parse::<ClockEvent>(&[0u8; 8]).is_none());
         let bytes = vec![0u8; std::mem::size_of::<ClockEvent>()];
-        assert!(parse(&bytes).is_some());
+        assert!(parse::<ClockEvent>(&bytes).is_some());
     }
 }

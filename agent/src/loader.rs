@@ -474,10 +474,7 @@ impl Guard {
     /// Exact counters per (rule, single operation, verdict), summed over CPUs: the kernel
     /// counts each request once under its set of operations, split here.
     pub fn counters(&self) -> anyhow::Result<Vec<(CounterKey, u64)>> {
-        let map = self
-            .bpf
-            .map("CLOCK_COUNTERS")
-            .ok_or_else(|| anyhow!("map CLOCK_COUNTERS missing"))?;
+        let map = self.map("CLOCK_COUNTERS")?;
         let counters: PerCpuHashMap<_, CounterKey, u64> = PerCpuHashMap::try_from(map)?;
         let mut per_op: std::collections::BTreeMap<(u32, u32, u32), u64> = Default::default();
         for entry in counters.iter() {
@@ -520,10 +517,7 @@ impl Guard {
     }
 
     pub(crate) fn per_cpu_at(&self, name: &str, index: u32) -> anyhow::Result<u64> {
-        let map = self
-            .bpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))?;
+        let map = self.map(name)?;
         let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(counts.get(&index, 0)?.iter().sum())
     }

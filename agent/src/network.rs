@@ -366,10 +366,7 @@ impl Guard {
 
     /// Exact network counters per (kind, detail, verdict, reason), summed over CPUs.
     pub fn net_counters(&self) -> anyhow::Result<Vec<(NetCounterKey, u64)>> {
-        let map = self
-            .bpf
-            .map("NET_COUNTERS")
-            .ok_or_else(|| anyhow!("map NET_COUNTERS missing"))?;
+        let map = self.map("NET_COUNTERS")?;
         let counters: PerCpuHashMap<_, NetCounterKey, u64> = PerCpuHashMap::try_from(map)?;
         let mut out = Vec::new();
         for entry in counters.iter() {
@@ -441,15 +438,6 @@ pub fn alert_label(k: u8, a: u8) -> &'static str {
         (kind::PTP, alert::UPSTREAM_CHANGED) => "grandmaster_changed",
         _ => alert::name(a),
     }
-}
-
-/// Copies a ring buffer record into a network event, refusing records of the wrong size.
-pub fn parse(bytes: &[u8]) -> Option<NetEvent> {
-    if bytes.len() < std::mem::size_of::<NetEvent>() {
-        return None;
-    }
-    // SAFETY: the length is checked, NetEvent is plain data, and read_unaligned copies.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const NetEvent) })
 }
 
 fn address(family: u8, bytes: &[u8; 16]) -> String {

@@ -910,7 +910,7 @@ async fn event_loop(
             }
             ready = events.readable_mut() => {
                 let mut ready = ready.context("waiting for events")?;
-                let drained = drain(ready.get_inner_mut(), |item| match events::parse(item) {
+                let drained = drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::event::ClockEvent>(item) {
                     Some(ev) => agent.clock_event(&ev),
                     None => log::warn!("dropped a malformed event record of {} bytes", item.len()),
                 });
@@ -920,7 +920,7 @@ async fn event_loop(
             // clock event, and the loop turns between the two.
             ready = net_events.readable_mut() => {
                 let mut ready = ready.context("waiting for packet events")?;
-                let drained = drain(ready.get_inner_mut(), |item| match network::parse(item) {
+                let drained = drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::net::NetEvent>(item) {
                     Some(ev) => agent.net_event(&ev),
                     None => log::warn!("dropped a malformed packet record of {} bytes", item.len()),
                 });
@@ -929,7 +929,7 @@ async fn event_loop(
             // Tamper records too: attempts on the guard itself.
             ready = tamper_events.readable_mut() => {
                 let mut ready = ready.context("waiting for tamper events")?;
-                let drained = drain(ready.get_inner_mut(), |item| match crate::tamper::parse(item) {
+                let drained = drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::tamper::TamperEvent>(item) {
                     Some(ev) => agent.tamper_event(&ev),
                     None => log::warn!("dropped a malformed tamper record of {} bytes", item.len()),
                 });

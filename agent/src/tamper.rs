@@ -239,15 +239,6 @@ pub fn freeze_kernel_only_maps(maps_dir: &Path) -> Vec<&'static str> {
     frozen
 }
 
-/// Copies a ring buffer record into a tamper event, refusing records of the wrong size.
-pub fn parse(bytes: &[u8]) -> Option<TamperEvent> {
-    if bytes.len() < std::mem::size_of::<TamperEvent>() {
-        return None;
-    }
-    // SAFETY: the length is checked, TamperEvent is plain data, and read_unaligned copies.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const TamperEvent) })
-}
-
 fn signal_name(sig: u32) -> String {
     const NAMES: [&str; 32] = [
         "0",

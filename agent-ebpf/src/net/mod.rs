@@ -14,6 +14,7 @@ mod packet;
 mod ptp;
 mod sockets;
 
+use crate::record::bump;
 use agent_common::{
     event::EventBudget,
     net::{AddrKey, NetCounterKey, NetEvent, NetPolicy, ADDR_KEY_FIXED_BITS, MAX_LIST_ENTRIES},
@@ -118,30 +119,11 @@ pub fn count(key: NetCounterKey) {
 }
 
 #[inline(always)]
-fn bump(index: u32) {
-    if let Some(n) = NET_EVENTS_DROPPED.get_ptr_mut(index) {
-        // SAFETY: a per-CPU value.
-        unsafe { *n += 1 }
-    }
-}
-
-#[inline(always)]
 fn within_event_budget(which: u32, now: u64) -> bool {
-    let Some(b) = NET_EVENT_BUDGET.get_ptr_mut(which) else {
-        return false;
-    };
-    // SAFETY: a per-CPU value.
-    unsafe {
-        if now.wrapping_sub((*b).window_start_ns) >= 1_000_000_000 {
-            (*b).window_start_ns = now;
-            (*b).sent = 0;
-        }
-        if (*b).sent < NET_EVENTS_PER_SECOND {
-            (*b).sent += 1;
-            true
-        } else {
-            false
-        }
+    match NET_EVENT_BUDGET.get_ptr_mut(which) {
+        // SAFETY: a per-CPU value.
+        Some(b) => unsafe { (*b).take(now, NET_EVENTS_PER_SECOND) },
+        None => false,
     }
 }
 
@@ -158,7 +140,7 @@ pub fn boot_ns() -> u64 {
 #[inline(always)]
 pub fn emit(which: u32, now: u64, generation: u32, fill: impl FnOnce(&mut NetEvent)) {
     if !within_event_budget(which, now) {
-        bump(1);
+        bump(&NET_EVENTS_DROPPED, 1);
         return;
     }
     let Some(ev) = NET_EVENT_SCRATCH.get_ptr_mut(0) else {
@@ -173,6 +155,6 @@ pub fn emit(which: u32, now: u64, generation: u32, fill: impl FnOnce(&mut NetEve
     ev.alert = agent_common::net::alert::NONE;
     fill(ev);
     if NET_EVENTS.output::<NetEvent>(ev, 0).is_err() {
-        bump(0);
+        bump(&NET_EVENTS_DROPPED, 0);
     }
 }
