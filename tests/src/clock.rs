@@ -177,6 +177,48 @@ pub fn flood(n: u64) -> serde_json::Value {
     })
 }
 
+/// `procs` processes (forked, so each has its own tgid and its own event budget) each step
+/// CLOCK_REALTIME to itself `n` times; counts the processes whose every attempt was
+/// refused with EPERM, allowed, or neither: {"procs", "attempts", "all_eperm", "all_ok", "mixed"}.
+pub fn flood_forked(procs: u32, n: u64) -> Result<serde_json::Value, String> {
+    let mut children = Vec::new();
+    for _ in 0..procs {
+        // SAFETY: this program is single-threaded; the child only loops on clock calls
+        // and leaves with _exit.
+        match unsafe { libc::fork() } {
+            -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
+            0 => {
+                let counts = flood(n);
+                let code = if counts["eperm"] == n {
+                    0
+                } else if counts["ok"] == n {
+                    1
+                } else {
+                    2
+                };
+                // SAFETY: leaving the forked child without running the parent's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            pid => children.push(pid),
+        }
+    }
+    let (mut all_eperm, mut all_ok, mut mixed) = (0u32, 0u32, 0u32);
+    for pid in children {
+        let mut status = 0;
+        // SAFETY: waiting for a child this process forked.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+            return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
+        }
+        match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+            (true, 0) => all_eperm += 1,
+            (true, 1) => all_ok += 1,
+            _ => mixed += 1,
+        }
+    }
+    Ok(json!({"procs": procs, "attempts": u64::from(procs) * n,
+        "all_eperm": all_eperm, "all_ok": all_ok, "mixed": mixed}))
+}
+
 /// Sets CLOCK_REALTIME to itself (a step of zero, which still asks the kernel for a step)
 /// as often as it can for `how_long`, and counts the outcomes: {"ok", "eperm", "other"}.
 pub fn hammer(how_long: std::time::Duration) -> serde_json::Value {

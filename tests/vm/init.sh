@@ -10,6 +10,7 @@ mount -t tmpfs tmpfs /run
 mount -t securityfs securityfs /sys/kernel/security
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
 # Loopback, for chronyd and the test NTP server; the guest has no other network.
 ip link set lo up
 mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup

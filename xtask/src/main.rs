@@ -50,8 +50,8 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         seconds: u32,
     },
-    /// Measure what the agent costs: the same workloads in a guest with and without it, as
-    /// ratios (a table here, JSON and Markdown under target/bench/).
+    /// Measure what the agent costs beside no guard and beside auditd and bpftrace, in one
+    /// run: one table here, and target/bench/bench.{json,md}.
     Bench {
         /// Guest kernel series: 6.1 or 6.12.
         #[arg(long, default_value = "6.12")]
@@ -337,48 +337,22 @@ fn check_unit() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark in a guest and reports it.
-fn bench(bin: &Path, kernel: &str) -> anyhow::Result<()> {
-    println!("== benchmark: guest kernel {kernel}, with and without the agent, in one boot");
-    let figures = vm::bench_kernel(bin, kernel)?;
+/// The guest's figures: clock calls and unrelated calls with no guard, timeguard and the
+/// peers; the event pipeline; each guard's start-up, memory and CPU.
+fn bench_guest(bin: &Path, kernel: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    println!("== benchmark: guest kernel {kernel}: no guard, timeguard, auditd and bpftrace in one boot");
     let accel = std::env::var("TIMEGUARD_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let mut md = format!(
-        "Guest kernel {kernel} under QEMU ({accel}); host: {}. Nanoseconds per call, best of rounds alternating without and with the agent.\n\n| figure | workload | without agent (ns) | with agent (ns) | ratio |\n|---|---|---:|---:|---:|\n",
-        host_cpu()
-    );
-    println!(
-        "{:<28} {:<11} {:>12} {:>12} {:>7}",
-        "figure", "workload", "without ns", "with ns", "ratio"
-    );
-    for f in &figures {
-        let (figure, workload) = (
-            f["figure"].as_str().unwrap_or("?"),
-            f["workload"].as_str().unwrap_or("?"),
-        );
-        let (without, with, ratio) = (
-            f["without_agent_ns"].as_f64().unwrap_or(f64::NAN),
-            f["with_agent_ns"].as_f64().unwrap_or(f64::NAN),
-            f["ratio"].as_f64().unwrap_or(f64::NAN),
-        );
-        println!("{figure:<28} {workload:<11} {without:>12.0} {with:>12.0} {ratio:>7.3}");
-        md.push_str(&format!(
-            "| {figure} | {workload} | {without:.0} | {with:.0} | {ratio:.3} |\n"
-        ));
+    let place = format!("guest {kernel}, QEMU {accel}");
+    let mut rows = vm::bench_kernel(bin, kernel)?;
+    for r in &mut rows {
+        r["where"] = serde_json::json!(place);
     }
-    let dir = workspace_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("clock.json"),
-        serde_json::to_string_pretty(&figures)?,
-    )?;
-    std::fs::write(dir.join("clock.md"), md)?;
-    println!("written: {}/clock.json, clock.md", dir.display());
-    Ok(())
+    Ok(rows)
 }
 
 /// The network guard's figures, on this host's kernel (its network programs load here):
 /// real chronyd's throughput with and without the guard, and a flood over the rate limit.
-fn bench_network(bin: &Path) -> anyhow::Result<()> {
+fn bench_network(bin: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     println!("== benchmark: the network guard on this host's kernel, in namespaces it makes");
     let chronyd = setup::unpacked_tool("chrony", "/usr/sbin/chronyd")?;
     let out = setup::output_as_root(
@@ -386,53 +360,122 @@ fn bench_network(bin: &Path) -> anyhow::Result<()> {
         &[chronyd.as_os_str(), "5".as_ref()],
         &[("TIMEGUARD_BIN", bin.join("timeguard").as_os_str())],
     )?;
-    let figures: Vec<serde_json::Value> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("TG-BENCH "))
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect();
     if let Some(failed) = out.lines().find_map(|l| l.strip_prefix("TG-BENCH-FAILED ")) {
         bail!("the network benchmark failed: {failed}");
     }
-    let mut md = format!(
-        "On this host's kernel ({}), {}; chronyd -x in a network namespace, load from another over veth. Best of 3 rounds of 5 s, alternating without and with the agent.\n\n| figure | without agent | with agent | ratio |\n|---|---:|---:|---:|\n",
-        kernel_release(),
-        host_cpu()
+    let place = format!("host {}", kernel_release());
+    out.lines()
+        .filter_map(|l| l.strip_prefix("TG-BENCH "))
+        .map(|j| {
+            let mut row: serde_json::Value = serde_json::from_str(j)
+                .with_context(|| format!("the network benchmark printed {j}"))?;
+            row["where"] = serde_json::json!(place);
+            Ok(row)
+        })
+        .collect()
+}
+
+/// The guards in the table's order, with their column titles.
+const GUARDS: [(&str, &str); 4] = [
+    ("none", "no guard"),
+    ("timeguard", "timeguard"),
+    ("auditd", "auditd (CIS rules)"),
+    ("bpftrace", "bpftrace one-liner"),
+];
+
+/// timeguard's figure over another's, when both were measured.
+fn ratio(row: &serde_json::Value, other: &str) -> Option<f64> {
+    Some(row["timeguard"].as_f64()? / row[other].as_f64()?)
+}
+
+fn cell(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.3}"),
+        None => "–".into(),
+    }
+}
+
+/// Prints one table of every figure and writes it as target/bench/bench.{json,md}.
+fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
+    let machine = format!(
+        "{} ({} CPUs), host kernel {}",
+        host_cpu(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel_release()
     );
-    for f in &figures {
-        let name = f["figure"].as_str().unwrap_or("?");
-        if let (Some(without), Some(with)) = (f["without_agent"].as_f64(), f["with_agent"].as_f64())
-        {
-            let ratio = with / without;
-            println!("{name:<56} {without:>12.0} {with:>12.0} {ratio:>7.3}");
-            md.push_str(&format!(
-                "| {name} | {without:.0} | {with:.0} | {ratio:.3} |\n"
-            ));
+    let ratio_titles = ["timeguard ÷ no guard", "timeguard ÷ auditd", "timeguard ÷ bpftrace"];
+    let mut md = format!(
+        "Measured {} on {machine}, by `cargo xtask bench`.\n\n| where | figure | unit | {} | {} |\n|---|---|---|{}\n",
+        now_utc(),
+        GUARDS.map(|(_, t)| t).join(" | "),
+        ratio_titles.join(" | "),
+        "---:|".repeat(GUARDS.len() + ratio_titles.len())
+    );
+    println!("\n== one table: {machine}");
+    println!(
+        "{:<62} {:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "figure", "unit", "no guard", "timeguard", "auditd", "bpftrace", "÷none", "÷auditd", "÷bpftr"
+    );
+    let mut section = String::new();
+    let mut notes = String::new();
+    for row in rows {
+        let here = format!(
+            "{} ({})",
+            row["section"].as_str().unwrap_or("?"),
+            row["where"].as_str().unwrap_or("?")
+        );
+        if here != section {
+            println!("-- {here}");
+            section = here;
+        }
+        let figure = row["figure"].as_str().unwrap_or("?");
+        let values = GUARDS.map(|(key, _)| cell(row[key].as_f64()));
+        let ratios = ["none", "auditd", "bpftrace"].map(|o| cell(ratio(row, o)));
+        println!(
+            "{figure:<62} {:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            row["unit"].as_str().unwrap_or("?"),
+            values[0],
+            values[1],
+            values[2],
+            values[3],
+            ratios[0],
+            ratios[1],
+            ratios[2]
+        );
+        md.push_str(&format!(
+            "| {} | {} ({}) | {} | {} | {} |\n",
+            row["where"].as_str().unwrap_or("?"),
+            figure,
+            row["section"].as_str().unwrap_or("?"),
+            row["unit"].as_str().unwrap_or("?"),
+            values.join(" | "),
+            ratios.join(" | ")
+        ));
+        if let Some(note) = row["note"].as_str() {
+            notes.push_str(&format!("- {figure}: {note}\n"));
         }
     }
-    for f in &figures {
-        if let Some(offered) = f["offered_per_s"].as_f64() {
-            let line = format!(
-                "{}: offered {offered:.0}/s, shed in the kernel {:.0}/s, the flooding source answered {:.0}/s; another client asking {:.0}/s was answered {:.0}/s",
-                f["figure"].as_str().unwrap_or("?"),
-                f["shed_per_s"].as_f64().unwrap_or(f64::NAN),
-                f["flood_answered_per_s"].as_f64().unwrap_or(f64::NAN),
-                f["other_client_sent_per_s"].as_f64().unwrap_or(f64::NAN),
-                f["other_client_answered_per_s"].as_f64().unwrap_or(f64::NAN),
-            );
-            println!("{line}");
-            md.push_str(&format!("\n{line}.\n"));
-        }
+    if !notes.is_empty() {
+        println!("\n{notes}");
+        md.push_str(&format!("\n{notes}"));
     }
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("network.json"),
-        serde_json::to_string_pretty(&figures)?,
-    )?;
-    std::fs::write(dir.join("network.md"), md)?;
-    println!("written: {}/network.json, network.md", dir.display());
+    let json = serde_json::json!({"machine": machine, "measured": now_utc(), "figures": rows});
+    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(dir.join("bench.md"), md)?;
+    println!("written: {}/bench.json, bench.md", dir.display());
     Ok(())
+}
+
+fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn kernel_release() -> String {
@@ -475,19 +518,21 @@ fn main() -> anyhow::Result<()> {
         } => test(no_vm, vm_only, &kernels, filter.as_deref()),
         Cmd::Bench { kernel, only } => {
             let bin = build(true)?;
-            match only.as_deref() {
-                Some("clock") => {
-                    setup::ensure_vm_tools()?;
-                    bench(&bin, &kernel)
-                }
-                Some("network") => bench_network(&bin),
+            let (guest, host) = match only.as_deref() {
+                None => (true, true),
+                Some("clock") => (true, false),
+                Some("network") => (false, true),
                 Some(other) => bail!("--only {other}: write clock or network"),
-                None => {
-                    setup::ensure_vm_tools()?;
-                    bench(&bin, &kernel)?;
-                    bench_network(&bin)
-                }
+            };
+            let mut rows = Vec::new();
+            if guest {
+                setup::ensure_vm_tools()?;
+                rows.extend(bench_guest(&bin, &kernel)?);
             }
+            if host {
+                rows.extend(bench_network(&bin)?);
+            }
+            bench_report(&rows)
         }
         Cmd::Vm { kernel, demo } => {
             setup::ensure_vm_tools()?;

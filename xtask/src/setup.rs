@@ -250,6 +250,28 @@ pub fn ensure_vm_tools() -> anyhow::Result<()> {
     )
 }
 
+/// The peers the benchmark measures timeguard against, as (file on this host, path in the
+/// guest): Debian's bpftrace (installed here: the guest takes its libraries from this host)
+/// and Debian's auditd and auditctl (only unpacked: installing auditd would start it here).
+pub fn bench_peers() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
+    ensure_debs(
+        &[
+            "bpftrace".into(),
+            "libauparse0".into(),
+            "libcap-ng0".into(),
+            "libwrap0".into(),
+            "libkrb5-3".into(),
+            "libgssapi-krb5-2".into(),
+        ],
+        "the benchmark's peers",
+    )?;
+    Ok(vec![
+        (PathBuf::from("/usr/bin/bpftrace"), "/usr/bin/bpftrace"),
+        (unpacked_tool("auditd", "/sbin/auditd")?, "/usr/sbin/auditd"),
+        (unpacked_tool("auditd", "/sbin/auditctl")?, "/usr/sbin/auditctl"),
+    ])
+}
+
 /// Runs a program as root (through sudo when needed) and waits; Ctrl-C goes to the program,
 /// which stops cleanly, and this process waits for it instead of dying first.
 pub fn run_as_root(bin: &Path, args: &[&OsStr]) -> anyhow::Result<()> {

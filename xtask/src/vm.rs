@@ -219,7 +219,12 @@ impl GuestMode {
 
 /// Builds the initramfs: busybox, the agent, the test programs with their libraries,
 /// the guest's policy and /init.
-fn build_initramfs(bin: &Path, kernel: &KernelFiles, work: &Path) -> anyhow::Result<PathBuf> {
+fn build_initramfs(
+    bin: &Path,
+    kernel: &KernelFiles,
+    work: &Path,
+    mode: GuestMode,
+) -> anyhow::Result<PathBuf> {
     let root = work.join("root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -238,6 +243,8 @@ fn build_initramfs(bin: &Path, kernel: &KernelFiles, work: &Path) -> anyhow::Res
         "usr/local/bin",
         "usr/local/sbin",
         "lib/modules",
+        "etc/audit",
+        "var/log",
     ] {
         fs::create_dir_all(root.join(d))?;
     }
@@ -254,7 +261,11 @@ fn build_initramfs(bin: &Path, kernel: &KernelFiles, work: &Path) -> anyhow::Res
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\n_chrony:x:100:100::/run:/bin/false\n",
     )?;
-    fs::write(root.join("etc/group"), "root:x:0:\n_chrony:x:100:\n")?;
+    // auditd's log belongs to group adm (Debian's auditd.conf).
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nadm:x:4:\n_chrony:x:100:\n",
+    )?;
     for module in &kernel.modules {
         let name = module.file_name().unwrap_or_default().to_string_lossy();
         copy_into(&root, module, &format!("/lib/modules/{name}"))?;
@@ -275,6 +286,15 @@ fn build_initramfs(bin: &Path, kernel: &KernelFiles, work: &Path) -> anyhow::Res
         (hwclock.to_path_buf(), "/usr/sbin/hwclock"),
         (hwclock.to_path_buf(), "/usr/local/bin/hwclock"),
     ];
+    let mut binaries = binaries.to_vec();
+    if mode == GuestMode::Bench {
+        binaries.extend(setup::bench_peers()?);
+        copy_into(
+            &root,
+            &setup::unpacked_tool("auditd", "/etc/audit/auditd.conf")?,
+            "/etc/audit/auditd.conf.debian",
+        )?;
+    }
     let mut libs = BTreeSet::new();
     for (from, to) in &binaries {
         copy_into(&root, from, to)?;
@@ -311,12 +331,19 @@ fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode) -> Command {
     // virtualization. On a real host, TIMEGUARD_VM_ACCEL=kvm is much faster.
     if std::env::var("TIMEGUARD_VM_ACCEL").is_ok_and(|a| a == "kvm") {
         c.args(["-accel", "kvm", "-cpu", "host"]);
+    } else if mode == GuestMode::Bench {
+        // One emulator thread for both vCPUs: bpftrace patches the kernel's text while the
+        // other vCPU runs it, and multi-threaded TCG then hit a stale breakpoint (an int3
+        // oops in syscall_trace_enter, seen on 6.12).
+        c.args(["-accel", "tcg,thread=single", "-cpu", "max"]);
     } else {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }
+    // The benchmark's guest also holds bpftrace and its LLVM (about 200 MiB, unpacked in RAM).
+    let memory = if mode == GuestMode::Bench { "2048" } else { "1024" };
     c.args([
         "-m",
-        "1024",
+        memory,
         "-smp",
         "2",
         "-nographic",
@@ -364,7 +391,7 @@ fn run_guest(
     let files = kernel_files(k)?;
     let work = workspace_root().join("target/vm").join(k.series);
     fs::create_dir_all(&work)?;
-    let initrd = build_initramfs(bin, &files, &work)?;
+    let initrd = build_initramfs(bin, &files, &work, mode)?;
     let console_log = work.join(format!("console-{}.log", mode.name()));
     let qemu_stderr = work.join("qemu.stderr");
     let started = Instant::now();
@@ -525,7 +552,11 @@ pub fn bench_kernel(bin: &Path, series: &str) -> anyhow::Result<Vec<serde_json::
     if let Some(p) = problem.into_inner() {
         bail!("the benchmark in the guest failed: {p}");
     }
-    Ok(figures.into_inner())
+    let figures = figures.into_inner();
+    if figures.is_empty() {
+        bail!("the benchmark in the guest reported no figure (its console is above)");
+    }
+    Ok(figures)
 }
 
 pub fn test_all(bin: &Path, only: &[String]) -> anyhow::Result<()> {
@@ -574,12 +605,12 @@ pub fn interactive(bin: &Path, series: &str, demo: bool) -> anyhow::Result<()> {
         .join("target/vm")
         .join(format!("{}-interactive", k.series));
     fs::create_dir_all(&work)?;
-    let initrd = build_initramfs(bin, &files, &work)?;
     let mode = if demo {
         GuestMode::Demo
     } else {
         GuestMode::Shell
     };
+    let initrd = build_initramfs(bin, &files, &work, mode)?;
     if !demo {
         println!("vm: booting {}; the agent runs with /etc/timeguard/policy.yaml (events in /tmp/events.jsonl).", k.package);
         println!("vm: try `date -s 2030-01-01`, `adjtimex -f 100`, `tg-clock-allowed step 60`; `poweroff -f` leaves (Ctrl-A X kills qemu).");

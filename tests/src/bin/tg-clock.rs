@@ -12,6 +12,7 @@
 //!   tg-clock compat-step S | compat-stime S | compat-freq PPM   the same through int 0x80
 //!   tg-clock bench WORKLOAD N   time N iterations of a benchmark workload (see bench.rs)
 //!   tg-clock flood N        N × clock_settime(CLOCK_REALTIME, now), counted
+//!   tg-clock flood-procs P N  the same in P forked processes at once (each its own budget)
 //!   tg-clock leap insert|none   adjtimex(ADJ_STATUS) with or without STA_INS
 //!   tg-clock settimeofday S [tz]   settimeofday(now + S), with a UTC timezone or without
 //!   tg-clock timezone       settimeofday(NULL, UTC): the kernel timezone only
@@ -163,6 +164,12 @@ fn main_inner(args: &[String]) -> i32 {
         ["bpf-map-update", id] => id.parse::<u32>().map_err(|e| e.to_string()).and_then(|i| judged(Ok(tamper::bpf_map_update(i)))),
         ["bpf-link-detach", id] => id.parse::<u32>().map_err(|e| e.to_string()).and_then(|i| judged(Ok(tamper::bpf_link_detach(i)))),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
+        ["flood-procs", procs, n] => procs
+            .parse::<u32>()
+            .map_err(|e| e.to_string())
+            .and_then(|p| n.parse::<u64>().map(|n| (p, n)).map_err(|e| e.to_string()))
+            .and_then(|(p, n)| clock::flood_forked(p, n))
+            .and_then(counted),
         ["hammer", ms] => ms
             .parse::<u64>()
             .map_err(|e| e.to_string())

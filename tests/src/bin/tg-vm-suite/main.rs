@@ -10,6 +10,9 @@ use std::{
 };
 
 use serde_json::Value;
+
+mod bench;
+mod guards;
 use timeguard_tests::{
     clock::{self, realtime_ns},
     devices, ntp,
@@ -1593,73 +1596,9 @@ fn dump(path: &str) {
     );
 }
 
-/// What `cargo xtask bench` measures: (label, workload, which binary runs it).
-const BENCH: [(&str, &str, &str); 7] = [
-    ("denied step", "settime", COPY),
-    ("allowed step", "settime", ALLOWED),
-    ("denied frequency", "adjtimex", COPY),
-    ("allowed frequency", "adjtimex", ALLOWED),
-    ("unrelated syscall", "getppid", COPY),
-    ("unrelated open", "open-close", COPY),
-    ("unrelated capability check", "fchown", COPY),
-];
-const BENCH_ITERATIONS: &str = "100000";
-const BENCH_ROUNDS: usize = 3;
-
-/// One round of every workload; nanoseconds per iteration, in BENCH's order.
-fn bench_round() -> Result<Vec<f64>, String> {
-    BENCH
-        .iter()
-        .map(|(label, workload, program)| {
-            let r = sh(program, &["bench", workload, BENCH_ITERATIONS])?;
-            let v: Value = serde_json::from_str(&r.stdout)
-                .map_err(|e| format!("{label}: {e}: {} {}", r.stdout, r.stderr))?;
-            v["ns_per_op"]
-                .as_f64()
-                .ok_or_else(|| format!("{label}: no ns_per_op in {}", r.stdout))
-        })
-        .collect()
-}
-
-/// Rounds without the agent and with it, alternating so drift hits both alike; the best
-/// round of each is kept (the least disturbed by the emulator).
-fn bench_main() -> Result<(), String> {
-    let mut without = vec![f64::MAX; BENCH.len()];
-    let mut with = vec![f64::MAX; BENCH.len()];
-    let keep_best = |best: &mut Vec<f64>, round: Vec<f64>| {
-        for (b, r) in best.iter_mut().zip(round) {
-            *b = b.min(r);
-        }
-    };
-    for _ in 0..BENCH_ROUNDS {
-        keep_best(&mut without, bench_round()?);
-        let agent = start_agent()?;
-        let round = bench_round();
-        // Stopping leaves enforcement pinned: the next round without the agent needs it gone.
-        stop_agent(agent)?;
-        unpin_and_wait()?;
-        keep_best(&mut with, round?);
-    }
-    for (i, (label, workload, program)) in BENCH.iter().enumerate() {
-        println!(
-            "TG-BENCH {}",
-            serde_json::json!({
-                "figure": label,
-                "workload": workload,
-                "program": program,
-                "iterations": BENCH_ITERATIONS,
-                "without_agent_ns": without[i],
-                "with_agent_ns": with[i],
-                "ratio": with[i] / without[i],
-            })
-        );
-    }
-    Ok(())
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--bench") {
-        if let Err(e) = bench_main() {
+        if let Err(e) = bench::main() {
             println!("TG-BENCH-FAILED {e}");
             dump(AGENT_LOG);
         }
