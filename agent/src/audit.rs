@@ -32,6 +32,8 @@ pub struct AuditTrail {
     /// Records that could not be written to the file.
     pub failures: u64,
     last_complaint: Option<Instant>,
+    /// Records held back by `hold` until `release`: one write for a batch of events.
+    held: Option<Vec<u8>>,
 }
 
 impl AuditTrail {
@@ -44,6 +46,7 @@ impl AuditTrail {
             size: 0,
             failures: 0,
             last_complaint: None,
+            held: None,
         }
     }
 
@@ -51,19 +54,42 @@ impl AuditTrail {
         self.path.as_deref()
     }
 
-    /// Writes one record.
+    /// Writes one record (or holds it, between `hold` and `release`).
     pub fn write(&mut self, record: &Value) {
         let line = format!("{record}\n");
+        match self.held.as_mut() {
+            Some(held) => held.extend_from_slice(line.as_bytes()),
+            None => self.emit(line.as_bytes()),
+        }
+    }
+
+    /// Holds records back until `release`: a batch of events read from the kernel costs
+    /// two writes instead of two per record.
+    pub fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes what `hold` held back, and writes each record at once again.
+    pub fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            if !held.is_empty() {
+                self.emit(&held);
+            }
+        }
+    }
+
+    /// Writes whole lines to stdout and the file.
+    fn emit(&mut self, lines: &[u8]) {
         {
             let mut out = std::io::stdout().lock();
             // A closed stdout must not stop enforcement.
-            let _ = out.write_all(line.as_bytes()).and_then(|_| out.flush());
+            let _ = out.write_all(lines).and_then(|_| out.flush());
         }
         if self.path.is_none() {
             return;
         }
-        if let Err(e) = self.write_file(line.as_bytes()) {
-            self.failures += 1;
+        if let Err(e) = self.write_file(lines) {
+            self.failures += lines.iter().filter(|&&b| b == b'\n').count() as u64;
             // Reopened on the next record: a removed or replaced file is followed.
             self.file = None;
             let due = self
@@ -263,6 +289,42 @@ mod tests {
         trail.write(&serde_json::json!({"n": 1}));
         trail.write(&serde_json::json!({"n": 2}));
         assert_eq!(trail.failures, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn held_records_are_written_together_on_release() {
+        let dir = temp_dir("held");
+        let path = dir.join("audit.jsonl");
+        let rotation = Rotation {
+            max_bytes: 1 << 20,
+            keep: 1,
+        };
+        let mut trail = AuditTrail::new(Some(path.clone()), rotation.clone());
+        let lines = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        trail.hold();
+        trail.write(&serde_json::json!({"n": 1}));
+        trail.write(&serde_json::json!({"n": 2}));
+        assert_eq!(lines(&path), 0, "held back until release");
+        trail.release();
+        assert_eq!(lines(&path), 2);
+        // After release each record is written at once again.
+        trail.write(&serde_json::json!({"n": 3}));
+        assert_eq!(lines(&path), 3);
+        // A held batch that cannot be written counts every record in it.
+        let blocked = dir.join("blocked");
+        std::fs::create_dir_all(&blocked).expect("dir in the way");
+        let mut trail = AuditTrail::new(Some(blocked), rotation);
+        trail.hold();
+        for n in 0..3 {
+            trail.write(&serde_json::json!({"n": n}));
+        }
+        trail.release();
+        assert_eq!(trail.failures, 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

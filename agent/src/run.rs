@@ -227,6 +227,14 @@ impl Agent {
         self.audit.write(&value);
     }
 
+    /// Runs `f` with the trail's records held back, then writes them at once.
+    fn batched<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.audit.hold();
+        let r = f(self);
+        self.audit.release();
+        r
+    }
+
     fn install(&mut self, mut policy: CompiledPolicy) -> anyhow::Result<u32> {
         // Counters are kept per rule id for the agent's whole run: ids follow rule names.
         for r in &mut policy.rules {
@@ -343,6 +351,7 @@ impl Agent {
                             json!({"time": now(), "host": self.host, "kind": "agent", "event": "policy_loaded",
                             "reason": why, "policy": name, "policy_sha256": hash, "generation": generation}),
                         );
+                        release_freed_memory();
                     }
                     Err(e) => self.reject(
                         why,
@@ -658,6 +667,17 @@ impl Agent {
     }
 }
 
+/// Gives the heap that loading freed back to the kernel. Loading parses the kernel's BTF
+/// (tens of MiB, freed once the programs are in), and glibc keeps freed heap unless asked:
+/// without this the idle agent holds about 38 MiB instead of about 10.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Binds the status socket: its directory and the socket are root's alone.
 fn bind_status(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -790,6 +810,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "metrics_addr": options.metrics_addr.map(|a| a.to_string()),
     });
     agent.record(started);
+    release_freed_memory();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -910,29 +931,29 @@ async fn event_loop(
             }
             ready = events.readable_mut() => {
                 let mut ready = ready.context("waiting for events")?;
-                let drained = drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::event::ClockEvent>(item) {
+                let drained = agent.batched(|agent| drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::event::ClockEvent>(item) {
                     Some(ev) => agent.clock_event(&ev),
                     None => log::warn!("dropped a malformed event record of {} bytes", item.len()),
-                });
+                }));
                 settle(ready, drained).await;
             }
             // Packet records come on their own ring: a packet flood cannot crowd out a
             // clock event, and the loop turns between the two.
             ready = net_events.readable_mut() => {
                 let mut ready = ready.context("waiting for packet events")?;
-                let drained = drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::net::NetEvent>(item) {
+                let drained = agent.batched(|agent| drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::net::NetEvent>(item) {
                     Some(ev) => agent.net_event(&ev),
                     None => log::warn!("dropped a malformed packet record of {} bytes", item.len()),
-                });
+                }));
                 settle(ready, drained).await;
             }
             // Tamper records too: attempts on the guard itself.
             ready = tamper_events.readable_mut() => {
                 let mut ready = ready.context("waiting for tamper events")?;
-                let drained = drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::tamper::TamperEvent>(item) {
+                let drained = agent.batched(|agent| drain(ready.get_inner_mut(), |item| match events::parse::<agent_common::tamper::TamperEvent>(item) {
                     Some(ev) => agent.tamper_event(&ev),
                     None => log::warn!("dropped a malformed tamper record of {} bytes", item.len()),
-                });
+                }));
                 settle(ready, drained).await;
             }
         }

@@ -191,7 +191,7 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
     let rate_row = (PIPELINE, "steps decided or recorded, 2 processes flooding", "attempts/s", "higher");
     table.set(rate_row, who, attempts as f64 / took);
     table.set((FOOTPRINT, "CPU under the flood", "% of one CPU", "lower"), who, flood_cpu);
-    table.set((FOOTPRINT, "peak memory (VmHWM) after the flood", "MiB", "lower"), who, memory_mib(pid, "VmHWM"));
+    table.set((FOOTPRINT, "peak memory (VmHWM), start-up and flood included", "MiB", "lower"), who, memory_mib(pid, "VmHWM"));
     let recorded = guards::records_of(guard, "tg-clock", Change::Step) - records_before;
     let lost = guards::lost(guard) - lost_before;
     let note = match status_before {
