@@ -41,7 +41,7 @@ const AUDIT_RULES_TEXT: &str = "-D\n-b 8192\n-f 1\n--backlog_wait_time 60000\n\
 -a always,exit -F arch=b32 -S adjtimex,settimeofday,clock_settime -k time-change\n";
 const BPFTRACE_OUT: &str = "/tmp/bpftrace.out";
 /// The one-liner: every way a program asks to change the clock, printed as it happens.
-pub const BPFTRACE_ONE_LINER: &str = "tracepoint:syscalls:sys_enter_adjtimex,tracepoint:syscalls:sys_enter_settimeofday,tracepoint:syscalls:sys_enter_clock_settime,tracepoint:syscalls:sys_enter_clock_adjtime { printf(\"%s uid=%d pid=%d comm=%s\\n\", probe, uid, pid, comm); }";
+const BPFTRACE_ONE_LINER: &str = "tracepoint:syscalls:sys_enter_adjtimex,tracepoint:syscalls:sys_enter_settimeofday,tracepoint:syscalls:sys_enter_clock_settime,tracepoint:syscalls:sys_enter_clock_adjtime { printf(\"%s uid=%d pid=%d comm=%s\\n\", probe, uid, pid, comm); }";
 
 /// A guard that is running and recording.
 pub struct Running {
@@ -65,6 +65,32 @@ pub fn start(guard: Guard) -> Result<Running, String> {
         Guard::Auditd => start_auditd(),
         Guard::Bpftrace => start_bpftrace(),
     }
+}
+
+const CGROUPS: &str = "/sys/fs/cgroup";
+
+/// Moves a process into the cgroup `name` (made on demand), with the CPU controller on, as
+/// systemd runs each service and each session in a cgroup of its own: under contention the
+/// CPU is shared between cgroups, not between processes, so 300 flooding processes do not
+/// each count as much as the guard.
+pub fn into_cgroup(name: &str, pid: u32) -> Result<(), String> {
+    let control = format!("{CGROUPS}/cgroup.subtree_control");
+    if !fs::read_to_string(&control).unwrap_or_default().contains("cpu") {
+        fs::write(&control, "+cpu").map_err(|e| format!("{control}: +cpu: {e}"))?;
+    }
+    let dir = format!("{CGROUPS}/{name}");
+    fs::create_dir_all(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    fs::write(format!("{dir}/cgroup.procs"), pid.to_string())
+        .map_err(|e| format!("moving {pid} into {dir}: {e}"))
+}
+
+/// A guard's program, started in its own cgroup (as its service would be).
+fn spawn_service(guard: Guard, cmd: &mut Command) -> Result<Child, String> {
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", guard.key()))?;
+    into_cgroup(&format!("{}.service", guard.key()), child.id())?;
+    Ok(child)
 }
 
 pub fn stop(running: Running) -> Result<(), String> {
@@ -152,12 +178,13 @@ fn probe_settimeofday() {
 /// instant the clock is guarded.
 fn start_timeguard() -> Result<Running, String> {
     let started = Instant::now();
-    let child = Command::new("timeguard")
-        .args(["run", "--policy", POLICY])
-        .stdout(output_to(EVENTS)?)
-        .stderr(output_to(AGENT_LOG)?)
-        .spawn()
-        .map_err(|e| format!("cannot start timeguard: {e}"))?;
+    let child = spawn_service(
+        Guard::Timeguard,
+        Command::new("timeguard")
+            .args(["run", "--policy", POLICY])
+            .stdout(output_to(EVENTS)?)
+            .stderr(output_to(AGENT_LOG)?),
+    )?;
     AGENT_PID.store(child.id(), std::sync::atomic::Ordering::Relaxed);
     wait_until("timeguard refused no step", step_refused)?;
     let ready_s = started.elapsed().as_secs_f64();
@@ -203,12 +230,13 @@ fn start_auditd() -> Result<Running, String> {
     }
     let _ = fs::remove_file(AUDIT_LOG);
     let started = Instant::now();
-    let child = Command::new("auditd")
-        .arg("-n")
-        .stdout(output_to("/tmp/auditd.log")?)
-        .stderr(output_to("/tmp/auditd.err")?)
-        .spawn()
-        .map_err(|e| format!("cannot start auditd: {e}"))?;
+    let child = spawn_service(
+        Guard::Auditd,
+        Command::new("auditd")
+            .arg("-n")
+            .stdout(output_to("/tmp/auditd.log")?)
+            .stderr(output_to("/tmp/auditd.err")?),
+    )?;
     let pid_line = format!("pid {}", child.id());
     wait_until("auditd did not register with the kernel", || {
         sh_ok("auditctl", &["-s"]).is_ok_and(|s| s.contains(&pid_line) && s.contains("enabled 1"))
@@ -242,13 +270,14 @@ fn start_auditd() -> Result<Running, String> {
 
 fn start_bpftrace() -> Result<Running, String> {
     let started = Instant::now();
-    let child = Command::new("bpftrace")
-        .args(["-e", BPFTRACE_ONE_LINER])
-        .env("BPFTRACE_NO_USER_SYMBOLS", "1")
-        .stdout(output_to(BPFTRACE_OUT)?)
-        .stderr(output_to("/tmp/bpftrace.err")?)
-        .spawn()
-        .map_err(|e| format!("cannot start bpftrace: {e}"))?;
+    let child = spawn_service(
+        Guard::Bpftrace,
+        Command::new("bpftrace")
+            .args(["-e", BPFTRACE_ONE_LINER])
+            .env("BPFTRACE_NO_USER_SYMBOLS", "1")
+            .stdout(output_to(BPFTRACE_OUT)?)
+            .stderr(output_to("/tmp/bpftrace.err")?),
+    )?;
     let mine = format!(" pid={} ", std::process::id());
     wait_until("bpftrace printed no settimeofday", || {
         probe_settimeofday();
