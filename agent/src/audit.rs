@@ -55,11 +55,21 @@ impl AuditTrail {
     }
 
     /// Writes one record (or holds it, between `hold` and `release`).
-    pub fn write(&mut self, record: &Value) {
-        let line = format!("{record}\n");
-        match self.held.as_mut() {
-            Some(held) => held.extend_from_slice(line.as_bytes()),
-            None => self.emit(line.as_bytes()),
+    pub fn write<T: serde::Serialize + ?Sized>(&mut self, record: &T) {
+        let held = self.held.is_some();
+        let mut buf = self.held.take().unwrap_or_default();
+        let start = buf.len();
+        match serde_json::to_writer(&mut buf, record) {
+            Ok(()) => buf.push(b'\n'),
+            Err(e) => {
+                buf.truncate(start);
+                log::error!("a record could not be written as JSON: {e}");
+            }
+        }
+        if held {
+            self.held = Some(buf);
+        } else if !buf.is_empty() {
+            self.emit(&buf);
         }
     }
 

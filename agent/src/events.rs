@@ -8,7 +8,6 @@ use agent_common::{
     kernel::{classify_syscall, nr, ClockSyscall},
     policy::verdict,
 };
-use serde_json::{json, Value};
 
 use crate::policy::{CompiledPolicy, ExeId};
 
@@ -96,62 +95,144 @@ pub fn step_size_ns(ev: &ClockEvent) -> Option<i128> {
     Some(requested - wall_then)
 }
 
-/// One clock event as a JSON record.
-pub fn clock_event_json(ev: &ClockEvent, policy: &CompiledPolicy, host: &str) -> Value {
-    let exe = std::fs::read_link(format!("/proc/{}/exe", ev.tgid))
-        .map(|p| p.display().to_string())
-        .ok();
+/// Executable paths by process and file identity, read from /proc once per process: a burst
+/// of events from one process costs one readlink, not one each. The identity (device and
+/// inode, from the kernel) is what decides; the path is for the reader.
+#[derive(Default)]
+pub struct ExePaths {
+    paths: std::collections::HashMap<(u32, u64, u64), Option<String>>,
+}
+
+impl ExePaths {
+    /// Processes remembered at once; past that the cache starts afresh.
+    const MAX: usize = 4096;
+
+    pub fn path(&mut self, tgid: u32, exe_dev: u64, exe_ino: u64) -> Option<&str> {
+        let key = (tgid, exe_dev, exe_ino);
+        if self.paths.len() >= Self::MAX && !self.paths.contains_key(&key) {
+            self.paths.clear();
+        }
+        self.paths
+            .entry(key)
+            .or_insert_with(|| {
+                std::fs::read_link(format!("/proc/{tgid}/exe"))
+                    .map(|p| p.display().to_string())
+                    .ok()
+            })
+            .as_deref()
+    }
+}
+
+/// One clock event as a record of the audit trail. Serialized straight from this struct: a
+/// JSON value built field by field cost several times more, and the trail has to keep up
+/// with a burst of events from many processes.
+#[derive(serde::Serialize)]
+pub struct ClockRecord<'a> {
+    time: String,
+    boot_ns: u64,
+    host: &'a str,
+    kind: &'static str,
+    verdict: &'static str,
+    rule: &'a str,
+    reason: &'static str,
+    policy: &'a str,
+    generation: u32,
+    hook: &'static str,
+    who: Who<'a>,
+    what: What,
+}
+
+#[derive(serde::Serialize)]
+struct Who<'a> {
+    pid: u32,
+    tgid: u32,
+    uid: u32,
+    gid: u32,
+    comm: String,
+    exe: Option<&'a str>,
+    exe_id: String,
+}
+
+#[derive(serde::Serialize)]
+struct What {
+    operations: Vec<&'static str>,
+    syscall: String,
+    abi: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_id: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timex_modes: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<Timespec>,
+    /// The kernel's dev_t as major:minor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ioctl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_ppm: Option<f64>,
+}
+
+#[derive(serde::Serialize)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+
+/// One clock event as a record; `exe` is the caller's executable path, when still known.
+pub fn clock_record<'a>(
+    ev: &ClockEvent,
+    policy: &'a CompiledPolicy,
+    host: &'a str,
+    exe: Option<&'a str>,
+) -> ClockRecord<'a> {
     let exe_id = ExeId {
         dev: ev.exe_dev,
         ino: ev.exe_ino,
     };
-    let mut what = json!({
-        "operations": operation_names(ev.operations),
-        "syscall": syscall_name(ev.abi, ev.syscall),
-        "abi": match ev.abi { abi::COMPAT => "compat32", abi::KERNEL => "kernel", _ => "native" },
-    });
-    if ev.clock_id >= 0 {
-        what["clock_id"] = json!(ev.clock_id);
-    }
-    if ev.timex_modes != 0 {
-        what["timex_modes"] = json!(format!("{:#06x}", ev.timex_modes));
-    }
-    if ev.has_time != 0 {
-        what["time"] = json!({ "sec": ev.time_sec, "nsec": ev.time_nsec });
-    }
-    if ev.device != 0 {
-        // The kernel's dev_t: 12-bit major above a 20-bit minor.
-        what["device"] = json!(format!("{}:{}", ev.device >> 20, ev.device & 0xfffff));
-    }
-    if ev.ioctl_cmd != 0 {
-        what["ioctl"] = json!(format!("{:#010x}", ev.ioctl_cmd));
-    }
-    if ev.timex_modes & (agent_common::clock::adj::FREQUENCY | agent_common::clock::adj::TICK) != 0
-    {
-        what["frequency_ppm"] = json!(ev.frequency as f64 / 65536.0);
-    }
-    json!({
-        "time": rfc3339(wall_time(ev.tai_ns)),
-        "boot_ns": ev.boot_ns,
-        "host": host,
-        "kind": "clock",
-        "verdict": verdict::name(ev.verdict),
-        "rule": policy.rule_name(ev.rule_id),
-        "reason": agent_common::policy::reason::name(ev.reason),
-        "policy": policy.name,
-        "generation": ev.generation,
-        "hook": hook::name(ev.hook),
-        "who": {
-            "pid": ev.pid,
-            "tgid": ev.tgid,
-            "uid": ev.uid,
-            "gid": ev.gid,
-            "comm": comm(ev),
-            "exe": exe,
-            "exe_id": exe_id.to_string(),
+    let sets_frequency = agent_common::clock::adj::FREQUENCY | agent_common::clock::adj::TICK;
+    let what = What {
+        operations: operation_names(ev.operations),
+        syscall: syscall_name(ev.abi, ev.syscall),
+        abi: match ev.abi {
+            abi::COMPAT => "compat32",
+            abi::KERNEL => "kernel",
+            _ => "native",
         },
-        "what": what,
-    })
+        clock_id: (ev.clock_id >= 0).then_some(ev.clock_id),
+        timex_modes: (ev.timex_modes != 0).then(|| format!("{:#06x}", ev.timex_modes)),
+        time: (ev.has_time != 0).then_some(Timespec {
+            sec: ev.time_sec,
+            nsec: ev.time_nsec,
+        }),
+        // The kernel's dev_t: 12-bit major above a 20-bit minor.
+        device: (ev.device != 0).then(|| format!("{}:{}", ev.device >> 20, ev.device & 0xfffff)),
+        ioctl: (ev.ioctl_cmd != 0).then(|| format!("{:#010x}", ev.ioctl_cmd)),
+        frequency_ppm: (ev.timex_modes & sets_frequency != 0)
+            .then_some(ev.frequency as f64 / 65536.0),
+    };
+    ClockRecord {
+        time: rfc3339(wall_time(ev.tai_ns)),
+        boot_ns: ev.boot_ns,
+        host,
+        kind: "clock",
+        verdict: verdict::name(ev.verdict),
+        rule: policy.rule_name(ev.rule_id),
+        reason: agent_common::policy::reason::name(ev.reason),
+        policy: &policy.name,
+        generation: ev.generation,
+        hook: hook::name(ev.hook),
+        who: Who {
+            pid: ev.pid,
+            tgid: ev.tgid,
+            uid: ev.uid,
+            gid: ev.gid,
+            comm: comm(ev),
+            exe,
+            exe_id: exe_id.to_string(),
+        },
+        what,
+    }
 }
 
 /// Copies a ring buffer record into its record type (clock, network, tamper), refusing
@@ -175,6 +256,56 @@ mod tests {
         assert_eq!(syscall_name(abi::COMPAT, 25), "stime");
         assert_eq!(syscall_name(abi::COMPAT, 124), "adjtimex");
         assert_eq!(syscall_name(abi::NATIVE, 1), "syscall 1");
+    }
+
+    #[test]
+    fn clock_records_keep_the_trail_schema() {
+        let dir = std::env::temp_dir().join(format!("tg-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("p.yaml");
+        std::fs::write(&file, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: p}\nspec:\n  clock:\n    default: deny\n    rules: []\n").expect("policy file");
+        // The directory is the host's root: no daemons installed there.
+        let host = crate::policy::Host { root: dir.clone() };
+        let policy = crate::policy::load(std::slice::from_ref(&file), &host)
+            .map_err(|d| format!("{d:?}"))
+            .expect("valid policy");
+        let _ = std::fs::remove_dir_all(&dir);
+        // SAFETY: ClockEvent is plain data; all zeroes is a valid value.
+        let mut ev: ClockEvent = unsafe { std::mem::zeroed() };
+        ev.tgid = 4242;
+        ev.operations = op::FREQUENCY;
+        ev.timex_modes = agent_common::clock::adj::FREQUENCY;
+        ev.frequency = 5 << 16;
+        ev.clock_id = -1;
+        ev.syscall = 159;
+        ev.verdict = verdict::DENY;
+        ev.comm[..4].copy_from_slice(b"date");
+        let text = serde_json::to_string(&clock_record(&ev, &policy, "h", None)).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["kind"], "clock");
+        assert_eq!(v["verdict"], "deny");
+        assert_eq!(v["policy"], "p");
+        assert_eq!(v["who"]["comm"], "date");
+        assert_eq!(v["who"]["exe"], serde_json::Value::Null);
+        assert_eq!(v["what"]["operations"], serde_json::json!(["frequency"]));
+        assert_eq!(v["what"]["syscall"], "adjtimex");
+        assert_eq!(v["what"]["frequency_ppm"], 5.0);
+        assert_eq!(v["what"]["timex_modes"], "0x0002");
+        // What the event does not carry is left out, not written as null.
+        for absent in ["clock_id", "time", "device", "ioctl"] {
+            assert!(v["what"].get(absent).is_none(), "{absent} in {text}");
+        }
+    }
+
+    #[test]
+    fn a_process_exe_path_is_read_once() {
+        let mut paths = ExePaths::default();
+        let me = std::process::id();
+        let first = paths.path(me, 1, 2).map(str::to_string);
+        assert!(first.is_some());
+        assert_eq!(paths.path(me, 1, 2).map(str::to_string), first);
+        // A process that does not exist has no path, and says so.
+        assert_eq!(paths.path(u32::MAX, 1, 2), None);
     }
 
     #[test]

@@ -178,6 +178,7 @@ struct Agent {
     host: String,
     started: String,
     audit: AuditTrail,
+    exe_paths: events::ExePaths,
     /// Stable rule ids for the kernel's counters, by rule name.
     rule_ids: RuleIds,
     metrics: Option<Metrics>,
@@ -661,8 +662,9 @@ impl Agent {
             .get(&ev.generation)
             .or_else(|| self.policies.values().last());
         if let Some(p) = policy {
-            let record = events::clock_event_json(ev, p, &self.host);
-            self.record(record);
+            let exe = self.exe_paths.path(ev.tgid, ev.exe_dev, ev.exe_ino);
+            let record = events::clock_record(ev, p, &self.host, exe);
+            self.audit.write(&record);
         }
     }
 }
@@ -768,6 +770,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         stop: None,
         pin_root: options.pin_root.clone(),
         protected: Vec::new(),
+        exe_paths: events::ExePaths::default(),
     };
     // The policy is in the maps before any program is attached: there is no unguarded instant.
     let generation = agent.install(policy)?;

@@ -340,7 +340,9 @@ fn check_unit() -> anyhow::Result<()> {
 /// The guest's figures: clock calls and unrelated calls with no guard, timeguard and the
 /// peers; the event pipeline; each guard's start-up, memory and CPU.
 fn bench_guest(bin: &Path, kernel: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    println!("== benchmark: guest kernel {kernel}: no guard, timeguard, auditd and bpftrace in one boot");
+    println!(
+        "== benchmark: guest kernel {kernel}: no guard, timeguard, auditd and bpftrace in one boot"
+    );
     let accel = std::env::var("TIMEGUARD_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
     let place = format!("guest {kernel}, QEMU {accel}");
     let mut rows = vm::bench_kernel(bin, kernel)?;
@@ -405,7 +407,11 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel_release()
     );
-    let ratio_titles = ["timeguard ÷ no guard", "timeguard ÷ auditd", "timeguard ÷ bpftrace"];
+    let ratio_titles = [
+        "timeguard ÷ no guard",
+        "timeguard ÷ auditd",
+        "timeguard ÷ bpftrace",
+    ];
     let mut md = format!(
         "Measured {} on {machine}, by `cargo xtask bench`.\n\n| where | figure | unit | {} | {} |\n|---|---|---|{}\n",
         now_utc(),
@@ -416,7 +422,15 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
     println!("\n== one table: {machine}");
     println!(
         "{:<62} {:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
-        "figure", "unit", "no guard", "timeguard", "auditd", "bpftrace", "÷none", "÷auditd", "÷bpftr"
+        "figure",
+        "unit",
+        "no guard",
+        "timeguard",
+        "auditd",
+        "bpftrace",
+        "÷none",
+        "÷auditd",
+        "÷bpftr"
     );
     let mut section = String::new();
     let mut notes = String::new();

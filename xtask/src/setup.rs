@@ -268,7 +268,10 @@ pub fn bench_peers() -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
     Ok(vec![
         (PathBuf::from("/usr/bin/bpftrace"), "/usr/bin/bpftrace"),
         (unpacked_tool("auditd", "/sbin/auditd")?, "/usr/sbin/auditd"),
-        (unpacked_tool("auditd", "/sbin/auditctl")?, "/usr/sbin/auditctl"),
+        (
+            unpacked_tool("auditd", "/sbin/auditctl")?,
+            "/usr/sbin/auditctl",
+        ),
     ])
 }
 

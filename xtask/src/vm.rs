@@ -340,7 +340,11 @@ fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode) -> Command {
         c.args(["-accel", "tcg", "-cpu", "max"]);
     }
     // The benchmark's guest also holds bpftrace and its LLVM (about 200 MiB, unpacked in RAM).
-    let memory = if mode == GuestMode::Bench { "2048" } else { "1024" };
+    let memory = if mode == GuestMode::Bench {
+        "2048"
+    } else {
+        "1024"
+    };
     c.args([
         "-m",
         memory,

@@ -55,7 +55,9 @@ struct Table {
 impl Table {
     fn row(&mut self, section: &str, figure: &str, unit: &str, better: &str) -> &mut Value {
         let i = *self.index.entry(figure.to_string()).or_insert_with(|| {
-            self.rows.push(json!({"section": section, "figure": figure, "unit": unit, "better": better}));
+            self.rows.push(
+                json!({"section": section, "figure": figure, "unit": unit, "better": better}),
+            );
             self.rows.len() - 1
         });
         &mut self.rows[i]
@@ -97,7 +99,9 @@ fn call_round() -> Result<Vec<f64>, String> {
 }
 
 fn keep_best(best: &mut BTreeMap<&'static str, Vec<f64>>, who: &'static str, round: Vec<f64>) {
-    let b = best.entry(who).or_insert_with(|| vec![f64::MAX; CALLS.len()]);
+    let b = best
+        .entry(who)
+        .or_insert_with(|| vec![f64::MAX; CALLS.len()]);
     for (b, r) in b.iter_mut().zip(round) {
         *b = b.min(r);
     }
@@ -111,7 +115,10 @@ fn guarded_round(
     startups: &mut BTreeMap<&'static str, Vec<f64>>,
 ) -> Result<(), String> {
     let running = guards::start(guard)?;
-    startups.entry(guard.key()).or_default().push(running.ready_s);
+    startups
+        .entry(guard.key())
+        .or_default()
+        .push(running.ready_s);
     let round = call_round();
     guards::stop(running)?;
     keep_best(best, guard.key(), round?);
@@ -124,7 +131,12 @@ fn cpu_seconds(pid: u32) -> Result<f64, String> {
     // Fields after the command name (which may hold spaces) start at the state, field 3.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // SAFETY: sysconf reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     // utime and stime are fields 14 and 15; `rest` starts at field 3.
@@ -137,14 +149,24 @@ fn memory_mib(pid: u32, key: &str) -> f64 {
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse::<f64>().ok())
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
 }
 
 /// Waits until the trail stops growing (1.5 s without a new byte); returns when it last grew.
 fn trail_settled(guard: Guard) -> Instant {
-    let len = || fs::metadata(guards::trail(guard)).map(|m| m.len()).unwrap_or(0);
+    let len = || {
+        fs::metadata(guards::trail(guard))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
     let (mut last_len, mut last_growth) = (len(), Instant::now());
     let deadline = Instant::now() + Duration::from_secs(300);
     while last_growth.elapsed() < Duration::from_millis(1500) && Instant::now() < deadline {
@@ -158,7 +180,10 @@ fn trail_settled(guard: Guard) -> Instant {
 }
 
 fn flood(procs: u32, each: u64) -> Result<Value, String> {
-    let r = sh(COPY, &["flood-procs", &procs.to_string(), &each.to_string()])?;
+    let r = sh(
+        COPY,
+        &["flood-procs", &procs.to_string(), &each.to_string()],
+    )?;
     serde_json::from_str(&r.stdout).map_err(|e| format!("flood {:?}: {e} {}", r.stdout, r.stderr))
 }
 
@@ -171,8 +196,16 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
     let cpu_before = cpu_seconds(pid)?;
     sleep(IDLE);
     let idle_cpu = (cpu_seconds(pid)? - cpu_before) / IDLE.as_secs_f64() * 100.0;
-    table.set((FOOTPRINT, "CPU at idle", "% of one CPU", "lower"), who, idle_cpu);
-    table.set((FOOTPRINT, "memory at idle (RSS)", "MiB", "lower"), who, memory_mib(pid, "VmRSS"));
+    table.set(
+        (FOOTPRINT, "CPU at idle", "% of one CPU", "lower"),
+        who,
+        idle_cpu,
+    );
+    table.set(
+        (FOOTPRINT, "memory at idle (RSS)", "MiB", "lower"),
+        who,
+        memory_mib(pid, "VmRSS"),
+    );
 
     // The flood: attempts per second, each decided (timeguard) or recorded (the peers).
     let attempts = u64::from(FLOOD_PROCS) * FLOOD_EACH;
@@ -180,7 +213,10 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
         Guard::Timeguard => Some(agent_status()?),
         _ => None,
     };
-    let (records_before, lost_before) = (guards::records_of(guard, "tg-clock", Change::Step), guards::lost(guard));
+    let (records_before, lost_before) = (
+        guards::records_of(guard, "tg-clock", Change::Step),
+        guards::lost(guard),
+    );
     let cpu_before = cpu_seconds(pid)?;
     let started = Instant::now();
     let outcome = flood(FLOOD_PROCS, FLOOD_EACH)?;
@@ -188,10 +224,28 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
     let settled = trail_settled(guard);
     let busy = settled.duration_since(started).as_secs_f64().max(took);
     let flood_cpu = (cpu_seconds(pid)? - cpu_before) / busy * 100.0;
-    let rate_row = (PIPELINE, "steps decided or recorded, 2 processes flooding", "attempts/s", "higher");
+    let rate_row = (
+        PIPELINE,
+        "steps decided or recorded, 2 processes flooding",
+        "attempts/s",
+        "higher",
+    );
     table.set(rate_row, who, attempts as f64 / took);
-    table.set((FOOTPRINT, "CPU under the flood", "% of one CPU", "lower"), who, flood_cpu);
-    table.set((FOOTPRINT, "peak memory (VmHWM), start-up and flood included", "MiB", "lower"), who, memory_mib(pid, "VmHWM"));
+    table.set(
+        (FOOTPRINT, "CPU under the flood", "% of one CPU", "lower"),
+        who,
+        flood_cpu,
+    );
+    table.set(
+        (
+            FOOTPRINT,
+            "peak memory (VmHWM), start-up and flood included",
+            "MiB",
+            "lower",
+        ),
+        who,
+        memory_mib(pid, "VmHWM"),
+    );
     let recorded = guards::records_of(guard, "tg-clock", Change::Step) - records_before;
     let lost = guards::lost(guard) - lost_before;
     let note = match status_before {
@@ -217,20 +271,37 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
     sh(COPY, &["bench", "adjtimex", &COVERAGE_CALLS.to_string()])?;
     trail_settled(guard);
     let recorded = guards::records_of(guard, "tg-clock", Change::Frequency) - before;
-    let row = (PIPELINE, "frequency changes through glibc's adjtimex, in the trail", "records", "higher");
+    let row = (
+        PIPELINE,
+        "frequency changes through glibc's adjtimex, in the trail",
+        "records",
+        "higher",
+    );
     table.set(row, who, recorded as f64);
     table.note(row, format!("{who}: {recorded} of {COVERAGE_CALLS}"));
 
     // The trail's capacity: every record has to arrive.
     let attempts = u64::from(TRAIL_PROCS) * TRAIL_EACH;
-    let (records_before, lost_before) = (guards::records_of(guard, "tg-clock", Change::Step), guards::lost(guard));
+    let (records_before, lost_before) = (
+        guards::records_of(guard, "tg-clock", Change::Step),
+        guards::lost(guard),
+    );
     let started = Instant::now();
     flood(TRAIL_PROCS, TRAIL_EACH)?;
     let settled = trail_settled(guard);
     let recorded = guards::records_of(guard, "tg-clock", Change::Step) - records_before;
     let lost = guards::lost(guard) - lost_before;
-    let row = (PIPELINE, "records reaching the trail, many processes within budget", "records/s", "higher");
-    table.set(row, who, recorded as f64 / settled.duration_since(started).as_secs_f64());
+    let row = (
+        PIPELINE,
+        "records reaching the trail, many processes within budget",
+        "records/s",
+        "higher",
+    );
+    table.set(
+        row,
+        who,
+        recorded as f64 / settled.duration_since(started).as_secs_f64(),
+    );
     table.note(row, format!("{who}: {recorded} of {attempts} ({TRAIL_PROCS} processes) recorded, {lost} lost by its own count"));
     Ok(())
 }
@@ -273,7 +344,12 @@ pub fn main() -> Result<(), String> {
     for (who, samples) in &startups {
         let mut sorted = samples.clone();
         sorted.sort_by(f64::total_cmp);
-        let row = (FOOTPRINT, "start-up to the first decided or recorded attempt", "s", "lower");
+        let row = (
+            FOOTPRINT,
+            "start-up to the first decided or recorded attempt",
+            "s",
+            "lower",
+        );
         table.set(row, who, sorted[sorted.len() / 2]);
         let listed: Vec<String> = samples.iter().map(|s| format!("{s:.2}")).collect();
         table.note(row, format!("{who} median of {}", listed.join(", ")));

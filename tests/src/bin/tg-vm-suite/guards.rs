@@ -75,7 +75,10 @@ const CGROUPS: &str = "/sys/fs/cgroup";
 /// each count as much as the guard.
 pub fn into_cgroup(name: &str, pid: u32) -> Result<(), String> {
     let control = format!("{CGROUPS}/cgroup.subtree_control");
-    if !fs::read_to_string(&control).unwrap_or_default().contains("cpu") {
+    if !fs::read_to_string(&control)
+        .unwrap_or_default()
+        .contains("cpu")
+    {
         fs::write(&control, "+cpu").map_err(|e| format!("{control}: +cpu: {e}"))?;
     }
     let dir = format!("{CGROUPS}/{name}");
@@ -207,7 +210,10 @@ fn start_auditd() -> Result<Running, String> {
         .contains(&format!(" {AUDIT_DIR} "))
     {
         fs::create_dir_all(AUDIT_DIR).map_err(|e| format!("{AUDIT_DIR}: {e}"))?;
-        sh_ok("mount", &["-t", "tmpfs", "-o", "size=700m", "tmpfs", AUDIT_DIR])?;
+        sh_ok(
+            "mount",
+            &["-t", "tmpfs", "-o", "size=700m", "tmpfs", AUDIT_DIR],
+        )?;
         let conf = fs::read_to_string(AUDITD_CONF_DEBIAN)
             .map_err(|e| format!("{AUDITD_CONF_DEBIAN}: {e}"))?;
         let conf: String = conf
