@@ -46,6 +46,8 @@ const GUEST_MODULES: [&str; 2] = [
 
 /// How long one guest may run the suite before it is declared hung.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The benchmark boots once for every figure of four configurations.
+const BENCH_TIMEOUT: Duration = Duration::from_secs(1200);
 
 fn cache_dir() -> PathBuf {
     setup::cache_root().join("kernels")
@@ -418,7 +420,12 @@ fn run_guest(
     });
     let mut console = Vec::new();
     let mut finished = false;
-    while started.elapsed() < SUITE_TIMEOUT {
+    let timeout = if mode == GuestMode::Bench {
+        BENCH_TIMEOUT
+    } else {
+        SUITE_TIMEOUT
+    };
+    while started.elapsed() < timeout {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
@@ -467,7 +474,7 @@ fn run_guest(
         bail!(
             "guest {} did not finish within {}s (see {})",
             k.series,
-            SUITE_TIMEOUT.as_secs(),
+            timeout.as_secs(),
             console_log.display()
         );
     }
@@ -542,7 +549,9 @@ pub fn bench_kernel(bin: &Path, series: &str) -> anyhow::Result<Vec<serde_json::
         k,
         GuestMode::Bench,
         |line| {
-            if let Some(json) = line.strip_prefix("TG-BENCH ") {
+            if let Some(step) = line.strip_prefix("TG-BENCH-PROGRESS ") {
+                println!("  [{}] {step}", k.series);
+            } else if let Some(json) = line.strip_prefix("TG-BENCH ") {
                 match serde_json::from_str(json) {
                     Ok(v) => figures.borrow_mut().push(v),
                     Err(e) => *problem.borrow_mut() = Some(format!("{e}: {json}")),

@@ -83,6 +83,11 @@ const CALL_COST: &str = "cost per call";
 const PIPELINE: &str = "event pipeline";
 const FOOTPRINT: &str = "the guard's own footprint";
 
+/// Tells the host how far the benchmark has come (it prints these as they arrive).
+fn progress(step: &str) {
+    println!("TG-BENCH-PROGRESS {step}");
+}
+
 /// One round of every call workload; nanoseconds per call, in CALLS' order.
 fn call_round() -> Result<Vec<f64>, String> {
     CALLS
@@ -314,21 +319,27 @@ pub fn main() -> Result<(), String> {
     let mut startups: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     // Rounds alternate so drift in the emulator hits every configuration alike; the best
     // round of each is kept (the least disturbed).
-    for _ in 0..ROUNDS {
+    for round in 1..=ROUNDS {
+        progress(&format!(
+            "cost per call, round {round} of {ROUNDS}: no guard, timeguard, bpftrace"
+        ));
         keep_best(&mut best, "none", call_round()?);
         guarded_round(Guard::Timeguard, &mut best, &mut startups)?;
         guarded_round(Guard::Bpftrace, &mut best, &mut startups)?;
     }
     for guard in [Guard::Timeguard, Guard::Bpftrace] {
+        progress(&format!("event pipeline and footprint: {}", guard.key()));
         let running = guards::start(guard)?;
         let measured = pipeline(&mut table, &running);
         guards::stop(running)?;
         measured?;
     }
     // auditd last (see the module's comment).
-    for _ in 0..ROUNDS {
+    for round in 1..=ROUNDS {
+        progress(&format!("cost per call, round {round} of {ROUNDS}: auditd"));
         guarded_round(Guard::Auditd, &mut best, &mut startups)?;
     }
+    progress("event pipeline and footprint: auditd");
     let running = guards::start(Guard::Auditd)?;
     let measured = pipeline(&mut table, &running);
     guards::stop(running)?;
