@@ -387,7 +387,17 @@ const GUARDS: [(&str, &str); 4] = [
 
 /// timeguard's figure over another's, when both were measured.
 fn ratio(row: &serde_json::Value, other: &str) -> Option<f64> {
-    Some(row["timeguard"].as_f64()? / row[other].as_f64()?)
+    Some(row["timeguard"].as_f64()? / row[other].as_f64()?).filter(|r| r.is_finite())
+}
+
+/// The unit, and which way is better.
+fn unit(row: &serde_json::Value) -> String {
+    let unit = row["unit"].as_str().unwrap_or("?");
+    match row["better"].as_str() {
+        Some("lower") => format!("{unit} ↓"),
+        Some("higher") => format!("{unit} ↑"),
+        _ => unit.to_string(),
+    }
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -413,7 +423,7 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
         "timeguard ÷ bpftrace",
     ];
     let mut md = format!(
-        "Measured {} on {machine}, by `cargo xtask bench`.\n\n| where | figure | unit | {} | {} |\n|---|---|---|{}\n",
+        "Measured {} on {machine}, by `cargo xtask bench`. ↓: lower is better; ↑: higher is better.\n\n| where | figure | unit | {} | {} |\n|---|---|---|{}\n",
         now_utc(),
         GUARDS.map(|(_, t)| t).join(" | "),
         ratio_titles.join(" | "),
@@ -448,8 +458,8 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
         let values = GUARDS.map(|(key, _)| cell(row[key].as_f64()));
         let ratios = ["none", "auditd", "bpftrace"].map(|o| cell(ratio(row, o)));
         println!(
-            "{figure:<62} {:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
-            row["unit"].as_str().unwrap_or("?"),
+            "{figure:<62} {:<14} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            unit(row),
             values[0],
             values[1],
             values[2],
@@ -463,7 +473,7 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
             row["where"].as_str().unwrap_or("?"),
             figure,
             row["section"].as_str().unwrap_or("?"),
-            row["unit"].as_str().unwrap_or("?"),
+            unit(row),
             values.join(" | "),
             ratios.join(" | ")
         ));
