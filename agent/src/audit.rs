@@ -63,6 +63,7 @@ impl AuditTrail {
             Ok(()) => buf.push(b'\n'),
             Err(e) => {
                 buf.truncate(start);
+                self.failures += 1;
                 log::error!("a record could not be written as JSON: {e}");
             }
         }
@@ -98,8 +99,8 @@ impl AuditTrail {
         if self.path.is_none() {
             return;
         }
-        if let Err(e) = self.write_file(lines) {
-            self.failures += lines.iter().filter(|&&b| b == b'\n').count() as u64;
+        if let Err((e, unwritten)) = self.write_file(lines) {
+            self.failures += unwritten;
             // Reopened on the next record: a removed or replaced file is followed.
             self.file = None;
             let due = self
@@ -116,27 +117,55 @@ impl AuditTrail {
         }
     }
 
-    fn write_file(&mut self, line: &[u8]) -> std::io::Result<()> {
+    /// Appends whole lines to the file, rotating between two lines when the next would pass
+    /// the size limit (a single record longer than the limit still goes in whole). On an
+    /// error, how many records were not written.
+    fn write_file(&mut self, mut lines: &[u8]) -> Result<(), (std::io::Error, u64)> {
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
-        if self.file.is_some() && self.size + line.len() as u64 > self.rotation.max_bytes {
-            self.file = None;
-            rotate(&path, self.rotation.keep)?;
-        }
-        if self.file.is_none() {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+        let records = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count() as u64;
+        let max = self.rotation.max_bytes;
+        while !lines.is_empty() {
+            let first = line_end(lines, 0);
+            let step = (|| {
+                if self.file.is_some() && self.size + first as u64 > max {
+                    self.file = None;
+                    rotate(&path, self.rotation.keep)?;
+                }
+                if self.file.is_none() {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+                    self.size = f.seek(SeekFrom::End(0))?;
+                    self.file = Some(f);
+                }
+                let room = max.saturating_sub(self.size);
+                let mut take = first;
+                while take < lines.len() && line_end(lines, take) as u64 <= room {
+                    take = line_end(lines, take);
+                }
+                let f = self.file.as_mut().ok_or(std::io::ErrorKind::NotFound)?;
+                f.write_all(&lines[..take])?;
+                self.size += take as u64;
+                Ok(take)
+            })();
+            match step {
+                Ok(take) => lines = &lines[take..],
+                Err(e) => return Err((e, records(lines))),
             }
-            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-            self.size = f.seek(SeekFrom::End(0))?;
-            self.file = Some(f);
         }
-        let f = self.file.as_mut().ok_or(std::io::ErrorKind::NotFound)?;
-        f.write_all(line)?;
-        self.size += line.len() as u64;
         Ok(())
     }
+}
+
+/// Where the line that starts at `from` ends (after its newline, or at the end).
+fn line_end(lines: &[u8], from: usize) -> usize {
+    lines[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(lines.len(), |i| from + i + 1)
 }
 
 /// Writes one record outside a running agent (`timeguard stop --unpin` with none running): on
@@ -335,6 +364,40 @@ mod tests {
         }
         trail.release();
         assert_eq!(trail.failures, 3);
+        // A held batch larger than the size limit rotates between two whole records.
+        let rotated = dir.join("rotated.jsonl");
+        let mut trail = AuditTrail::new(
+            Some(rotated.clone()),
+            Rotation {
+                max_bytes: 100,
+                keep: 3,
+            },
+        );
+        trail.hold();
+        for n in 0..8 {
+            trail.write(&serde_json::json!({"n": n, "pad": "xxxxxxxxxxxxxxxxxxxx"}));
+        }
+        trail.release();
+        assert_eq!(trail.failures, 0);
+        let mut seen = 0;
+        // About 40 bytes a record: two to a file, in the live file and the three kept.
+        let files = [rotated.clone()]
+            .into_iter()
+            .chain((1..=3).map(|i| dir.join(format!("rotated.jsonl.{i}"))));
+        for p in files {
+            let text = std::fs::read_to_string(&p).expect("a trail file");
+            assert!(
+                text.len() <= 100,
+                "{} holds {} bytes",
+                p.display(),
+                text.len()
+            );
+            for line in text.lines() {
+                serde_json::from_str::<Value>(line).expect("whole records only");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 8);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

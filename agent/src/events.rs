@@ -95,31 +95,29 @@ pub fn step_size_ns(ev: &ClockEvent) -> Option<i128> {
     Some(requested - wall_then)
 }
 
-/// Executable paths by process and file identity, read from /proc once per process: a burst
-/// of events from one process costs one readlink, not one each. The identity (device and
-/// inode, from the kernel) is what decides; the path is for the reader.
+/// Executable paths by process and file identity, read from /proc once per process within
+/// a batch of records: a burst of events from one process costs one readlink, not one each.
+/// Emptied after each batch, so a path renamed or deleted since shows as the kernel says.
+/// The identity (device and inode, from the kernel) is what decides; the path is for the
+/// reader.
 #[derive(Default)]
 pub struct ExePaths {
-    paths: std::collections::HashMap<(u32, u64, u64), Option<String>>,
+    paths: std::collections::HashMap<(u32, u64, u64), String>,
 }
 
 impl ExePaths {
-    /// Processes remembered at once; past that the cache starts afresh.
-    const MAX: usize = 4096;
-
     pub fn path(&mut self, tgid: u32, exe_dev: u64, exe_ino: u64) -> Option<&str> {
         let key = (tgid, exe_dev, exe_ino);
-        if self.paths.len() >= Self::MAX && !self.paths.contains_key(&key) {
-            self.paths.clear();
+        if !self.paths.contains_key(&key) {
+            // A process already gone has no path: not remembered, it is asked again.
+            let path = std::fs::read_link(format!("/proc/{tgid}/exe")).ok()?;
+            self.paths.insert(key, path.display().to_string());
         }
-        self.paths
-            .entry(key)
-            .or_insert_with(|| {
-                std::fs::read_link(format!("/proc/{tgid}/exe"))
-                    .map(|p| p.display().to_string())
-                    .ok()
-            })
-            .as_deref()
+        self.paths.get(&key).map(String::as_str)
+    }
+
+    pub fn clear(&mut self) {
+        self.paths.clear();
     }
 }
 

@@ -233,6 +233,7 @@ impl Agent {
         self.audit.hold();
         let r = f(self);
         self.audit.release();
+        self.exe_paths.clear();
         r
     }
 

@@ -182,11 +182,21 @@ pub fn flood(n: u64) -> serde_json::Value {
 /// refused with EPERM, allowed, or neither: {"procs", "attempts", "all_eperm", "all_ok", "mixed"}.
 pub fn flood_forked(procs: u32, n: u64) -> Result<serde_json::Value, String> {
     let mut children = Vec::new();
+    let reap = |children: &[libc::pid_t]| {
+        for &pid in children {
+            // SAFETY: waiting for a child this process forked.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
+    };
     for _ in 0..procs {
         // SAFETY: this program is single-threaded; the child only loops on clock calls
         // and leaves with _exit.
         match unsafe { libc::fork() } {
-            -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
+            -1 => {
+                let e = std::io::Error::last_os_error();
+                reap(&children);
+                return Err(format!("fork after {} processes: {e}", children.len()));
+            }
             0 => {
                 let counts = flood(n);
                 let code = if counts["eperm"] == n {

@@ -431,7 +431,7 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
     );
     println!("\n== one table: {machine}");
     println!(
-        "{:<62} {:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "{:<62} {:<14} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}",
         "figure",
         "unit",
         "no guard",

@@ -34,7 +34,7 @@ const CALLS: [(&str, &str, &str); 7] = [
 ];
 const CALL_ITERATIONS: &str = "100000";
 const ROUNDS: usize = 3;
-/// The flood: two processes (one per vCPU) stepping as fast as they can.
+/// The flood: two processes (as many as the guest has vCPUs) stepping as fast as they can.
 const FLOOD_PROCS: u32 = 2;
 const FLOOD_EACH: u64 = 50_000;
 /// The trail's own capacity: many processes, each within its event budget, so nothing is
@@ -149,9 +149,10 @@ fn cpu_seconds(pid: u32) -> Result<f64, String> {
 }
 
 /// A line of /proc/PID/status in MiB (VmRSS, VmHWM).
-fn memory_mib(pid: u32, key: &str) -> f64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+fn memory_mib(pid: u32, key: &str) -> Result<f64, String> {
+    let path = format!("/proc/{pid}/status");
+    fs::read_to_string(&path)
+        .map_err(|e| format!("{path}: {e}"))?
         .lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| {
@@ -162,11 +163,11 @@ fn memory_mib(pid: u32, key: &str) -> f64 {
                 .ok()
         })
         .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
+        .ok_or_else(|| format!("no {key} in {path}"))
 }
 
 /// Waits until the trail stops growing (1.5 s without a new byte); returns when it last grew.
-fn trail_settled(guard: Guard) -> Instant {
+fn trail_settled(guard: Guard) -> Result<Instant, String> {
     let len = || {
         fs::metadata(guards::trail(guard))
             .map(|m| m.len())
@@ -174,14 +175,17 @@ fn trail_settled(guard: Guard) -> Instant {
     };
     let (mut last_len, mut last_growth) = (len(), Instant::now());
     let deadline = Instant::now() + Duration::from_secs(300);
-    while last_growth.elapsed() < Duration::from_millis(1500) && Instant::now() < deadline {
+    while last_growth.elapsed() < Duration::from_millis(1500) {
+        if Instant::now() > deadline {
+            return Err(format!("{}'s trail still grew after 300 s", guard.key()));
+        }
         sleep(Duration::from_millis(50));
         let now = len();
         if now != last_len {
             (last_len, last_growth) = (now, Instant::now());
         }
     }
-    last_growth
+    Ok(last_growth)
 }
 
 fn flood(procs: u32, each: u64) -> Result<Value, String> {
@@ -190,6 +194,49 @@ fn flood(procs: u32, each: u64) -> Result<Value, String> {
         &["flood-procs", &procs.to_string(), &each.to_string()],
     )?;
     serde_json::from_str(&r.stdout).map_err(|e| format!("flood {:?}: {e} {}", r.stdout, r.stderr))
+}
+
+/// What one run of attempts did to a guard's trail.
+struct Recorded<T> {
+    outcome: T,
+    /// Seconds the attempts took, and until the trail stopped growing.
+    took: f64,
+    until_settled: f64,
+    /// Records of the change by the test program that reached the trail, and records the
+    /// guard itself says it lost.
+    records: u64,
+    lost: u64,
+}
+
+fn recorded_during<T>(
+    guard: Guard,
+    change: Change,
+    attempts: impl FnOnce() -> Result<T, String>,
+) -> Result<Recorded<T>, String> {
+    let counts = || -> Result<(u64, u64), String> {
+        Ok((
+            guards::records_of(guard, "tg-clock", change) as u64,
+            guards::lost(guard)?,
+        ))
+    };
+    let (records_before, lost_before) = counts()?;
+    let started = Instant::now();
+    let outcome = attempts()?;
+    let took = started.elapsed().as_secs_f64();
+    let until_settled = trail_settled(guard)?.duration_since(started).as_secs_f64();
+    let (records_after, lost_after) = counts()?;
+    let grew = |after: u64, before: u64, what: &str| {
+        after
+            .checked_sub(before)
+            .ok_or_else(|| format!("{}: {what} went from {before} down to {after}", guard.key()))
+    };
+    Ok(Recorded {
+        outcome,
+        took,
+        until_settled: until_settled.max(took),
+        records: grew(records_after, records_before, "records in the trail")?,
+        lost: grew(lost_after, lost_before, "the lost count")?,
+    })
 }
 
 /// Idle footprint, a flood (every attempt decided and counted), and a trail run (every
@@ -206,10 +253,11 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
         who,
         idle_cpu,
     );
+    let rss = memory_mib(pid, "VmRSS")?;
     table.set(
         (FOOTPRINT, "memory at idle (RSS)", "MiB", "lower"),
         who,
-        memory_mib(pid, "VmRSS"),
+        rss,
     );
 
     // The flood: attempts per second, each decided (timeguard) or recorded (the peers).
@@ -218,29 +266,22 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
         Guard::Timeguard => Some(agent_status()?),
         _ => None,
     };
-    let (records_before, lost_before) = (
-        guards::records_of(guard, "tg-clock", Change::Step),
-        guards::lost(guard),
-    );
     let cpu_before = cpu_seconds(pid)?;
-    let started = Instant::now();
-    let outcome = flood(FLOOD_PROCS, FLOOD_EACH)?;
-    let took = started.elapsed().as_secs_f64();
-    let settled = trail_settled(guard);
-    let busy = settled.duration_since(started).as_secs_f64().max(took);
-    let flood_cpu = (cpu_seconds(pid)? - cpu_before) / busy * 100.0;
+    let flooded = recorded_during(guard, Change::Step, || flood(FLOOD_PROCS, FLOOD_EACH))?;
+    let flood_cpu = (cpu_seconds(pid)? - cpu_before) / flooded.until_settled * 100.0;
     let rate_row = (
         PIPELINE,
         "steps decided or recorded, 2 processes flooding",
         "attempts/s",
         "higher",
     );
-    table.set(rate_row, who, attempts as f64 / took);
+    table.set(rate_row, who, attempts as f64 / flooded.took);
     table.set(
         (FOOTPRINT, "CPU under the flood", "% of one CPU", "lower"),
         who,
         flood_cpu,
     );
+    let peak = memory_mib(pid, "VmHWM")?;
     table.set(
         (
             FOOTPRINT,
@@ -249,65 +290,66 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
             "lower",
         ),
         who,
-        memory_mib(pid, "VmHWM"),
+        peak,
     );
-    let recorded = guards::records_of(guard, "tg-clock", Change::Step) - records_before;
-    let lost = guards::lost(guard) - lost_before;
+    let (outcome, recorded, lost) = (&flooded.outcome, flooded.records, flooded.lost);
     let note = match status_before {
         Some(before) => {
             let after = agent_status()?;
             let counted = counter(&after, "default", "step", "deny")
-                - counter(&before, "default", "step", "deny");
-            if counted != attempts || outcome["all_eperm"] != FLOOD_PROCS {
+                .checked_sub(counter(&before, "default", "step", "deny"));
+            if counted != Some(attempts) || outcome["all_eperm"] != FLOOD_PROCS {
                 return Err(format!(
-                    "timeguard flood: {attempts} attempts, {counted} counted, outcome {outcome}"
+                    "timeguard flood: {attempts} attempts, {counted:?} counted, outcome {outcome}"
                 ));
             }
-            let thinned = after["events_thinned"].as_u64().unwrap_or(0)
-                - before["events_thinned"].as_u64().unwrap_or(0);
+            let thinned = after["events_thinned"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before["events_thinned"].as_u64().unwrap_or(0));
             format!("timeguard: all {attempts} refused and counted exactly, {recorded} in the trail, {thinned} thinned (counted)")
+        }
+        // The peers refuse nothing: every step of the copy goes through.
+        None if outcome["all_ok"] != FLOOD_PROCS => {
+            return Err(format!("{who} flood: outcome {outcome}"));
         }
         None => format!("{who}: {recorded} of {attempts} in its log, {lost} lost by its own count"),
     };
     table.note(rate_row, note);
 
     // Coverage: frequency changes as chronyd makes them, through glibc (clock_adjtime).
-    let before = guards::records_of(guard, "tg-clock", Change::Frequency);
-    sh(COPY, &["bench", "adjtimex", &COVERAGE_CALLS.to_string()])?;
-    trail_settled(guard);
-    let recorded = guards::records_of(guard, "tg-clock", Change::Frequency) - before;
+    let covered = recorded_during(guard, Change::Frequency, || {
+        sh(COPY, &["bench", "adjtimex", &COVERAGE_CALLS.to_string()])
+    })?;
     let row = (
         PIPELINE,
         "frequency changes through glibc's adjtimex, in the trail",
         "records",
         "higher",
     );
-    table.set(row, who, recorded as f64);
-    table.note(row, format!("{who}: {recorded} of {COVERAGE_CALLS}"));
+    table.set(row, who, covered.records as f64);
+    table.note(
+        row,
+        format!("{who}: {} of {COVERAGE_CALLS}", covered.records),
+    );
 
     // The trail's capacity: every record has to arrive.
     let attempts = u64::from(TRAIL_PROCS) * TRAIL_EACH;
-    let (records_before, lost_before) = (
-        guards::records_of(guard, "tg-clock", Change::Step),
-        guards::lost(guard),
-    );
-    let started = Instant::now();
-    flood(TRAIL_PROCS, TRAIL_EACH)?;
-    let settled = trail_settled(guard);
-    let recorded = guards::records_of(guard, "tg-clock", Change::Step) - records_before;
-    let lost = guards::lost(guard) - lost_before;
+    let trail = recorded_during(guard, Change::Step, || flood(TRAIL_PROCS, TRAIL_EACH))?;
     let row = (
         PIPELINE,
         "records reaching the trail, many processes within budget",
         "records/s",
         "higher",
     );
-    table.set(
+    table.set(row, who, trail.records as f64 / trail.until_settled);
+    table.note(
         row,
-        who,
-        recorded as f64 / settled.duration_since(started).as_secs_f64(),
+        format!(
+            "{who}: {} of {attempts} ({TRAIL_PROCS} processes) recorded, {} lost by its own count",
+            trail.records, trail.lost
+        ),
     );
-    table.note(row, format!("{who}: {recorded} of {attempts} ({TRAIL_PROCS} processes) recorded, {lost} lost by its own count"));
     Ok(())
 }
 
@@ -331,8 +373,9 @@ pub fn main() -> Result<(), String> {
         progress(&format!("event pipeline and footprint: {}", guard.key()));
         let running = guards::start(guard)?;
         let measured = pipeline(&mut table, &running);
-        guards::stop(running)?;
+        let stopped = guards::stop(running);
         measured?;
+        stopped?;
     }
     // auditd last (see the module's comment).
     for round in 1..=ROUNDS {
@@ -342,8 +385,9 @@ pub fn main() -> Result<(), String> {
     progress("event pipeline and footprint: auditd");
     let running = guards::start(Guard::Auditd)?;
     let measured = pipeline(&mut table, &running);
-    guards::stop(running)?;
+    let stopped = guards::stop(running);
     measured?;
+    stopped?;
 
     for (who, calls) in &best {
         for ((figure, workload, _), ns) in CALLS.iter().zip(calls) {

@@ -357,25 +357,25 @@ pub fn records_of(guard: Guard, comm: &str, change: Change) -> usize {
 
 /// Records the guard itself says it lost (timeguard: thinned and lost events are counted
 /// apart; the peers: auditd's kernel `lost` count, bpftrace's "Lost N events" lines).
-pub fn lost(guard: Guard) -> u64 {
+pub fn lost(guard: Guard) -> Result<u64, String> {
     match guard {
-        Guard::Timeguard => super::agent_status()
-            .map(|s| s["events_lost"].as_u64().unwrap_or(0))
-            .unwrap_or(0),
-        Guard::Auditd => sh_ok("auditctl", &["-s"])
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("lost "))
-                    .and_then(|n| n.trim().parse().ok())
-            })
-            .unwrap_or(0),
-        Guard::Bpftrace => fs::read_to_string(BPFTRACE_OUT)
-            .unwrap_or_default()
+        Guard::Timeguard => super::agent_status()?["events_lost"]
+            .as_u64()
+            .ok_or_else(|| "timeguard status has no events_lost".into()),
+        Guard::Auditd => {
+            let status = sh_ok("auditctl", &["-s"])?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("lost "))
+                .and_then(|n| n.trim().parse().ok())
+                .ok_or_else(|| format!("no lost count in auditctl -s: {status}"))
+        }
+        Guard::Bpftrace => Ok(fs::read_to_string(BPFTRACE_OUT)
+            .map_err(|e| format!("{BPFTRACE_OUT}: {e}"))?
             .lines()
             .filter_map(|l| l.strip_prefix("Lost "))
             .filter_map(|l| l.split_whitespace().next())
             .filter_map(|n| n.parse::<u64>().ok())
-            .sum(),
+            .sum()),
     }
 }
