@@ -107,13 +107,15 @@ pub struct ExePaths {
 
 impl ExePaths {
     pub fn path(&mut self, tgid: u32, exe_dev: u64, exe_ino: u64) -> Option<&str> {
-        let key = (tgid, exe_dev, exe_ino);
-        if !self.paths.contains_key(&key) {
-            // A process already gone has no path: not remembered, it is asked again.
-            let path = std::fs::read_link(format!("/proc/{tgid}/exe")).ok()?;
-            self.paths.insert(key, path.display().to_string());
+        use std::collections::hash_map::Entry;
+        match self.paths.entry((tgid, exe_dev, exe_ino)) {
+            Entry::Occupied(known) => Some(known.into_mut().as_str()),
+            Entry::Vacant(new) => {
+                // A process already gone has no path: not remembered, it is asked again.
+                let path = std::fs::read_link(format!("/proc/{tgid}/exe")).ok()?;
+                Some(new.insert(path.display().to_string()).as_str())
+            }
         }
-        self.paths.get(&key).map(String::as_str)
     }
 
     pub fn clear(&mut self) {
