@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use agent_common::{
     clock::op,
-    event::{abi, hook, ClockEvent},
+    event::{abi, hook, ClockEvent, COMM_LEN},
     kernel::{classify_syscall, nr, ClockSyscall},
     policy::verdict,
 };
@@ -71,13 +71,9 @@ fn syscall_name(abi_: u8, nr_: i32) -> String {
 }
 
 /// A task's name as the kernel keeps it (NUL-padded).
-pub fn comm_text(comm: &[u8; 16]) -> String {
+fn comm_text(comm: &[u8; COMM_LEN]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
-fn comm(ev: &ClockEvent) -> String {
-    comm_text(&ev.comm)
 }
 
 /// The size of the step an event asked for, in nanoseconds (signed), where it carries one:
@@ -112,8 +108,7 @@ impl ExePaths {
             Entry::Occupied(known) => Some(known.into_mut().as_str()),
             Entry::Vacant(new) => {
                 // A process already gone has no path: not remembered, it is asked again.
-                let path = std::fs::read_link(format!("/proc/{tgid}/exe")).ok()?;
-                Some(new.insert(path.display().to_string()).as_str())
+                Some(new.insert(exe_path(tgid)?).as_str())
             }
         }
     }
@@ -142,8 +137,10 @@ pub struct ClockRecord<'a> {
     what: What,
 }
 
+/// Who made a request, as every record names them (clock, network and tamper records): the
+/// kernel's ids and task name, the executable's path while known, and its identity.
 #[derive(serde::Serialize)]
-struct Who<'a> {
+pub struct Who<'a> {
     pid: u32,
     tgid: u32,
     uid: u32,
@@ -151,6 +148,34 @@ struct Who<'a> {
     comm: String,
     exe: Option<&'a str>,
     exe_id: String,
+}
+
+impl<'a> Who<'a> {
+    pub fn new(
+        (pid, tgid): (u32, u32),
+        (uid, gid): (u32, u32),
+        comm: &[u8; COMM_LEN],
+        exe: Option<&'a str>,
+        exe_id: ExeId,
+    ) -> Self {
+        Who {
+            pid,
+            tgid,
+            uid,
+            gid,
+            comm: comm_text(comm),
+            exe,
+            exe_id: exe_id.to_string(),
+        }
+    }
+}
+
+/// The path of a process's executable while the process lives. For the reader: what
+/// decides is the identity (device and inode) the kernel gave.
+pub fn exe_path(tgid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{tgid}/exe"))
+        .map(|p| p.display().to_string())
+        .ok()
 }
 
 #[derive(serde::Serialize)]
@@ -222,15 +247,7 @@ pub fn clock_record<'a>(
         policy: &policy.name,
         generation: ev.generation,
         hook: hook::name(ev.hook),
-        who: Who {
-            pid: ev.pid,
-            tgid: ev.tgid,
-            uid: ev.uid,
-            gid: ev.gid,
-            comm: comm(ev),
-            exe,
-            exe_id: exe_id.to_string(),
-        },
+        who: Who::new((ev.pid, ev.tgid), (ev.uid, ev.gid), &ev.comm, exe, exe_id),
         what,
     }
 }

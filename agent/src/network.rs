@@ -485,19 +485,18 @@ pub fn net_json(
         }
         _ => {
             let o = &ev.owner;
-            let exe = std::fs::read_link(format!("/proc/{}/exe", o.tgid))
-                .map(|p| p.display().to_string())
-                .ok();
-            record["who"] = json!({
-                "pid": o.pid,
-                "tgid": o.tgid,
-                "uid": o.uid,
-                "gid": o.gid,
-                "comm": events::comm_text(&o.comm),
-                "exe": exe,
-                "exe_id": ExeId { dev: o.exe_dev, ino: o.exe_ino }.to_string(),
-                "daemon": (o.rule_id != 0).then(|| rule_name(o.rule_id)),
-            });
+            let exe = events::exe_path(o.tgid);
+            record["who"] = json!(events::Who::new(
+                (o.pid, o.tgid),
+                (o.uid, o.gid),
+                &o.comm,
+                exe.as_deref(),
+                ExeId {
+                    dev: o.exe_dev,
+                    ino: o.exe_ino
+                },
+            ));
+            record["who"]["daemon"] = json!((o.rule_id != 0).then(|| rule_name(o.rule_id)));
             record["socket"] = if ev.kind == kind::RAW_SOCKET {
                 json!({"family": "packet", "protocol": format!("{:#06x}", o.protocol)})
             } else {

@@ -286,9 +286,7 @@ pub fn tamper_json(
     host: &str,
     path_of: &dyn Fn(u64, u64) -> Option<PathBuf>,
 ) -> Value {
-    let exe = std::fs::read_link(format!("/proc/{}/exe", ev.tgid))
-        .map(|p| p.display().to_string())
-        .ok();
+    let exe = events::exe_path(ev.tgid);
     let mut what = json!({"target": target::name(ev.target)});
     match ev.action {
         action::SIGNAL => {
@@ -322,15 +320,13 @@ pub fn tamper_json(
         "verdict": verdict::name(ev.verdict),
         "policy": policy,
         "generation": ev.generation,
-        "who": {
-            "pid": ev.pid,
-            "tgid": ev.tgid,
-            "uid": ev.uid,
-            "gid": ev.gid,
-            "comm": events::comm_text(&ev.comm),
-            "exe": exe,
-            "exe_id": ExeId { dev: ev.exe_dev, ino: ev.exe_ino }.to_string(),
-        },
+        "who": events::Who::new(
+            (ev.pid, ev.tgid),
+            (ev.uid, ev.gid),
+            &ev.comm,
+            exe.as_deref(),
+            ExeId { dev: ev.exe_dev, ino: ev.exe_ino },
+        ),
         "what": what,
     })
 }
