@@ -417,14 +417,14 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel_release()
     );
+    let measured = now_utc();
     let ratio_titles = [
         "timeguard ÷ no guard",
         "timeguard ÷ auditd",
         "timeguard ÷ bpftrace",
     ];
     let mut md = format!(
-        "Measured {} on {machine}, by `cargo xtask bench`. ↓: lower is better; ↑: higher is better.\n\n| where | figure | unit | {} | {} |\n|---|---|---|{}\n",
-        now_utc(),
+        "Measured {measured} on {machine}, by `cargo xtask bench`. ↓: lower is better; ↑: higher is better.\n\n| where | figure | unit | {} | {} |\n|---|---|---|{}\n",
         GUARDS.map(|(_, t)| t).join(" | "),
         ratio_titles.join(" | "),
         "---:|".repeat(GUARDS.len() + ratio_titles.len())
@@ -487,7 +487,7 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
     }
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let json = serde_json::json!({"machine": machine, "measured": now_utc(), "figures": rows});
+    let json = serde_json::json!({"machine": machine, "measured": measured, "figures": rows});
     std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
     std::fs::write(dir.join("bench.md"), md)?;
     println!("written: {}/bench.json, bench.md", dir.display());
@@ -495,10 +495,8 @@ fn bench_report(rows: &[serde_json::Value]) -> anyhow::Result<()> {
 }
 
 fn now_utc() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    setup::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|d| d.trim().to_string())
         .unwrap_or_default()
 }
 

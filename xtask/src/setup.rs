@@ -21,7 +21,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
+/// What a command printed, when it succeeded.
+pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
         .success()

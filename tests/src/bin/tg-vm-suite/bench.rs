@@ -148,6 +148,11 @@ fn cpu_seconds(pid: u32) -> Result<f64, String> {
     Ok((ticks(11) + ticks(12)) / hz)
 }
 
+/// The share of one CPU (%) the process used over `secs`, since it had used `cpu_before`.
+fn cpu_percent(pid: u32, cpu_before: f64, secs: f64) -> Result<f64, String> {
+    Ok((cpu_seconds(pid)? - cpu_before) / secs * 100.0)
+}
+
 /// A line of /proc/PID/status in MiB (VmRSS, VmHWM).
 fn memory_mib(pid: u32, key: &str) -> Result<f64, String> {
     let path = format!("/proc/{pid}/status");
@@ -247,7 +252,7 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
 
     let cpu_before = cpu_seconds(pid)?;
     sleep(IDLE);
-    let idle_cpu = (cpu_seconds(pid)? - cpu_before) / IDLE.as_secs_f64() * 100.0;
+    let idle_cpu = cpu_percent(pid, cpu_before, IDLE.as_secs_f64())?;
     table.set(
         (FOOTPRINT, "CPU at idle", "% of one CPU", "lower"),
         who,
@@ -268,7 +273,7 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
     };
     let cpu_before = cpu_seconds(pid)?;
     let flooded = recorded_during(guard, Change::Step, || flood(FLOOD_PROCS, FLOOD_EACH))?;
-    let flood_cpu = (cpu_seconds(pid)? - cpu_before) / flooded.until_settled * 100.0;
+    let flood_cpu = cpu_percent(pid, cpu_before, flooded.until_settled)?;
     let rate_row = (
         PIPELINE,
         "steps decided or recorded, 2 processes flooding",

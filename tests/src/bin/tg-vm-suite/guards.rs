@@ -121,20 +121,18 @@ fn interrupt(child: &mut Child, signal: i32) -> Result<(), String> {
     child.wait().map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// A command that must succeed; its output.
 fn sh_ok(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if !out.status.success() {
+    let r = super::sh(program, args)?;
+    if r.status != 0 {
         return Err(format!(
             "{program} {}: {} {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            r.stdout,
+            r.stderr
         ));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(r.stdout)
 }
 
 fn output_to(path: &str) -> Result<Stdio, String> {
@@ -157,16 +155,7 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), String>
 
 /// A step of zero from this program (which no rule allows): EPERM once timeguard enforces.
 fn step_refused() -> bool {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec, read then written back: a step of zero.
-    let rc = unsafe {
-        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
-        libc::clock_settime(libc::CLOCK_REALTIME, &ts)
-    };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    timeguard_tests::clock::step_of_zero() == libc::EPERM
 }
 
 /// settimeofday(NULL, NULL): a call both peers' rules cover, which changes nothing. The raw
