@@ -177,6 +177,15 @@ impl NetLab {
         self.run_in(ns, in_cgroup, &tool, args)
     }
 
+    /// `tg-clock udp-recv ADDR SECS` in namespace a, in the lab's cgroup: counts the
+    /// datagrams reaching ADDR by source, printed as JSON when it ends.
+    pub fn udp_receiver(&self, addr: &str, secs: u64) -> std::process::Child {
+        self.tg_clock(&self.a, true, &["udp-recv", addr, &secs.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("the receiver at {addr} starts: {e}"))
+    }
+
     /// Runs `program args…` in namespace `ns`, inside the lab's cgroup when `in_cgroup`.
     pub fn run_in(&self, ns: &str, in_cgroup: bool, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new("sh");

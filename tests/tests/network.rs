@@ -62,16 +62,8 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     let Some((lab, agent)) = lab_with_agent('n', policy) else {
         return;
     };
-    let receiver = lab
-        .tg_clock(&lab.a, true, &["udp-recv", "10.231.0.1:123", "6"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the receiver starts");
-    let receiver6 = lab
-        .tg_clock(&lab.a, true, &["udp-recv", "[fd00:231::1]:123", "6"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the IPv6 receiver starts");
+    let receiver = lab.udp_receiver("10.231.0.1:123", 6);
+    let receiver6 = lab.udp_receiver("[fd00:231::1]:123", 6);
     std::thread::sleep(Duration::from_millis(1500));
     let send = |from: &str, kind: &str, n: &str| {
         tg_clock_ok(&lab, &lab.b, &["udp-send", from, "10.231.0.1:123", kind, n]);
@@ -663,11 +655,7 @@ fn malformed_and_truncated_packets_pass_the_parsers_without_harm() {
     let Some(agent) = agent_for(&lab, 'm', policy, &["nsenter", &ns_a]) else {
         return;
     };
-    let receiver = lab
-        .tg_clock(&lab.a, true, &["udp-recv", "10.231.0.1:123", "8"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the receiver starts");
+    let receiver = lab.udp_receiver("10.231.0.1:123", 8);
     std::thread::sleep(Duration::from_millis(1500));
     let storm = lab
         .tg_clock(&lab.b, false, &["malformed", &lab.vb])
@@ -756,11 +744,7 @@ fn enforcement_outlives_a_killed_agent_and_a_restarted_one_takes_over() {
     let Some((lab, mut first)) = lab_with_agent('k', policy) else {
         return;
     };
-    let receiver = lab
-        .tg_clock(&lab.a, true, &["udp-recv", "10.231.0.1:123", "14"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the receiver starts");
+    let receiver = lab.udp_receiver("10.231.0.1:123", 14);
     std::thread::sleep(Duration::from_millis(1000));
     let monlist = |n: &str| {
         tg_clock_ok(
