@@ -144,36 +144,25 @@ pub fn ensure_bpf_toolchain() -> anyhow::Result<()> {
         .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))
 }
 
-/// cargo-fuzz, which runs the policy parser's fuzz target.
-pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
-    if have("cargo-fuzz", "--version") {
+/// A cargo subcommand at its pinned version, installed when missing.
+fn ensure_cargo_tool(tool: &str, version: &str, why: &str) -> anyhow::Result<()> {
+    if have(tool, "--version") {
         return Ok(());
     }
-    println!("setup: cargo install cargo-fuzz {CARGO_FUZZ_VERSION} (fuzzes the policy parser)");
-    run(Command::new("cargo").args([
-        "install",
-        "cargo-fuzz",
-        "--locked",
-        "--version",
-        CARGO_FUZZ_VERSION,
-    ]))
+    println!("setup: cargo install {tool} {version} ({why})");
+    run(Command::new("cargo").args(["install", tool, "--locked", "--version", version]))
+}
+
+/// cargo-fuzz, which runs the policy parser's fuzz target.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    ensure_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, "fuzzes the policy parser")
 }
 
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// cargo-deb, for the Debian package.
 pub fn ensure_cargo_deb() -> anyhow::Result<()> {
-    if have("cargo-deb", "--version") {
-        return Ok(());
-    }
-    println!("setup: cargo install cargo-deb {CARGO_DEB_VERSION} (builds the Debian package)");
-    run(Command::new("cargo").args([
-        "install",
-        "cargo-deb",
-        "--locked",
-        "--version",
-        CARGO_DEB_VERSION,
-    ]))
+    ensure_cargo_tool("cargo-deb", CARGO_DEB_VERSION, "builds the Debian package")
 }
 
 /// Where downloads and unpacked tools are kept between runs.
