@@ -462,12 +462,13 @@ impl Guard {
             .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
     }
 
-    /// The ring buffer of clock events (can be taken once).
-    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+    /// A ring buffer of records from the kernel, by map name: CLOCK_EVENTS, NET_EVENTS,
+    /// TAMPER_EVENTS (each can be taken once).
+    pub fn take_ring(&mut self, name: &str) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
             .bpf
-            .take_map("CLOCK_EVENTS")
-            .ok_or_else(|| anyhow!("the clock event ring buffer was already taken"))?;
+            .take_map(name)
+            .ok_or_else(|| anyhow!("the ring buffer {name} was already taken"))?;
         Ok(RingBuf::try_from(map)?)
     }
 

@@ -17,7 +17,7 @@ use agent_common::{
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuHashMap, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuHashMap},
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, xdp::XdpLinkId, CgroupAttachMode,
         CgroupSkb, CgroupSockAddr, Xdp, XdpMode,
@@ -353,15 +353,6 @@ impl Guard {
     /// The interfaces the PTP guard is on, and those it could not attach to.
     pub fn ptp_links(&self) -> &PtpLinks {
         &self.ptp_links
-    }
-
-    /// The ring buffer of network records (can be taken once).
-    pub fn take_net_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self
-            .bpf
-            .take_map("NET_EVENTS")
-            .ok_or_else(|| anyhow!("the network event ring buffer was already taken"))?;
-        Ok(RingBuf::try_from(map)?)
     }
 
     /// Exact network counters per (kind, detail, verdict, reason), summed over CPUs.

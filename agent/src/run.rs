@@ -863,16 +863,9 @@ async fn event_loop(
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
-    // AsyncFd owns it.
-    let mut events = unsafe { AsyncFd::register(agent.guard.take_events()?) }
-        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
-    // SAFETY: as above, for the packet ring buffer.
-    let mut net_events = unsafe { AsyncFd::register(agent.guard.take_net_events()?) }
-        .map_err(|e| anyhow::anyhow!("polling the packet ring buffer: {e}"))?;
-    // SAFETY: as above, for the tamper ring buffer.
-    let mut tamper_events = unsafe { AsyncFd::register(agent.guard.take_tamper_events()?) }
-        .map_err(|e| anyhow::anyhow!("polling the tamper ring buffer: {e}"))?;
+    let mut events = polled_ring(&mut agent.guard, "CLOCK_EVENTS")?;
+    let mut net_events = polled_ring(&mut agent.guard, "NET_EVENTS")?;
+    let mut tamper_events = polled_ring(&mut agent.guard, "TAMPER_EVENTS")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -963,6 +956,16 @@ async fn event_loop(
         }
     }
     Ok(())
+}
+
+/// A ring buffer of the kernel's records, taken from the programs and watched by the event
+/// loop.
+fn polled_ring(guard: &mut Guard, name: &str) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
+    let ring = guard.take_ring(name)?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
+    // AsyncFd owns it.
+    unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer {name}: {e}"))
 }
 
 /// Hands up to `EVENT_BATCH` records of a ring to `each`; whether the ring is now empty. A

@@ -7,8 +7,8 @@ use agent_common::{
     policy::verdict,
     tamper::{action, target, FileKey, ObjectKey, SelfState, TamperCounterKey, TamperEvent},
 };
-use anyhow::{anyhow, Context as _};
-use aya::maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf};
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
 use serde_json::{json, Value};
 
 use crate::{events, loader::Guard, policy::ExeId};
@@ -161,15 +161,6 @@ impl Guard {
             ));
         }
         Ok(out)
-    }
-
-    /// The ring buffer of tamper records (can be taken once).
-    pub fn take_tamper_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self
-            .bpf
-            .take_map("TAMPER_EVENTS")
-            .ok_or_else(|| anyhow!("the tamper ring buffer was already taken"))?;
-        Ok(RingBuf::try_from(map)?)
     }
 
     /// Exact tamper counters per (action, target, verdict), summed over CPUs.
