@@ -13,36 +13,82 @@ use prometheus::{
     Encoder as _, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// The agent's state at a scrape, gathered by the run loop.
+use crate::report::counters::{ClockAttempts, NetAlert, NetCount, NetSeries, TamperAttempts};
+
+/// The agent's state at a scrape, gathered by the daemon.
 pub struct Snapshot {
-    /// (rule, operation, verdict) → count since the agent started, exact.
-    pub attempts: Vec<(String, &'static str, &'static str, u64)>,
-    /// The network guard's exact counters: (series, what, verdict, reason) → count, where
-    /// series is ntp, nts_ke, ptp, bind, connect or raw_socket (`network::counter_labels`).
-    pub network: Vec<(&'static str, String, &'static str, &'static str, u64)>,
-    /// Alerts raised by network records: (kind, alert) → count.
-    pub net_alerts: Vec<((&'static str, &'static str), u64)>,
-    /// Attempts on the guard itself: (action, target, verdict) → count, exact.
-    pub tamper: Vec<(&'static str, &'static str, &'static str, u64)>,
-    /// Tamper records lost and thinned.
-    pub tamper_events_lost: u64,
-    pub tamper_events_thinned: u64,
-    /// Packet records lost (ring buffer full) and thinned (over the budget).
-    pub packet_events_lost: u64,
-    pub packet_events_thinned: u64,
-    pub events_thinned: u64,
-    pub events_lost: u64,
-    pub audit_write_failures: u64,
+    /// The clock's exact counters since the agent started.
+    pub attempts: Vec<ClockAttempts>,
+    /// The network guard's exact counters.
+    pub network: Vec<NetCount>,
+    /// Alerts raised by network records since start.
+    pub net_alerts: Vec<(NetAlert, u64)>,
+    /// Attempts on the guard itself, exact.
+    pub tamper: Vec<TamperAttempts>,
+    pub dropped: Dropped,
     pub generation: u32,
     pub reloads_ok: u64,
     pub reloads_rejected: u64,
-    /// Hook → whether it decides (enforces) on this kernel.
-    pub hooks: Vec<(&'static str, bool)>,
-    /// Program → attached.
-    pub programs: Vec<(&'static str, bool)>,
-    /// The last step seen (allowed, audited or the kernel's own): CLOCK_BOOTTIME when it
-    /// was decided, and its size (ns, signed) when the event carried one.
-    pub last_step: Option<(u64, Option<i128>)>,
+    /// Whether each hook decides (enforces) on this kernel.
+    pub hooks: Vec<Flag>,
+    /// Whether each program is attached.
+    pub programs: Vec<Flag>,
+    /// The last step seen (allowed, audited or the kernel's own).
+    pub last_step: Option<LastStep>,
+}
+
+/// Detailed records not delivered, by reason (the counters stay exact).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dropped {
+    /// Clock records over the per-process budget, and lost with the ring buffer full.
+    pub thinned: u64,
+    pub lost: u64,
+    /// Records the audit trail file could not take.
+    pub audit_write: u64,
+    pub packet_thinned: u64,
+    pub packet_lost: u64,
+    pub tamper_thinned: u64,
+    pub tamper_lost: u64,
+}
+
+/// A hook or program, and whether it is on.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag {
+    pub name: &'static str,
+    pub on: bool,
+}
+
+impl Flag {
+    pub fn from_pairs(pairs: Vec<(&'static str, bool)>) -> Vec<Flag> {
+        pairs
+            .into_iter()
+            .map(|(name, on)| Flag { name, on })
+            .collect()
+    }
+}
+
+/// A step of the clock: CLOCK_BOOTTIME when it was decided, and its size (ns, signed) when
+/// the event carried one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastStep {
+    pub boot_ns: u64,
+    pub size_ns: Option<i128>,
+}
+
+/// The counter families, each one series of the exposition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Series {
+    Attempts,
+    NtpPackets,
+    NtpAlerts,
+    NtsKe,
+    PtpMessages,
+    PtpAlerts,
+    Sockets,
+    NewDestinations,
+    Tamper,
+    Dropped,
+    Reloads,
 }
 
 pub struct Metrics {
@@ -72,7 +118,7 @@ pub struct Metrics {
     since_step: Gauge,
     step_size: Gauge,
     /// What each counter series showed at the last scrape: counters only go up by deltas.
-    shown: HashMap<Vec<String>, u64>,
+    shown: HashMap<(Series, Vec<String>), u64>,
 }
 
 fn counter(
@@ -183,66 +229,95 @@ impl Metrics {
         Ok(m)
     }
 
-    fn add_counter(&mut self, vec_name: &str, labels: &[&str], total: u64) {
-        let key: Vec<String> = std::iter::once(vec_name)
-            .chain(labels.iter().copied())
-            .map(str::to_string)
-            .collect();
+    fn family(&self, series: Series) -> &IntCounterVec {
+        match series {
+            Series::Attempts => &self.attempts,
+            Series::NtpPackets => &self.ntp_packets,
+            Series::NtpAlerts => &self.ntp_alerts,
+            Series::NtsKe => &self.nts_ke,
+            Series::PtpMessages => &self.ptp_messages,
+            Series::PtpAlerts => &self.ptp_alerts,
+            Series::Sockets => &self.sockets,
+            Series::NewDestinations => &self.new_destinations,
+            Series::Tamper => &self.tamper,
+            Series::Dropped => &self.dropped,
+            Series::Reloads => &self.reloads,
+        }
+    }
+
+    fn add_counter(&mut self, series: Series, labels: &[&str], total: u64) {
+        let key = (series, labels.iter().map(|l| l.to_string()).collect());
         let before = self.shown.insert(key, total).unwrap_or(0);
-        let vec = match vec_name {
-            "attempts" => &self.attempts,
-            "ntp" => &self.ntp_packets,
-            "alerts" => &self.ntp_alerts,
-            "nts_ke" => &self.nts_ke,
-            "ptp" => &self.ptp_messages,
-            "ptp_alerts" => &self.ptp_alerts,
-            "sockets" => &self.sockets,
-            "destinations" => &self.new_destinations,
-            "tamper" => &self.tamper,
-            "dropped" => &self.dropped,
-            _ => &self.reloads,
-        };
-        vec.with_label_values(labels)
+        self.family(series)
+            .with_label_values(labels)
             .inc_by(total.saturating_sub(before));
     }
 
     /// The text exposition of everything, as of `snap` and the kernel's clock now.
     pub fn render(&mut self, snap: &Snapshot) -> anyhow::Result<String> {
-        for (rule, op, verdict, n) in &snap.attempts {
-            self.add_counter("attempts", &[op, verdict, rule], *n);
+        for a in &snap.attempts {
+            self.add_counter(
+                Series::Attempts,
+                &[a.operation, a.verdict, &a.rule],
+                a.count,
+            );
         }
-        for (series, what, verdict, reason, n) in &snap.network {
-            let reason = if reason.is_empty() { "none" } else { reason };
-            match *series {
-                "ntp" | "nts_ke" | "ptp" => self.add_counter(series, &[what, verdict, reason], *n),
-                action => self.add_counter("sockets", &[action, what, verdict, reason], *n),
+        for c in &snap.network {
+            let (verdict, n) = (c.verdict, c.count);
+            let reason = if c.reason.is_empty() {
+                "none"
+            } else {
+                c.reason
+            };
+            match &c.series {
+                NetSeries::Ntp { mode } => {
+                    self.add_counter(Series::NtpPackets, &[mode, verdict, reason], n)
+                }
+                NetSeries::NtsKe { mode } => {
+                    self.add_counter(Series::NtsKe, &[mode, verdict, reason], n)
+                }
+                NetSeries::Ptp { message } => {
+                    self.add_counter(Series::PtpMessages, &[message, verdict, reason], n)
+                }
+                NetSeries::Socket { action, service } => {
+                    self.add_counter(Series::Sockets, &[action, service, verdict, reason], n)
+                }
             }
         }
-        for ((kind, alert), n) in &snap.net_alerts {
-            match *kind {
-                "ntp" => self.add_counter("alerts", &[alert], *n),
-                "ptp" => self.add_counter("ptp_alerts", &[alert], *n),
-                other => self.add_counter("destinations", &[other], *n),
+        for (alert, n) in &snap.net_alerts {
+            match *alert {
+                NetAlert::Ntp(a) => self.add_counter(Series::NtpAlerts, &[a], *n),
+                NetAlert::Ptp(a) => self.add_counter(Series::PtpAlerts, &[a], *n),
+                NetAlert::NewDestination { kind, .. } => {
+                    self.add_counter(Series::NewDestinations, &[kind], *n)
+                }
             }
         }
-        for (act, target, verdict, n) in &snap.tamper {
-            self.add_counter("tamper", &[act, target, verdict], *n);
+        for t in &snap.tamper {
+            self.add_counter(Series::Tamper, &[t.action, t.target, t.verdict], t.count);
         }
-        self.add_counter("dropped", &["tamper_lost"], snap.tamper_events_lost);
-        self.add_counter("dropped", &["tamper_thinned"], snap.tamper_events_thinned);
-        self.add_counter("dropped", &["packet_lost"], snap.packet_events_lost);
-        self.add_counter("dropped", &["packet_thinned"], snap.packet_events_thinned);
-        self.add_counter("dropped", &["thinned"], snap.events_thinned);
-        self.add_counter("dropped", &["lost"], snap.events_lost);
-        self.add_counter("dropped", &["audit_write"], snap.audit_write_failures);
-        self.add_counter("reloads", &["ok"], snap.reloads_ok);
-        self.add_counter("reloads", &["rejected"], snap.reloads_rejected);
+        let d = &snap.dropped;
+        for (reason, n) in [
+            ("tamper_lost", d.tamper_lost),
+            ("tamper_thinned", d.tamper_thinned),
+            ("packet_lost", d.packet_lost),
+            ("packet_thinned", d.packet_thinned),
+            ("thinned", d.thinned),
+            ("lost", d.lost),
+            ("audit_write", d.audit_write),
+        ] {
+            self.add_counter(Series::Dropped, &[reason], n);
+        }
+        self.add_counter(Series::Reloads, &["ok"], snap.reloads_ok);
+        self.add_counter(Series::Reloads, &["rejected"], snap.reloads_rejected);
         self.generation.set(snap.generation.into());
-        for (hook, on) in &snap.hooks {
-            self.enforcement.with_label_values(&[hook]).set(*on as i64);
+        for h in &snap.hooks {
+            self.enforcement
+                .with_label_values(&[h.name])
+                .set(h.on as i64);
         }
-        for (program, on) in &snap.programs {
-            self.attached.with_label_values(&[program]).set(*on as i64);
+        for p in &snap.programs {
+            self.attached.with_label_values(&[p.name]).set(p.on as i64);
         }
         let health = ClockHealth::read();
         self.offset.set(health.offset_s);
@@ -252,17 +327,18 @@ impl Metrics {
         self.status.set(health.status.into());
         self.sync.set(health.synced as i64);
         self.tai.set(health.tai_s.into());
-        if let Some((at, size)) = snap.last_step {
+        if let Some(step) = snap.last_step {
             let now = crate::events::clock_ns(libc::CLOCK_BOOTTIME);
-            self.since_step.set(now.saturating_sub(at) as f64 / 1e9);
-            if let Some(ns) = size {
+            self.since_step
+                .set(now.saturating_sub(step.boot_ns) as f64 / 1e9);
+            if let Some(ns) = step.size_ns {
                 self.step_size.set(ns as f64 / 1e9);
             }
         }
         let mut families = self.registry.gather();
         // Before any step there is nothing to say: no series rather than a made-up value.
         let (seen, sized) = match snap.last_step {
-            Some((_, size)) => (true, size.is_some()),
+            Some(step) => (true, step.size_ns.is_some()),
             None => (false, false),
         };
         families.retain(|f| {
@@ -350,35 +426,80 @@ pub async fn serve_one(
 mod tests {
     use super::*;
 
+    fn net(series: NetSeries, verdict: &'static str, reason: &'static str, count: u64) -> NetCount {
+        NetCount {
+            series,
+            verdict,
+            reason,
+            count,
+        }
+    }
+
     fn snapshot(n: u64) -> Snapshot {
         Snapshot {
-            attempts: vec![("default".into(), "step", "deny", n)],
+            attempts: vec![ClockAttempts {
+                rule: "default".into(),
+                operation: "step",
+                verdict: "deny",
+                count: n,
+            }],
             network: vec![
-                ("ntp", "private".into(), "deny", "source not listed", 2),
-                ("bind", "ntp".into(), "deny", "not a time daemon", 1),
-                (
-                    "ptp",
-                    "announce".into(),
+                net(
+                    NetSeries::Ntp {
+                        mode: "private".into(),
+                    },
+                    "deny",
+                    "source not listed",
+                    2,
+                ),
+                net(
+                    NetSeries::Socket {
+                        action: "bind",
+                        service: "ntp".into(),
+                    },
+                    "deny",
+                    "not a time daemon",
+                    1,
+                ),
+                net(
+                    NetSeries::Ptp {
+                        message: "announce".into(),
+                    },
                     "deny",
                     "grandmaster not listed",
                     4,
                 ),
-                ("nts_ke", "client".into(), "allow", "", 2),
+                net(
+                    NetSeries::NtsKe {
+                        mode: "client".into(),
+                    },
+                    "allow",
+                    "",
+                    2,
+                ),
             ],
-            net_alerts: vec![(("ntp", "kiss_of_death"), 1)],
-            tamper: vec![("signal", "agent", "deny", 3)],
-            tamper_events_lost: 0,
-            tamper_events_thinned: 0,
-            packet_events_lost: 0,
-            packet_events_thinned: 0,
-            events_thinned: 0,
-            events_lost: 0,
-            audit_write_failures: 0,
+            net_alerts: vec![(NetAlert::Ntp("kiss_of_death"), 1)],
+            tamper: vec![TamperAttempts {
+                action: "signal",
+                target: "agent",
+                verdict: "deny",
+                count: 3,
+            }],
+            dropped: Dropped {
+                lost: 6,
+                ..Dropped::default()
+            },
             generation: 2,
             reloads_ok: 1,
             reloads_rejected: 0,
-            hooks: vec![("lsm/settime", true)],
-            programs: vec![("clock_settime_guard", true)],
+            hooks: vec![Flag {
+                name: "lsm/settime",
+                on: true,
+            }],
+            programs: vec![Flag {
+                name: "clock_settime_guard",
+                on: true,
+            }],
             last_step: None,
         }
     }
@@ -393,6 +514,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("timeguard_policy_generation 2"), "{text}");
+        assert!(
+            text.contains(r#"timeguard_events_dropped_total{reason="lost"} 6"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"timeguard_ntp_alerts_total{alert="kiss_of_death"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"timeguard_policy_reloads_total{result="ok"} 1"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"timeguard_tamper_attempts_total{action="signal",target="agent",verdict="deny"} 3"#),
             "{text}"

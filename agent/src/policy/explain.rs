@@ -7,7 +7,7 @@ use agent_common::{clock::op, policy::mode};
 use super::CompiledPolicy;
 
 fn ops(bits: u32) -> String {
-    let names = crate::events::operation_names(bits);
+    let names = super::model::operation_names(bits);
     if names.is_empty() {
         "nothing".into()
     } else {

@@ -117,7 +117,7 @@ impl Host {
             return Ok(uid);
         }
         let names: Vec<&str> = users.iter().map(|(n, _)| *n).collect();
-        Err(match super::parse::did_you_mean(user, &names) {
+        Err(match super::diagnostic::did_you_mean(user, &names) {
             Some(m) => format!(
                 "user `{user}` is not in {}; did you mean `{m}`?",
                 passwd.display()

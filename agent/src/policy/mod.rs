@@ -403,9 +403,9 @@ fn check_and_compile(
                     d.daemon.name,
                     d.exe.display(),
                     d.unit,
-                    crate::events::operation_names(missing).join(", "),
+                    model::operation_names(missing).join(", "),
                     d.exe.display(),
-                    crate::events::operation_names(d.daemon.needs).join(", "),
+                    model::operation_names(d.daemon.needs).join(", "),
                 ));
             }
         }

@@ -300,6 +300,15 @@ pub struct Match {
     pub unit: Option<Spanned<String>>,
 }
 
+/// The operations of a set of `clock::op` bits, in the operator's words.
+pub fn operation_names(bits: u32) -> Vec<&'static str> {
+    agent_common::clock::op::ALL
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
 /// An operation in the operator's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Operation(pub u32);
@@ -316,7 +325,7 @@ impl FromStr for Operation {
                     .iter()
                     .map(|(_, n)| *n)
                     .collect();
-                match super::parse::did_you_mean(s, &names) {
+                match super::diagnostic::did_you_mean(s, &names) {
                     Some(m) => format!(
                         "unknown operation `{s}`; did you mean `{m}`? (operations: {})",
                         names.join(", ")
@@ -417,6 +426,12 @@ impl FromStr for Ppm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operations_by_name() {
+        use agent_common::clock::op;
+        assert_eq!(operation_names(op::STEP | op::LEAP), vec!["step", "leap"]);
+    }
 
     #[test]
     fn durations() {

@@ -120,7 +120,7 @@ pub fn compile(
     }
     let mut named = |name: &Spanned<String>, flag: u32, sink: &mut Sink| -> bool {
         if !rule_names.contains(&name.value.as_str()) {
-            let hint = match super::parse::did_you_mean(&name.value, rule_names) {
+            let hint = match super::diagnostic::did_you_mean(&name.value, rule_names) {
                 Some(m) => format!("; did you mean `{m}`?"),
                 None if rule_names.is_empty() => {
                     "; add a rule for the daemon's executable to spec.clock.rules first".into()

@@ -2,7 +2,7 @@
 //! turning the parser's messages into ones that say what to write instead.
 
 use super::{
-    diagnostic::{Severity, Sink},
+    diagnostic::{did_you_mean, Severity, Sink},
     model::PolicyDoc,
     MAX_POLICY_BYTES,
 };
@@ -149,50 +149,6 @@ fn explain_parse_error(full: &str) -> String {
     msg.to_string()
 }
 
-/// The closest of `candidates`, if it is close enough to be a typo.
-pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let lower = word.to_ascii_lowercase();
-    candidates
-        .iter()
-        .map(|c| {
-            let c_lower = c.to_ascii_lowercase();
-            // A longer or shorter form of the word ("enforcing" for "enforce") counts as close.
-            let common = lower
-                .chars()
-                .zip(c_lower.chars())
-                .take_while(|(a, b)| a == b)
-                .count();
-            let shorter = lower.chars().count().min(c_lower.chars().count());
-            let prefix = common >= 4 && common + 2 >= shorter;
-            (
-                if prefix {
-                    1
-                } else {
-                    edit_distance(&lower, &c_lower)
-                },
-                *c,
-            )
-        })
-        .filter(|(d, c)| *d <= (c.len() / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,24 +162,6 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n")
         })
-    }
-
-    #[test]
-    fn suggestions() {
-        assert_eq!(
-            did_you_mean("alow", &["name", "match", "allow"]),
-            Some("allow")
-        );
-        assert_eq!(
-            did_you_mean("maxstep", &["maxStep", "maxFrequency"]),
-            Some("maxStep")
-        );
-        assert_eq!(did_you_mean("zzzzzz", &["name", "allow"]), None);
-        assert_eq!(
-            did_you_mean("enforcing", &["enforce", "audit"]),
-            Some("enforce")
-        );
-        assert_eq!(did_you_mean("slow", &["step", "slew"]), Some("slew"));
     }
 
     #[test]

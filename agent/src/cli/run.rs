@@ -1,0 +1,50 @@
+//! `timeguard run`.
+
+use std::path::PathBuf;
+
+use crate::{audit, daemon, pins};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The policy to enforce: a file, or a directory of *.yaml files taken together.
+    #[arg(long, default_value = "/etc/timeguard")]
+    policy: PathBuf,
+    /// Where `timeguard status` reaches the agent (root only).
+    #[arg(long, default_value = daemon::STATUS_SOCKET)]
+    status_socket: PathBuf,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9817).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// The audit trail: one JSON line per record, also on stdout. `-`: stdout only.
+    #[arg(long, value_name = "PATH", default_value = audit::DEFAULT_PATH)]
+    audit_log: PathBuf,
+    /// Rotate the audit trail when it reaches this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    audit_log_max_mib: u64,
+    /// Rotated files kept (audit.jsonl.1 … .N).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    audit_log_keep: u32,
+    /// The cgroup v2 directory whose sockets the network guard watches (default: the
+    /// hierarchy's root, every socket of the host).
+    #[arg(long, value_name = "DIR")]
+    network_cgroup: Option<PathBuf>,
+    /// Where the kernel programs' maps and links are pinned (bpffs): enforcement stays
+    /// when the agent stops, and a restarted agent takes it over.
+    #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_ROOT)]
+    pin_dir: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    daemon::run(&daemon::Options {
+        policy: args.policy,
+        status_socket: args.status_socket,
+        metrics_addr: args.metrics_addr,
+        audit_log: (args.audit_log.as_os_str() != "-").then_some(args.audit_log),
+        audit_rotation: audit::Rotation {
+            max_bytes: args.audit_log_max_mib * 1024 * 1024,
+            keep: args.audit_log_keep,
+        },
+        network_cgroup: args.network_cgroup,
+        pin_root: args.pin_dir,
+    })
+}

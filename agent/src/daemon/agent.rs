@@ -1,0 +1,209 @@
+//! The running agent's state, in the parts each concern of the daemon owns, and what
+//! changes what the kernel enforces: installing a policy, attaching the network guard,
+//! telling self-protection what to guard.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::Context as _;
+
+use crate::{
+    audit::AuditTrail,
+    events::ExePaths,
+    loader::Guard,
+    metrics::{LastStep, Metrics},
+    policy::{model::operation_names, network::CompiledNetwork, CompiledPolicy},
+    records::{AgentEvent, AgentRecord},
+    report::counters::NetAlert,
+    tamper::ProtectedFile,
+};
+
+use super::{
+    reload::{Generations, Reloading},
+    rule_names::RuleNames,
+};
+
+/// The running agent.
+pub(super) struct Agent {
+    pub(super) guard: Guard,
+    /// The policies in force and kept, by generation.
+    pub(super) generations: Generations,
+    /// Where the policy comes from and how its reloads went.
+    pub(super) reloading: Reloading,
+    /// Stable rule ids for the kernel's counters, by rule name.
+    pub(super) rule_names: RuleNames,
+    pub(super) trail: Trail,
+    pub(super) network: NetworkState,
+    pub(super) protection: Protection,
+    pub(super) health: Health,
+    /// A stop asked for on the control socket: whether to unpin as well.
+    pub(super) stop: Option<bool>,
+}
+
+/// The audit trail and what every record of this agent carries.
+pub(super) struct Trail {
+    pub(super) audit: AuditTrail,
+    pub(super) host: String,
+    /// When the agent started (RFC 3339).
+    pub(super) started: String,
+    pub(super) exe_paths: ExePaths,
+}
+
+impl Trail {
+    /// Writes one record of the agent itself.
+    pub(super) fn agent(&mut self, event: AgentEvent) {
+        match AgentRecord::now(Some(&self.host), event).to_json() {
+            Ok(record) => self.audit.write(&record),
+            Err(e) => log::warn!("an agent record could not be written: {e}"),
+        }
+    }
+}
+
+/// The network guard's state beside the kernel's.
+#[derive(Default)]
+pub(super) struct NetworkState {
+    /// The cgroup v2 directory it watches (None: the hierarchy's root).
+    pub(super) cgroup: Option<PathBuf>,
+    /// Why it is not attached, when a policy asked for it.
+    pub(super) unavailable: Option<String>,
+    /// Alerts raised by network records since start.
+    pub(super) alerts: BTreeMap<NetAlert, u64>,
+}
+
+/// What self-protection guards.
+pub(super) struct Protection {
+    /// Where the pins are (protected, and removed by an unpinning stop).
+    pub(super) pin_root: PathBuf,
+    /// The files it guards now.
+    pub(super) files: Vec<ProtectedFile>,
+}
+
+/// What the metrics show beside the kernel's counters.
+pub(super) struct Health {
+    /// None when metrics are not served.
+    pub(super) metrics: Option<Metrics>,
+    /// The last step seen.
+    pub(super) last_step: Option<LastStep>,
+}
+
+impl Agent {
+    /// Runs `f` with the trail's records held back, then writes them at once.
+    pub(super) fn batched<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.trail.audit.hold();
+        let r = f(self);
+        self.trail.audit.release();
+        self.trail.exe_paths.clear();
+        r
+    }
+
+    /// Puts a policy in force as the next generation.
+    pub(super) fn install(&mut self, mut policy: CompiledPolicy) -> anyhow::Result<u32> {
+        self.rule_names.number(&mut policy)?;
+        let generation = self.guard.install_policy(&policy)?;
+        self.guard
+            .install_network(policy.network.as_ref(), &policy.rules, generation)
+            .context("installing the network policy")?;
+        if policy.network.is_some() {
+            self.attach_network();
+        }
+        self.follow_ptp_interfaces(policy.network.as_ref());
+        for w in &policy.warnings {
+            log::warn!("policy: {w}");
+        }
+        for r in &policy.rules {
+            log::info!(
+                "rule \"{}\": {} ({}) may: {}",
+                r.name,
+                r.exe.display(),
+                r.exe_id,
+                operation_names(r.allow).join(", ")
+            );
+        }
+        log::info!(
+            "policy \"{}\" generation {generation} (sha256 {}) from {}: {} rules in effect",
+            policy.name,
+            &policy.hash[..16],
+            self.reloading.path.display(),
+            policy.rules.len()
+        );
+        self.generations.insert(generation, policy);
+        self.protect();
+        Ok(generation)
+    }
+
+    /// Tells the kernel programs what self-protection guards now: the policy's files and
+    /// daemons, the pins and the BPF objects this agent holds. Called after each install
+    /// and each new attachment. A failure leaves the previous state (and says so).
+    pub(super) fn protect(&mut self) {
+        let Some((generation, policy)) = self.generations.current() else {
+            return;
+        };
+        let mode = policy.self_protection;
+        let files =
+            crate::tamper::protected_files(&self.reloading.path, policy, &self.protection.pin_root);
+        match self.guard.install_self_protection(mode, generation, &files) {
+            Ok(()) => self.protection.files = files,
+            Err(e) => log::warn!("self-protection not updated: {e:#}"),
+        }
+    }
+
+    /// Attaches the network guard the first time a policy has `spec.network`. A kernel or
+    /// host that refuses it loses the network guard only, said plainly.
+    fn attach_network(&mut self) {
+        let Some(cgroup) = self
+            .network
+            .cgroup
+            .clone()
+            .or_else(crate::network::cgroup2_root)
+        else {
+            self.network.unavailable = Some(
+                "no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)".into(),
+            );
+            log::warn!("network guard unavailable: no cgroup v2 hierarchy is mounted");
+            return;
+        };
+        match self.guard.attach_network(&cgroup) {
+            Ok(now) => {
+                self.network.unavailable = None;
+                if now {
+                    log::info!("network guard attached to {}", cgroup.display());
+                }
+            }
+            Err(e) => {
+                log::warn!("network guard unavailable: {e:#}");
+                self.network.unavailable = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Attaches the PTP guard to interfaces that appeared, when the policy has `ptp`.
+    pub(super) fn follow_ptp_interfaces(&mut self, net: Option<&CompiledNetwork>) {
+        let Some(net) = net.filter(|n| n.ptp) else {
+            return;
+        };
+        let refused_before = self.guard.ptp_links().refused.clone();
+        let attached = self
+            .guard
+            .follow_ptp_interfaces(net.ptp_interfaces.as_deref());
+        for name in &attached {
+            log::info!("PTP guard attached to {name}");
+        }
+        if !attached.is_empty() {
+            self.protect();
+        }
+        // Said once per interface and reason, not at every tick.
+        for (name, why) in &self.guard.ptp_links().refused {
+            if refused_before.get(name) != Some(why) {
+                log::warn!("PTP guard not attached to {name}: {why}");
+            }
+        }
+    }
+
+    /// Follows interfaces of the policy in force (at every tick of the watch).
+    pub(super) fn follow_ptp_interfaces_now(&mut self) {
+        let net = self
+            .generations
+            .current()
+            .and_then(|(_, p)| p.network.clone());
+        self.follow_ptp_interfaces(net.as_ref());
+    }
+}

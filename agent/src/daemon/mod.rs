@@ -1,0 +1,197 @@
+//! `timeguard run`: attach, enforce (or observe), record, reload without a gap, answer
+//! `timeguard status`, stop cleanly.
+//!
+//! - `agent`: the running agent's state, and installing what the kernel enforces;
+//! - `event_loop`: waits for signals, the watch tick, clients and records, and dispatches;
+//! - `dispatch`: what each kernel record does (written to the trail, counted);
+//! - `reload`: fingerprints, following changes, reload or reject, generations;
+//! - `control`: the control socket and its protocol;
+//! - `status`: the status served, the metrics of a scrape, the summary at stop;
+//! - `rule_names`: the rule names behind the kernel's counters, kept for a restart;
+//! - `kernel`: loading on this kernel and saying what is enforced.
+
+mod agent;
+pub mod control;
+mod dispatch;
+mod event_loop;
+mod kernel;
+mod reload;
+pub mod rule_names;
+mod status;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::{
+    audit::{self, AuditTrail},
+    events::ExePaths,
+    metrics::Metrics,
+    records::AgentEvent,
+};
+
+use agent::{Agent, Health, NetworkState, Protection, Trail};
+pub use kernel::kernel_report;
+use reload::{Generations, Reloading};
+use rule_names::RuleNames;
+
+/// Where `timeguard status` finds the running agent.
+pub const STATUS_SOCKET: &str = "/run/timeguard/status.sock";
+
+/// How `timeguard run` is set up.
+pub struct Options {
+    pub policy: PathBuf,
+    pub status_socket: PathBuf,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The audit trail file (also always on stdout); None: stdout only.
+    pub audit_log: Option<PathBuf>,
+    pub audit_rotation: audit::Rotation,
+    /// The cgroup v2 directory the network guard watches (default: the hierarchy's root,
+    /// every socket of the host).
+    pub network_cgroup: Option<PathBuf>,
+    /// Where the programs' maps and links are pinned (bpffs).
+    pub pin_root: PathBuf,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Gives the heap that loading freed back to the kernel. Loading parses the kernel's BTF
+/// (tens of MiB, freed once the programs are in), and glibc keeps freed heap unless asked:
+/// without this the idle agent holds about 38 MiB instead of about 10.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let policy_path = options.policy.as_path();
+    let status_socket = options.status_socket.as_path();
+    let policy = reload::load_policy(policy_path).map_err(|problems| {
+        for p in &problems {
+            log::error!("policy: {p}");
+        }
+        anyhow::anyhow!(
+            "the policy at {} is not valid; nothing was loaded",
+            policy_path.display()
+        )
+    })?;
+    let guard = kernel::prepare(&crate::kernel::capabilities(), &options.pin_root)?;
+    let rule_names_path =
+        rule_names::rule_names_path(status_socket, &crate::loader::programs_build());
+    let inherited = guard.inherited_generation();
+    let rule_names = RuleNames::take_over(&guard, rule_names_path)?;
+    let mut agent = Agent {
+        guard,
+        generations: Generations::default(),
+        reloading: Reloading::new(policy_path, &policy),
+        rule_names,
+        trail: Trail {
+            audit: AuditTrail::new(options.audit_log.clone(), options.audit_rotation.clone()),
+            host: hostname(),
+            started: crate::events::rfc3339(std::time::SystemTime::now()),
+            exe_paths: ExePaths::default(),
+        },
+        network: NetworkState {
+            cgroup: options.network_cgroup.clone(),
+            ..NetworkState::default()
+        },
+        protection: Protection {
+            pin_root: options.pin_root.clone(),
+            files: Vec::new(),
+        },
+        health: Health {
+            metrics: match options.metrics_addr {
+                Some(_) => Some(Metrics::new()?),
+                None => None,
+            },
+            last_step: None,
+        },
+        stop: None,
+    };
+    // The policy is in the maps before any program is attached: there is no unguarded instant.
+    let generation = agent.install(policy)?;
+    agent.guard.attach()?;
+    // The links are known now: self-protection covers them too.
+    agent.protect();
+    let frozen = crate::tamper::freeze_kernel_only_maps(&agent.guard.maps_dir());
+    if !frozen.is_empty() {
+        log::info!(
+            "frozen against writes from userspace: {}",
+            frozen.join(", ")
+        );
+    }
+    kernel::report_enforcement(&agent.guard);
+    // This build's programs are attached: an older build's may go (make before break).
+    for old in agent.guard.remove_other_builds() {
+        log::info!(
+            "removed the pins of an older build of the programs: {}",
+            old.display()
+        );
+    }
+    let (name, hash) = agent
+        .generations
+        .current()
+        .map(|(_, p)| (p.name.clone(), p.hash.clone()))
+        .unwrap_or_default();
+    agent.trail.agent(AgentEvent::Started {
+        enforcement: agent.guard.enforcement.label(),
+        policy: name,
+        policy_sha256: hash,
+        generation,
+        attached: agent.guard.attached.clone(),
+        adopted: agent.guard.adopted().to_vec(),
+        inherited_generation: inherited,
+        pins: agent.guard.pin_dir().to_path_buf(),
+        audit_log: agent.trail.audit.path().map(|p| p.to_path_buf()),
+        metrics_addr: options.metrics_addr.map(|a| a.to_string()),
+    });
+    release_freed_memory();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    runtime.block_on(event_loop::event_loop(
+        &mut agent,
+        status_socket,
+        options.metrics_addr,
+    ))?;
+
+    agent.summarize();
+    if let Err(e) = agent.guard.forget_agent_process() {
+        log::warn!("{e:#}");
+    }
+    let unpin = agent.stop == Some(true);
+    let mut unpinned = Vec::new();
+    if unpin {
+        // The pins go first; the programs detach when this process lets go of its links.
+        unpinned = crate::pins::unpin_all(&options.pin_root)?;
+        let _ = std::fs::remove_file(&agent.rule_names.path);
+    }
+    agent.trail.agent(AgentEvent::Stopped {
+        enforcement: agent.guard.enforcement.label(),
+        generation: agent.guard.generation(),
+        enforcement_stays: !unpin,
+        unpinned,
+    });
+    let _ = std::fs::remove_file(status_socket);
+    if unpin {
+        log::warn!(
+            "stopped and unpinned: the programs are detached, the clock is no longer guarded"
+        );
+    } else {
+        log::info!(
+            "stopped; the last policy stays enforced in the kernel (pinned at {}); `timeguard stop --unpin` removes it",
+            agent.guard.pin_dir().display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! What the agent reports: its status (served on the control socket), the metrics of a
+//! scrape, and the summary it logs when it stops. The kernel's counters are read through
+//! `report::counters`, the same rows for all three.
+
+use crate::{
+    loader::Enforcement,
+    metrics::{Dropped, Flag, Snapshot},
+    report::{
+        counters::{self, NetSeries},
+        status::{
+            Counter, MessageCount, ModeCount, NetworkStatus, OwnObject, PolicyStatus, Reloads,
+            SelfProtectionStatus, SocketCount, Status, TamperCount,
+        },
+    },
+};
+
+use super::agent::Agent;
+
+impl Agent {
+    pub(super) fn status(&self) -> Status {
+        let current = self.generations.current();
+        let policy = current.map(|(_, p)| p);
+        let counters = match counters::clock_attempts(&self.guard, &self.rule_names.ids) {
+            Ok(c) => c
+                .into_iter()
+                .map(|a| Counter::Count {
+                    rule: a.rule,
+                    operation: a.operation.into(),
+                    verdict: a.verdict.into(),
+                    count: a.count,
+                })
+                .collect(),
+            Err(e) => vec![Counter::Unreadable {
+                error: format!("{e:#}"),
+            }],
+        };
+        let enforcement_unavailable = match &self.guard.enforcement {
+            Enforcement::Enforce => vec![],
+            Enforcement::ObserveOnly { reasons } => reasons.clone(),
+        };
+        Status {
+            host: self.trail.host.clone(),
+            started: self.trail.started.clone(),
+            enforcement: self.guard.enforcement.label().into(),
+            enforcement_unavailable,
+            attached: self.guard.attached.clone(),
+            unobserved: self.guard.unobserved.clone(),
+            policy: PolicyStatus {
+                name: policy.map(|p| p.name.clone()),
+                generation: current.map_or(0, |(g, _)| g),
+                sha256: policy.map(|p| p.hash.clone()),
+                sources: policy.map(|p| p.sources.clone()).unwrap_or_default(),
+                path: self.reloading.path.clone(),
+            },
+            reloads: Reloads {
+                ok: self.reloading.ok,
+                failed: self.reloading.failed,
+                last_error: self.reloading.last_error.clone(),
+            },
+            counters,
+            events_lost: self.guard.events_lost().unwrap_or(0),
+            events_thinned: self.guard.events_thinned().unwrap_or(0),
+            audit_log: self.trail.audit.path().map(|p| p.to_path_buf()),
+            audit_write_failures: self.trail.audit.failures,
+            network: self.network_status(),
+            self_protection: self.self_protection_status(),
+        }
+    }
+
+    /// The network guard's part of status: where it is attached, and its exact counters by
+    /// kind.
+    fn network_status(&self) -> NetworkStatus {
+        let links = self.guard.ptp_links();
+        let mut out = NetworkStatus {
+            attached: self.guard.network_attached.clone(),
+            unavailable: self.network.unavailable.clone(),
+            ptp_interfaces: links.attached(),
+            ptp_refused: links.refused.clone(),
+            ntp_packets: vec![],
+            nts_ke: vec![],
+            ptp_messages: vec![],
+            sockets: vec![],
+            error: None,
+        };
+        let counts = match counters::net_counts(&self.guard) {
+            Ok(c) => c,
+            Err(e) => {
+                out.error = Some(format!("{e:#}"));
+                return out;
+            }
+        };
+        for c in counts {
+            let (verdict, reason, count) = (c.verdict.to_string(), c.reason.to_string(), c.count);
+            match c.series {
+                NetSeries::Ntp { mode } => out.ntp_packets.push(ModeCount {
+                    mode,
+                    verdict,
+                    reason,
+                    count,
+                }),
+                NetSeries::NtsKe { mode } => out.nts_ke.push(ModeCount {
+                    mode,
+                    verdict,
+                    reason,
+                    count,
+                }),
+                NetSeries::Ptp { message } => out.ptp_messages.push(MessageCount {
+                    message,
+                    verdict,
+                    reason,
+                    count,
+                }),
+                NetSeries::Socket { action, service } => out.sockets.push(SocketCount {
+                    action: action.into(),
+                    service,
+                    verdict,
+                    reason,
+                    count,
+                }),
+            }
+        }
+        out
+    }
+
+    fn self_protection_status(&self) -> SelfProtectionStatus {
+        let policy = self.generations.current().map(|(_, p)| p);
+        let mode = match policy.and_then(|p| p.self_protection) {
+            Some(m) if m == agent_common::policy::mode::ENFORCE => "enforce",
+            Some(_) => "audit",
+            None => "off",
+        };
+        let objects = self
+            .guard
+            .own_objects()
+            .map(|o| {
+                o.into_iter()
+                    .map(|(name, k)| OwnObject {
+                        name,
+                        kind: agent_common::tamper::target::name(k.kind).into(),
+                        id: k.id,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let attempts = counters::tamper_attempts(&self.guard)
+            .map(|c| {
+                c.into_iter()
+                    .map(|t| TamperCount {
+                        action: t.action.into(),
+                        target: t.target.into(),
+                        verdict: t.verdict.into(),
+                        count: t.count,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        SelfProtectionStatus {
+            mode: mode.into(),
+            unavailable: self.guard.self_protection_unavailable.clone(),
+            protected_files: self.protection.files.len(),
+            pins: self.guard.pin_dir().to_path_buf(),
+            objects,
+            attempts,
+        }
+    }
+
+    /// The agent's state for a scrape.
+    fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let (packet_lost, packet_thinned) = self.guard.net_events_dropped()?;
+        let (tamper_lost, tamper_thinned) = self.guard.tamper_events_dropped()?;
+        Ok(Snapshot {
+            attempts: counters::clock_attempts(&self.guard, &self.rule_names.ids)?,
+            network: counters::net_counts(&self.guard)?,
+            net_alerts: self.network.alerts.iter().map(|(a, n)| (*a, *n)).collect(),
+            tamper: counters::tamper_attempts(&self.guard)?,
+            dropped: Dropped {
+                thinned: self.guard.events_thinned()?,
+                lost: self.guard.events_lost()?,
+                audit_write: self.trail.audit.failures,
+                packet_thinned,
+                packet_lost,
+                tamper_thinned,
+                tamper_lost,
+            },
+            generation: self.guard.generation(),
+            reloads_ok: self.reloading.ok,
+            reloads_rejected: self.reloading.failed,
+            hooks: Flag::from_pairs(self.guard.hooks()),
+            programs: Flag::from_pairs(self.guard.programs()),
+            last_step: self.health.last_step,
+        })
+    }
+
+    /// The metrics text for a scrape.
+    pub(super) fn metrics_text(&mut self) -> anyhow::Result<String> {
+        let snapshot = self.snapshot()?;
+        match self.health.metrics.as_mut() {
+            Some(m) => m.render(&snapshot),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Logs the counters since start, when the agent stops.
+    pub(super) fn summarize(&self) {
+        let status = self.status();
+        if status.counters.is_empty() {
+            log::info!(
+                "no clock change attempts since start ({})",
+                self.guard.enforcement.label()
+            );
+        }
+        for c in &status.counters {
+            match c {
+                Counter::Count {
+                    rule,
+                    operation,
+                    verdict,
+                    count,
+                } => log::info!(
+                    "attempts: rule={rule} operation={operation} verdict={verdict}: {count}"
+                ),
+                Counter::Unreadable { .. } => {
+                    log::info!("attempts: rule=? operation=? verdict=?: null")
+                }
+            }
+        }
+        let (lost, thinned) = (status.events_lost, status.events_thinned);
+        if lost + thinned > 0 {
+            log::warn!(
+                "{thinned} detailed events were thinned (over {} per process per second) and {lost} lost (ring buffer full); the counters above are exact",
+                agent_common::event::thinning::EVENTS_PER_WINDOW
+            );
+        }
+    }
+}

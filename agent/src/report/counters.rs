@@ -1,0 +1,139 @@
+//! The kernel's exact counters as typed rows, one type per guard, each label a stable
+//! token: what `timeguard status` lists and the metrics export, read once for both.
+
+use agent_common::{net::NetCounterKey, policy::verdict};
+
+use crate::{loader::Guard, policy::identity::RuleIds};
+
+/// Attempts to change the clock of one rule, operation and verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockAttempts {
+    pub rule: String,
+    pub operation: &'static str,
+    pub verdict: &'static str,
+    pub count: u64,
+}
+
+/// What a network counter counts: its series and the labels only that series has.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetSeries {
+    /// NTP packets of a mode.
+    Ntp { mode: String },
+    /// NTS-KE connections of a mode (client, server).
+    NtsKe { mode: String },
+    /// PTP messages of a type.
+    Ptp { message: String },
+    /// Sockets: action bind, connect or raw_socket, for a service.
+    Socket {
+        action: &'static str,
+        service: String,
+    },
+}
+
+/// One exact network counter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetCount {
+    pub series: NetSeries,
+    pub verdict: &'static str,
+    /// Empty when the verdict needs no reason.
+    pub reason: &'static str,
+    pub count: u64,
+}
+
+impl NetCount {
+    pub fn of(key: &NetCounterKey, count: u64) -> Self {
+        let (series, what, verdict, reason) = crate::network::counter_labels(key);
+        let series = match series {
+            "ntp" => NetSeries::Ntp { mode: what },
+            "nts_ke" => NetSeries::NtsKe { mode: what },
+            "ptp" => NetSeries::Ptp { message: what },
+            action => NetSeries::Socket {
+                action,
+                service: what,
+            },
+        };
+        NetCount {
+            series,
+            verdict,
+            reason,
+            count,
+        }
+    }
+}
+
+/// Attempts on the guard itself of one action, target and verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TamperAttempts {
+    pub action: &'static str,
+    pub target: &'static str,
+    pub verdict: &'static str,
+    pub count: u64,
+}
+
+/// The clock's counters, named by the rules the agent numbered.
+pub fn clock_attempts(guard: &Guard, rule_ids: &RuleIds) -> anyhow::Result<Vec<ClockAttempts>> {
+    Ok(guard
+        .counters()?
+        .into_iter()
+        .map(|(k, count)| ClockAttempts {
+            rule: rule_ids.name(k.rule_id).to_string(),
+            operation: agent_common::clock::op::name(k.operation),
+            verdict: verdict::name(k.verdict as u8),
+            count,
+        })
+        .collect())
+}
+
+pub fn net_counts(guard: &Guard) -> anyhow::Result<Vec<NetCount>> {
+    Ok(guard
+        .net_counters()?
+        .iter()
+        .map(|(k, n)| NetCount::of(k, *n))
+        .collect())
+}
+
+pub fn tamper_attempts(guard: &Guard) -> anyhow::Result<Vec<TamperAttempts>> {
+    Ok(guard
+        .tamper_counters()?
+        .into_iter()
+        .map(|(k, count)| TamperAttempts {
+            action: agent_common::tamper::action::name(k.action),
+            target: agent_common::tamper::target::name(k.target),
+            verdict: verdict::name(k.verdict),
+            count,
+        })
+        .collect())
+}
+
+/// An alert raised by a network record, by the series it counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NetAlert {
+    /// new_source, upstream_changed, kiss_of_death.
+    Ntp(&'static str),
+    /// new_grandmaster, grandmaster_changed.
+    Ptp(&'static str),
+    /// A time daemon's first use of a destination, by kind of record.
+    NewDestination {
+        kind: &'static str,
+        alert: &'static str,
+    },
+}
+
+impl NetAlert {
+    /// The alert of a record of `kind`; None when it raised none.
+    pub fn of(kind: u8, alert: u8) -> Option<Self> {
+        use agent_common::net::kind as k;
+        let label = crate::network::alert_label(kind, alert);
+        if label.is_empty() {
+            return None;
+        }
+        Some(match kind {
+            k::NTP => NetAlert::Ntp(label),
+            k::PTP => NetAlert::Ptp(label),
+            other => NetAlert::NewDestination {
+                kind: k::name(other),
+                alert: label,
+            },
+        })
+    }
+}

@@ -1,0 +1,266 @@
+//! The status the agent serves on its control socket and `timeguard status` prints: one
+//! type, written by the agent and read back by the command (and by the tests, as JSON).
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    path::PathBuf,
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub host: String,
+    /// When the agent started (RFC 3339).
+    pub started: String,
+    pub enforcement: String,
+    /// Why this kernel does not let the agent enforce (empty when it does).
+    pub enforcement_unavailable: Vec<String>,
+    /// The programs attached, as "name (hook)".
+    pub attached: Vec<String>,
+    pub unobserved: Vec<String>,
+    pub policy: PolicyStatus,
+    pub reloads: Reloads,
+    /// The clock's exact counters since start.
+    pub counters: Vec<Counter>,
+    pub events_lost: u64,
+    pub events_thinned: u64,
+    pub audit_log: Option<PathBuf>,
+    pub audit_write_failures: u64,
+    pub network: NetworkStatus,
+    pub self_protection: SelfProtectionStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// None before a policy is in force.
+    pub name: Option<String>,
+    pub generation: u32,
+    pub sha256: Option<String>,
+    pub sources: Vec<PathBuf>,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reloads {
+    pub ok: u64,
+    pub failed: u64,
+    /// The problems of the last rejected reload, until one succeeds.
+    pub last_error: Option<Vec<String>>,
+}
+
+/// One clock counter, or why the counters could not be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Counter {
+    Count {
+        rule: String,
+        operation: String,
+        verdict: String,
+        count: u64,
+    },
+    Unreadable {
+        error: String,
+    },
+}
+
+/// The network guard: where it is attached, and its exact counters by kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// The cgroup it is attached to; None: not attached.
+    pub attached: Option<String>,
+    /// Why it is not attached, when a policy asked for it.
+    pub unavailable: Option<String>,
+    pub ptp_interfaces: Vec<String>,
+    /// Interfaces the PTP guard could not attach to, and why.
+    pub ptp_refused: BTreeMap<String, String>,
+    pub ntp_packets: Vec<ModeCount>,
+    pub nts_ke: Vec<ModeCount>,
+    pub ptp_messages: Vec<MessageCount>,
+    pub sockets: Vec<SocketCount>,
+    /// Why the counters could not be read (then the lists are empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// NTP packets or NTS-KE connections of one mode, verdict and reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModeCount {
+    pub mode: String,
+    pub verdict: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+/// PTP messages of one type, verdict and reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageCount {
+    pub message: String,
+    pub verdict: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+/// Sockets of one action (bind, connect, raw_socket), service, verdict and reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketCount {
+    pub action: String,
+    pub service: String,
+    pub verdict: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfProtectionStatus {
+    /// enforce, audit or off.
+    pub mode: String,
+    pub unavailable: Vec<String>,
+    pub protected_files: usize,
+    pub pins: PathBuf,
+    /// Timeguard's own maps and links, with the kernel's ids.
+    pub objects: Vec<OwnObject>,
+    pub attempts: Vec<TamperCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnObject {
+    pub name: String,
+    /// map or link.
+    pub kind: String,
+    pub id: u32,
+}
+
+/// Attempts on the guard of one action, target and verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TamperCount {
+    pub action: String,
+    pub target: String,
+    pub verdict: String,
+    pub count: u64,
+}
+
+/// What an absent value prints as.
+const UNKNOWN: &str = "?";
+
+impl Status {
+    /// The status in a person's words, as `timeguard status` prints it.
+    pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "host:        {} (agent started {})",
+            self.host, self.started
+        )?;
+        writeln!(out, "enforcement: {}", self.enforcement)?;
+        for r in &self.enforcement_unavailable {
+            writeln!(out, "  unavailable: {r}")?;
+        }
+        for a in &self.attached {
+            writeln!(out, "  attached: {a}")?;
+        }
+        for u in &self.unobserved {
+            writeln!(out, "  not observed: {u}")?;
+        }
+        let p = &self.policy;
+        writeln!(
+            out,
+            "policy:      \"{}\" generation {} sha256 {}",
+            p.name.as_deref().unwrap_or(UNKNOWN),
+            p.generation,
+            p.sha256.as_deref().unwrap_or(UNKNOWN)
+        )?;
+        let r = &self.reloads;
+        writeln!(out, "reloads:     {} ok, {} rejected", r.ok, r.failed)?;
+        for e in r.last_error.iter().flatten() {
+            writeln!(out, "  last rejection: {e}")?;
+        }
+        writeln!(out, "attempts since start:")?;
+        for c in &self.counters {
+            match c {
+                Counter::Count {
+                    rule,
+                    operation,
+                    verdict,
+                    count,
+                } => writeln!(out, "  {rule:<20} {operation:<10} {verdict:<9} {count}")?,
+                // Printed as it always was: a row of unknowns.
+                Counter::Unreadable { .. } => {
+                    writeln!(out, "  {UNKNOWN:<20} {UNKNOWN:<10} {UNKNOWN:<9} null")?
+                }
+            }
+        }
+        writeln!(
+            out,
+            "events thinned: {} (over {} per process per second), lost: {}",
+            self.events_thinned,
+            agent_common::event::thinning::EVENTS_PER_WINDOW,
+            self.events_lost
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A status as an agent serves it, with every kind of entry.
+    fn served() -> serde_json::Value {
+        json!({
+            "host": "h", "started": "2026-11-22T04:25:52Z", "enforcement": "enforce",
+            "enforcement_unavailable": [], "attached": ["clock_settime_guard (lsm/settime)"],
+            "unobserved": ["x"],
+            "policy": {"name": "p", "generation": 2, "sha256": "ab", "sources": ["/etc/timeguard/p.yaml"], "path": "/etc/timeguard"},
+            "reloads": {"ok": 1, "failed": 1, "last_error": ["p.yaml:1:1: error: x"]},
+            "counters": [{"rule": "default", "operation": "step", "verdict": "deny", "count": 3}, {"error": "unreadable"}],
+            "events_lost": 0, "events_thinned": 4, "audit_log": null, "audit_write_failures": 0,
+            "network": {"attached": "/sys/fs/cgroup", "unavailable": null, "ptp_interfaces": ["eth0"],
+                "ptp_refused": {"lo": "no"},
+                "ntp_packets": [{"mode": "client", "verdict": "allow", "reason": "", "count": 1}],
+                "nts_ke": [], "ptp_messages": [{"message": "announce", "verdict": "deny", "reason": "grandmaster_not_listed", "count": 2}],
+                "sockets": [{"action": "bind", "service": "ntp", "verdict": "deny", "reason": "x", "count": 1}]},
+            "self_protection": {"mode": "enforce", "unavailable": [], "protected_files": 3,
+                "pins": "/sys/fs/bpf/timeguard/x", "objects": [{"name": "POLICY", "kind": "map", "id": 12}],
+                "attempts": [{"action": "signal", "target": "agent", "verdict": "deny", "count": 1}]},
+        })
+    }
+
+    #[test]
+    fn round_trip_keeps_every_key_and_value() {
+        let v = served();
+        let status: Status = serde_json::from_value(v.clone()).expect("a status");
+        assert_eq!(serde_json::to_value(&status).expect("json"), v);
+        // A network guard whose counters could not be read says why.
+        let mut v = served();
+        v["network"]["error"] = json!("unreadable");
+        let status: Status = serde_json::from_value(v.clone()).expect("a status");
+        assert_eq!(status.network.error.as_deref(), Some("unreadable"));
+        assert_eq!(serde_json::to_value(&status).expect("json"), v);
+    }
+
+    #[test]
+    fn printed_in_a_persons_words() {
+        let status: Status = serde_json::from_value(served()).expect("a status");
+        let mut out = Vec::new();
+        status.print(&mut out).expect("print");
+        let text = String::from_utf8(out).expect("text");
+        assert!(
+            text.starts_with("host:        h (agent started 2026-11-22T04:25:52Z)\nenforcement: enforce\n  attached: clock_settime_guard (lsm/settime)\n  not observed: x\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("policy:      \"p\" generation 2 sha256 ab\nreloads:     1 ok, 1 rejected\n  last rejection: p.yaml:1:1: error: x\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "  {:<20} {:<10} {:<9} 3\n",
+                "default", "step", "deny"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("events thinned: 4 (over "), "{text}");
+        assert!(text.ends_with("lost: 0\n"), "{text}");
+    }
+}
