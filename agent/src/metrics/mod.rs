@@ -13,67 +13,13 @@ use prometheus::{
     Encoder as _, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::report::counters::{ClockAttempts, NetAlert, NetCount, NetSeries, TamperAttempts};
+mod health;
+mod snapshot;
 
-/// The agent's state at a scrape, gathered by the daemon.
-pub struct Snapshot {
-    /// The clock's exact counters since the agent started.
-    pub attempts: Vec<ClockAttempts>,
-    /// The network guard's exact counters.
-    pub network: Vec<NetCount>,
-    /// Alerts raised by network records since start.
-    pub net_alerts: Vec<(NetAlert, u64)>,
-    /// Attempts on the guard itself, exact.
-    pub tamper: Vec<TamperAttempts>,
-    pub dropped: Dropped,
-    pub generation: u32,
-    pub reloads_ok: u64,
-    pub reloads_rejected: u64,
-    /// Whether each hook decides (enforces) on this kernel.
-    pub hooks: Vec<Flag>,
-    /// Whether each program is attached.
-    pub programs: Vec<Flag>,
-    /// The last step seen (allowed, audited or the kernel's own).
-    pub last_step: Option<LastStep>,
-}
+pub use health::ClockHealth;
+pub use snapshot::{Dropped, Flag, LastStep, Snapshot};
 
-/// Detailed records not delivered, by reason (the counters stay exact).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Dropped {
-    /// Clock records over the per-process budget, and lost with the ring buffer full.
-    pub thinned: u64,
-    pub lost: u64,
-    /// Records the audit trail file could not take.
-    pub audit_write: u64,
-    pub packet_thinned: u64,
-    pub packet_lost: u64,
-    pub tamper_thinned: u64,
-    pub tamper_lost: u64,
-}
-
-/// A hook or program, and whether it is on.
-#[derive(Debug, Clone, Copy)]
-pub struct Flag {
-    pub name: &'static str,
-    pub on: bool,
-}
-
-impl Flag {
-    pub fn from_pairs(pairs: Vec<(&'static str, bool)>) -> Vec<Flag> {
-        pairs
-            .into_iter()
-            .map(|(name, on)| Flag { name, on })
-            .collect()
-    }
-}
-
-/// A step of the clock: CLOCK_BOOTTIME when it was decided, and its size (ns, signed) when
-/// the event carried one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LastStep {
-    pub boot_ns: u64,
-    pub size_ns: Option<i128>,
-}
+use crate::report::counters::{NetAlert, NetSeries};
 
 /// The counter families, each one series of the exposition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -353,42 +299,6 @@ impl Metrics {
     }
 }
 
-/// The kernel's clock discipline, read without changing it (adjtimex with modes 0).
-#[derive(Debug, Clone, Copy)]
-pub struct ClockHealth {
-    pub offset_s: f64,
-    pub frequency_ratio: f64,
-    pub maxerror_s: f64,
-    pub esterror_s: f64,
-    pub status: i32,
-    pub synced: bool,
-    pub tai_s: i32,
-}
-
-impl ClockHealth {
-    pub fn read() -> Self {
-        const STA_NANO: i32 = 0x2000;
-        const STA_UNSYNC: i32 = 0x0040;
-        // SAFETY: timex is plain data; zero is valid; modes 0 only reads.
-        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-        unsafe { libc::adjtimex(&mut tx) };
-        let offset_unit = if tx.status & STA_NANO != 0 {
-            1e-9
-        } else {
-            1e-6
-        };
-        ClockHealth {
-            offset_s: tx.offset as f64 * offset_unit,
-            frequency_ratio: 1.0 + tx.freq as f64 / 65536.0 / 1e6,
-            maxerror_s: tx.maxerror as f64 * 1e-6,
-            esterror_s: tx.esterror as f64 * 1e-6,
-            status: tx.status,
-            synced: tx.status & STA_UNSYNC == 0,
-            tai_s: tx.tai,
-        }
-    }
-}
-
 /// Answers one HTTP request on a metrics connection: `GET /metrics` gets the text format,
 /// anything else a 404. Requests are tiny; a client that sends nothing in time is dropped.
 pub async fn serve_one(
@@ -425,6 +335,7 @@ pub async fn serve_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::counters::{ClockAttempts, NetCount, TamperAttempts};
 
     fn net(series: NetSeries, verdict: &'static str, reason: &'static str, count: u64) -> NetCount {
         NetCount {
