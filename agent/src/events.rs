@@ -6,9 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use agent_common::{clock::op, event::ClockEvent};
 
-/// Network and tamper records name their caller through `events::Who`.
-pub use crate::records::Who;
-
 /// Reads a POSIX clock in nanoseconds.
 pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {

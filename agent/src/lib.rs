@@ -13,8 +13,8 @@
 //!   kernel's BTF and capabilities.
 //! - `records`: the audit trail's record types (agent, clock, `Who`); `events`: what
 //!   every kernel record needs (clocks, executable paths, the copy out of the ring).
-//! - `report`: the status type `timeguard status` reads back, and the kernel's counters
-//!   as typed rows; `metrics`: the Prometheus exposition of a typed snapshot.
+//! - `report`: the status type `timeguard status` reads back, the Prometheus metrics of a
+//!   typed snapshot, and the kernel's counters as typed rows for both.
 //! - `audit`: the audit trail file (rotation, batching) and `timeguard events`.
 
 pub mod audit;
@@ -23,7 +23,6 @@ pub mod daemon;
 pub mod events;
 pub mod kernel;
 pub mod loader;
-pub mod metrics;
 pub mod network;
 pub mod pins;
 pub mod policy;

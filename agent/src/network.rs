@@ -477,7 +477,7 @@ pub fn net_json(
         _ => {
             let o = &ev.owner;
             let exe = events::exe_path(o.tgid);
-            record["who"] = json!(events::Who::new(
+            record["who"] = json!(crate::records::Who::new(
                 (o.pid, o.tgid),
                 (o.uid, o.gid),
                 &o.comm,

@@ -311,7 +311,7 @@ pub fn tamper_json(
         "verdict": verdict::name(ev.verdict),
         "policy": policy,
         "generation": ev.generation,
-        "who": events::Who::new(
+        "who": crate::records::Who::new(
             (ev.pid, ev.tgid),
             (ev.uid, ev.gid),
             &ev.comm,

@@ -10,10 +10,10 @@ use crate::{
     audit::AuditTrail,
     events::ExePaths,
     loader::Guard,
-    metrics::{LastStep, Metrics},
     policy::{model::operation_names, network::CompiledNetwork, CompiledPolicy},
     records::{AgentEvent, AgentRecord},
     report::counters::NetAlert,
+    report::metrics::{LastStep, Metrics},
     tamper::ProtectedFile,
 };
 

@@ -6,7 +6,12 @@ use std::path::PathBuf;
 
 use agent_common::{event::ClockEvent, net::NetEvent, tamper::TamperEvent};
 
-use crate::{events, metrics::LastStep, policy::ExeId, records, report::counters::NetAlert};
+use crate::{
+    events,
+    policy::ExeId,
+    records,
+    report::{counters::NetAlert, metrics::LastStep},
+};
 
 use super::agent::Agent;
 

@@ -11,9 +11,7 @@ use tokio::{
     net::{TcpListener, UnixListener},
 };
 
-use agent_common::{event::ClockEvent, net::NetEvent, tamper::TamperEvent};
-
-use crate::{events, loader::Guard, metrics};
+use crate::{events, loader::Guard, report::http};
 
 use super::{agent::Agent, control};
 
@@ -75,29 +73,20 @@ pub(super) async fn event_loop(
             }
             ready = events.readable_mut() => {
                 let mut ready = ready.context("waiting for events")?;
-                let drained = agent.batched(|agent| drain(ready.get_inner_mut(), |item| match events::parse::<ClockEvent>(item) {
-                    Some(ev) => agent.clock_event(&ev),
-                    None => log::warn!("dropped a malformed event record of {} bytes", item.len()),
-                }));
+                let drained = take_records(agent, ready.get_inner_mut(), "event", Agent::clock_event);
                 settle(ready, drained).await;
             }
             // Packet records come on their own ring: a packet flood cannot crowd out a
             // clock event, and the loop turns between the two.
             ready = net_events.readable_mut() => {
                 let mut ready = ready.context("waiting for packet events")?;
-                let drained = agent.batched(|agent| drain(ready.get_inner_mut(), |item| match events::parse::<NetEvent>(item) {
-                    Some(ev) => agent.net_event(&ev),
-                    None => log::warn!("dropped a malformed packet record of {} bytes", item.len()),
-                }));
+                let drained = take_records(agent, ready.get_inner_mut(), "packet", Agent::net_event);
                 settle(ready, drained).await;
             }
             // Tamper records too: attempts on the guard itself.
             ready = tamper_events.readable_mut() => {
                 let mut ready = ready.context("waiting for tamper events")?;
-                let drained = agent.batched(|agent| drain(ready.get_inner_mut(), |item| match events::parse::<TamperEvent>(item) {
-                    Some(ev) => agent.tamper_event(&ev),
-                    None => log::warn!("dropped a malformed tamper record of {} bytes", item.len()),
-                }));
+                let drained = take_records(agent, ready.get_inner_mut(), "tamper", Agent::tamper_event);
                 settle(ready, drained).await;
             }
         }
@@ -122,7 +111,7 @@ async fn bind_metrics(addr: std::net::SocketAddr) -> Option<TcpListener> {
 /// Answers one metrics client.
 async fn serve_metrics(agent: &mut Agent, mut stream: tokio::net::TcpStream) {
     let text = agent.metrics_text();
-    let served = metrics::serve_one(&mut stream, |path| match (path, &text) {
+    let served = http::serve_one(&mut stream, |path| match (path, &text) {
         ("/metrics", Ok(t)) => Some(t.clone()),
         _ => None,
     });
@@ -153,6 +142,22 @@ fn drain(ring: &mut RingBuf<MapData>, mut each: impl FnMut(&[u8])) -> bool {
         each(&item);
     }
     false
+}
+
+/// Hands the records of a ring to the agent's `handle`, one batch with the trail's records
+/// held back; whether the ring is now empty.
+fn take_records<T: aya::Pod>(
+    agent: &mut Agent,
+    ring: &mut RingBuf<MapData>,
+    what: &str,
+    handle: fn(&mut Agent, &T),
+) -> bool {
+    agent.batched(|agent| {
+        drain(ring, |item| match events::parse::<T>(item) {
+            Some(ev) => handle(agent, &ev),
+            None => log::warn!("dropped a malformed {what} record of {} bytes", item.len()),
+        })
+    })
 }
 
 /// Waits for the next wakeup when the ring is empty; otherwise yields and reads on.

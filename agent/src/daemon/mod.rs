@@ -26,8 +26,8 @@ use anyhow::Context as _;
 use crate::{
     audit::{self, AuditTrail},
     events::ExePaths,
-    metrics::Metrics,
     records::AgentEvent,
+    report::metrics::Metrics,
 };
 
 use agent::{Agent, Health, NetworkState, Protection, Trail};

@@ -4,7 +4,7 @@
 
 use crate::{
     loader::Enforcement,
-    metrics::{Dropped, Flag, Snapshot},
+    report::metrics::{Dropped, Flag, Snapshot},
     report::{
         counters::{self, NetSeries},
         status::{
@@ -210,19 +210,8 @@ impl Agent {
             );
         }
         for c in &status.counters {
-            match c {
-                Counter::Count {
-                    rule,
-                    operation,
-                    verdict,
-                    count,
-                } => log::info!(
-                    "attempts: rule={rule} operation={operation} verdict={verdict}: {count}"
-                ),
-                Counter::Unreadable { .. } => {
-                    log::info!("attempts: rule=? operation=? verdict=?: null")
-                }
-            }
+            let (rule, operation, verdict, count) = c.shown();
+            log::info!("attempts: rule={rule} operation={operation} verdict={verdict}: {count}");
         }
         let (lost, thinned) = (status.events_lost, status.events_thinned);
         if lost + thinned > 0 {

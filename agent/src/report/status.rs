@@ -144,6 +144,22 @@ pub struct TamperCount {
 /// What an absent value prints as.
 const UNKNOWN: &str = "?";
 
+impl Counter {
+    /// Rule, operation, verdict and count as printed; unknowns for counters that could not
+    /// be read.
+    pub fn shown(&self) -> (&str, &str, &str, String) {
+        match self {
+            Counter::Count {
+                rule,
+                operation,
+                verdict,
+                count,
+            } => (rule, operation, verdict, count.to_string()),
+            Counter::Unreadable { .. } => (UNKNOWN, UNKNOWN, UNKNOWN, "null".into()),
+        }
+    }
+}
+
 impl Status {
     /// The status in a person's words, as `timeguard status` prints it.
     pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
@@ -177,18 +193,8 @@ impl Status {
         }
         writeln!(out, "attempts since start:")?;
         for c in &self.counters {
-            match c {
-                Counter::Count {
-                    rule,
-                    operation,
-                    verdict,
-                    count,
-                } => writeln!(out, "  {rule:<20} {operation:<10} {verdict:<9} {count}")?,
-                // Printed as it always was: a row of unknowns.
-                Counter::Unreadable { .. } => {
-                    writeln!(out, "  {UNKNOWN:<20} {UNKNOWN:<10} {UNKNOWN:<9} null")?
-                }
-            }
+            let (rule, operation, verdict, count) = c.shown();
+            writeln!(out, "  {rule:<20} {operation:<10} {verdict:<9} {count}")?;
         }
         writeln!(
             out,
