@@ -81,7 +81,7 @@ pub fn stop(socket: &Path, unpin: bool, pin_root: &Path, audit_log: &Path) -> an
         }
         Err(e) if unpin => {
             log::warn!("{e:#}; removing the pins directly");
-            let removed = crate::pins::unpin_all(pin_root)?;
+            let removed = crate::bpf::pins::unpin_all(pin_root)?;
             let record = json!({
                 "time": crate::events::rfc3339(std::time::SystemTime::now()),
                 "boot_ns": crate::events::clock_ns(libc::CLOCK_BOOTTIME),

@@ -2,13 +2,12 @@
 //! fuzz target and tests reach the policy parser through it.
 
 pub mod audit;
+pub mod bpf;
 pub mod control;
 pub mod events;
 pub mod kernel;
 pub mod loader;
 pub mod metrics;
-pub mod network;
-pub mod pins;
 pub mod policy;
 pub mod run;
-pub mod tamper;
+pub mod sensors;

@@ -1,6 +1,6 @@
 //! timeguard: guards the clock of a Linux time server.
 
-use timeguard_agent::{audit, control, pins, policy, run};
+use timeguard_agent::{audit, bpf::pins, control, policy, run};
 
 use std::{
     path::{Path, PathBuf},

@@ -20,8 +20,8 @@ use crate::{
     kernel::{self, btf::Btf},
     loader::{Enforcement, Guard},
     metrics::{self, Metrics},
-    network,
     policy::{self, identity::RuleIds, CompiledPolicy},
+    sensors::network,
 };
 
 /// Where `timeguard status` finds the running agent.
@@ -84,7 +84,7 @@ fn prepare(caps: &[kernel::Capability], pin_root: &Path) -> anyhow::Result<Guard
         format!("timeguard identifies executables through the kernel's BTF ({}); this kernel needs CONFIG_DEBUG_INFO_BTF=y", kernel::VMLINUX_BTF)
     })?;
     let offsets = kernel::offsets(&btf)?;
-    let pins = crate::pins::Pins::open(pin_root, &crate::loader::programs_build())?;
+    let pins = crate::bpf::pins::Pins::open(pin_root, &crate::bpf::object::programs_build())?;
     Guard::load(&offsets, &btf, pins)
         .context("loading the kernel programs (timeguard must run as root)")
 }
@@ -120,7 +120,7 @@ pub fn kernel_report() -> anyhow::Result<()> {
         println!("{cap}");
     }
     // A trial under pins of its own, removed after: the running agent's are not touched.
-    let probe = Path::new(crate::pins::DEFAULT_ROOT)
+    let probe = Path::new(crate::bpf::pins::DEFAULT_ROOT)
         .with_file_name(format!("timeguard-probe-{}", std::process::id()));
     let result = prepare(&caps, &probe).and_then(|mut guard| {
         guard.attach()?;
@@ -128,7 +128,7 @@ pub fn kernel_report() -> anyhow::Result<()> {
         println!("enforcement: {}", guard.enforcement.label());
         Ok(())
     });
-    crate::pins::unpin_all(&probe)?;
+    crate::bpf::pins::unpin_all(&probe)?;
     result
 }
 
@@ -196,7 +196,7 @@ struct Agent {
     /// Where the pins are (protected, and removed by an unpinning stop).
     pin_root: PathBuf,
     /// The files self-protection guards now.
-    protected: Vec<crate::tamper::ProtectedFile>,
+    protected: Vec<crate::sensors::self_protection::ProtectedFile>,
 }
 
 impl Agent {
@@ -292,7 +292,11 @@ impl Agent {
         };
         let generation = *generation;
         let mode = policy.self_protection;
-        let files = crate::tamper::protected_files(&self.policy_path, policy, &self.pin_root);
+        let files = crate::sensors::self_protection::protected_files(
+            &self.policy_path,
+            policy,
+            &self.pin_root,
+        );
         match self.guard.install_self_protection(mode, generation, &files) {
             Ok(()) => self.protected = files,
             Err(e) => log::warn!("self-protection not updated: {e:#}"),
@@ -318,7 +322,7 @@ impl Agent {
             .map(|p| p.name.clone())
             .unwrap_or_default();
         let path_of = |dev: u64, ino: u64| self.protected_path(dev, ino);
-        let record = crate::tamper::tamper_json(ev, &name, &self.host, &path_of);
+        let record = crate::sensors::self_protection::tamper_json(ev, &name, &self.host, &path_of);
         log::warn!(
             "tamper attempt: {} {} by {} ({})",
             record["action"].as_str().unwrap_or("?"),
@@ -426,7 +430,7 @@ impl Agent {
                     Some(_) => "audit",
                     None => "off",
                 },
-                "unavailable": self.guard.self_protection_unavailable,
+                "unavailable": self.guard.self_protection_unavailable(),
                 "protected_files": self.protected.len(),
                 "pins": self.guard.pin_dir(),
                 "objects": self.guard.own_objects().map(|o| o.into_iter().map(|(name, k)| json!({
@@ -449,7 +453,7 @@ impl Agent {
     fn network_status(&self) -> Value {
         let links = self.guard.ptp_links();
         let mut out = json!({
-            "attached": self.guard.network_attached,
+            "attached": self.guard.network_attached(),
             "unavailable": self.network_unavailable,
             "ptp_interfaces": links.attached(),
             "ptp_refused": links.refused,
@@ -719,7 +723,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     })?;
     let guard = prepare(&kernel::capabilities(), &options.pin_root)?;
     let rule_names_path =
-        crate::control::rule_names_path(status_socket, &crate::loader::programs_build());
+        crate::control::rule_names_path(status_socket, &crate::bpf::object::programs_build());
     let inherited = guard.inherited_generation();
     let rule_ids = if inherited == 0 {
         RuleIds::default()
@@ -778,7 +782,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     agent.guard.attach()?;
     // The links are known now: self-protection covers them too.
     agent.protect();
-    let frozen = crate::tamper::freeze_kernel_only_maps(&agent.guard.maps_dir());
+    let frozen = crate::sensors::self_protection::freeze_kernel_only_maps(&agent.guard.maps_dir());
     if !frozen.is_empty() {
         log::info!(
             "frozen against writes from userspace: {}",
@@ -830,7 +834,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut unpinned = Vec::new();
     if unpin {
         // The pins go first; the programs detach when this process lets go of its links.
-        unpinned = crate::pins::unpin_all(&options.pin_root)?;
+        unpinned = crate::bpf::pins::unpin_all(&options.pin_root)?;
         let _ = std::fs::remove_file(&agent.rule_names_path);
     }
     agent.record(json!({
