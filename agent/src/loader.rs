@@ -8,9 +8,10 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     bpf::{
+        attach::{AttachPoint, Attached, Target},
         object::Object,
         pins::Pins,
-        program::{self, Attached, Hook, Need, Target, When},
+        program::{self, Hook, Need, When},
     },
     policy::{network::CompiledNetwork, CompiledPolicy, CompiledRule},
     sensors::{
@@ -161,7 +162,7 @@ impl Guard {
             self.object.unload_lsm(spec)?;
         }
         self.attached
-            .retain(|a| !matches!(a.point, program::AttachPoint::Lsm(_)));
+            .retain(|a| !matches!(a.point, AttachPoint::Lsm(_)));
         for spec in program::attached_at(When::InsteadOfEnforcement) {
             let a = self.object.attach(spec, Target::Hook)?;
             self.attached.push(a.attached);

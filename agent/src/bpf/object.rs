@@ -9,8 +9,9 @@ use aya::{
 };
 
 use super::{
+    attach::{self, Attachment, Link, Target},
     pins::Pins,
-    program::{self, Attachment, Link, ProgramSpec, Target},
+    program::ProgramSpec,
 };
 
 /// The kernel programs, built by build.rs and embedded in the binary.
@@ -80,7 +81,7 @@ impl Object {
 
     /// Attaches one program of the table to `target` (or takes over its pinned link).
     pub fn attach(&mut self, spec: &ProgramSpec, target: Target<'_>) -> anyhow::Result<Attachment> {
-        program::attach(
+        attach::attach(
             &mut self.ebpf,
             &mut self.pins,
             self.btf.as_ref().map_err(String::as_str),
@@ -91,11 +92,11 @@ impl Object {
 
     /// Detaches what `attach` made (unpinning it when pinned).
     pub fn release(&mut self, link: Link) {
-        program::release(&mut self.ebpf, &mut self.pins, link)
+        attach::release(&mut self.ebpf, &mut self.pins, link)
     }
 
     /// Detaches and unloads an LSM program wherever it is attached.
     pub fn unload_lsm(&mut self, spec: &ProgramSpec) -> anyhow::Result<()> {
-        program::unload_lsm(&mut self.ebpf, &mut self.pins, spec)
+        attach::unload_lsm(&mut self.ebpf, &mut self.pins, spec)
     }
 }

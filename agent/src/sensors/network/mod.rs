@@ -25,9 +25,10 @@ pub use record::{net_json, net_record, NetRecord};
 
 use crate::{
     bpf::{
+        attach::{AttachPoint, Attached, Link, Target},
         maps,
         object::Object,
-        program::{self, AttachPoint, Attached, Hook, Link, Sensor, Target},
+        program::{self, Hook, Sensor},
     },
     policy::{network::CompiledNetwork, CompiledRule},
 };

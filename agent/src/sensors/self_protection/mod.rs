@@ -14,10 +14,11 @@ pub use record::{tamper_json, tamper_record, TamperRecord};
 
 use crate::{
     bpf::{
+        attach::{Attached, Target},
         maps,
         object::Object,
         pins::Pins,
-        program::{self, Attached, Hook, Sensor, Target},
+        program::{self, Hook, Sensor},
     },
     policy::ExeId,
 };
