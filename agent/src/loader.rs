@@ -127,6 +127,7 @@ impl Guard {
     }
 
     /// Attaches the LSM programs; if the kernel refuses any, attaches the observers instead.
+    /// The kernel's BTF is released after: every program that needs it is attached here.
     pub fn attach(&mut self) -> anyhow::Result<()> {
         let mut refused = Vec::new();
         match self.object.btf() {
@@ -153,6 +154,7 @@ impl Guard {
             let attached = self.self_protection.attach(&mut self.object);
             self.attached.extend(attached);
             self.attach_kernel_observers();
+            self.object.release_btf();
             return Ok(());
         }
         self.self_protection.unavailable =
@@ -169,6 +171,7 @@ impl Guard {
         }
         self.enforcement = Enforcement::ObserveOnly { reasons: refused };
         self.attach_kernel_observers();
+        self.object.release_btf();
         Ok(())
     }
 

@@ -26,8 +26,9 @@ pub fn programs_build() -> String {
 pub struct Object {
     ebpf: Ebpf,
     pins: Pins,
-    /// aya's parse of the kernel's BTF, or why there is none. Parsed here once and kept:
-    /// LSM programs need it at each load, also those attached later.
+    /// aya's parse of the kernel's BTF, or why there is none. Parsed here once, for the
+    /// loader and every LSM program's load; released once they are attached at start
+    /// (`release_btf`): the other kinds attach without it.
     btf: Result<Btf, String>,
 }
 
@@ -46,6 +47,12 @@ impl Object {
             .load(PROGRAMS)
             .context("loading the embedded kernel programs")?;
         Ok(Object { ebpf, pins, btf })
+    }
+
+    /// Frees the kernel's BTF once the LSM programs are attached: kept, the idle agent holds
+    /// about 24 MiB instead of 11 (measured observe-only, malloc_trim after start in both).
+    pub fn release_btf(&mut self) {
+        self.btf = Err("released after start-up, where the LSM programs attach".into());
     }
 
     /// The kernel's BTF, or why it could not be read.
