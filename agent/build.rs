@@ -1,5 +1,5 @@
 //! Builds the kernel programs (`agent-ebpf`) for the BPF target and places the object in
-//! OUT_DIR, from where `loader.rs` embeds it: the `timeguard` binary is self-contained.
+//! OUT_DIR, from where `src/bpf/object.rs` embeds it: the `timeguard` binary is self-contained.
 //! Needs the nightly toolchain with rust-src and bpf-linker; `cargo xtask build` installs them.
 
 use anyhow::Context as _;

@@ -8,9 +8,11 @@
 //!   socket, status and metrics of the running agent.
 //! - `policy`: the policy files: parsing, checking against the host, compiling for the
 //!   kernel, explaining.
-//! - `loader`, `network`, `tamper`, `pins`, `kernel`: the kernel side seen from here
-//!   (`Guard`): loading, attaching and pinning the programs, their maps and counters, the
-//!   kernel's BTF and capabilities.
+//! - `bpf`: the embedded object, the one table of programs and the one attach-and-pin
+//!   path, the pins in bpffs; `kernel`: the kernel's BTF and capabilities; `loader`: the
+//!   loaded whole (`Guard`), which hands each concern to its sensor.
+//! - `sensors`: one module per concern (clock, devices, network, self-protection), each
+//!   owning its programs, maps, policy installation, counters and records.
 //! - `records`: the audit trail's record types (agent, clock, `Who`); `events`: what
 //!   every kernel record needs (clocks, executable paths, the copy out of the ring).
 //! - `report`: the status type `timeguard status` reads back, the Prometheus metrics of a
@@ -18,14 +20,13 @@
 //! - `audit`: the audit trail file (rotation, batching) and `timeguard events`.
 
 pub mod audit;
+pub mod bpf;
 pub mod cli;
 pub mod daemon;
 pub mod events;
 pub mod kernel;
 pub mod loader;
-pub mod network;
-pub mod pins;
 pub mod policy;
 pub mod records;
 pub mod report;
-pub mod tamper;
+pub mod sensors;

@@ -1,82 +1,25 @@
-//! Loads the kernel programs, installs policies into their maps, and attaches them:
+//! The loaded whole: the kernel programs (`bpf::object`), their pins, the kernel's BTF, and
+//! the sensors that own the programs and maps (`sensors`). Attaches the programs at start:
 //! BPF LSM where the kernel allows it (enforce), syscall tracepoints where it does not
 //! (observe-only, said plainly).
 
-use agent_common::{
-    kernel::{ClockState, KernelOffsets},
-    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, SLOTS},
-};
-use anyhow::{anyhow, Context as _};
-use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{links::FdLink, KProbe, Lsm, TracePoint},
-    Btf, Ebpf, EbpfLoader,
-};
+use agent_common::{kernel::KernelOffsets, net::NetCounterKey, policy::CounterKey, tamper};
+use aya::maps::{MapData, RingBuf};
 
 use crate::{
-    pins::{link_key, Pins},
-    policy::CompiledPolicy,
+    bpf::{
+        attach::{AttachPoint, Attached, Target},
+        object::Object,
+        pins::Pins,
+        program::{self, Hook, Need, When},
+    },
+    policy::{network::CompiledNetwork, CompiledPolicy, CompiledRule},
+    sensors::{
+        clock::Clock,
+        network::{Network, PtpLinks},
+        self_protection::{self, ProtectedFile, SelfProtection},
+    },
 };
-
-/// The kernel programs, built by build.rs and embedded in the binary.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
-
-/// The build of the embedded kernel programs (names its pin directory).
-pub fn programs_build() -> String {
-    crate::pins::build_id(PROGRAMS)
-}
-
-/// LSM programs and the hooks they decide on. A hook the kernel does not have is skipped
-/// only where it is marked optional: another hook covers its path on that kernel.
-const LSM_PROGRAMS: [(&str, &str, Presence); 7] = [
-    ("clock_settime_guard", "settime", Presence::Required),
-    ("clock_capable_guard", "capable", Presence::Required),
-    ("phc_open_guard", "file_open", Presence::Required),
-    ("phc_ioctl_guard", "file_ioctl", Presence::Required),
-    // Before 6.8, 32-bit ioctls pass file_ioctl.
-    (
-        "phc_ioctl_compat_guard",
-        "file_ioctl_compat",
-        Presence::Optional,
-    ),
-    // Packet sockets that see PTP frames (they decide only under a network policy).
-    ("packet_socket_create", "socket_create", Presence::Required),
-    ("packet_socket_bind", "socket_bind", Presence::Required),
-];
-
-/// Self-protection's LSM programs (they decide only while it is on). Each is attached on its
-/// own: a kernel that refuses one loses that protection only, said in status, never the
-/// clock's enforcement.
-const SELF_PROTECTION_PROGRAMS: [(&str, &str); 6] = [
-    ("tamper_signal", "task_kill"),
-    ("tamper_ptrace", "ptrace_access_check"),
-    ("tamper_traceme", "ptrace_traceme"),
-    ("tamper_unlink", "inode_unlink"),
-    ("tamper_rename", "inode_rename"),
-    ("tamper_bpf", "bpf"),
-];
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Presence {
-    Required,
-    Optional,
-}
-
-/// Tracepoints that observe the same requests where LSM programs are refused.
-const OBSERVERS: [(&str, &str); 4] = [
-    ("observe_clock_settime", "sys_enter_clock_settime"),
-    ("observe_settimeofday", "sys_enter_settimeofday"),
-    ("observe_adjtimex", "sys_enter_adjtimex"),
-    ("observe_clock_adjtime", "sys_enter_clock_adjtime"),
-];
-
-/// kprobes on the kernel's own setters: observed, never decided, wherever the kernel allows.
-const KERNEL_OBSERVERS: [(&str, &str); 3] = [
-    ("kernel_sets_clock", "do_settimeofday64"),
-    // x86: the 11-minute mode writes the CMOS clock here; other RTCs through the class.
-    ("kernel_sets_rtc", "update_persistent_clock64"),
-    ("kernel_sets_rtc", "rtc_set_time"),
-];
 
 /// What the agent can do on this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,446 +40,274 @@ impl Enforcement {
 }
 
 pub struct Guard {
-    pub(crate) bpf: Ebpf,
+    object: Object,
     pub enforcement: Enforcement,
-    /// Programs attached, as "name (hook)".
-    pub attached: Vec<String>,
-    active_slot: u32,
-    generation: u32,
+    /// Programs attached, in the order they were.
+    pub attached: Vec<Attached>,
     /// Optional LSM hooks this kernel does not have.
     absent_hooks: Vec<&'static str>,
     /// The kernel's own setters this kernel does not let the agent observe, and why.
     pub unobserved: Vec<String>,
-    /// The network guard: its slot in force, the cgroup it is attached to (None: not
-    /// yet), and the interfaces the PTP guard is on.
-    pub(crate) net_active_slot: u32,
-    pub network_attached: Option<String>,
-    pub(crate) ptp_links: crate::network::PtpLinks,
-    /// The pinned maps and links: enforcement that outlives this process.
-    pub(crate) pins: Pins,
-    /// Arguments of this kernel's `bpf` LSM hook (where its previous verdict is).
-    pub(crate) bpf_hook_args: u32,
-    /// Self-protection hooks this kernel refused, and why.
-    pub self_protection_unavailable: Vec<String>,
+    pub clock: Clock,
+    pub network: Network,
+    pub self_protection: SelfProtection,
 }
 
 impl Guard {
     /// Loads the programs with this kernel's struct offsets, their maps pinned under `pins`
-    /// (the maps an earlier agent of this build pinned are taken over as they are). Nothing
-    /// is attached yet.
+    /// (the maps an earlier agent of this build pinned are taken over as they are), and
+    /// hands each sensor its maps. Nothing is attached yet. `btf` is the agent's own reading
+    /// of the kernel's BTF (for offsets, hooks and their arguments); aya's parse of it is
+    /// made once here and kept for every attachment.
     pub fn load(
         offsets: &KernelOffsets,
         btf: &crate::kernel::btf::Btf,
         pins: Pins,
     ) -> anyhow::Result<Self> {
-        let absent_hooks = LSM_PROGRAMS
-            .iter()
-            .filter(|(_, hook, _)| !btf.has_function(&format!("bpf_lsm_{hook}")))
-            .map(|(_, hook, _)| *hook)
+        let absent_hooks = program::attached_at(When::Enforcing)
+            .filter_map(|s| match s.hook {
+                Hook::Lsm(hook) if !btf.has_function(&format!("bpf_lsm_{hook}")) => Some(hook),
+                _ => None,
+            })
             .collect();
-        let bpf = EbpfLoader::new()
-            .override_global("KERNEL_OFFSETS", offsets, true)
-            .default_map_pin_directory(pins.maps_dir())
-            .load(PROGRAMS)
-            .context("loading the embedded kernel programs")?;
-        let mut guard = Guard {
-            bpf,
+        let mut object = Object::load(offsets, pins)?;
+        let bpf_hook_args = btf.function_params("bpf_lsm_bpf").unwrap_or(3);
+        Ok(Guard {
+            clock: Clock::new(&mut object)?,
+            network: Network::new(&mut object)?,
+            self_protection: SelfProtection::new(&mut object, bpf_hook_args)?,
+            object,
             enforcement: Enforcement::ObserveOnly {
                 reasons: vec!["not attached yet".into()],
             },
             attached: Vec::new(),
-            active_slot: 0,
-            generation: 0,
             absent_hooks,
             unobserved: Vec::new(),
-            net_active_slot: 0,
-            network_attached: None,
-            ptp_links: Default::default(),
-            pins,
-            bpf_hook_args: btf.function_params("bpf_lsm_bpf").unwrap_or(3),
-            self_protection_unavailable: Vec::new(),
-        };
-        guard.restore_state()?;
-        Ok(guard)
-    }
-
-    /// Reads back what an earlier agent left in the pinned maps: the policy slot in force
-    /// and its generation, so the next policy goes to the other slot and the flip from the
-    /// old policy to the new one has no gap.
-    fn restore_state(&mut self) -> anyhow::Result<()> {
-        let active: Array<_, u32> = Array::try_from(self.map("ACTIVE_SLOT")?)?;
-        let slot = active.get(&0, 0).unwrap_or(0) % SLOTS;
-        let headers: Array<_, PolicyHeader> = Array::try_from(self.map("POLICY")?)?;
-        let generation = headers.get(&slot, 0).map_or(0, |h| h.generation);
-        let net: Array<_, u32> = Array::try_from(self.map("NET_ACTIVE_SLOT")?)?;
-        self.net_active_slot = net.get(&0, 0).unwrap_or(0) % SLOTS;
-        if generation != 0 {
-            self.active_slot = slot;
-            self.generation = generation;
-        }
-        Ok(())
+        })
     }
 
     /// The generation an earlier agent left in force (0: none): its policy is enforced
     /// until this agent installs one.
     pub fn inherited_generation(&self) -> u32 {
-        self.generation
+        self.clock.generation()
     }
 
     /// Where this agent's pins are.
     pub fn pin_dir(&self) -> &std::path::Path {
-        self.pins.dir()
+        self.object.pins().dir()
     }
 
     /// Where this build's maps are pinned.
     pub fn maps_dir(&self) -> std::path::PathBuf {
-        self.pins.maps_dir()
+        self.object.pins().maps_dir()
     }
 
     /// The links taken over from an earlier agent.
     pub fn adopted(&self) -> &[String] {
-        self.pins.adopted()
+        self.object.pins().adopted()
     }
 
     /// Removes the pins of other builds of the programs, once this build is attached.
     pub fn remove_other_builds(&self) -> Vec<std::path::PathBuf> {
-        self.pins.remove_other_builds()
+        self.object.pins().remove_other_builds()
     }
 
     pub fn generation(&self) -> u32 {
-        self.generation
+        self.clock.generation()
     }
 
-    /// Installs a policy: fills the slot not in force, then makes it the one in force with a
-    /// single map write. Returns the new generation.
+    /// Installs a clock policy (`sensors::clock`); returns the new generation.
     pub fn install_policy(&mut self, policy: &CompiledPolicy) -> anyhow::Result<u32> {
-        self.refresh_clock_state()?;
-        let slot = if self.generation == 0 {
-            0
-        } else {
-            (self.active_slot + 1) % SLOTS
-        };
-        let generation = self.generation + 1;
-        let header = PolicyHeader {
-            generation,
-            default_allow: policy.default_allow,
-            default_mode: policy.default_mode,
-            _pad: 0,
-        };
-        // Sequence lock, writer side: generation 0 first (with the new defaults already, so
-        // a torn read of the header cannot mix defaults), then the rules, then the generation.
-        // A decision still reading this slot from before the last flip sees the change and
-        // starts over on the slot in force.
-        self.write_header(
-            slot,
-            PolicyHeader {
-                generation: 0,
-                ..header
-            },
-        )?;
-        {
-            let mut rules: HashMap<_, ExeKey, ClockRule> =
-                HashMap::try_from(self.map_mut("CLOCK_RULES")?)?;
-            let stale: Vec<ExeKey> = rules
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.slot == slot)
-                .collect();
-            for key in stale {
-                rules
-                    .remove(&key)
-                    .context("clearing the inactive policy slot")?;
-            }
-            for rule in &policy.rules {
-                let value = ClockRule {
-                    rule_id: rule.id,
-                    allow: rule.allow,
-                    mode: rule.mode,
-                    _pad: 0,
-                    max_step_ns: rule.max_step_ns,
-                    max_frequency: rule.max_frequency,
-                };
-                // One entry per user the rule is narrowed to, or one for every user.
-                let uids = if rule.uids.is_empty() {
-                    &[ANY_UID][..]
-                } else {
-                    &rule.uids[..]
-                };
-                for &uid in uids {
-                    let key = ExeKey {
-                        slot,
-                        uid,
-                        dev: rule.exe_id.dev,
-                        ino: rule.exe_id.ino,
-                    };
-                    rules
-                        .insert(key, value, 0)
-                        .with_context(|| format!("installing rule \"{}\"", rule.name))?;
-                }
-            }
-        }
-        self.write_header(slot, header)?;
-        let mut active: Array<_, u32> = Array::try_from(self.map_mut("ACTIVE_SLOT")?)?;
-        active
-            .set(0, slot, 0)
-            .context("switching the policy in force")?;
-        self.active_slot = slot;
-        self.generation = generation;
-        Ok(generation)
+        self.clock.install_policy(policy)
     }
 
-    /// Tells the programs the kernel's TAI offset, so they can measure a step against the
-    /// wall clock, and the device major of PTP clocks. Called at start and on every policy
-    /// watch tick: the offset changes only when a daemon sets it (ADJ_TAI) or at a leap
-    /// second, the major when the PTP core is loaded as a module.
+    /// Tells the programs the TAI offset and the PHC major again (`sensors::clock`).
     pub fn refresh_clock_state(&mut self) -> anyhow::Result<()> {
-        let state = ClockState {
-            tai_offset_ns: crate::events::tai_offset_ns(),
-            phc_major: crate::kernel::char_major("ptp").unwrap_or(0),
-            _pad: 0,
-        };
-        let mut map: Array<_, ClockState> = Array::try_from(self.map_mut("CLOCK_STATE")?)?;
-        map.set(0, state, 0).context("writing the clock state")
-    }
-
-    fn write_header(&mut self, slot: u32, header: PolicyHeader) -> anyhow::Result<()> {
-        let mut headers: Array<_, PolicyHeader> = Array::try_from(self.map_mut("POLICY")?)?;
-        headers
-            .set(slot, header, 0)
-            .context("writing the policy header")
+        self.clock.refresh_state()
     }
 
     /// Attaches the LSM programs; if the kernel refuses any, attaches the observers instead.
+    /// The kernel's BTF is released after: every program that needs it is attached here.
     pub fn attach(&mut self) -> anyhow::Result<()> {
         let mut refused = Vec::new();
-        match Btf::from_sys_fs() {
-            Ok(btf) => {
-                for (name, hook, presence) in LSM_PROGRAMS {
-                    if presence == Presence::Optional && self.absent_hooks.contains(&hook) {
+        match self.object.btf() {
+            Ok(_) => {
+                for spec in program::attached_at(When::Enforcing) {
+                    let Hook::Lsm(hook) = spec.hook else { continue };
+                    if spec.need == Need::OptionalIfHookAbsent && self.absent_hooks.contains(&hook)
+                    {
                         continue;
                     }
-                    let key = link_key(name, &format!("lsm.{hook}"));
-                    if self.pins.adopt(&key) {
-                        self.attached.push(format!("{name} (lsm/{hook}, adopted)"));
-                        continue;
+                    match self.object.attach(spec, Target::Hook) {
+                        Ok(a) => self.attached.push(a.attached),
+                        Err(e) => {
+                            refused.push(format!("BPF LSM hook {hook}: {e:#}"));
+                            break;
+                        }
                     }
-                    if let Err(e) = self.attach_lsm(name, hook, &btf, &key) {
-                        refused.push(format!("BPF LSM hook {hook}: {e:#}"));
-                        break;
-                    }
-                    self.attached.push(format!("{name} (lsm/{hook})"));
                 }
             }
             Err(e) => refused.push(format!("reading the kernel's BTF for LSM programs: {e}")),
         }
         if refused.is_empty() {
             self.enforcement = Enforcement::Enforce;
-            if let Ok(btf) = Btf::from_sys_fs() {
-                self.attach_self_protection(&btf);
-            }
+            let attached = self.self_protection.attach(&mut self.object);
+            self.attached.extend(attached);
             self.attach_kernel_observers();
+            self.object.release_btf();
             return Ok(());
         }
-        self.self_protection_unavailable =
+        self.self_protection.unavailable =
             vec!["the kernel refuses BPF LSM programs: self-protection needs them".into()];
         // All or nothing: a half-attached guard would decide some paths and not others.
-        for (name, hook, _) in LSM_PROGRAMS {
-            self.pins.release(&link_key(name, &format!("lsm.{hook}")));
-            if let Some(p) = self.bpf.program_mut(name) {
-                let lsm: &mut Lsm = p.try_into()?;
-                let _ = lsm.unload();
-            }
+        for spec in program::attached_at(When::Enforcing) {
+            self.object.unload_lsm(spec)?;
         }
-        self.attached.retain(|a| !a.contains("(lsm/"));
-        for (name, tracepoint) in OBSERVERS {
-            let tp: &mut TracePoint = self
-                .bpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
-                .try_into()?;
-            tp.load().with_context(|| format!("loading {name}"))?;
-            tp.attach("syscalls", tracepoint)
-                .with_context(|| format!("attaching {name} to syscalls/{tracepoint}"))?;
-            self.attached
-                .push(format!("{name} (tracepoint/syscalls/{tracepoint})"));
+        self.attached
+            .retain(|a| !matches!(a.point, AttachPoint::Lsm(_)));
+        for spec in program::attached_at(When::InsteadOfEnforcement) {
+            let a = self.object.attach(spec, Target::Hook)?;
+            self.attached.push(a.attached);
         }
         self.enforcement = Enforcement::ObserveOnly { reasons: refused };
         self.attach_kernel_observers();
+        self.object.release_btf();
         Ok(())
+    }
+
+    /// Best effort: a kernel that refuses kprobes loses only the record of its own setters.
+    fn attach_kernel_observers(&mut self) {
+        for spec in program::attached_at(When::Always) {
+            match self.object.attach(spec, Target::Hook) {
+                Ok(a) => self.attached.push(a.attached),
+                Err(e) => {
+                    let function = match spec.hook {
+                        Hook::Kprobe(f) => f,
+                        _ => spec.name,
+                    };
+                    self.unobserved.push(format!("{function}: {e:#}"));
+                }
+            }
+        }
     }
 
     /// Each LSM hook this kernel has, and whether it decides (all of them or none do).
     pub fn hooks(&self) -> Vec<(&'static str, bool)> {
         let enforcing = self.enforcement == Enforcement::Enforce;
-        LSM_PROGRAMS
-            .iter()
-            .filter(|(_, hook, _)| !self.absent_hooks.contains(hook))
-            .map(|(_, hook, _)| (*hook, enforcing))
+        program::attached_at(When::Enforcing)
+            .filter_map(|s| match s.hook {
+                Hook::Lsm(hook) if !self.absent_hooks.contains(&hook) => Some((hook, enforcing)),
+                _ => None,
+            })
             .collect()
     }
 
     /// Each kernel program, and whether it is attached.
     pub fn programs(&self) -> Vec<(&'static str, bool)> {
-        let names = LSM_PROGRAMS
-            .iter()
-            .map(|(n, _, _)| *n)
-            .chain(SELF_PROTECTION_PROGRAMS.iter().map(|(n, _)| *n))
-            .chain(OBSERVERS.iter().map(|(n, _)| *n))
-            .chain(KERNEL_OBSERVERS.iter().map(|(n, _)| *n))
-            .chain(crate::network::program_names());
-        let mut out: Vec<(&'static str, bool)> = Vec::new();
-        for name in names {
-            if out.iter().any(|(n, _)| *n == name) {
-                continue;
-            }
-            let prefix = format!("{name} (");
-            let on = self.attached.iter().any(|a| a.starts_with(&prefix));
-            out.push((name, on));
-        }
-        out
-    }
-
-    /// Best effort: a kernel that refuses kprobes loses only the record of its own setters.
-    fn attach_kernel_observers(&mut self) {
-        for (name, function) in KERNEL_OBSERVERS {
-            let attached = (|| -> anyhow::Result<()> {
-                let kp: &mut KProbe = self
-                    .bpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
-                    .try_into()?;
-                if kp.fd().is_err() {
-                    kp.load().map_err(describe_load_error)?;
-                }
-                kp.attach(function, 0)?;
-                Ok(())
-            })();
-            match attached {
-                Ok(()) => self.attached.push(format!("{name} (kprobe/{function})")),
-                Err(e) => self.unobserved.push(format!("{function}: {e:#}")),
-            }
-        }
-    }
-
-    /// Attaches self-protection's programs, each on its own (or takes over their pins).
-    fn attach_self_protection(&mut self, btf: &Btf) {
-        for (name, hook) in SELF_PROTECTION_PROGRAMS {
-            let key = link_key(name, &format!("lsm.{hook}"));
-            if self.pins.adopt(&key) {
-                self.attached.push(format!("{name} (lsm/{hook}, adopted)"));
-                continue;
-            }
-            match self.attach_lsm(name, hook, btf, &key) {
-                Ok(()) => self.attached.push(format!("{name} (lsm/{hook})")),
-                Err(e) => {
-                    let why = format!("{hook}: {e:#}");
-                    log::warn!("self-protection hook unavailable on this kernel: {why}");
-                    self.self_protection_unavailable.push(why);
-                }
-            }
-        }
-    }
-
-    /// Loads and attaches one LSM program, and pins its link under `key`.
-    fn attach_lsm(&mut self, name: &str, hook: &str, btf: &Btf, key: &str) -> anyhow::Result<()> {
-        let lsm: &mut Lsm = self
-            .bpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
-            .try_into()?;
-        lsm.load(hook, btf).map_err(describe_load_error)?;
-        let id = lsm.attach()?;
-        let link = lsm.take_link(id)?;
-        self.pins.keep(key, FdLink::from(link))
-    }
-
-    pub(crate) fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
-        self.bpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
-    }
-
-    pub(crate) fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
-        self.bpf
-            .map_mut(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
+        program::names()
+            .into_iter()
+            .map(|name| (name, self.attached.iter().any(|a| a.program == name)))
+            .collect()
     }
 
     /// A ring buffer of records from the kernel, by map name: CLOCK_EVENTS, NET_EVENTS,
     /// TAMPER_EVENTS (each can be taken once).
     pub fn take_ring(&mut self, name: &str) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self
-            .bpf
-            .take_map(name)
-            .ok_or_else(|| anyhow!("the ring buffer {name} was already taken"))?;
-        Ok(RingBuf::try_from(map)?)
+        self.object.take_ring(name)
     }
 
-    /// Exact counters per (rule, single operation, verdict), summed over CPUs: the kernel
-    /// counts each request once under its set of operations, split here.
+    /// Exact clock counters (`sensors::clock`).
     pub fn counters(&self) -> anyhow::Result<Vec<(CounterKey, u64)>> {
-        let map = self.map("CLOCK_COUNTERS")?;
-        let counters: PerCpuHashMap<_, CounterKey, u64> = PerCpuHashMap::try_from(map)?;
-        let mut per_op: std::collections::BTreeMap<(u32, u32, u32), u64> = Default::default();
-        for entry in counters.iter() {
-            let (key, values) = entry.context("reading the clock counters")?;
-            let n: u64 = values.iter().sum();
-            for (bit, _) in agent_common::clock::op::ALL {
-                if key.operation & bit != 0 {
-                    *per_op.entry((key.rule_id, bit, key.verdict)).or_default() += n;
-                }
-            }
-        }
-        Ok(per_op
-            .into_iter()
-            .map(|((rule_id, operation, verdict), n)| {
-                (
-                    CounterKey {
-                        rule_id,
-                        operation,
-                        verdict,
-                        _pad: 0,
-                    },
-                    n,
-                )
-            })
-            .collect())
+        self.clock.counters()
     }
 
-    /// Detailed events that did not fit in the ring buffer.
+    /// Detailed clock events that did not fit in the ring buffer.
     pub fn events_lost(&self) -> anyhow::Result<u64> {
-        self.per_cpu_total("EVENTS_LOST")
+        self.clock.events_lost()
     }
 
-    /// Detailed events not sent because their process had used its budget.
+    /// Detailed clock events not sent because their process had used its budget.
     pub fn events_thinned(&self) -> anyhow::Result<u64> {
-        self.per_cpu_total("EVENTS_THINNED")
+        self.clock.events_thinned()
     }
 
-    fn per_cpu_total(&self, name: &str) -> anyhow::Result<u64> {
-        self.per_cpu_at(name, 0)
+    /// Installs a network policy (or none) under `generation` (`sensors::network`).
+    pub fn install_network(
+        &mut self,
+        net: Option<&CompiledNetwork>,
+        rules: &[CompiledRule],
+        generation: u32,
+    ) -> anyhow::Result<()> {
+        self.network.install(net, rules, generation)
     }
 
-    pub(crate) fn per_cpu_at(&self, name: &str, index: u32) -> anyhow::Result<u64> {
-        let map = self.map(name)?;
-        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        Ok(counts.get(&index, 0)?.iter().sum())
+    /// Attaches the network guard to a cgroup v2 directory, once; whether it was attached
+    /// now (false: it already was).
+    pub fn attach_network(&mut self, cgroup: &std::path::Path) -> anyhow::Result<bool> {
+        self.network
+            .attach(&mut self.object, cgroup, &mut self.attached)
     }
-}
 
-/// Makes the kernel's refusal readable: an empty verifier log with EPERM is the sandbox or
-/// lockdown refusing the program type, not a bug in the program.
-fn describe_load_error(e: aya::programs::ProgramError) -> anyhow::Error {
-    if let aya::programs::ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = &e
-    {
-        let log = verifier_log.to_string();
-        if log.trim().is_empty() {
-            return anyhow!("the kernel refused the program: {io_error}");
-        }
-        return anyhow!("the kernel refused the program: {io_error}\nverifier log:\n{log}");
+    /// The cgroup the network guard is attached to (None: not yet).
+    pub fn network_attached(&self) -> Option<&str> {
+        self.network.attached_cgroup()
     }
-    anyhow::Error::new(e)
+
+    /// Follows the interfaces the PTP guard is to be on; those attached now.
+    pub fn follow_ptp_interfaces(&mut self, wanted: Option<&[String]>) -> Vec<String> {
+        self.network
+            .follow_ptp_interfaces(&mut self.object, wanted, &mut self.attached)
+    }
+
+    /// The interfaces the PTP guard is on, and those it could not attach to.
+    pub fn ptp_links(&self) -> &PtpLinks {
+        self.network.ptp_links()
+    }
+
+    /// Exact network counters (`sensors::network`).
+    pub fn net_counters(&self) -> anyhow::Result<Vec<(NetCounterKey, u64)>> {
+        self.network.counters()
+    }
+
+    /// Network records lost (ring buffer full) and thinned (over the budget).
+    pub fn net_events_dropped(&self) -> anyhow::Result<(u64, u64)> {
+        self.network.events_dropped()
+    }
+
+    /// Tells the self-protection programs its mode, the agent and the protected files and
+    /// objects (`sensors::self_protection`).
+    pub fn install_self_protection(
+        &mut self,
+        mode: Option<u32>,
+        generation: u32,
+        files: &[ProtectedFile],
+    ) -> anyhow::Result<()> {
+        self.self_protection
+            .install(mode, generation, files, self.object.pins())
+    }
+
+    /// Forgets this process as the agent when it stops.
+    pub fn forget_agent_process(&mut self) -> anyhow::Result<()> {
+        self.self_protection.forget_agent_process()
+    }
+
+    /// Self-protection hooks this kernel refused, and why.
+    pub fn self_protection_unavailable(&self) -> &[String] {
+        &self.self_protection.unavailable
+    }
+
+    /// Timeguard's own maps and links, by name, with the kernel's ids.
+    pub fn own_objects(&self) -> anyhow::Result<Vec<(String, tamper::ObjectKey)>> {
+        self_protection::own_objects(self.object.pins())
+    }
+
+    /// Exact tamper counters (`sensors::self_protection`).
+    pub fn tamper_counters(&self) -> anyhow::Result<Vec<(tamper::TamperCounterKey, u64)>> {
+        self.self_protection.counters()
+    }
+
+    /// Tamper records lost (ring buffer full) and thinned (over the budget).
+    pub fn tamper_events_dropped(&self) -> anyhow::Result<(u64, u64)> {
+        self.self_protection.events_dropped()
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::{audit, daemon, pins};
+use crate::{audit, bpf::pins, daemon};
 
 #[derive(clap::Args)]
 pub struct Args {

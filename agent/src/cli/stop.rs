@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     audit,
+    bpf::pins,
     daemon::{
         self,
         control::{ask, Reply, Request},
     },
-    pins,
     records::{agent::Caller, AgentEvent, AgentRecord},
 };
 

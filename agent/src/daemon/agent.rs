@@ -14,7 +14,7 @@ use crate::{
     records::{AgentEvent, AgentRecord},
     report::counters::NetAlert,
     report::metrics::{LastStep, Metrics},
-    tamper::ProtectedFile,
+    sensors::self_protection::ProtectedFile,
 };
 
 use super::{
@@ -138,8 +138,11 @@ impl Agent {
             return;
         };
         let mode = policy.self_protection;
-        let files =
-            crate::tamper::protected_files(&self.reloading.path, policy, &self.protection.pin_root);
+        let files = crate::sensors::self_protection::protected_files(
+            &self.reloading.path,
+            policy,
+            &self.protection.pin_root,
+        );
         match self.guard.install_self_protection(mode, generation, &files) {
             Ok(()) => self.protection.files = files,
             Err(e) => log::warn!("self-protection not updated: {e:#}"),
@@ -153,7 +156,7 @@ impl Agent {
             .network
             .cgroup
             .clone()
-            .or_else(crate::network::cgroup2_root)
+            .or_else(crate::sensors::network::cgroup2_root)
         else {
             self.network.unavailable = Some(
                 "no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)".into(),

@@ -45,7 +45,7 @@ impl Agent {
             .unwrap_or_default();
         let rule_ids = &self.rule_names.ids;
         let rule_name = |id: u32| rule_ids.name(id).to_string();
-        let record = crate::network::net_json(ev, &name, &self.trail.host, &rule_name);
+        let record = crate::sensors::network::net_json(ev, &name, &self.trail.host, &rule_name);
         self.trail.audit.write(&record);
     }
 
@@ -57,7 +57,8 @@ impl Agent {
             .map(|p| p.name.clone())
             .unwrap_or_default();
         let path_of = |dev: u64, ino: u64| self.protected_path(dev, ino);
-        let record = crate::tamper::tamper_json(ev, &name, &self.trail.host, &path_of);
+        let record =
+            crate::sensors::self_protection::tamper_json(ev, &name, &self.trail.host, &path_of);
         log::warn!(
             "tamper attempt: {} {} by {} ({})",
             record["action"].as_str().unwrap_or("?"),

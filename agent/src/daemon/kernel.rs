@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::{
+    bpf::pins,
     kernel::{self, btf::Btf},
     loader::{Enforcement, Guard},
-    pins,
 };
 
 pub(super) fn kernel_release() -> String {
@@ -36,7 +36,7 @@ pub(super) fn prepare(caps: &[kernel::Capability], pin_root: &Path) -> anyhow::R
         format!("timeguard identifies executables through the kernel's BTF ({}); this kernel needs CONFIG_DEBUG_INFO_BTF=y", kernel::VMLINUX_BTF)
     })?;
     let offsets = kernel::offsets(&btf)?;
-    let pins = pins::Pins::open(pin_root, &crate::loader::programs_build())?;
+    let pins = pins::Pins::open(pin_root, &crate::bpf::object::programs_build())?;
     Guard::load(&offsets, &btf, pins)
         .context("loading the kernel programs (timeguard must run as root)")
 }

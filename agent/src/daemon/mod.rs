@@ -85,7 +85,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     })?;
     let guard = kernel::prepare(&crate::kernel::capabilities(), &options.pin_root)?;
     let rule_names_path =
-        rule_names::rule_names_path(status_socket, &crate::loader::programs_build());
+        rule_names::rule_names_path(status_socket, &crate::bpf::object::programs_build());
     let inherited = guard.inherited_generation();
     let rule_names = RuleNames::take_over(&guard, rule_names_path)?;
     let mut agent = Agent {
@@ -121,7 +121,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     agent.guard.attach()?;
     // The links are known now: self-protection covers them too.
     agent.protect();
-    let frozen = crate::tamper::freeze_kernel_only_maps(&agent.guard.maps_dir());
+    let frozen = crate::sensors::self_protection::freeze_kernel_only_maps(&agent.guard.maps_dir());
     if !frozen.is_empty() {
         log::info!(
             "frozen against writes from userspace: {}",
@@ -146,7 +146,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         policy: name,
         policy_sha256: hash,
         generation,
-        attached: agent.guard.attached.clone(),
+        attached: agent
+            .guard
+            .attached
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         adopted: agent.guard.adopted().to_vec(),
         inherited_generation: inherited,
         pins: agent.guard.pin_dir().to_path_buf(),
@@ -173,7 +178,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut unpinned = Vec::new();
     if unpin {
         // The pins go first; the programs detach when this process lets go of its links.
-        unpinned = crate::pins::unpin_all(&options.pin_root)?;
+        unpinned = crate::bpf::pins::unpin_all(&options.pin_root)?;
         let _ = std::fs::remove_file(&agent.rule_names.path);
     }
     agent.trail.agent(AgentEvent::Stopped {

@@ -43,7 +43,12 @@ impl Agent {
             started: self.trail.started.clone(),
             enforcement: self.guard.enforcement.label().into(),
             enforcement_unavailable,
-            attached: self.guard.attached.clone(),
+            attached: self
+                .guard
+                .attached
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             unobserved: self.guard.unobserved.clone(),
             policy: PolicyStatus {
                 name: policy.map(|p| p.name.clone()),
@@ -72,7 +77,7 @@ impl Agent {
     fn network_status(&self) -> NetworkStatus {
         let links = self.guard.ptp_links();
         let mut out = NetworkStatus {
-            attached: self.guard.network_attached.clone(),
+            attached: self.guard.network_attached().map(str::to_string),
             unavailable: self.network.unavailable.clone(),
             ptp_interfaces: links.attached(),
             ptp_refused: links.refused.clone(),
@@ -156,7 +161,7 @@ impl Agent {
             .unwrap_or_default();
         SelfProtectionStatus {
             mode: mode.into(),
-            unavailable: self.guard.self_protection_unavailable.clone(),
+            unavailable: self.guard.self_protection_unavailable().to_vec(),
             protected_files: self.protection.files.len(),
             pins: self.guard.pin_dir().to_path_buf(),
             objects,

@@ -3,6 +3,10 @@
 //!
 //! Rust eBPF has no CO-RE relocations, so the agent reads the offsets the programs need here,
 //! once at start-up, and hands them over as a global.
+//!
+//! aya parses the same BTF for its loader and LSM attachments (`bpf::object`), but keeps
+//! its types and members private (only a look-up of a type id by name is public): the
+//! offsets cannot be read from aya's parse, so this reader stays, used at start only.
 
 use std::{collections::HashMap, path::Path};
 

@@ -42,7 +42,7 @@ pub struct NetCount {
 
 impl NetCount {
     pub fn of(key: &NetCounterKey, count: u64) -> Self {
-        let (series, what, verdict, reason) = crate::network::counter_labels(key);
+        let (series, what, verdict, reason) = crate::sensors::network::counter_labels(key);
         let series = match series {
             "ntp" => NetSeries::Ntp { mode: what },
             "nts_ke" => NetSeries::NtsKe { mode: what },
@@ -123,7 +123,7 @@ impl NetAlert {
     /// The alert of a record of `kind`; None when it raised none.
     pub fn of(kind: u8, alert: u8) -> Option<Self> {
         use agent_common::net::kind as k;
-        let label = crate::network::alert_label(kind, alert);
+        let label = crate::sensors::network::alert_label(kind, alert);
         if label.is_empty() {
             return None;
         }

@@ -166,11 +166,11 @@ impl Metrics {
             alert::KISS_OF_DEATH,
         ] {
             m.ntp_alerts
-                .with_label_values(&[crate::network::alert_label(kind::NTP, a)]);
+                .with_label_values(&[crate::sensors::network::alert_label(kind::NTP, a)]);
         }
         for a in [alert::NEW_SOURCE, alert::UPSTREAM_CHANGED] {
             m.ptp_alerts
-                .with_label_values(&[crate::network::alert_label(kind::PTP, a)]);
+                .with_label_values(&[crate::sensors::network::alert_label(kind::PTP, a)]);
         }
         Ok(m)
     }

@@ -1,0 +1,188 @@
+//! The clock sensor: its policy in the kernel's maps (two slots and a header per slot, the
+//! rules by executable and user), the clock state the programs measure against, and its
+//! counters.
+
+use agent_common::{
+    kernel::ClockState,
+    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, SLOTS},
+};
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
+
+use crate::{
+    bpf::{maps, object::Object},
+    policy::CompiledPolicy,
+};
+
+/// Maps only the kernel programs write: frozen against userspace once attached.
+pub const KERNEL_ONLY_MAPS: [&str; 4] = [
+    "CLOCK_COUNTERS",
+    "EVENTS_LOST",
+    "EVENTS_THINNED",
+    "EVENT_BUDGETS",
+];
+
+pub struct Clock {
+    headers: Array<MapData, PolicyHeader>,
+    active: Array<MapData, u32>,
+    rules: HashMap<MapData, ExeKey, ClockRule>,
+    state: Array<MapData, ClockState>,
+    counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    lost: PerCpuArray<MapData, u64>,
+    thinned: PerCpuArray<MapData, u64>,
+    active_slot: u32,
+    generation: u32,
+}
+
+impl Clock {
+    /// Takes the clock's maps, and reads back what an earlier agent left there: the policy
+    /// slot in force and its generation, so the next policy goes to the other slot and the
+    /// flip from the old policy to the new one has no gap.
+    pub fn new(object: &mut Object) -> anyhow::Result<Self> {
+        let mut clock = Clock {
+            headers: object.take_map("POLICY")?,
+            active: object.take_map("ACTIVE_SLOT")?,
+            rules: object.take_map("CLOCK_RULES")?,
+            state: object.take_map("CLOCK_STATE")?,
+            counters: object.take_map("CLOCK_COUNTERS")?,
+            lost: object.take_map("EVENTS_LOST")?,
+            thinned: object.take_map("EVENTS_THINNED")?,
+            active_slot: 0,
+            generation: 0,
+        };
+        let slot = clock.active.get(&0, 0).unwrap_or(0) % SLOTS;
+        let generation = clock.headers.get(&slot, 0).map_or(0, |h| h.generation);
+        if generation != 0 {
+            clock.active_slot = slot;
+            clock.generation = generation;
+        }
+        Ok(clock)
+    }
+
+    /// The generation in force (0: none yet).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Installs a policy: fills the slot not in force, then makes it the one in force with a
+    /// single map write. Returns the new generation.
+    pub fn install_policy(&mut self, policy: &CompiledPolicy) -> anyhow::Result<u32> {
+        self.refresh_state()?;
+        let slot = if self.generation == 0 {
+            0
+        } else {
+            (self.active_slot + 1) % SLOTS
+        };
+        let generation = self.generation + 1;
+        let header = PolicyHeader {
+            generation,
+            default_allow: policy.default_allow,
+            default_mode: policy.default_mode,
+            _pad: 0,
+        };
+        // Sequence lock, writer side: generation 0 first (with the new defaults already, so
+        // a torn read of the header cannot mix defaults), then the rules, then the generation.
+        // A decision still reading this slot from before the last flip sees the change and
+        // starts over on the slot in force.
+        self.write_header(
+            slot,
+            PolicyHeader {
+                generation: 0,
+                ..header
+            },
+        )?;
+        maps::clear_slot(&mut self.rules, slot, |k| k.slot, "policy")?;
+        for rule in &policy.rules {
+            let value = ClockRule {
+                rule_id: rule.id,
+                allow: rule.allow,
+                mode: rule.mode,
+                _pad: 0,
+                max_step_ns: rule.max_step_ns,
+                max_frequency: rule.max_frequency,
+            };
+            // One entry per user the rule is narrowed to, or one for every user.
+            let uids = if rule.uids.is_empty() {
+                &[ANY_UID][..]
+            } else {
+                &rule.uids[..]
+            };
+            for &uid in uids {
+                let key = ExeKey {
+                    slot,
+                    uid,
+                    dev: rule.exe_id.dev,
+                    ino: rule.exe_id.ino,
+                };
+                self.rules
+                    .insert(key, value, 0)
+                    .with_context(|| format!("installing rule \"{}\"", rule.name))?;
+            }
+        }
+        self.write_header(slot, header)?;
+        self.active
+            .set(0, slot, 0)
+            .context("switching the policy in force")?;
+        self.active_slot = slot;
+        self.generation = generation;
+        Ok(generation)
+    }
+
+    /// Tells the programs the kernel's TAI offset, so they can measure a step against the
+    /// wall clock, and the device major of PTP clocks. Called at start and on every policy
+    /// watch tick: the offset changes only when a daemon sets it (ADJ_TAI) or at a leap
+    /// second, the major when the PTP core is loaded as a module.
+    pub fn refresh_state(&mut self) -> anyhow::Result<()> {
+        let state = ClockState {
+            tai_offset_ns: crate::events::tai_offset_ns(),
+            phc_major: super::devices::phc_major(),
+            _pad: 0,
+        };
+        self.state
+            .set(0, state, 0)
+            .context("writing the clock state")
+    }
+
+    fn write_header(&mut self, slot: u32, header: PolicyHeader) -> anyhow::Result<()> {
+        self.headers
+            .set(slot, header, 0)
+            .context("writing the policy header")
+    }
+
+    /// Exact counters per (rule, single operation, verdict), summed over CPUs: the kernel
+    /// counts each request once under its set of operations, split here.
+    pub fn counters(&self) -> anyhow::Result<Vec<(CounterKey, u64)>> {
+        let mut per_op: std::collections::BTreeMap<(u32, u32, u32), u64> = Default::default();
+        for (key, n) in maps::summed(&self.counters, "clock counters")? {
+            for (bit, _) in agent_common::clock::op::ALL {
+                if key.operation & bit != 0 {
+                    *per_op.entry((key.rule_id, bit, key.verdict)).or_default() += n;
+                }
+            }
+        }
+        Ok(per_op
+            .into_iter()
+            .map(|((rule_id, operation, verdict), n)| {
+                (
+                    CounterKey {
+                        rule_id,
+                        operation,
+                        verdict,
+                        _pad: 0,
+                    },
+                    n,
+                )
+            })
+            .collect())
+    }
+
+    /// Detailed events that did not fit in the ring buffer.
+    pub fn events_lost(&self) -> anyhow::Result<u64> {
+        maps::total_at(&self.lost, 0)
+    }
+
+    /// Detailed events not sent because their process had used its budget.
+    pub fn events_thinned(&self) -> anyhow::Result<u64> {
+        maps::total_at(&self.thinned, 0)
+    }
+}
