@@ -7,7 +7,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{is_root, timeguard};
+use crate::harness::{is_root, read_records, timeguard};
 
 /// An agent this test started, with its own directory, policy, status socket and pin
 /// directory.
@@ -35,11 +35,7 @@ impl RunningAgent {
 
     /// The agent's audit trail as records.
     pub fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        read_records(&self.dir.join("audit.jsonl"))
     }
 
     /// Stops the agent the way an operator removes timeguard, `timeguard stop --unpin`
@@ -73,13 +69,13 @@ impl RunningAgent {
 }
 
 /// Starts the agent with `policy_text` and more arguments, in a fresh temporary directory;
-/// the audit trail goes to `audit.jsonl` there. None (said in one line) where it cannot run.
+/// the audit trail goes to `audit.jsonl` there. An error says why it cannot run here.
 pub fn start_agent_with(
     tag: &str,
     stdout: Stdio,
     policy_text: &str,
     args: &[&str],
-) -> Option<RunningAgent> {
+) -> Result<RunningAgent, String> {
     start_agent_via(&[], tag, stdout, policy_text, args)
 }
 
@@ -91,18 +87,20 @@ pub fn start_agent_via(
     stdout: Stdio,
     policy_text: &str,
     args: &[&str],
-) -> Option<RunningAgent> {
-    let bin = timeguard()?;
+) -> Result<RunningAgent, String> {
+    let bin = timeguard();
     if !is_root() {
-        eprintln!("skipped: loading BPF programs needs root");
-        return None;
+        return Err(
+            "loading BPF programs needs root: run the tests as root through `cargo xtask test`"
+                .into(),
+        );
     }
     let dir = std::env::temp_dir().join(format!("tg-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let policy = dir.join("policy.yaml");
     let socket = dir.join("status.sock");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/tg-test-{tag}-{}", std::process::id()));
-    std::fs::write(&policy, policy_text).expect("write the policy");
+    std::fs::write(&policy, policy_text).map_err(|e| format!("{}: {e}", policy.display()))?;
     let mut cmd = match prefix {
         [first, rest @ ..] => {
             let mut c = Command::new(first);
@@ -124,8 +122,8 @@ pub fn start_agent_via(
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
-        .expect("the agent starts");
-    Some(RunningAgent {
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    Ok(RunningAgent {
         bin,
         dir,
         policy,

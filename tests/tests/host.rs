@@ -15,12 +15,15 @@ use serde_json::Value;
 
 use timeguard_tests::{
     agent::{agent_status, start_agent_with, RunningAgent},
-    harness::{free_loopback_addr, http_get, is_root, timeguard, workspace, yaml_files},
+    harness::{
+        free_loopback_addr, http_get, provided_tool, require_root, timeguard, workspace, yaml_files,
+    },
 };
 
 #[test]
+#[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
 fn bundled_policies_pass_check() {
-    let Some(bin) = timeguard() else { return };
+    let bin = timeguard();
     let policies = yaml_files(&workspace().join("policies"));
     let names: Vec<String> = policies
         .iter()
@@ -100,8 +103,9 @@ fn bundled_policies_pass_check() {
 }
 
 #[test]
+#[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
 fn check_rejects_a_broken_policy_with_its_file_name() {
-    let Some(bin) = timeguard() else { return };
+    let bin = timeguard();
     let dir = std::env::temp_dir().join(format!("tg-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let bad = dir.join("bad.yaml");
@@ -129,23 +133,20 @@ fn audit_policy(name: &str) -> String {
     format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n")
 }
 
-/// Starts the agent on `audit_policy("first")` in a fresh temporary directory; None (said
-/// in one line) where it cannot run.
-fn start_agent(tag: &str, stdout: Stdio) -> Option<RunningAgent> {
-    start_agent_with(tag, stdout, &audit_policy("first"), &[])
+/// Starts the agent on `audit_policy("first")` in a fresh temporary directory.
+fn start_agent(tag: &str, stdout: Stdio) -> RunningAgent {
+    start_agent_with(tag, stdout, &audit_policy("first"), &[]).expect("the agent starts")
 }
 
 #[test]
+#[ignore = "needs root and the agent binary: run through `cargo xtask test`"]
 fn the_agent_reports_its_enforcement_and_records_an_attempt() {
-    let Some(RunningAgent {
+    let RunningAgent {
         dir,
         mut agent,
         pin_dir,
         ..
-    }) = start_agent("run", Stdio::piped())
-    else {
-        return;
-    };
+    } = start_agent("run", Stdio::piped());
     let (tx, rx) = mpsc::channel::<Value>();
     let stdout = agent.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -228,12 +229,10 @@ fn the_agent_reports_its_enforcement_and_records_an_attempt() {
 }
 
 #[test]
+#[ignore = "needs root and the agent binary: run through `cargo xtask test`"]
 fn the_kernel_report_names_every_program_type_and_the_enforcement() {
-    let Some(bin) = timeguard() else { return };
-    if !is_root() {
-        eprintln!("skipped: probing BPF program types needs root");
-        return;
-    }
+    let bin = timeguard();
+    require_root("probing BPF program types");
     let out = Command::new(&bin)
         .arg("kernel")
         .output()
@@ -274,18 +273,16 @@ fn the_kernel_report_names_every_program_type_and_the_enforcement() {
 /// while running (reported, the last one stays in force), and `timeguard status` showing
 /// generation and hash, on this host's kernel.
 #[test]
+#[ignore = "needs root and the agent binary: run through `cargo xtask test`"]
 fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
-    let Some(RunningAgent {
+    let RunningAgent {
         bin,
         dir,
         policy,
         socket,
         pin_dir,
         mut agent,
-    }) = start_agent("reload", Stdio::null())
-    else {
-        return;
-    };
+    } = start_agent("reload", Stdio::null());
     let text = audit_policy;
     let status = || agent_status(&bin, &socket);
     let wait_for = |pred: &dyn Fn(&Value) -> bool| -> Option<Value> {
@@ -410,15 +407,11 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 /// a real Prometheus scraping the agent on loopback returns the same number, and the shipped
 /// alerting rules and dashboard use only metrics the agent serves.
 #[test]
+#[ignore = "needs root, the agent binary and Prometheus: run through `cargo xtask test`"]
 fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     const ATTEMPTS: u32 = 5;
-    let (Some(prometheus), Some(promtool)) = (
-        std::env::var_os("TIMEGUARD_PROMETHEUS").map(PathBuf::from),
-        std::env::var_os("TIMEGUARD_PROMTOOL").map(PathBuf::from),
-    ) else {
-        eprintln!("skipped: no Prometheus (cargo xtask test unpacks Debian's and sets TIMEGUARD_PROMETHEUS, TIMEGUARD_PROMTOOL)");
-        return;
-    };
+    let prometheus = provided_tool("TIMEGUARD_PROMETHEUS", "Prometheus");
+    let promtool = provided_tool("TIMEGUARD_PROMTOOL", "promtool");
     // The shipped rules first: valid, and their own unit tests pass.
     let rules_dir = workspace().join("deploy/prometheus");
     for args in [
@@ -443,21 +436,19 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     let me = PathBuf::from(env!("CARGO_BIN_EXE_tg-clock"));
     let policy = format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: metrics}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n    rules:\n      - name: this-test\n        match: {{exe: {}}}\n        allow: [rtc]\n", me.display());
     let metrics_addr = free_loopback_addr();
-    let Some(RunningAgent {
+    let RunningAgent {
         bin,
         dir,
         mut agent,
         pin_dir,
         ..
-    }) = start_agent_with(
+    } = start_agent_with(
         "metrics",
         Stdio::null(),
         &policy,
         &["--metrics-addr", &metrics_addr],
     )
-    else {
-        return;
-    };
+    .expect("the agent starts");
     let wait = |what: &str, secs: u64, f: &mut dyn FnMut() -> Option<String>| -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
@@ -637,8 +628,9 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
 /// `timeguard events --follow` prints records as they are appended, and goes on with the new
 /// file when the trail is rotated under it.
 #[test]
+#[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
 fn events_follow_reads_on_across_a_rotation() {
-    let Some(bin) = timeguard() else { return };
+    let bin = timeguard();
     let dir = std::env::temp_dir().join(format!("tg-follow-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let trail = dir.join("audit.jsonl");

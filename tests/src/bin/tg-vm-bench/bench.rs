@@ -16,11 +16,12 @@ use std::{
 use agent_common::event::thinning;
 use serde_json::{json, Value};
 
-use super::{
-    agent_status, counter,
-    guards::{self, Change, Guard, Running},
-    sh, ALLOWED, COPY,
+use timeguard_tests::{
+    guest::{agent_status, counter, ALLOWED, COPY},
+    harness::sh,
 };
+
+use crate::guards::{self, Change, Guard, Running};
 
 /// (figure, workload, which binary runs it).
 const CALLS: [(&str, &str, &str); 7] = [
