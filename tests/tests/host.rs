@@ -4,8 +4,9 @@
 //! the only write is ADJ_MAXERROR with the value the kernel already holds.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead as _, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -16,7 +17,8 @@ use serde_json::Value;
 use timeguard_tests::{
     agent::{agent_status, start_agent_with, RunningAgent},
     harness::{
-        free_loopback_addr, http_get, provided_tool, require_root, timeguard, workspace, yaml_files,
+        free_loopback_addr, http_get, provided_tool, require_root, sh, timeguard, wait_for,
+        workspace, yaml_files, Run,
     },
 };
 
@@ -45,16 +47,10 @@ fn bundled_policies_pass_check() {
     let empty_root = std::env::temp_dir().join(format!("tg-empty-root-{}", std::process::id()));
     std::fs::create_dir_all(&empty_root).expect("temp dir");
     for policy in &policies {
-        let out = Command::new(&bin)
-            .arg("check")
-            .arg("--root")
-            .arg(&empty_root)
-            .arg(policy)
-            .output()
-            .expect("timeguard check runs");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let out = check(&bin, Some(&empty_root), policy);
+        let text = &out.stdout;
         assert!(
-            out.status.success(),
+            out.status == 0,
             "{} failed check:\n{text}",
             policy.display()
         );
@@ -73,16 +69,10 @@ fn bundled_policies_pass_check() {
                 .join("\n");
             let path = empty_root.join("uncommented.yaml");
             std::fs::write(&path, format!("{head}{uncommented}\n")).expect("write");
-            let out = Command::new(&bin)
-                .arg("check")
-                .arg("--root")
-                .arg(&empty_root)
-                .arg(&path)
-                .output()
-                .expect("timeguard check runs");
-            let text = String::from_utf8_lossy(&out.stdout);
+            let out = check(&bin, Some(&empty_root), &path);
+            let text = &out.stdout;
             assert!(
-                out.status.success() && text.contains("ok: policy"),
+                out.status == 0 && text.contains("ok: policy"),
                 "{}'s network example fails check:\n{text}",
                 policy.display()
             );
@@ -90,16 +80,22 @@ fn bundled_policies_pass_check() {
     }
     let _ = std::fs::remove_dir_all(&empty_root);
     let default = workspace().join("policies/default.yaml");
-    let out = Command::new(&bin)
-        .arg("check")
-        .arg(&default)
-        .output()
-        .expect("timeguard check runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = check(&bin, None, &default);
     assert!(
-        out.status.success(),
-        "the default policy fails on this host:\n{text}"
+        out.status == 0,
+        "the default policy fails on this host:\n{}",
+        out.stdout
     );
+}
+
+/// `timeguard check [--root ROOT] POLICY`.
+fn check(bin: &Path, root: Option<&Path>, policy: &Path) -> Run {
+    let mut args: Vec<&OsStr> = vec!["check".as_ref()];
+    if let Some(root) = root {
+        args.extend(["--root".as_ref(), root.as_os_str()]);
+    }
+    args.push(policy.as_os_str());
+    sh(bin, &args).expect("timeguard check runs")
 }
 
 #[test]
@@ -110,13 +106,9 @@ fn check_rejects_a_broken_policy_with_its_file_name() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: x}\nspec:\n  clock:\n    rules:\n      - name: a\n        match: {exe: /bin/sh}\n        allow: [jump]\n").expect("write");
-    let out = Command::new(&bin)
-        .arg("check")
-        .arg(&bad)
-        .output()
-        .expect("timeguard check runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let out = check(&bin, None, &bad);
+    let text = &out.stdout;
+    assert_eq!(out.status, 1, "{text}");
     assert!(text.contains("bad.yaml"), "{text}");
     assert!(text.contains("unknown operation `jump`"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -233,16 +225,9 @@ fn the_agent_reports_its_enforcement_and_records_an_attempt() {
 fn the_kernel_report_names_every_program_type_and_the_enforcement() {
     let bin = timeguard();
     require_root("probing BPF program types");
-    let out = Command::new(&bin)
-        .arg("kernel")
-        .output()
-        .expect("timeguard kernel runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sh(&bin, &["kernel"]).expect("timeguard kernel runs");
+    let text = &out.stdout;
+    assert!(out.status == 0, "{text}{}", out.stderr);
     for name in [
         "btf",
         "bpf-lsm-active",
@@ -285,21 +270,16 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     } = start_agent("reload", Stdio::null());
     let text = audit_policy;
     let status = || agent_status(&bin, &socket);
-    let wait_for = |pred: &dyn Fn(&Value) -> bool| -> Option<Value> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(v) = status().filter(|v| pred(v)) {
-                return Some(v);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
+    let until = |pred: &dyn Fn(&Value) -> bool| -> Option<Value> {
+        wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
+            status().filter(|v| pred(v))
+        })
     };
-    let first = wait_for(&|v| v["policy"]["generation"] == 1);
+    let first = until(&|v| v["policy"]["generation"] == 1);
     std::fs::write(&policy, format!("{}  bogus: 1\n", text("broken"))).expect("write");
-    let rejected = wait_for(&|v| v["reloads"]["failed"] == 1);
+    let rejected = until(&|v| v["reloads"]["failed"] == 1);
     std::fs::write(&policy, text("second")).expect("write");
-    let second = wait_for(&|v| v["policy"]["generation"] == 2);
+    let second = until(&|v| v["policy"]["generation"] == 2);
     // The agent's own path: `timeguard apply` refuses an invalid policy and changes
     // nothing, and writes a valid one into place.
     let candidate = dir.join("candidate.yaml");
@@ -324,10 +304,10 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     let refused = apply();
     std::fs::write(&candidate, text("third")).expect("write");
     let applied = apply();
-    let third = wait_for(&|v| v["policy"]["generation"] == 3);
+    let third = until(&|v| v["policy"]["generation"] == 3);
     // The policy deleted while running: the fault is reported, the policy stays in force.
     std::fs::remove_file(&policy).expect("delete the policy");
-    let deleted = wait_for(&|v| v["reloads"]["failed"] == 2);
+    let deleted = until(&|v| v["reloads"]["failed"] == 2);
     // SAFETY: signalling the agent this test started, by its id.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     timeguard_tests::agent::unpin(&pin_dir);
@@ -450,14 +430,8 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     )
     .expect("the agent starts");
     let wait = |what: &str, secs: u64, f: &mut dyn FnMut() -> Option<String>| -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{what} within {secs}s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for(Duration::from_secs(secs), Duration::from_millis(200), f)
+            .unwrap_or_else(|| panic!("{what} within {secs}s"))
     };
     let first = wait("the agent serves its metrics", 30, &mut || {
         http_get(&metrics_addr, "/metrics")

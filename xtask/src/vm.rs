@@ -459,7 +459,11 @@ impl GuestRun {
     }
 
     fn verdict(&mut self, text: &str) -> Option<(String, String)> {
-        let v = VERDICTS.into_iter().find(|v| text.trim() == *v)?;
+        // libtest gives an ignored test's reason after a comma.
+        let text = text.trim();
+        let v = VERDICTS
+            .into_iter()
+            .find(|v| text == *v || text.starts_with(&format!("{v}, ")))?;
         let done = (self.pending.take()?, v.to_string());
         self.verdicts.push(done.clone());
         Some(done)
