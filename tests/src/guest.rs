@@ -256,8 +256,11 @@ impl GuestAgent {
         };
         let (out, err) = (open(EVENTS)?, open(AGENT_LOG)?);
         let mut cmd = Command::new("timeguard");
-        cmd.args(["run", "--policy", POLICY, "--audit-log", TRAIL]);
-        // A later --audit-log (the full-disk test's) wins.
+        cmd.args(["run", "--policy", POLICY]);
+        // A test may put the trail elsewhere (the full-disk test does).
+        if !self.args.iter().any(|a| a == "--audit-log") {
+            cmd.args(["--audit-log", TRAIL]);
+        }
         cmd.args(&self.args)
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));

@@ -24,12 +24,12 @@ filter=$(sed -n 's/.*tg\.filter=\([^ ]*\).*/\1/p' /proc/cmdline)
 case "$mode" in
 test)
     # One test at a time: they share the clock, the kernel and the agent's paths.
-    tg-guest-tests --test-threads=1 $filter
+    tg-guest-tests --test-threads=1 --color never $filter
     echo "TG-SUITE-EXIT $?"
     ;;
 demo)
     # Every test with what it saw, and each agent's log and records.
-    TG_SHOW_AGENT=1 tg-guest-tests --test-threads=1 --nocapture
+    TG_SHOW_AGENT=1 tg-guest-tests --test-threads=1 --color never --nocapture
     ;;
 bench)
     tg-vm-bench
