@@ -1,21 +1,7 @@
 //! The clock itself: what is read, stepped, slewed and tuned, by whom, through every entry
 //! (native, 32-bit compat, settimeofday), and what is not a change of the host's clock.
 
-use std::{
-    thread::sleep,
-    time::{Duration, Instant},
-};
-
-use timeguard_tests::{
-    clock::{self, realtime_ns},
-    guest::{
-        clock_event, clock_event_since, clock_unchanged, outcome, records, step_and_back, ALLOWED,
-        COPY, SLACK_NS,
-    },
-    harness::sh,
-};
-
-use crate::scenario;
+use crate::prelude::*;
 
 #[test]
 fn read_only_adjtimex_keeps_working() {

@@ -1,21 +1,9 @@
 //! A real time daemon (Debian's chronyd) under its rule: its slews go through, a step
 //! beyond its maxStep does not, whatever its own configuration says.
 
-use std::{
-    fs,
-    process::{Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use timeguard_tests::ntp;
 
-use timeguard_tests::{
-    clock::{self, realtime_ns},
-    guest::{clock_event_since, clock_unchanged, outcome, records, ALLOWED},
-    harness::sh,
-    ntp,
-};
-
-use crate::scenario;
+use crate::prelude::*;
 
 const NTP_ADDR: &str = "127.0.0.1:10123";
 

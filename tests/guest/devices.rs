@@ -2,23 +2,11 @@
 //! kernel's discipline, the RTC through util-linux's hwclock, and the kernel's own writes
 //! of the RTC.
 
-use std::{
-    path::Path,
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
-use timeguard_tests::{
-    clock::realtime_ns,
-    devices,
-    guest::{
-        clock_event_since, clock_unchanged, outcome, records, Outcome, ALLOWED, COPY,
-        HWCLOCK_ALLOWED, HWCLOCK_COPY,
-    },
-    harness::{sh, wait_record, Run},
-};
+use timeguard_tests::{devices, harness::wait_record};
 
-use crate::scenario;
+use crate::prelude::*;
 
 /// A change under a rule's comm, after `since`, with this verdict, operation and hook.
 fn device_event(since: usize, comm: &str, verdict: &str, operation: &str, hook: &str) -> Outcome {

@@ -1,11 +1,7 @@
 //! Who asks is the executable file: a copy, a new name, links, exec through a descriptor or
 //! a memfd gain nothing; `match.users` narrows a rule by the caller's uid.
 
-use std::fs;
-
-use timeguard_tests::guest::{denied_step, step_and_back, ALLOWED, COPY};
-
-use crate::{policies, scenario};
+use crate::prelude::*;
 
 #[test]
 fn a_copy_of_the_allowed_binary_is_denied() {

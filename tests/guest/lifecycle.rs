@@ -2,23 +2,7 @@
 //! upgrade replaced an allowed executable), survives kill -9 and a full trail disk, and
 //! `stop --unpin` gives the clock back to the kernel's own rules.
 
-use std::{
-    fs,
-    process::{Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
-};
-
-use serde_json::Value;
-use timeguard_tests::{
-    guest::{
-        agent_status, clock_event, counter, denied_step, outcome, records, step_and_back,
-        unpin_and_wait, wait_record, write_policy, AGENT_LOG, ALLOWED, COPY,
-    },
-    harness::sh,
-};
-
-use crate::{policies, scenario, scenario_with};
+use crate::prelude::*;
 
 /// How long clock_settime is hammered while policies are swapped.
 const HAMMER_MS: u64 = 1500;

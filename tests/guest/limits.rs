@@ -1,22 +1,7 @@
 //! The limits a rule sets (maxStep, maxFrequency, a tick counted as frequency), held by the
 //! kernel, and the exact count of a flood of denied attempts.
 
-use std::{
-    thread::sleep,
-    time::{Duration, Instant},
-};
-
-use serde_json::Value;
-use timeguard_tests::{
-    clock::{self, realtime_ns},
-    guest::{
-        agent_status, clock_event, clock_event_since, clock_unchanged, counter, outcome, records,
-        ALLOWED, COPY,
-    },
-    harness::sh,
-};
-
-use crate::scenario;
+use crate::prelude::*;
 
 /// The allowed program is held to its rule's maxStep (2h) and maxFrequency (100ppm), by
 /// the kernel, whoever asks it.

@@ -17,6 +17,25 @@ mod self_protection;
 
 use timeguard_tests::guest::{GuestAgent, Outcome};
 
+/// What the areas' tests use.
+mod prelude {
+    pub use std::{
+        fs,
+        process::{Command, Stdio},
+        thread::sleep,
+        time::{Duration, Instant},
+    };
+
+    pub use serde_json::Value;
+    pub use timeguard_tests::{
+        clock::{self, realtime_ns},
+        guest::*,
+        harness::{counted, sh, Run},
+    };
+
+    pub(crate) use crate::{policies, scenario, scenario_with};
+}
+
 /// The policies the tests start their agent with, or reload to.
 mod policies {
     /// The guest's policy: the test program, util-linux's hwclock and chronyd may change the

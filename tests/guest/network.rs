@@ -1,13 +1,7 @@
 //! The network guard in the guest's kernel: it attaches (the verifier accepts it), and only
 //! the listed time daemon owns the time sockets.
 
-use serde_json::Value;
-use timeguard_tests::{
-    guest::{agent_status, ALLOWED, COPY},
-    harness::sh,
-};
-
-use crate::{policies, scenario};
+use crate::prelude::*;
 
 /// A policy with `spec.network` attaches the network guard (the kernel's verifier accepts
 /// it), and with `daemons` only the listed executable may open packet sockets that see PTP
@@ -54,13 +48,10 @@ fn only_time_daemons_own_time_sockets() {
         if !wrong.is_empty() {
             return Err(wrong.join("; "));
         }
-        let refused: u64 = st["network"]["sockets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["verdict"] == "deny" && c["reason"] == "not a time daemon")
-            .filter_map(|c| c["count"].as_u64())
-            .sum();
+        let refused = counted(
+            &st["network"]["sockets"],
+            &[("verdict", "deny"), ("reason", "not a time daemon")],
+        );
         if refused != 4 {
             return Err(format!(
                 "{refused} refusals counted, expected 4: {}",

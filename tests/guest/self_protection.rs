@@ -1,22 +1,9 @@
 //! Self-protection enforced: an intruder with root cannot stop, trace or rewrite the guard
 //! or the daemons it protects, nor undo its pins, maps and links.
 
-use std::{
-    fs,
-    process::{Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use crate::daemons::chrony_conf;
 
-use serde_json::Value;
-use timeguard_tests::{
-    guest::{
-        agent_status, outcome, wait_record, GuestAgent, Outcome, COPY, HWCLOCK_ALLOWED, POLICY,
-    },
-    harness::sh,
-};
-
-use crate::{daemons::chrony_conf, policies, scenario};
+use crate::prelude::*;
 
 /// Self-protection enforced: an intruder with root (a process that is neither the agent
 /// nor its service manager) cannot stop the agent, trace it or chronyd, write chronyd's or
@@ -171,13 +158,10 @@ fn self_protection_attempts(agent: &GuestAgent) -> Outcome {
         ));
     }
     let denied = |act: &str| -> u64 {
-        after["self_protection"]["attempts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["action"] == act && c["verdict"] == "deny")
-            .filter_map(|c| c["count"].as_u64())
-            .sum()
+        counted(
+            &after["self_protection"]["attempts"],
+            &[("action", act), ("verdict", "deny")],
+        )
     };
     let counts: Vec<(&str, u64, u64)> = [
         ("signal", 2),

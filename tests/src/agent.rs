@@ -7,7 +7,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{is_root, read_records, timeguard};
+use crate::harness::{is_root, read_records, temp_dir, timeguard};
 
 /// An agent this test started, with its own directory, policy, status socket and pin
 /// directory.
@@ -68,19 +68,10 @@ impl RunningAgent {
     }
 }
 
-/// Starts the agent with `policy_text` and more arguments, in a fresh temporary directory;
-/// the audit trail goes to `audit.jsonl` there. An error says why it cannot run here.
-pub fn start_agent_with(
-    tag: &str,
-    stdout: Stdio,
-    policy_text: &str,
-    args: &[&str],
-) -> Result<RunningAgent, String> {
-    start_agent_via(&[], tag, stdout, policy_text, args)
-}
-
-/// The same, through a command that takes the agent's command line after its own
-/// (`nsenter --net=…`, to run it in a network namespace).
+/// Starts the agent with `policy_text` and more arguments, in a fresh temporary directory
+/// (the audit trail goes to `audit.jsonl` there), through `prefix` when given: a command
+/// that takes the agent's command line after its own (`nsenter --net=…`, to run it in a
+/// network namespace). An error says why it cannot run here.
 pub fn start_agent_via(
     prefix: &[&str],
     tag: &str,
@@ -95,8 +86,7 @@ pub fn start_agent_via(
                 .into(),
         );
     }
-    let dir = std::env::temp_dir().join(format!("tg-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = temp_dir(tag);
     let policy = dir.join("policy.yaml");
     let socket = dir.join("status.sock");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/tg-test-{tag}-{}", std::process::id()));

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     clock::{self, realtime_ns},
-    harness::{read_records, sh, wait_for, Run},
+    harness::{counted, read_records, sh, wait_for, Run},
 };
 
 /// The agent's records as it prints them on stdout (the trail itself may be on a full disk).
@@ -147,13 +147,14 @@ pub fn agent_status() -> Result<Value, String> {
 
 /// The exact kernel count for (rule, operation, verdict).
 pub fn counter(status: &Value, rule: &str, operation: &str, verdict: &str) -> u64 {
-    status["counters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["rule"] == rule && c["operation"] == operation && c["verdict"] == verdict)
-        .filter_map(|c| c["count"].as_u64())
-        .sum()
+    counted(
+        &status["counters"],
+        &[
+            ("rule", rule),
+            ("operation", operation),
+            ("verdict", verdict),
+        ],
+    )
 }
 
 /// Writes the next policy through the agent's own path (`timeguard apply`): self-protection

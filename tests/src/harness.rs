@@ -111,6 +111,25 @@ pub fn wait_record(
     })
 }
 
+/// A fresh directory of this test process under the system's temporary directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tg-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+/// The sum of the `count`s of a counter list's entries (as the agent's status gives them)
+/// whose keys have all the values given.
+pub fn counted(entries: &Value, matching: &[(&str, &str)]) -> u64 {
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| matching.iter().all(|(k, v)| c[*k] == *v))
+        .filter_map(|c| c["count"].as_u64())
+        .sum()
+}
+
 /// The `*.yaml` files of a directory, sorted.
 pub fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -15,10 +15,10 @@ use std::{
 use serde_json::Value;
 
 use timeguard_tests::{
-    agent::{agent_status, start_agent_with, RunningAgent},
+    agent::{agent_status, start_agent_via, RunningAgent},
     harness::{
-        free_loopback_addr, http_get, provided_tool, require_root, sh, timeguard, wait_for,
-        workspace, yaml_files, Run,
+        free_loopback_addr, http_get, provided_tool, require_root, sh, temp_dir, timeguard,
+        wait_for, workspace, yaml_files, Run,
     },
 };
 
@@ -44,8 +44,7 @@ fn bundled_policies_pass_check() {
             "no bundled policy {expected}.yaml"
         );
     }
-    let empty_root = std::env::temp_dir().join(format!("tg-empty-root-{}", std::process::id()));
-    std::fs::create_dir_all(&empty_root).expect("temp dir");
+    let empty_root = temp_dir("empty-root");
     for policy in &policies {
         let out = check(&bin, Some(&empty_root), policy);
         let text = &out.stdout;
@@ -101,12 +100,10 @@ fn check(bin: &Path, root: Option<&Path>, policy: &Path) -> Run {
 #[test]
 #[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
 fn check_rejects_a_broken_policy_with_its_file_name() {
-    let bin = timeguard();
-    let dir = std::env::temp_dir().join(format!("tg-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir("check");
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: x}\nspec:\n  clock:\n    rules:\n      - name: a\n        match: {exe: /bin/sh}\n        allow: [jump]\n").expect("write");
-    let out = check(&bin, None, &bad);
+    let out = check(&timeguard(), None, &bad);
     let text = &out.stdout;
     assert_eq!(out.status, 1, "{text}");
     assert!(text.contains("bad.yaml"), "{text}");
@@ -127,7 +124,7 @@ fn audit_policy(name: &str) -> String {
 
 /// Starts the agent on `audit_policy("first")` in a fresh temporary directory.
 fn start_agent(tag: &str, stdout: Stdio) -> RunningAgent {
-    start_agent_with(tag, stdout, &audit_policy("first"), &[]).expect("the agent starts")
+    start_agent_via(&[], tag, stdout, &audit_policy("first"), &[]).expect("the agent starts")
 }
 
 #[test]
@@ -422,7 +419,8 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
         mut agent,
         pin_dir,
         ..
-    } = start_agent_with(
+    } = start_agent_via(
+        &[],
         "metrics",
         Stdio::null(),
         &policy,
@@ -447,14 +445,11 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
         r#"timeguard_clock_change_attempts_total{{operation="status",rule="this-test",verdict="{verdict}"}}"#
     );
     for _ in 0..ATTEMPTS {
-        let out = Command::new(&me)
-            .arg("same-maxerror")
-            .output()
-            .expect("tg-clock runs");
+        let out = sh(&me, &["same-maxerror"]).expect("tg-clock runs");
         assert!(
-            out.status.success(),
+            out.status == 0,
             "audit and observe must not refuse: {}",
-            String::from_utf8_lossy(&out.stdout)
+            out.stdout
         );
     }
     let text = wait("the attempts counted", 20, &mut || {
@@ -605,8 +600,7 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
 #[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
 fn events_follow_reads_on_across_a_rotation() {
     let bin = timeguard();
-    let dir = std::env::temp_dir().join(format!("tg-follow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir("follow");
     let trail = dir.join("audit.jsonl");
     let record = |n: u32| {
         format!("{{\"time\":\"2026-11-22T00:00:0{n}Z\",\"kind\":\"clock\",\"verdict\":\"deny\",\"rule\":\"default\",\"reason\":\"\",\"generation\":1,\"hook\":\"lsm/settime\",\"who\":{{\"comm\":\"tool{n}\",\"pid\":{n},\"uid\":0,\"exe\":\"/bin/tool\"}},\"what\":{{\"operations\":[\"step\"],\"syscall\":\"clock_settime\"}}}}\n")

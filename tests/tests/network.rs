@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use timeguard_tests::{
     agent::RunningAgent,
-    harness::provided_tool,
+    harness::{self, provided_tool, temp_dir},
     lab::{agent_for, can_run, NetLab},
 };
 
@@ -43,13 +43,7 @@ fn tg_clock_ok(lab: &NetLab, ns: &str, args: &[&str]) {
 
 /// The count of a network counter section's entries matching every (key, value) given.
 fn counted(status: &Value, section: &str, matching: &[(&str, &str)]) -> u64 {
-    status["network"][section]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| matching.iter().all(|(k, v)| c[*k] == *v))
-        .filter_map(|c| c["count"].as_u64())
-        .sum()
+    harness::counted(&status["network"][section], matching)
 }
 
 /// The NTP guard on this kernel, in namespaces this test makes: mode 7 (monlist) and mode 6
@@ -114,13 +108,11 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     drop(lab);
 
     let count = |mode: &str, verdict: &str, reason: &str| -> u64 {
-        after["network"]["ntp_packets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["mode"] == mode && c["verdict"] == verdict && c["reason"] == reason)
-            .filter_map(|c| c["count"].as_u64())
-            .sum()
+        counted(
+            &after,
+            "ntp_packets",
+            &[("mode", mode), ("verdict", verdict), ("reason", reason)],
+        )
     };
     // .2: only its 3 client requests (its monlist and mode 6 were dropped, and its own
     // bucket is untouched by .3's flood); .3: one burst (5, plus what 2/s refills while
@@ -248,13 +240,11 @@ fn real_chronyd_syncs_only_to_the_listed_server() {
 
     let log = String::from_utf8_lossy(&client_log);
     let count = |mode: &str, verdict: &str| -> u64 {
-        after["network"]["ntp_packets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["mode"] == mode && c["verdict"] == verdict)
-            .filter_map(|c| c["count"].as_u64())
-            .sum()
+        counted(
+            &after,
+            "ntp_packets",
+            &[("mode", mode), ("verdict", verdict)],
+        )
     };
     assert!(
         log.contains("Selected source 10.231.0.1"),
@@ -301,8 +291,7 @@ fn exe_id(path: &Path) -> String {
 /// A copy of tg-clock in a directory of its own: another file, so another executable to
 /// the guard, which a policy can name as a time daemon.
 fn daemon_copy(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tg-daemon-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir(&format!("daemon-{tag}"));
     let copy = dir.join("tg-daemon");
     std::fs::copy(TG_CLOCK, &copy).expect("copy tg-clock");
     copy

@@ -16,7 +16,7 @@ use std::{
 
 use serde_json::json;
 use timeguard_tests::{
-    agent::{start_agent_with, RunningAgent},
+    agent::{start_agent_via, RunningAgent},
     lab::{agent_for, can_run, NetLab},
     ntp,
 };
@@ -133,7 +133,8 @@ fn startup_on_host(lab: &NetLab) -> Result<(), String> {
     let mut samples = Vec::new();
     for i in 0..3 {
         let started = Instant::now();
-        let mut agent = start_agent_with(
+        let mut agent = start_agent_via(
+            &[],
             &format!("startup{i}"),
             Stdio::piped(),
             &policy("{requestsPerSecond: 64, burst: 128}"),
