@@ -746,3 +746,47 @@ pub fn interactive(bin: &Path, series: &str, demo: bool) -> anyhow::Result<()> {
     }
     run(&mut qemu(&files.image, &initrd, mode, None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::GuestRun;
+
+    fn read_all(lines: &[&str]) -> GuestRun {
+        let mut g = GuestRun::default();
+        for l in lines {
+            g.read(l);
+        }
+        g
+    }
+
+    #[test]
+    fn verdicts_on_their_line_or_pushed_onto_the_next() {
+        let g = read_all(&[
+            "running 3 tests",
+            "test clock::a ... ok",
+            "test clock::b ... some child's output",
+            "FAILED",
+            "test clock::c ... ignored, needs a PHC",
+            "TG-SUITE-EXIT 101",
+        ]);
+        assert_eq!(g.listed, Some(3));
+        let names: Vec<&str> = g.verdicts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["clock::a", "clock::b", "clock::c"]);
+        assert_eq!(g.failed().collect::<Vec<_>>(), ["clock::b"]);
+        assert_eq!(g.problem(), None);
+    }
+
+    #[test]
+    fn a_run_that_lists_more_than_it_reports_or_none_fails() {
+        let short = read_all(&["running 2 tests", "test a ... ok", "TG-SUITE-EXIT 0"]);
+        assert!(short.problem().is_some_and(|p| p.contains("listed 2")));
+        let none = read_all(&["running 0 tests", "TG-SUITE-EXIT 0"]);
+        assert!(none.problem().is_some_and(|p| p.contains("no guest test")));
+        let silent = read_all(&["TG-SUITE-EXIT 1"]);
+        assert!(silent.problem().is_some());
+        let crashed = read_all(&["running 1 test", "test a ... ok", "TG-SUITE-EXIT 101"]);
+        assert!(crashed
+            .problem()
+            .is_some_and(|p| p.contains("without a failed test")));
+    }
+}
