@@ -7,7 +7,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{is_root, timeguard};
+use crate::harness::{is_root, read_records, temp_dir, timeguard};
 
 /// An agent this test started, with its own directory, policy, status socket and pin
 /// directory.
@@ -35,11 +35,7 @@ impl RunningAgent {
 
     /// The agent's audit trail as records.
     pub fn records(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        read_records(&self.dir.join("audit.jsonl"))
     }
 
     /// Stops the agent the way an operator removes timeguard, `timeguard stop --unpin`
@@ -72,37 +68,29 @@ impl RunningAgent {
     }
 }
 
-/// Starts the agent with `policy_text` and more arguments, in a fresh temporary directory;
-/// the audit trail goes to `audit.jsonl` there. None (said in one line) where it cannot run.
-pub fn start_agent_with(
-    tag: &str,
-    stdout: Stdio,
-    policy_text: &str,
-    args: &[&str],
-) -> Option<RunningAgent> {
-    start_agent_via(&[], tag, stdout, policy_text, args)
-}
-
-/// The same, through a command that takes the agent's command line after its own
-/// (`nsenter --net=…`, to run it in a network namespace).
+/// Starts the agent with `policy_text` and more arguments, in a fresh temporary directory
+/// (the audit trail goes to `audit.jsonl` there), through `prefix` when given: a command
+/// that takes the agent's command line after its own (`nsenter --net=…`, to run it in a
+/// network namespace). An error says why it cannot run here.
 pub fn start_agent_via(
     prefix: &[&str],
     tag: &str,
     stdout: Stdio,
     policy_text: &str,
     args: &[&str],
-) -> Option<RunningAgent> {
-    let bin = timeguard()?;
+) -> Result<RunningAgent, String> {
+    let bin = timeguard();
     if !is_root() {
-        eprintln!("skipped: loading BPF programs needs root");
-        return None;
+        return Err(
+            "loading BPF programs needs root: run the tests as root through `cargo xtask test`"
+                .into(),
+        );
     }
-    let dir = std::env::temp_dir().join(format!("tg-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir(tag);
     let policy = dir.join("policy.yaml");
     let socket = dir.join("status.sock");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/tg-test-{tag}-{}", std::process::id()));
-    std::fs::write(&policy, policy_text).expect("write the policy");
+    std::fs::write(&policy, policy_text).map_err(|e| format!("{}: {e}", policy.display()))?;
     let mut cmd = match prefix {
         [first, rest @ ..] => {
             let mut c = Command::new(first);
@@ -124,8 +112,8 @@ pub fn start_agent_via(
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
-        .expect("the agent starts");
-    Some(RunningAgent {
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    Ok(RunningAgent {
         bin,
         dir,
         policy,

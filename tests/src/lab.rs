@@ -5,12 +5,12 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{
     agent::{start_agent_via, RunningAgent},
-    harness::{is_root, timeguard},
+    harness::{is_root, timeguard, wait_for},
 };
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -212,9 +212,13 @@ impl Drop for NetLab {
 }
 
 /// An agent with `policy` whose network guard watches the lab's cgroup, attached, started
-/// through `prefix` (e.g. nsenter into a lab namespace); None (said in one line) where it
-/// cannot run.
-pub fn agent_for(lab: &NetLab, tag: char, policy: &str, prefix: &[&str]) -> Option<RunningAgent> {
+/// through `prefix` (e.g. nsenter into a lab namespace); an error says why it cannot run.
+pub fn agent_for(
+    lab: &NetLab,
+    tag: char,
+    policy: &str,
+    prefix: &[&str],
+) -> Result<RunningAgent, String> {
     let cg = lab.cgroup.display().to_string();
     let running = start_agent_via(
         prefix,
@@ -223,30 +227,24 @@ pub fn agent_for(lab: &NetLab, tag: char, policy: &str, prefix: &[&str]) -> Opti
         policy,
         &["--network-cgroup", &cg],
     )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let attached = running
+    let attached = wait_for(Duration::from_secs(30), Duration::from_millis(200), || {
+        running
             .status()
-            .is_some_and(|s| !s["network"]["attached"].is_null());
-        if attached {
-            return Some(running);
-        }
-        std::thread::sleep(Duration::from_millis(200));
+            .filter(|s| !s["network"]["attached"].is_null())
+    });
+    if attached.is_some() {
+        return Ok(running);
     }
     let log = running.stop();
-    panic!("the network guard never attached:\n{log}");
+    Err(format!("the network guard never attached:\n{log}"))
 }
 
-/// Whether the network tests can run here (root, the agent binary, cgroup v2); the cgroup
-/// root when they can, None (said in one line) when not.
-pub fn can_run() -> Option<PathBuf> {
-    if !is_root() || timeguard().is_none() {
-        eprintln!("skipped: needs root and the agent binary");
-        return None;
+/// What the network tests need (root, the agent binary, cgroup v2): the cgroup root, or
+/// the reason they cannot run here.
+pub fn can_run() -> Result<PathBuf, String> {
+    if !is_root() {
+        return Err("the network tests need root: run them through `cargo xtask test`".into());
     }
-    let root = cgroup2_root();
-    if root.is_none() {
-        eprintln!("skipped: no cgroup v2 hierarchy mounted");
-    }
-    root
+    timeguard();
+    cgroup2_root().ok_or_else(|| "the network tests need a cgroup v2 hierarchy mounted".into())
 }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod clock;
 pub mod devices;
+pub mod guest;
 pub mod harness;
 pub mod lab;
 pub mod ntp;

@@ -4,8 +4,9 @@
 //! the only write is ADJ_MAXERROR with the value the kernel already holds.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead as _, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -14,13 +15,17 @@ use std::{
 use serde_json::Value;
 
 use timeguard_tests::{
-    agent::{agent_status, start_agent_with, RunningAgent},
-    harness::{free_loopback_addr, http_get, is_root, timeguard, workspace, yaml_files},
+    agent::{agent_status, start_agent_via, RunningAgent},
+    harness::{
+        free_loopback_addr, http_get, provided_tool, require_root, sh, temp_dir, timeguard,
+        wait_for, workspace, yaml_files, Run,
+    },
 };
 
 #[test]
+#[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
 fn bundled_policies_pass_check() {
-    let Some(bin) = timeguard() else { return };
+    let bin = timeguard();
     let policies = yaml_files(&workspace().join("policies"));
     let names: Vec<String> = policies
         .iter()
@@ -39,19 +44,12 @@ fn bundled_policies_pass_check() {
             "no bundled policy {expected}.yaml"
         );
     }
-    let empty_root = std::env::temp_dir().join(format!("tg-empty-root-{}", std::process::id()));
-    std::fs::create_dir_all(&empty_root).expect("temp dir");
+    let empty_root = temp_dir("empty-root");
     for policy in &policies {
-        let out = Command::new(&bin)
-            .arg("check")
-            .arg("--root")
-            .arg(&empty_root)
-            .arg(policy)
-            .output()
-            .expect("timeguard check runs");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let out = check(&bin, Some(&empty_root), policy);
+        let text = &out.stdout;
         assert!(
-            out.status.success(),
+            out.status == 0,
             "{} failed check:\n{text}",
             policy.display()
         );
@@ -70,16 +68,10 @@ fn bundled_policies_pass_check() {
                 .join("\n");
             let path = empty_root.join("uncommented.yaml");
             std::fs::write(&path, format!("{head}{uncommented}\n")).expect("write");
-            let out = Command::new(&bin)
-                .arg("check")
-                .arg("--root")
-                .arg(&empty_root)
-                .arg(&path)
-                .output()
-                .expect("timeguard check runs");
-            let text = String::from_utf8_lossy(&out.stdout);
+            let out = check(&bin, Some(&empty_root), &path);
+            let text = &out.stdout;
             assert!(
-                out.status.success() && text.contains("ok: policy"),
+                out.status == 0 && text.contains("ok: policy"),
                 "{}'s network example fails check:\n{text}",
                 policy.display()
             );
@@ -87,32 +79,33 @@ fn bundled_policies_pass_check() {
     }
     let _ = std::fs::remove_dir_all(&empty_root);
     let default = workspace().join("policies/default.yaml");
-    let out = Command::new(&bin)
-        .arg("check")
-        .arg(&default)
-        .output()
-        .expect("timeguard check runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = check(&bin, None, &default);
     assert!(
-        out.status.success(),
-        "the default policy fails on this host:\n{text}"
+        out.status == 0,
+        "the default policy fails on this host:\n{}",
+        out.stdout
     );
 }
 
+/// `timeguard check [--root ROOT] POLICY`.
+fn check(bin: &Path, root: Option<&Path>, policy: &Path) -> Run {
+    let mut args: Vec<&OsStr> = vec!["check".as_ref()];
+    if let Some(root) = root {
+        args.extend(["--root".as_ref(), root.as_os_str()]);
+    }
+    args.push(policy.as_os_str());
+    sh(bin, &args).expect("timeguard check runs")
+}
+
 #[test]
+#[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
 fn check_rejects_a_broken_policy_with_its_file_name() {
-    let Some(bin) = timeguard() else { return };
-    let dir = std::env::temp_dir().join(format!("tg-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir("check");
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: x}\nspec:\n  clock:\n    rules:\n      - name: a\n        match: {exe: /bin/sh}\n        allow: [jump]\n").expect("write");
-    let out = Command::new(&bin)
-        .arg("check")
-        .arg(&bad)
-        .output()
-        .expect("timeguard check runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let out = check(&timeguard(), None, &bad);
+    let text = &out.stdout;
+    assert_eq!(out.status, 1, "{text}");
     assert!(text.contains("bad.yaml"), "{text}");
     assert!(text.contains("unknown operation `jump`"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -129,23 +122,20 @@ fn audit_policy(name: &str) -> String {
     format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n")
 }
 
-/// Starts the agent on `audit_policy("first")` in a fresh temporary directory; None (said
-/// in one line) where it cannot run.
-fn start_agent(tag: &str, stdout: Stdio) -> Option<RunningAgent> {
-    start_agent_with(tag, stdout, &audit_policy("first"), &[])
+/// Starts the agent on `audit_policy("first")` in a fresh temporary directory.
+fn start_agent(tag: &str, stdout: Stdio) -> RunningAgent {
+    start_agent_via(&[], tag, stdout, &audit_policy("first"), &[]).expect("the agent starts")
 }
 
 #[test]
+#[ignore = "needs root and the agent binary: run through `cargo xtask test`"]
 fn the_agent_reports_its_enforcement_and_records_an_attempt() {
-    let Some(RunningAgent {
+    let RunningAgent {
         dir,
         mut agent,
         pin_dir,
         ..
-    }) = start_agent("run", Stdio::piped())
-    else {
-        return;
-    };
+    } = start_agent("run", Stdio::piped());
     let (tx, rx) = mpsc::channel::<Value>();
     let stdout = agent.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -228,22 +218,13 @@ fn the_agent_reports_its_enforcement_and_records_an_attempt() {
 }
 
 #[test]
+#[ignore = "needs root and the agent binary: run through `cargo xtask test`"]
 fn the_kernel_report_names_every_program_type_and_the_enforcement() {
-    let Some(bin) = timeguard() else { return };
-    if !is_root() {
-        eprintln!("skipped: probing BPF program types needs root");
-        return;
-    }
-    let out = Command::new(&bin)
-        .arg("kernel")
-        .output()
-        .expect("timeguard kernel runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bin = timeguard();
+    require_root("probing BPF program types");
+    let out = sh(&bin, &["kernel"]).expect("timeguard kernel runs");
+    let text = &out.stdout;
+    assert!(out.status == 0, "{text}{}", out.stderr);
     for name in [
         "btf",
         "bpf-lsm-active",
@@ -274,35 +255,28 @@ fn the_kernel_report_names_every_program_type_and_the_enforcement() {
 /// while running (reported, the last one stays in force), and `timeguard status` showing
 /// generation and hash, on this host's kernel.
 #[test]
+#[ignore = "needs root and the agent binary: run through `cargo xtask test`"]
 fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
-    let Some(RunningAgent {
+    let RunningAgent {
         bin,
         dir,
         policy,
         socket,
         pin_dir,
         mut agent,
-    }) = start_agent("reload", Stdio::null())
-    else {
-        return;
-    };
+    } = start_agent("reload", Stdio::null());
     let text = audit_policy;
     let status = || agent_status(&bin, &socket);
-    let wait_for = |pred: &dyn Fn(&Value) -> bool| -> Option<Value> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(v) = status().filter(|v| pred(v)) {
-                return Some(v);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
+    let until = |pred: &dyn Fn(&Value) -> bool| -> Option<Value> {
+        wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
+            status().filter(|v| pred(v))
+        })
     };
-    let first = wait_for(&|v| v["policy"]["generation"] == 1);
+    let first = until(&|v| v["policy"]["generation"] == 1);
     std::fs::write(&policy, format!("{}  bogus: 1\n", text("broken"))).expect("write");
-    let rejected = wait_for(&|v| v["reloads"]["failed"] == 1);
+    let rejected = until(&|v| v["reloads"]["failed"] == 1);
     std::fs::write(&policy, text("second")).expect("write");
-    let second = wait_for(&|v| v["policy"]["generation"] == 2);
+    let second = until(&|v| v["policy"]["generation"] == 2);
     // The agent's own path: `timeguard apply` refuses an invalid policy and changes
     // nothing, and writes a valid one into place.
     let candidate = dir.join("candidate.yaml");
@@ -327,10 +301,10 @@ fn reload_rejects_a_broken_policy_and_status_shows_the_generation() {
     let refused = apply();
     std::fs::write(&candidate, text("third")).expect("write");
     let applied = apply();
-    let third = wait_for(&|v| v["policy"]["generation"] == 3);
+    let third = until(&|v| v["policy"]["generation"] == 3);
     // The policy deleted while running: the fault is reported, the policy stays in force.
     std::fs::remove_file(&policy).expect("delete the policy");
-    let deleted = wait_for(&|v| v["reloads"]["failed"] == 2);
+    let deleted = until(&|v| v["reloads"]["failed"] == 2);
     // SAFETY: signalling the agent this test started, by its id.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     timeguard_tests::agent::unpin(&pin_dir);
@@ -410,15 +384,11 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 /// a real Prometheus scraping the agent on loopback returns the same number, and the shipped
 /// alerting rules and dashboard use only metrics the agent serves.
 #[test]
+#[ignore = "needs root, the agent binary and Prometheus: run through `cargo xtask test`"]
 fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     const ATTEMPTS: u32 = 5;
-    let (Some(prometheus), Some(promtool)) = (
-        std::env::var_os("TIMEGUARD_PROMETHEUS").map(PathBuf::from),
-        std::env::var_os("TIMEGUARD_PROMTOOL").map(PathBuf::from),
-    ) else {
-        eprintln!("skipped: no Prometheus (cargo xtask test unpacks Debian's and sets TIMEGUARD_PROMETHEUS, TIMEGUARD_PROMTOOL)");
-        return;
-    };
+    let prometheus = provided_tool("TIMEGUARD_PROMETHEUS", "Prometheus");
+    let promtool = provided_tool("TIMEGUARD_PROMTOOL", "promtool");
     // The shipped rules first: valid, and their own unit tests pass.
     let rules_dir = workspace().join("deploy/prometheus");
     for args in [
@@ -443,30 +413,23 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
     let me = PathBuf::from(env!("CARGO_BIN_EXE_tg-clock"));
     let policy = format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: metrics}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n    rules:\n      - name: this-test\n        match: {{exe: {}}}\n        allow: [rtc]\n", me.display());
     let metrics_addr = free_loopback_addr();
-    let Some(RunningAgent {
+    let RunningAgent {
         bin,
         dir,
         mut agent,
         pin_dir,
         ..
-    }) = start_agent_with(
+    } = start_agent_via(
+        &[],
         "metrics",
         Stdio::null(),
         &policy,
         &["--metrics-addr", &metrics_addr],
     )
-    else {
-        return;
-    };
+    .expect("the agent starts");
     let wait = |what: &str, secs: u64, f: &mut dyn FnMut() -> Option<String>| -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{what} within {secs}s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for(Duration::from_secs(secs), Duration::from_millis(200), f)
+            .unwrap_or_else(|| panic!("{what} within {secs}s"))
     };
     let first = wait("the agent serves its metrics", 30, &mut || {
         http_get(&metrics_addr, "/metrics")
@@ -482,14 +445,11 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
         r#"timeguard_clock_change_attempts_total{{operation="status",rule="this-test",verdict="{verdict}"}}"#
     );
     for _ in 0..ATTEMPTS {
-        let out = Command::new(&me)
-            .arg("same-maxerror")
-            .output()
-            .expect("tg-clock runs");
+        let out = sh(&me, &["same-maxerror"]).expect("tg-clock runs");
         assert!(
-            out.status.success(),
+            out.status == 0,
             "audit and observe must not refuse: {}",
-            String::from_utf8_lossy(&out.stdout)
+            out.stdout
         );
     }
     let text = wait("the attempts counted", 20, &mut || {
@@ -637,10 +597,10 @@ fn metrics_audit_trail_and_a_real_prometheus_agree_on_the_attempts() {
 /// `timeguard events --follow` prints records as they are appended, and goes on with the new
 /// file when the trail is rotated under it.
 #[test]
+#[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
 fn events_follow_reads_on_across_a_rotation() {
-    let Some(bin) = timeguard() else { return };
-    let dir = std::env::temp_dir().join(format!("tg-follow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bin = timeguard();
+    let dir = temp_dir("follow");
     let trail = dir.join("audit.jsonl");
     let record = |n: u32| {
         format!("{{\"time\":\"2026-11-22T00:00:0{n}Z\",\"kind\":\"clock\",\"verdict\":\"deny\",\"rule\":\"default\",\"reason\":\"\",\"generation\":1,\"hook\":\"lsm/settime\",\"who\":{{\"comm\":\"tool{n}\",\"pid\":{n},\"uid\":0,\"exe\":\"/bin/tool\"}},\"what\":{{\"operations\":[\"step\"],\"syscall\":\"clock_settime\"}}}}\n")

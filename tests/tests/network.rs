@@ -14,18 +14,18 @@ use serde_json::Value;
 
 use timeguard_tests::{
     agent::RunningAgent,
+    harness::{self, provided_tool, temp_dir},
     lab::{agent_for, can_run, NetLab},
 };
 
 const TG_CLOCK: &str = env!("CARGO_BIN_EXE_tg-clock");
 
-/// A pair lab and an agent with `policy` watching its cgroup; None (said in one line)
-/// where it cannot run.
-fn lab_with_agent(tag: char, policy: &str) -> Option<(NetLab, RunningAgent)> {
-    let root = can_run()?;
+/// A pair lab and an agent with `policy` watching its cgroup.
+fn lab_with_agent(tag: char, policy: &str) -> (NetLab, RunningAgent) {
+    let root = can_run().expect("the network lab can be made here");
     let lab = NetLab::pair(&root, tag, Path::new(TG_CLOCK)).expect("the network lab");
-    let agent = agent_for(&lab, tag, policy, &[])?;
-    Some((lab, agent))
+    let agent = agent_for(&lab, tag, policy, &[]).expect("the agent starts");
+    (lab, agent)
 }
 
 /// Runs `tg-clock args…` in namespace `ns` (outside the lab's cgroup); it must succeed.
@@ -43,13 +43,7 @@ fn tg_clock_ok(lab: &NetLab, ns: &str, args: &[&str]) {
 
 /// The count of a network counter section's entries matching every (key, value) given.
 fn counted(status: &Value, section: &str, matching: &[(&str, &str)]) -> u64 {
-    status["network"][section]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| matching.iter().all(|(k, v)| c[*k] == *v))
-        .filter_map(|c| c["count"].as_u64())
-        .sum()
+    harness::counted(&status["network"][section], matching)
 }
 
 /// The NTP guard on this kernel, in namespaces this test makes: mode 7 (monlist) and mode 6
@@ -57,11 +51,10 @@ fn counted(status: &Value, section: &str, matching: &[(&str, &str)]) -> u64 {
 /// host gets through, a client flood above `ntp.rateLimit` is shed while another client is
 /// unaffected, and each drop is counted exactly and recorded.
 #[test]
+#[ignore = "needs root, the agent binary and cgroup v2: run through `cargo xtask test`"]
 fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      clients: [10.231.0.0/24, \"fd00:231::/64\"]\n      control: [10.231.0.3]\n      rateLimit: {requestsPerSecond: 2, burst: 5}\n";
-    let Some((lab, agent)) = lab_with_agent('n', policy) else {
-        return;
-    };
+    let (lab, agent) = lab_with_agent('n', policy);
     let receiver = lab.udp_receiver("10.231.0.1:123", 6);
     let receiver6 = lab.udp_receiver("[fd00:231::1]:123", 6);
     std::thread::sleep(Duration::from_millis(1500));
@@ -115,13 +108,11 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     drop(lab);
 
     let count = |mode: &str, verdict: &str, reason: &str| -> u64 {
-        after["network"]["ntp_packets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["mode"] == mode && c["verdict"] == verdict && c["reason"] == reason)
-            .filter_map(|c| c["count"].as_u64())
-            .sum()
+        counted(
+            &after,
+            "ntp_packets",
+            &[("mode", mode), ("verdict", verdict), ("reason", reason)],
+        )
     };
     // .2: only its 3 client requests (its monlist and mode 6 were dropped, and its own
     // bucket is untouched by .3's flood); .3: one burst (5, plus what 2/s refills while
@@ -174,22 +165,18 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
 /// before it reads them; chronyc reaches the listed server's command port from A (listed in
 /// `ntp.control`) and not from B.
 #[test]
+#[ignore = "needs root, the agent binary, cgroup v2 and chronyd: run through `cargo xtask test`"]
 fn real_chronyd_syncs_only_to_the_listed_server() {
-    let (Some(chronyd), Some(chronyc)) = (
-        std::env::var_os("TIMEGUARD_CHRONYD"),
-        std::env::var_os("TIMEGUARD_CHRONYC"),
-    ) else {
-        eprintln!("skipped: no chronyd (cargo xtask test unpacks Debian's and sets TIMEGUARD_CHRONYD, TIMEGUARD_CHRONYC)");
-        return;
-    };
     let (chronyd, chronyc) = (
-        chronyd.to_string_lossy().into_owned(),
-        chronyc.to_string_lossy().into_owned(),
+        provided_tool("TIMEGUARD_CHRONYD", "chronyd")
+            .display()
+            .to_string(),
+        provided_tool("TIMEGUARD_CHRONYC", "chronyc")
+            .display()
+            .to_string(),
     );
     let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: chrony-net}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      servers: [10.231.0.1]\n      control: [10.231.0.1]\n";
-    let Some((lab, agent)) = lab_with_agent('c', policy) else {
-        return;
-    };
+    let (lab, agent) = lab_with_agent('c', policy);
     let dir = agent.dir.clone();
     let conf = |name: &str, body: &str| -> String {
         let path = dir.join(format!("{name}.conf"));
@@ -253,13 +240,11 @@ fn real_chronyd_syncs_only_to_the_listed_server() {
 
     let log = String::from_utf8_lossy(&client_log);
     let count = |mode: &str, verdict: &str| -> u64 {
-        after["network"]["ntp_packets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["mode"] == mode && c["verdict"] == verdict)
-            .filter_map(|c| c["count"].as_u64())
-            .sum()
+        counted(
+            &after,
+            "ntp_packets",
+            &[("mode", mode), ("verdict", verdict)],
+        )
     };
     assert!(
         log.contains("Selected source 10.231.0.1"),
@@ -306,8 +291,7 @@ fn exe_id(path: &Path) -> String {
 /// A copy of tg-clock in a directory of its own: another file, so another executable to
 /// the guard, which a policy can name as a time daemon.
 fn daemon_copy(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tg-daemon-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir(&format!("daemon-{tag}"));
     let copy = dir.join("tg-daemon");
     std::fs::copy(TG_CLOCK, &copy).expect("copy tg-clock");
     copy
@@ -320,15 +304,14 @@ fn daemon_copy(tag: &str) -> PathBuf {
 /// with EPERM (or, for a dropped SYN, never connects), is counted exactly and recorded with
 /// who asked.
 #[test]
+#[ignore = "needs root, the agent binary and cgroup v2: run through `cargo xtask test`"]
 fn only_time_daemons_own_time_ports_and_daemons_connect_only_where_listed() {
     let copy = daemon_copy("s");
     let daemon = copy.display().to_string();
     let policy = format!(
         "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: sockets}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n    rules:\n      - name: lab-daemon\n        match: {{exe: {daemon}}}\n        allow: [slew]\n  network:\n    mode: enforce\n    ntp:\n      clients: [10.231.0.3]\n    daemons: [lab-daemon]\n    egress:\n      - daemon: lab-daemon\n        to: [\"10.231.0.1:123\", \"10.231.0.1:4460\"]\n"
     );
-    let Some((lab, agent)) = lab_with_agent('s', &policy) else {
-        return;
-    };
+    let (lab, agent) = lab_with_agent('s', &policy);
     let as_daemon = |args: &[&str]| errno_of(lab.run_in(&lab.b, true, &daemon, args));
     let as_other = |args: &[&str]| errno_of(lab.tg_clock(&lab.b, true, args));
     const EPERM: i64 = 1;
@@ -441,16 +424,10 @@ fn only_time_daemons_own_time_ports_and_daemons_connect_only_where_listed() {
 }
 
 /// ptp4l from Debian's linuxptp (TIMEGUARD_PTP4L), as `cargo xtask test` unpacks it.
-fn ptp4l() -> Option<String> {
-    match std::env::var("TIMEGUARD_PTP4L") {
-        Ok(p) => Some(p),
-        Err(_) => {
-            eprintln!(
-                "skipped: no ptp4l (cargo xtask test unpacks Debian's and sets TIMEGUARD_PTP4L)"
-            );
-            None
-        }
-    }
+fn ptp4l() -> String {
+    provided_tool("TIMEGUARD_PTP4L", "ptp4l")
+        .display()
+        .to_string()
 }
 
 /// A ptp4l configuration: software timestamping, fast intervals, a fixed clock identity,
@@ -482,17 +459,16 @@ fn selected(log: &Path) -> Vec<String> {
 /// recorded. The same policy in audit mode (reloaded) lets them through, and the client
 /// turns to the rogue: what the guard stopped.
 fn ptp4l_follows_only_the_listed_grandmaster(tag: char, transport: &str) {
-    let Some(ptp4l) = ptp4l() else { return };
-    let Some(root) = can_run() else { return };
+    let ptp4l = ptp4l();
+    let root = can_run().expect("the network lab can be made here");
     let roles = ["gm", "rogue", "other", "client"];
     let lab = NetLab::bridged(&root, tag, &roles, Path::new(TG_CLOCK)).expect("the PTP lab");
     let policy = |mode: &str| {
         format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: ptp}}\nspec:\n  mode: audit\n  clock: {{default: deny}}\n  network:\n    mode: {mode}\n    ptp:\n      domains: [0]\n      grandmasters: [aaaaaa.fffe.000001]\n")
     };
     let client_ns = format!("--net=/run/netns/{}", lab.roles[3]);
-    let Some(agent) = agent_for(&lab, tag, &policy("enforce"), &["nsenter", &client_ns]) else {
-        return;
-    };
+    let agent = agent_for(&lab, tag, &policy("enforce"), &["nsenter", &client_ns])
+        .expect("the agent starts");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let on = agent.status().is_some_and(|s| {
@@ -632,11 +608,13 @@ fn ptp4l_follows_only_the_listed_grandmaster(tag: char, transport: &str) {
 }
 
 #[test]
+#[ignore = "needs root, the agent binary, cgroup v2 and ptp4l: run through `cargo xtask test`"]
 fn ptp4l_over_ethernet_follows_only_the_listed_grandmaster() {
     ptp4l_follows_only_the_listed_grandmaster('p', "-2");
 }
 
 #[test]
+#[ignore = "needs root, the agent binary, cgroup v2 and ptp4l: run through `cargo xtask test`"]
 fn ptp4l_over_udp_follows_only_the_listed_grandmaster() {
     ptp4l_follows_only_the_listed_grandmaster('u', "-4");
 }
@@ -647,14 +625,13 @@ fn ptp4l_over_udp_follows_only_the_listed_grandmaster() {
 /// payloads cut at every length: the parsers refuse what they cannot read, count it, and the
 /// guard goes on deciding well-formed traffic exactly as before.
 #[test]
+#[ignore = "needs root, the agent binary and cgroup v2: run through `cargo xtask test`"]
 fn malformed_and_truncated_packets_pass_the_parsers_without_harm() {
-    let Some(root) = can_run() else { return };
+    let root = can_run().expect("the network lab can be made here");
     let lab = NetLab::pair(&root, 'm', Path::new(TG_CLOCK)).expect("the network lab");
     let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: malformed}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      control: [10.231.0.3]\n    ptp:\n      domains: [0]\n      grandmasters: [aaaaaa.fffe.000001]\n";
     let ns_a = format!("--net=/run/netns/{}", lab.a);
-    let Some(agent) = agent_for(&lab, 'm', policy, &["nsenter", &ns_a]) else {
-        return;
-    };
+    let agent = agent_for(&lab, 'm', policy, &["nsenter", &ns_a]).expect("the agent starts");
     let receiver = lab.udp_receiver("10.231.0.1:123", 8);
     std::thread::sleep(Duration::from_millis(1500));
     let storm = lab
@@ -739,11 +716,10 @@ fn malformed_and_truncated_packets_pass_the_parsers_without_harm() {
 /// over (no second attachment: each packet is counted once) and its counters go on from
 /// where the first one's stopped; `timeguard stop --unpin` removes the guard.
 #[test]
+#[ignore = "needs root, the agent binary and cgroup v2: run through `cargo xtask test`"]
 fn enforcement_outlives_a_killed_agent_and_a_restarted_one_takes_over() {
     let policy = "apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {name: outlive}\nspec:\n  mode: audit\n  clock: {default: deny}\n  network:\n    mode: enforce\n    ntp:\n      control: [10.231.0.3]\n";
-    let Some((lab, mut first)) = lab_with_agent('k', policy) else {
-        return;
-    };
+    let (lab, mut first) = lab_with_agent('k', policy);
     let receiver = lab.udp_receiver("10.231.0.1:123", 14);
     std::thread::sleep(Duration::from_millis(1000));
     let monlist = |n: &str| {

@@ -1,5 +1,6 @@
 #!/bin/busybox sh
-# /init of the test guest: mount what the agent needs, then run the suite, a demo or a shell.
+# /init of the test guest: mount what the agent needs, then run the tests, a demo, the
+# benchmark or a shell.
 /bin/busybox --install -s /bin
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
@@ -18,16 +19,20 @@ mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
 for m in /lib/modules/*.ko; do insmod "$m" || echo "TG-GUEST insmod $m failed"; done
 echo "TG-GUEST kernel $(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 mode=$(sed -n 's/.*tg\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+# libtest's name filter (`tg.filter=clock::`: one area); none runs every test.
+filter=$(sed -n 's/.*tg\.filter=\([^ ]*\).*/\1/p' /proc/cmdline)
 case "$mode" in
 test)
-    tg-vm-suite
+    # One test at a time: they share the clock, the kernel and the agent's paths.
+    tg-guest-tests --test-threads=1 --color never $filter
     echo "TG-SUITE-EXIT $?"
     ;;
 demo)
-    tg-vm-suite --demo
+    # Every test with what it saw, and each agent's log and records.
+    TG_SHOW_AGENT=1 tg-guest-tests --test-threads=1 --color never --nocapture
     ;;
 bench)
-    tg-vm-suite --bench
+    tg-vm-bench
     echo "TG-SUITE-EXIT $?"
     ;;
 *)

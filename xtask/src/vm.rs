@@ -1,5 +1,6 @@
 //! Real-kernel tests: boots Debian's own kernels under QEMU with an initramfs holding the
-//! agent, the test programs and busybox, and reads each scenario's verdict off the console.
+//! agent, the test programs and busybox, runs the guest's libtest binary
+//! (`tests/guest/`) there, and reads each test's verdict off the console.
 
 use std::{
     collections::BTreeSet,
@@ -13,7 +14,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 
-use crate::{run, setup, workspace_root};
+use crate::{cargo, run, setup, workspace_root};
 
 /// A guest kernel: Debian's package, pinned to a version verified here, and the pattern of
 /// its successors should the archive have moved on.
@@ -44,8 +45,9 @@ const GUEST_MODULES: [&str; 2] = [
     "drivers/pps/clients/pps-ldisc.ko",
 ];
 
-/// How long one guest may run the suite before it is declared hung.
-const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one guest may run the suite before it is declared hung: every test starts and
+/// unpins an agent of its own, under emulation.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(900);
 /// The benchmark measures four configurations (no guard, timeguard, auditd, bpftrace) in one boot.
 const BENCH_TIMEOUT: Duration = Duration::from_secs(1200);
 
@@ -219,6 +221,38 @@ impl GuestMode {
     }
 }
 
+/// Builds the guest's tests (a libtest binary, `test = false`: the host never runs it) and
+/// returns the executable cargo made.
+fn guest_tests() -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "timeguard-tests",
+            "--test",
+            "guest",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the guest's tests")?;
+    if !out.status.success() {
+        bail!("building the guest's tests failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "guest")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| anyhow!("cargo built no executable for the guest's tests"))
+}
+
+/// Where the guest's tests live in the initramfs (/init runs them).
+const GUEST_TESTS: &str = "/usr/local/bin/tg-guest-tests";
+
 /// Builds the initramfs: busybox, the agent, the test programs with their libraries,
 /// the guest's policy and /init.
 fn build_initramfs(
@@ -253,9 +287,10 @@ fn build_initramfs(
     let vm_dir = workspace_root().join("tests/vm");
     copy_into(&root, Path::new("/bin/busybox"), "/bin/busybox")?;
     copy_into(&root, &vm_dir.join("init.sh"), "/init")?;
+    // The shell's agent runs on the guest policy (each test writes its own).
     copy_into(
         &root,
-        &vm_dir.join("policy.yaml"),
+        &workspace_root().join("tests/guest/policies/guest.yaml"),
         "/etc/timeguard/policy.yaml",
     )?;
     // chronyd looks its user up; hwclock and chronyd need nothing else from /etc.
@@ -275,7 +310,6 @@ fn build_initramfs(
     let hwclock = Path::new("/usr/sbin/hwclock");
     let binaries = [
         (bin.join("timeguard"), "/usr/sbin/timeguard"),
-        (bin.join("tg-vm-suite"), "/usr/local/bin/tg-vm-suite"),
         // The same program twice: the policy allows only the first file, by its inode.
         (bin.join("tg-clock"), "/usr/local/sbin/tg-clock-allowed"),
         (bin.join("tg-clock"), "/usr/local/bin/tg-clock"),
@@ -289,6 +323,11 @@ fn build_initramfs(
         (hwclock.to_path_buf(), "/usr/local/bin/hwclock"),
     ];
     let mut binaries = binaries.to_vec();
+    match mode {
+        GuestMode::Test | GuestMode::Demo => binaries.push((guest_tests()?, GUEST_TESTS)),
+        GuestMode::Bench => binaries.push((bin.join("tg-vm-bench"), "/usr/local/bin/tg-vm-bench")),
+        GuestMode::Shell => {}
+    }
     if mode == GuestMode::Bench {
         binaries.extend(setup::bench_peers()?);
         copy_into(
@@ -327,7 +366,9 @@ fn build_initramfs(
     Ok(cpio)
 }
 
-fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode) -> Command {
+/// `filter` selects the guest's tests by name (libtest's filter), through `tg.filter=` on
+/// the kernel command line; None runs them all.
+fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode, filter: Option<&str>) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     // Emulation by default: /dev/kvm exists on these machines but fails under nested
     // virtualization. On a real host, TIMEGUARD_VM_ACCEL=kvm is much faster.
@@ -372,16 +413,86 @@ fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode) -> Command {
     .arg(initrd)
     .arg("-append")
     .arg(format!(
-        "console=ttyS0 quiet panic=-1 tg.mode={}",
-        mode.name()
+        "console=ttyS0 quiet panic=-1 tg.mode={}{}",
+        mode.name(),
+        filter
+            .map(|f| format!(" tg.filter={f}"))
+            .unwrap_or_default()
     ));
     c
 }
 
-/// One scenario's verdict, read from a `TG-SCENARIO <PASS|FAIL> <name> -- <detail>` line.
-struct Verdict {
-    passed: bool,
-    line: String,
+/// What libtest printed in the guest: how many tests it was to run, each verdict (`test
+/// NAME ... ok|FAILED|ignored`), and its exit status.
+#[derive(Default)]
+struct GuestRun {
+    listed: Option<usize>,
+    verdicts: Vec<(String, String)>,
+    /// A `test NAME ... ` line whose verdict another line's output pushed onto a line of
+    /// its own.
+    pending: Option<String>,
+    exit: Option<i32>,
+}
+
+const VERDICTS: [&str; 3] = ["ok", "FAILED", "ignored"];
+
+impl GuestRun {
+    /// Reads one console line; a verdict it completes, as `(name, verdict)`.
+    fn read(&mut self, line: &str) -> Option<(String, String)> {
+        if let Some(n) = line
+            .strip_prefix("running ")
+            .and_then(|r| r.strip_suffix(" tests").or_else(|| r.strip_suffix(" test")))
+        {
+            self.listed = n.trim().parse().ok();
+        } else if let Some(code) = line.strip_prefix("TG-SUITE-EXIT ") {
+            self.exit = code.trim().parse().ok();
+        } else if let Some((name, after)) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ... "))
+        {
+            self.pending = Some(name.to_string());
+            return self.verdict(after);
+        } else if self.pending.is_some() {
+            return self.verdict(line);
+        }
+        None
+    }
+
+    fn verdict(&mut self, text: &str) -> Option<(String, String)> {
+        // libtest gives an ignored test's reason after a comma.
+        let text = text.trim();
+        let v = VERDICTS
+            .into_iter()
+            .find(|v| text == *v || text.starts_with(&format!("{v}, ")))?;
+        let done = (self.pending.take()?, v.to_string());
+        self.verdicts.push(done.clone());
+        Some(done)
+    }
+
+    fn failed(&self) -> impl Iterator<Item = &str> {
+        self.verdicts
+            .iter()
+            .filter(|(_, v)| v == "FAILED")
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// What is wrong with the run as a whole, if anything: no test ran, fewer ran than
+    /// were listed, or the binary failed without a failed test to show for it.
+    fn problem(&self) -> Option<String> {
+        let ran = self.verdicts.len();
+        match self.listed {
+            None => Some("the guest's tests never started (no `running N tests` line)".into()),
+            Some(0) => Some("the filter selected no guest test".into()),
+            Some(n) if ran < n => Some(format!(
+                "the guest listed {n} tests but reported {ran} verdicts"
+            )),
+            _ if self.exit != Some(0) && self.failed().next().is_none() => Some(format!(
+                "the guest's tests exited with {:?} without a failed test",
+                self.exit
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Boots one kernel in `mode` and hands each console line to `on_line` until the guest
@@ -391,6 +502,7 @@ fn run_guest(
     bin: &Path,
     k: &GuestKernel,
     mode: GuestMode,
+    filter: Option<&str>,
     mut on_line: impl FnMut(&str),
     failed: impl Fn() -> bool,
 ) -> anyhow::Result<Duration> {
@@ -401,7 +513,7 @@ fn run_guest(
     let console_log = work.join(format!("console-{}.log", mode.name()));
     let qemu_stderr = work.join("qemu.stderr");
     let started = Instant::now();
-    let mut child = qemu(&files.image, &initrd, mode)
+    let mut child = qemu(&files.image, &initrd, mode, filter)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(
@@ -429,11 +541,8 @@ fn run_guest(
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
-                if line.starts_with("TG-SUITE-EXIT") {
-                    finished = true;
-                } else {
-                    on_line(&line);
-                }
+                finished |= line.starts_with("TG-SUITE-EXIT");
+                on_line(&line);
                 // A panicked guest says nothing more: no need to wait out the timeout.
                 let panicked = line.contains("end Kernel panic");
                 console.push(line);
@@ -481,45 +590,43 @@ fn run_guest(
     Ok(started.elapsed())
 }
 
-/// Boots one kernel in test mode and collects the scenario verdicts. A guest kernel that
-/// panics while booting under emulation, before any scenario ran (seen once on 6.12 under
+/// Boots one kernel in test mode and collects the tests' verdicts. A guest kernel that
+/// panics while booting under emulation, before any test ran (seen once on 6.12 under
 /// TCG with the host's cores busy, in the scheduler's own set-up), is booted once more,
-/// and says so; a failure after the suite began is never retried.
-fn test_kernel(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
-    match test_kernel_once(bin, k) {
+/// and says so; a failure after the tests began is never retried.
+fn test_kernel(bin: &Path, k: &GuestKernel, filter: Option<&str>) -> anyhow::Result<GuestRun> {
+    match test_kernel_once(bin, k, filter) {
         Err(e) if e.to_string().contains(BOOT_PANIC) => {
-            println!("  [{}] the guest kernel panicked while booting, before any scenario; booting it once more", k.series);
-            test_kernel_once(bin, k)
+            println!("  [{}] the guest kernel panicked while booting, before any test; booting it once more", k.series);
+            test_kernel_once(bin, k, filter)
         }
         other => other,
     }
 }
 
-/// What `test_kernel_once` says when the guest kernel panicked before the suite began.
+/// What `test_kernel_once` says when the guest kernel panicked before the tests began.
 const BOOT_PANIC: &str = "kernel panic while booting";
 
-fn test_kernel_once(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>> {
-    let verdicts = std::cell::RefCell::new(Vec::new());
+fn test_kernel_once(bin: &Path, k: &GuestKernel, filter: Option<&str>) -> anyhow::Result<GuestRun> {
+    let guest = std::cell::RefCell::new(GuestRun::default());
     let mut panicked_early = false;
     let took = run_guest(
         bin,
         k,
         GuestMode::Test,
+        filter,
         |line| {
-            if line.contains("Kernel panic") && verdicts.borrow().is_empty() {
+            let mut g = guest.borrow_mut();
+            if line.contains("Kernel panic") && g.verdicts.is_empty() {
                 panicked_early = true;
             }
-            if let Some(rest) = line.strip_prefix("TG-SCENARIO ") {
-                println!("  [{}] {rest}", k.series);
-                verdicts.borrow_mut().push(Verdict {
-                    passed: rest.starts_with("PASS"),
-                    line: rest.to_string(),
-                });
+            if let Some((name, verdict)) = g.read(line) {
+                println!("  [{}] {name} ... {verdict}", k.series);
             }
         },
         || {
-            let v = verdicts.borrow();
-            v.is_empty() || v.iter().any(|v| !v.passed)
+            let g = guest.borrow();
+            g.problem().is_some() || g.failed().next().is_some()
         },
     )
     .map_err(|e| {
@@ -529,14 +636,14 @@ fn test_kernel_once(bin: &Path, k: &GuestKernel) -> anyhow::Result<Vec<Verdict>>
             e
         }
     })?;
-    let verdicts = verdicts.into_inner();
+    let guest = guest.into_inner();
     println!(
-        "  [{}] guest ran {} scenarios in {:.1}s",
+        "  [{}] guest ran {} tests in {:.1}s",
         k.series,
-        verdicts.len(),
+        guest.verdicts.len(),
         took.as_secs_f64()
     );
-    Ok(verdicts)
+    Ok(guest)
 }
 
 /// Boots one kernel in bench mode; returns the figures the guest measured (JSON objects).
@@ -548,6 +655,7 @@ pub fn bench_kernel(bin: &Path, series: &str) -> anyhow::Result<Vec<serde_json::
         bin,
         k,
         GuestMode::Bench,
+        None,
         |line| {
             if let Some(step) = line.strip_prefix("TG-BENCH-PROGRESS ") {
                 println!("  [{}] {step}", k.series);
@@ -572,7 +680,14 @@ pub fn bench_kernel(bin: &Path, series: &str) -> anyhow::Result<Vec<serde_json::
     Ok(figures)
 }
 
-pub fn test_all(bin: &Path, only: &[String]) -> anyhow::Result<()> {
+/// Runs the guest's tests on each kernel (all of them unless `only` names some), those
+/// whose name contains `filter` if given (libtest's filter: `clock::` is one area).
+pub fn test_all(bin: &Path, only: &[String], filter: Option<&str>) -> anyhow::Result<()> {
+    if let Some(f) = filter.filter(|f| f.is_empty() || f.contains(char::is_whitespace)) {
+        bail!(
+            "the guest's test filter {f:?} must be one word (it goes on the kernel command line)"
+        );
+    }
     let kernels: Vec<&GuestKernel> = if only.is_empty() {
         KERNELS.iter().collect()
     } else {
@@ -584,15 +699,16 @@ pub fn test_all(bin: &Path, only: &[String]) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for k in kernels {
         println!("vm: booting Debian kernel {} ({})", k.series, k.package);
-        match test_kernel(bin, k) {
-            Ok(verdicts) => {
-                for v in verdicts {
-                    if v.passed {
-                        passed += 1;
-                    } else {
-                        failed += 1;
-                        failures.push(format!("{}: {}", k.series, v.line));
-                    }
+        match test_kernel(bin, k, filter) {
+            Ok(guest) => {
+                passed += guest.verdicts.iter().filter(|(_, v)| v == "ok").count();
+                for name in guest.failed() {
+                    failed += 1;
+                    failures.push(format!("{}: {name}", k.series));
+                }
+                if let Some(p) = guest.problem() {
+                    failed += 1;
+                    failures.push(format!("{}: {p}", k.series));
                 }
             }
             Err(e) => {
@@ -606,7 +722,7 @@ pub fn test_all(bin: &Path, only: &[String]) -> anyhow::Result<()> {
     }
     println!("vm: {passed} passed, {failed} failed");
     if failed > 0 {
-        bail!("{failed} VM scenario(s) failed");
+        bail!("{failed} VM test(s) or run(s) failed");
     }
     Ok(())
 }
@@ -628,5 +744,49 @@ pub fn interactive(bin: &Path, series: &str, demo: bool) -> anyhow::Result<()> {
         println!("vm: booting {}; the agent runs with /etc/timeguard/policy.yaml (events in /tmp/events.jsonl).", k.package);
         println!("vm: try `date -s 2030-01-01`, `adjtimex -f 100`, `tg-clock-allowed step 60`; `poweroff -f` leaves (Ctrl-A X kills qemu).");
     }
-    run(&mut qemu(&files.image, &initrd, mode))
+    run(&mut qemu(&files.image, &initrd, mode, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GuestRun;
+
+    fn read_all(lines: &[&str]) -> GuestRun {
+        let mut g = GuestRun::default();
+        for l in lines {
+            g.read(l);
+        }
+        g
+    }
+
+    #[test]
+    fn verdicts_on_their_line_or_pushed_onto_the_next() {
+        let g = read_all(&[
+            "running 3 tests",
+            "test clock::a ... ok",
+            "test clock::b ... some child's output",
+            "FAILED",
+            "test clock::c ... ignored, needs a PHC",
+            "TG-SUITE-EXIT 101",
+        ]);
+        assert_eq!(g.listed, Some(3));
+        let names: Vec<&str> = g.verdicts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["clock::a", "clock::b", "clock::c"]);
+        assert_eq!(g.failed().collect::<Vec<_>>(), ["clock::b"]);
+        assert_eq!(g.problem(), None);
+    }
+
+    #[test]
+    fn a_run_that_lists_more_than_it_reports_or_none_fails() {
+        let short = read_all(&["running 2 tests", "test a ... ok", "TG-SUITE-EXIT 0"]);
+        assert!(short.problem().is_some_and(|p| p.contains("listed 2")));
+        let none = read_all(&["running 0 tests", "TG-SUITE-EXIT 0"]);
+        assert!(none.problem().is_some_and(|p| p.contains("no guest test")));
+        let silent = read_all(&["TG-SUITE-EXIT 1"]);
+        assert!(silent.problem().is_some());
+        let crashed = read_all(&["running 1 test", "test a ... ok", "TG-SUITE-EXIT 101"]);
+        assert!(crashed
+            .problem()
+            .is_some_and(|p| p.contains("without a failed test")));
+    }
 }

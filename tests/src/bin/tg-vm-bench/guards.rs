@@ -9,7 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{records, stop_agent, unpin_and_wait, AGENT_LOG, AGENT_PID, COPY, EVENTS, POLICY};
+use timeguard_tests::{
+    guest::{agent_status, GuestAgent, COPY, EVENTS},
+    harness::sh,
+};
+
+/// The guest's policy, as the tests start their agents with it.
+const POLICY: &str = include_str!("../../../guest/policies/guest.yaml");
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Guard {
@@ -46,16 +52,26 @@ const BPFTRACE_ONE_LINER: &str = "tracepoint:syscalls:sys_enter_adjtimex,tracepo
 /// A guard that is running and recording.
 pub struct Running {
     pub guard: Guard,
-    child: Child,
+    process: Process,
     /// Seconds from starting the program to the first attempt it decided (timeguard) or
     /// recorded (the peers).
     pub ready_s: f64,
 }
 
+/// timeguard, as the tests run it (stopped and unpinned however the benchmark ends), or a
+/// peer's program.
+enum Process {
+    Agent(GuestAgent),
+    Peer(Child),
+}
+
 impl Running {
     /// The process that does the guard's userspace work (its memory and CPU are measured).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.process {
+            Process::Agent(agent) => agent.pid(),
+            Process::Peer(child) => child.id(),
+        }
     }
 }
 
@@ -97,21 +113,15 @@ fn spawn_service(guard: Guard, cmd: &mut Command) -> Result<Child, String> {
 }
 
 pub fn stop(running: Running) -> Result<(), String> {
-    let Running {
-        guard, mut child, ..
-    } = running;
-    match guard {
-        Guard::Timeguard => {
-            stop_agent(child)?;
-            // Stopping leaves enforcement pinned: the next measurement without it needs it gone.
-            unpin_and_wait()
-        }
-        Guard::Auditd => {
+    match running.process {
+        // Stopping leaves enforcement pinned: the next measurement without it needs it gone.
+        Process::Agent(mut agent) => agent.finish(),
+        Process::Peer(mut child) if running.guard == Guard::Auditd => {
             sh_ok("auditctl", &["-D"])?;
             sh_ok("auditctl", &["-e", "0"])?;
             interrupt(&mut child, libc::SIGTERM)
         }
-        Guard::Bpftrace => interrupt(&mut child, libc::SIGINT),
+        Process::Peer(mut child) => interrupt(&mut child, libc::SIGINT),
     }
 }
 
@@ -123,7 +133,7 @@ fn interrupt(child: &mut Child, signal: i32) -> Result<(), String> {
 
 /// A command that must succeed; its output.
 fn sh_ok(program: &str, args: &[&str]) -> Result<String, String> {
-    let r = super::sh(program, args)?;
+    let r = sh(program, args)?;
     if r.status != 0 {
         return Err(format!(
             "{program} {}: {} {}",
@@ -170,22 +180,14 @@ fn probe_settimeofday() {
 /// instant the clock is guarded.
 fn start_timeguard() -> Result<Running, String> {
     let started = Instant::now();
-    let child = spawn_service(
-        Guard::Timeguard,
-        Command::new("timeguard")
-            .args(["run", "--policy", POLICY])
-            .stdout(output_to(EVENTS)?)
-            .stderr(output_to(AGENT_LOG)?),
-    )?;
-    AGENT_PID.store(child.id(), std::sync::atomic::Ordering::Relaxed);
+    let mut agent = GuestAgent::spawn(POLICY, &[])?;
+    into_cgroup(&format!("{}.service", Guard::Timeguard.key()), agent.pid())?;
     wait_until("timeguard refused no step", step_refused)?;
     let ready_s = started.elapsed().as_secs_f64();
-    wait_until("timeguard wrote no started record", || {
-        records().iter().any(|v| v["event"] == "started")
-    })?;
+    agent.wait_started(0)?;
     Ok(Running {
         guard: Guard::Timeguard,
-        child,
+        process: Process::Agent(agent),
         ready_s,
     })
 }
@@ -258,7 +260,7 @@ fn start_auditd() -> Result<Running, String> {
     })?;
     Ok(Running {
         guard: Guard::Auditd,
-        child,
+        process: Process::Peer(child),
         ready_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -284,7 +286,7 @@ fn start_bpftrace() -> Result<Running, String> {
     })?;
     Ok(Running {
         guard: Guard::Bpftrace,
-        child,
+        process: Process::Peer(child),
         ready_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -348,7 +350,7 @@ pub fn records_of(guard: Guard, comm: &str, change: Change) -> usize {
 /// apart; the peers: auditd's kernel `lost` count, bpftrace's "Lost N events" lines).
 pub fn lost(guard: Guard) -> Result<u64, String> {
     match guard {
-        Guard::Timeguard => super::agent_status()?["events_lost"]
+        Guard::Timeguard => agent_status()?["events_lost"]
             .as_u64()
             .ok_or_else(|| "timeguard status has no events_lost".into()),
         Guard::Auditd => {

@@ -16,11 +16,12 @@ use std::{
 use agent_common::event::thinning;
 use serde_json::{json, Value};
 
-use super::{
-    agent_status, counter,
-    guards::{self, Change, Guard, Running},
-    sh, ALLOWED, COPY,
+use timeguard_tests::{
+    guest::{agent_status, counter, ALLOWED, COPY},
+    harness::sh,
 };
+
+use crate::guards::{self, Change, Guard, Running};
 
 /// (figure, workload, which binary runs it).
 const CALLS: [(&str, &str, &str); 7] = [
@@ -65,6 +66,11 @@ impl Table {
 
     fn set(&mut self, (section, figure, unit, better): Row, who: &str, value: f64) {
         self.row(section, figure, unit, better)[who] = json!(value);
+    }
+
+    /// A figure of the guard's own footprint (lower is better).
+    fn footprint(&mut self, figure: &'static str, unit: &'static str, who: &str, value: f64) {
+        self.set((FOOTPRINT, figure, unit, "lower"), who, value);
     }
 
     fn note(&mut self, (section, figure, unit, better): Row, note: String) {
@@ -253,17 +259,9 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
     let cpu_before = cpu_seconds(pid)?;
     sleep(IDLE);
     let idle_cpu = cpu_percent(pid, cpu_before, IDLE.as_secs_f64())?;
-    table.set(
-        (FOOTPRINT, "CPU at idle", "% of one CPU", "lower"),
-        who,
-        idle_cpu,
-    );
+    table.footprint("CPU at idle", "% of one CPU", who, idle_cpu);
     let rss = memory_mib(pid, "VmRSS")?;
-    table.set(
-        (FOOTPRINT, "memory at idle (RSS)", "MiB", "lower"),
-        who,
-        rss,
-    );
+    table.footprint("memory at idle (RSS)", "MiB", who, rss);
 
     // The flood: attempts per second, each decided (timeguard) or recorded (the peers).
     let attempts = u64::from(FLOOD_PROCS) * FLOOD_EACH;
@@ -281,19 +279,11 @@ fn pipeline(table: &mut Table, running: &Running) -> Result<(), String> {
         "higher",
     );
     table.set(rate_row, who, attempts as f64 / flooded.took);
-    table.set(
-        (FOOTPRINT, "CPU under the flood", "% of one CPU", "lower"),
-        who,
-        flood_cpu,
-    );
+    table.footprint("CPU under the flood", "% of one CPU", who, flood_cpu);
     let peak = memory_mib(pid, "VmHWM")?;
-    table.set(
-        (
-            FOOTPRINT,
-            "peak memory (VmHWM), start-up and flood included",
-            "MiB",
-            "lower",
-        ),
+    table.footprint(
+        "peak memory (VmHWM), start-up and flood included",
+        "MiB",
         who,
         peak,
     );
