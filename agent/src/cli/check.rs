@@ -14,8 +14,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    match super::load_policy(&args.files, &args.root) {
-        Ok(p) => {
+    super::with_policy(
+        &args.files,
+        &args.root,
+        |p| {
             for w in &p.warnings {
                 println!("{w}");
             }
@@ -25,15 +27,10 @@ pub fn run(args: Args) -> ExitCode {
                 p.rules.len(),
                 p.inactive.len()
             );
-            ExitCode::SUCCESS
-        }
-        Err(problems) => {
-            for d in &problems {
-                println!("{d}");
-            }
+        },
+        |problems| {
             let errors = problems.iter().filter(|d| d.is_error()).count();
             println!("{errors} error(s): the policy is not valid");
-            ExitCode::from(1)
-        }
-    }
+        },
+    )
 }

@@ -11,16 +11,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    match super::load_policy(&args.files, &args.root) {
-        Ok(p) => {
-            print!("{}", crate::policy::explain::explain(&p));
-            ExitCode::SUCCESS
-        }
-        Err(problems) => {
-            for d in &problems {
-                println!("{d}");
-            }
-            ExitCode::from(1)
-        }
-    }
+    super::with_policy(
+        &args.files,
+        &args.root,
+        |p| print!("{}", crate::policy::explain::explain(p)),
+        |_| {},
+    )
 }
