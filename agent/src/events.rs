@@ -4,9 +4,9 @@ use std::time::{Duration, SystemTime};
 
 use agent_common::{
     clock::op,
-    event::{abi, hook, ClockEvent, COMM_LEN},
+    event::{Abi, ClockEvent, Hook, COMM_LEN},
     kernel::{classify_syscall, nr, ClockSyscall},
-    policy::verdict,
+    policy::Verdict,
 };
 
 use crate::policy::{CompiledPolicy, ExeId};
@@ -50,7 +50,7 @@ pub fn operation_names(bits: u32) -> Vec<&'static str> {
 
 fn syscall_name(abi_: u8, nr_: i32) -> String {
     let nr_ = nr_ as i64;
-    let compat = abi_ == abi::COMPAT;
+    let compat = abi_ == Abi::Compat.code();
     let name = match (compat, nr_) {
         (false, nr::native::CLOCK_SETTIME) | (true, nr::compat::CLOCK_SETTIME) => "clock_settime",
         (true, nr::compat::CLOCK_SETTIME64) => "clock_settime64",
@@ -212,18 +212,14 @@ pub fn clock_record<'a>(
     exe: Option<&'a str>,
 ) -> ClockRecord<'a> {
     let exe_id = ExeId {
-        dev: ev.exe_dev,
-        ino: ev.exe_ino,
+        dev: ev.caller.exe_dev,
+        ino: ev.caller.exe_ino,
     };
     let sets_frequency = agent_common::clock::adj::FREQUENCY | agent_common::clock::adj::TICK;
     let what = What {
         operations: operation_names(ev.operations),
         syscall: syscall_name(ev.abi, ev.syscall),
-        abi: match ev.abi {
-            abi::COMPAT => "compat32",
-            abi::KERNEL => "kernel",
-            _ => "native",
-        },
+        abi: Abi::name_of(ev.abi),
         clock_id: (ev.clock_id >= 0).then_some(ev.clock_id),
         timex_modes: (ev.timex_modes != 0).then(|| format!("{:#06x}", ev.timex_modes)),
         time: (ev.has_time != 0).then_some(Timespec {
@@ -241,13 +237,19 @@ pub fn clock_record<'a>(
         boot_ns: ev.boot_ns,
         host,
         kind: "clock",
-        verdict: verdict::name(ev.verdict),
+        verdict: Verdict::name_of(ev.verdict),
         rule: policy.rule_name(ev.rule_id),
-        reason: agent_common::policy::reason::name(ev.reason),
+        reason: agent_common::policy::Reason::name_of(ev.reason),
         policy: &policy.name,
         generation: ev.generation,
-        hook: hook::name(ev.hook),
-        who: Who::new((ev.pid, ev.tgid), (ev.uid, ev.gid), &ev.comm, exe, exe_id),
+        hook: Hook::name_of(ev.hook),
+        who: Who::new(
+            (ev.caller.pid, ev.caller.tgid),
+            (ev.caller.uid, ev.caller.gid),
+            &ev.caller.comm,
+            exe,
+            exe_id,
+        ),
         what,
     }
 }
@@ -269,10 +271,10 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(operation_names(op::STEP | op::LEAP), vec!["step", "leap"]);
-        assert_eq!(syscall_name(abi::NATIVE, 227), "clock_settime");
-        assert_eq!(syscall_name(abi::COMPAT, 25), "stime");
-        assert_eq!(syscall_name(abi::COMPAT, 124), "adjtimex");
-        assert_eq!(syscall_name(abi::NATIVE, 1), "syscall 1");
+        assert_eq!(syscall_name(Abi::Native.code(), 227), "clock_settime");
+        assert_eq!(syscall_name(Abi::Compat.code(), 25), "stime");
+        assert_eq!(syscall_name(Abi::Compat.code(), 124), "adjtimex");
+        assert_eq!(syscall_name(Abi::Native.code(), 1), "syscall 1");
     }
 
     #[test]
@@ -289,14 +291,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         // SAFETY: ClockEvent is plain data; all zeroes is a valid value.
         let mut ev: ClockEvent = unsafe { std::mem::zeroed() };
-        ev.tgid = 4242;
+        ev.caller.tgid = 4242;
         ev.operations = op::FREQUENCY;
         ev.timex_modes = agent_common::clock::adj::FREQUENCY;
         ev.frequency = 5 << 16;
         ev.clock_id = -1;
         ev.syscall = 159;
-        ev.verdict = verdict::DENY;
-        ev.comm[..4].copy_from_slice(b"date");
+        ev.verdict = Verdict::Deny.code();
+        ev.caller.comm[..4].copy_from_slice(b"date");
         let text = serde_json::to_string(&clock_record(&ev, &policy, "h", None)).expect("json");
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(v["kind"], "clock");

@@ -4,6 +4,7 @@
 
 use agent_common::{
     kernel::{ClockState, KernelOffsets},
+    maps::{self, Dropped},
     policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, SLOTS},
 };
 use anyhow::{anyhow, Context as _};
@@ -135,7 +136,7 @@ impl Guard {
             .map(|(_, hook, _)| *hook)
             .collect();
         let bpf = EbpfLoader::new()
-            .override_global("KERNEL_OFFSETS", offsets, true)
+            .override_global(maps::KERNEL_OFFSETS, offsets, true)
             .default_map_pin_directory(pins.maps_dir())
             .load(PROGRAMS)
             .context("loading the embedded kernel programs")?;
@@ -164,12 +165,12 @@ impl Guard {
     /// and its generation, so the next policy goes to the other slot and the flip from the
     /// old policy to the new one has no gap.
     fn restore_state(&mut self) -> anyhow::Result<()> {
-        let active: Array<_, u32> = Array::try_from(self.map("ACTIVE_SLOT")?)?;
-        let slot = active.get(&0, 0).unwrap_or(0) % SLOTS;
-        let headers: Array<_, PolicyHeader> = Array::try_from(self.map("POLICY")?)?;
+        let active: Array<_, u32> = Array::try_from(self.map(maps::ACTIVE_SLOT)?)?;
+        let slot = active.get(&maps::ONLY, 0).unwrap_or(0) % SLOTS;
+        let headers: Array<_, PolicyHeader> = Array::try_from(self.map(maps::POLICY)?)?;
         let generation = headers.get(&slot, 0).map_or(0, |h| h.generation);
-        let net: Array<_, u32> = Array::try_from(self.map("NET_ACTIVE_SLOT")?)?;
-        self.net_active_slot = net.get(&0, 0).unwrap_or(0) % SLOTS;
+        let net: Array<_, u32> = Array::try_from(self.map(maps::NET_ACTIVE_SLOT)?)?;
+        self.net_active_slot = net.get(&maps::ONLY, 0).unwrap_or(0) % SLOTS;
         if generation != 0 {
             self.active_slot = slot;
             self.generation = generation;
@@ -236,7 +237,7 @@ impl Guard {
         )?;
         {
             let mut rules: HashMap<_, ExeKey, ClockRule> =
-                HashMap::try_from(self.map_mut("CLOCK_RULES")?)?;
+                HashMap::try_from(self.map_mut(maps::CLOCK_RULES)?)?;
             let stale: Vec<ExeKey> = rules
                 .keys()
                 .filter_map(Result::ok)
@@ -276,9 +277,9 @@ impl Guard {
             }
         }
         self.write_header(slot, header)?;
-        let mut active: Array<_, u32> = Array::try_from(self.map_mut("ACTIVE_SLOT")?)?;
+        let mut active: Array<_, u32> = Array::try_from(self.map_mut(maps::ACTIVE_SLOT)?)?;
         active
-            .set(0, slot, 0)
+            .set(maps::ONLY, slot, 0)
             .context("switching the policy in force")?;
         self.active_slot = slot;
         self.generation = generation;
@@ -295,12 +296,13 @@ impl Guard {
             phc_major: crate::kernel::char_major("ptp").unwrap_or(0),
             _pad: 0,
         };
-        let mut map: Array<_, ClockState> = Array::try_from(self.map_mut("CLOCK_STATE")?)?;
-        map.set(0, state, 0).context("writing the clock state")
+        let mut map: Array<_, ClockState> = Array::try_from(self.map_mut(maps::CLOCK_STATE)?)?;
+        map.set(maps::ONLY, state, 0)
+            .context("writing the clock state")
     }
 
     fn write_header(&mut self, slot: u32, header: PolicyHeader) -> anyhow::Result<()> {
-        let mut headers: Array<_, PolicyHeader> = Array::try_from(self.map_mut("POLICY")?)?;
+        let mut headers: Array<_, PolicyHeader> = Array::try_from(self.map_mut(maps::POLICY)?)?;
         headers
             .set(slot, header, 0)
             .context("writing the policy header")
@@ -475,7 +477,7 @@ impl Guard {
     /// Exact counters per (rule, single operation, verdict), summed over CPUs: the kernel
     /// counts each request once under its set of operations, split here.
     pub fn counters(&self) -> anyhow::Result<Vec<(CounterKey, u64)>> {
-        let map = self.map("CLOCK_COUNTERS")?;
+        let map = self.map(maps::CLOCK_COUNTERS)?;
         let counters: PerCpuHashMap<_, CounterKey, u64> = PerCpuHashMap::try_from(map)?;
         let mut per_op: std::collections::BTreeMap<(u32, u32, u32), u64> = Default::default();
         for entry in counters.iter() {
@@ -505,16 +507,12 @@ impl Guard {
 
     /// Detailed events that did not fit in the ring buffer.
     pub fn events_lost(&self) -> anyhow::Result<u64> {
-        self.per_cpu_total("EVENTS_LOST")
+        self.per_cpu_at(maps::CLOCK_EVENTS_DROPPED, Dropped::Lost.index())
     }
 
     /// Detailed events not sent because their process had used its budget.
     pub fn events_thinned(&self) -> anyhow::Result<u64> {
-        self.per_cpu_total("EVENTS_THINNED")
-    }
-
-    fn per_cpu_total(&self, name: &str) -> anyhow::Result<u64> {
-        self.per_cpu_at(name, 0)
+        self.per_cpu_at(maps::CLOCK_EVENTS_DROPPED, Dropped::Thinned.index())
     }
 
     pub(crate) fn per_cpu_at(&self, name: &str, index: u32) -> anyhow::Result<u64> {
@@ -539,4 +537,25 @@ fn describe_load_error(e: aya::programs::ProgramError) -> anyhow::Error {
         return anyhow!("the kernel refused the program: {io_error}\nverifier log:\n{log}");
     }
     anyhow::Error::new(e)
+}
+
+#[cfg(test)]
+mod map_name_tests {
+    /// A map renamed on one side only breaks here, on the host, not at load time in a VM:
+    /// every name in `maps::ALL` is a map of the embedded programs, and every map there is
+    /// listed (`.rodata`, `.bss` and the like are the programs' globals, not maps).
+    #[test]
+    fn maps_match_the_programs() {
+        let object = aya_obj::Object::parse(super::PROGRAMS).expect("the embedded object parses");
+        let mut in_object: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        in_object.sort_unstable();
+        let mut listed = agent_common::maps::ALL.to_vec();
+        listed.sort_unstable();
+        assert_eq!(in_object, listed);
+    }
 }

@@ -167,18 +167,14 @@ impl Metrics {
         m.started.set(now);
         // Alerts are a fixed set: each series exists from the start, at 0, so that an
         // increase from the first one on is seen.
-        use agent_common::net::{alert, kind};
-        for a in [
-            alert::NEW_SOURCE,
-            alert::UPSTREAM_CHANGED,
-            alert::KISS_OF_DEATH,
-        ] {
+        use agent_common::{alert::Alert, net::Kind};
+        for a in [Alert::NewSource, Alert::UpstreamChanged, Alert::KissOfDeath] {
             m.ntp_alerts
-                .with_label_values(&[crate::network::alert_label(kind::NTP, a)]);
+                .with_label_values(&[crate::network::alert_label(Kind::Ntp.code(), a.code())]);
         }
-        for a in [alert::NEW_SOURCE, alert::UPSTREAM_CHANGED] {
+        for a in [Alert::NewSource, Alert::UpstreamChanged] {
             m.ptp_alerts
-                .with_label_values(&[crate::network::alert_label(kind::PTP, a)]);
+                .with_label_values(&[crate::network::alert_label(Kind::Ptp.code(), a.code())]);
         }
         Ok(m)
     }

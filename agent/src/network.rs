@@ -8,12 +8,14 @@ use std::{
 };
 
 use agent_common::{
+    alert::Alert,
+    maps::{self, Dropped},
     net::{
-        alert, kind, list, mode as ntp_mode, reason, service, AddrKey, Daemon, DaemonKey,
-        NetCounterKey, NetEvent, NetPolicy, ADDR_KEY_FIXED_BITS,
+        AddrKey, Daemon, DaemonKey, Kind, List, NetCounterKey, NetEvent, NetPolicy, NtpMode,
+        Reason, Service, ADDR_KEY_FIXED_BITS,
     },
-    policy::{verdict, SLOTS},
-    ptp::{message, GrandmasterKey},
+    policy::{Verdict, SLOTS},
+    ptp::{GrandmasterKey, Message},
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -103,7 +105,8 @@ impl Guard {
         let slot = (self.net_active_slot + 1) % SLOTS;
         let rule_id = |name: &str| rules.iter().find(|r| r.name == name).map(|r| r.id);
         {
-            let mut addrs: LpmTrie<_, AddrKey, u8> = LpmTrie::try_from(self.map_mut("NET_ADDRS")?)?;
+            let mut addrs: LpmTrie<_, AddrKey, u8> =
+                LpmTrie::try_from(self.map_mut(maps::NET_ADDRS)?)?;
             let stale: Vec<Key<AddrKey>> = addrs
                 .keys()
                 .filter_map(Result::ok)
@@ -117,9 +120,15 @@ impl Guard {
             let ntp = net.map(|n| &n.entries[..]).unwrap_or_default();
             let ntp = ntp.iter().map(|(l, a, p)| (*l, 0, 0, *a, *p));
             let egress = net.map(|n| &n.egress[..]).unwrap_or_default();
-            let egress = egress
-                .iter()
-                .filter_map(|e| Some((list::EGRESS, rule_id(&e.rule)?, e.port, e.addr, e.prefix)));
+            let egress = egress.iter().filter_map(|e| {
+                Some((
+                    List::Egress.code(),
+                    rule_id(&e.rule)?,
+                    e.port,
+                    e.addr,
+                    e.prefix,
+                ))
+            });
             for (which, scope, port, addr, prefix) in ntp.chain(egress) {
                 let key = Key::new(
                     ADDR_KEY_FIXED_BITS + prefix,
@@ -138,7 +147,7 @@ impl Guard {
         }
         {
             let mut daemons: HashMap<_, DaemonKey, Daemon> =
-                HashMap::try_from(self.map_mut("NET_DAEMONS")?)?;
+                HashMap::try_from(self.map_mut(maps::NET_DAEMONS)?)?;
             clear_slot(&mut daemons, slot, |k| k.slot)?;
             for d in net.map(|n| &n.daemons[..]).unwrap_or_default() {
                 let Some(id) = rule_id(&d.rule) else { continue };
@@ -162,7 +171,7 @@ impl Guard {
         }
         {
             let mut gms: HashMap<_, GrandmasterKey, u8> =
-                HashMap::try_from(self.map_mut("PTP_GRANDMASTERS")?)?;
+                HashMap::try_from(self.map_mut(maps::PTP_GRANDMASTERS)?)?;
             clear_slot(&mut gms, slot, |k| k.slot)?;
             for identity in net.map(|n| &n.grandmasters[..]).unwrap_or_default() {
                 let key = GrandmasterKey {
@@ -186,13 +195,13 @@ impl Guard {
             },
             None => NetPolicy::default(),
         };
-        let mut policies: Array<_, NetPolicy> = Array::try_from(self.map_mut("NET_POLICY")?)?;
+        let mut policies: Array<_, NetPolicy> = Array::try_from(self.map_mut(maps::NET_POLICY)?)?;
         policies
             .set(slot, policy, 0)
             .context("writing the network policy")?;
-        let mut active: Array<_, u32> = Array::try_from(self.map_mut("NET_ACTIVE_SLOT")?)?;
+        let mut active: Array<_, u32> = Array::try_from(self.map_mut(maps::NET_ACTIVE_SLOT)?)?;
         active
-            .set(0, slot, 0)
+            .set(maps::ONLY, slot, 0)
             .context("switching the network policy in force")?;
         self.net_active_slot = slot;
         Ok(())
@@ -357,7 +366,7 @@ impl Guard {
 
     /// Exact network counters per (kind, detail, verdict, reason), summed over CPUs.
     pub fn net_counters(&self) -> anyhow::Result<Vec<(NetCounterKey, u64)>> {
-        let map = self.map("NET_COUNTERS")?;
+        let map = self.map(maps::NET_COUNTERS)?;
         let counters: PerCpuHashMap<_, NetCounterKey, u64> = PerCpuHashMap::try_from(map)?;
         let mut out = Vec::new();
         for entry in counters.iter() {
@@ -371,8 +380,8 @@ impl Guard {
     /// Network records lost (ring buffer full) and thinned (over the budget).
     pub fn net_events_dropped(&self) -> anyhow::Result<(u64, u64)> {
         Ok((
-            self.per_cpu_at("NET_EVENTS_DROPPED", 0)?,
-            self.per_cpu_at("NET_EVENTS_DROPPED", 1)?,
+            self.per_cpu_at(maps::NET_EVENTS_DROPPED, Dropped::Lost.index())?,
+            self.per_cpu_at(maps::NET_EVENTS_DROPPED, Dropped::Thinned.index())?,
         ))
     }
 }
@@ -406,28 +415,28 @@ fn interface_index(name: &str) -> Option<u32> {
 /// `ntp`, `nts_ke`, `ptp` or `socket` and what is the NTP mode, the PTP message type, or
 /// the socket action and service.
 pub fn counter_labels(k: &NetCounterKey) -> (&'static str, String, &'static str, &'static str) {
-    let what = match k.kind {
-        kind::NTP => ntp_mode::name(k.detail).to_string(),
-        kind::NTS_KE => ntp_mode::name(k.detail).to_string(),
-        kind::PTP => message::name(k.detail).to_string(),
-        kind::RAW_SOCKET => "ptp".to_string(),
-        _ => service::name(k.detail).to_string(),
+    let what = match Kind::from_code(k.kind) {
+        Some(Kind::Ntp) => NtpMode::name_of(k.detail).to_string(),
+        Some(Kind::NtsKe) => NtpMode::name_of(k.detail).to_string(),
+        Some(Kind::Ptp) => Message::name_of(k.detail).to_string(),
+        Some(Kind::RawSocket) => "ptp".to_string(),
+        _ => Service::name_of(k.detail).to_string(),
     };
     (
-        kind::name(k.kind),
+        Kind::name_of(k.kind),
         what,
-        verdict::name(k.verdict),
-        reason::name(k.reason),
+        Verdict::name_of(k.verdict),
+        Reason::name_of(k.reason),
     )
 }
 
 /// An alert in an operator's words for its kind of record: a PTP "new source" is a new
 /// grandmaster.
 pub fn alert_label(k: u8, a: u8) -> &'static str {
-    match (k, a) {
-        (kind::PTP, alert::NEW_SOURCE) => "new_grandmaster",
-        (kind::PTP, alert::UPSTREAM_CHANGED) => "grandmaster_changed",
-        _ => alert::name(a),
+    match (Kind::from_code(k), Alert::from_code(a)) {
+        (Some(Kind::Ptp), Some(Alert::NewSource)) => "new_grandmaster",
+        (Some(Kind::Ptp), Some(Alert::UpstreamChanged)) => "grandmaster_changed",
+        _ => Alert::name_of(a),
     }
 }
 
@@ -454,19 +463,19 @@ pub fn net_json(
         "time": events::rfc3339(events::wall_time(ev.tai_ns)),
         "boot_ns": ev.boot_ns,
         "host": host,
-        "kind": kind::name(ev.kind),
+        "kind": Kind::name_of(ev.kind),
         "alert": alert_label(ev.kind, ev.alert),
-        "verdict": verdict::name(ev.verdict),
-        "reason": reason::name(ev.reason),
+        "verdict": Verdict::name_of(ev.verdict),
+        "reason": Reason::name_of(ev.reason),
         "policy": policy,
         "generation": ev.generation,
     });
-    match ev.kind {
-        kind::NTP | kind::NTS_KE => {
+    match Kind::from_code(ev.kind) {
+        Some(Kind::Ntp | Kind::NtsKe) => {
             record["packet"] = packet(ev);
             record["ntp"] = ntp_json(ev);
         }
-        kind::PTP => {
+        Some(Kind::Ptp) => {
             if ev.family != 0 {
                 record["packet"] = packet(ev);
             } else {
@@ -475,7 +484,7 @@ pub fn net_json(
             record["ptp"] = ptp_json(ev);
         }
         _ => {
-            let o = &ev.owner;
+            let o = &ev.caller;
             let exe = events::exe_path(o.tgid);
             record["who"] = json!(events::Who::new(
                 (o.pid, o.tgid),
@@ -487,13 +496,13 @@ pub fn net_json(
                     ino: o.exe_ino
                 },
             ));
-            record["who"]["daemon"] = json!((o.rule_id != 0).then(|| rule_name(o.rule_id)));
-            record["socket"] = if ev.kind == kind::RAW_SOCKET {
-                json!({"family": "packet", "protocol": format!("{:#06x}", o.protocol)})
+            record["who"]["daemon"] = json!((ev.rule_id != 0).then(|| rule_name(ev.rule_id)));
+            record["socket"] = if ev.kind == Kind::RawSocket.code() {
+                json!({"family": "packet", "protocol": format!("{:#06x}", ev.protocol)})
             } else {
                 json!({
-                    "protocol": match o.protocol { 6 => "tcp", 17 => "udp", _ => "other" },
-                    "service": service::name(ev.service),
+                    "protocol": match ev.protocol { 6 => "tcp", 17 => "udp", _ => "other" },
+                    "service": Service::name_of(ev.service),
                     "address": address(ev.family, &ev.dst),
                     "port": ev.dport,
                 })
@@ -517,13 +526,13 @@ fn ntp_json(ev: &NetEvent) -> Value {
     let n = &ev.ntp;
     let mut ntp = json!({
         "version": n.version,
-        "mode": ntp_mode::name(n.mode),
+        "mode": NtpMode::name_of(n.mode),
         "leap": n.leap,
     });
-    if ev.kind == kind::NTS_KE {
-        return json!({"nts_ke": if n.mode == ntp_mode::CLIENT { "client opening" } else { "server answering" }});
+    if ev.kind == Kind::NtsKe.code() {
+        return json!({"nts_ke": if n.mode == NtpMode::Client.code() { "client opening" } else { "server answering" }});
     }
-    if n.mode <= ntp_mode::BROADCAST {
+    if n.mode <= NtpMode::Broadcast.code() {
         ntp["stratum"] = json!(n.stratum);
         ntp["poll"] = json!(n.poll);
         ntp["refid"] = if n.stratum == 0 || n.stratum == 1 {
@@ -535,7 +544,7 @@ fn ntp_json(ev: &NetEvent) -> Value {
             ntp["kiss_of_death"] = ntp["refid"].clone();
         }
     }
-    if ev.alert == alert::UPSTREAM_CHANGED {
+    if ev.alert == Alert::UpstreamChanged.code() {
         ntp["previous"] = json!({"stratum": ev.previous_stratum, "leap": ev.previous_leap});
     }
     ntp
@@ -544,7 +553,7 @@ fn ntp_json(ev: &NetEvent) -> Value {
 fn ptp_json(ev: &NetEvent) -> Value {
     let p = &ev.ptp;
     let mut out = json!({
-        "message": message::name(p.message_type),
+        "message": Message::name_of(p.message_type),
         "version": p.version,
         "domain": p.domain,
         "source": format!("{}-{}", clock_identity(&p.source), p.source_port),
@@ -561,7 +570,7 @@ fn ptp_json(ev: &NetEvent) -> Value {
             "steps_removed": p.steps_removed,
         });
     }
-    if ev.alert == alert::UPSTREAM_CHANGED {
+    if ev.alert == Alert::UpstreamChanged.code() {
         let b = &ev.previous_grandmaster;
         out["previous"] = json!({
             "priority1": b.priority1,

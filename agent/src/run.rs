@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 use tokio::{io::unix::AsyncFd, io::AsyncWriteExt as _, net::UnixListener};
 
+use agent_common::maps;
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
@@ -390,7 +391,7 @@ impl Agent {
                 .map(|(k, n)| {
                     json!({"rule": self.rule_ids.name(k.rule_id),
                         "operation": agent_common::clock::op::name(k.operation),
-                        "verdict": agent_common::policy::verdict::name(k.verdict as u8), "count": n})
+                        "verdict": agent_common::policy::Verdict::name_of(k.verdict as u8), "count": n})
                 })
                 .collect(),
             Err(e) => vec![json!({"error": format!("{e:#}")})],
@@ -422,7 +423,7 @@ impl Agent {
             "network": self.network_status(),
             "self_protection": {
                 "mode": match policy.and_then(|p| p.self_protection) {
-                    Some(m) if m == agent_common::policy::mode::ENFORCE => "enforce",
+                    Some(m) if m == agent_common::policy::Mode::Enforce.code() => "enforce",
                     Some(_) => "audit",
                     None => "off",
                 },
@@ -431,13 +432,13 @@ impl Agent {
                 "pins": self.guard.pin_dir(),
                 "objects": self.guard.own_objects().map(|o| o.into_iter().map(|(name, k)| json!({
                     "name": name,
-                    "kind": agent_common::tamper::target::name(k.kind),
+                    "kind": agent_common::tamper::Target::name_of(k.kind),
                     "id": k.id,
                 })).collect::<Vec<_>>()).unwrap_or_default(),
                 "attempts": self.guard.tamper_counters().map(|c| c.into_iter().map(|(k, n)| json!({
-                    "action": agent_common::tamper::action::name(k.action),
-                    "target": agent_common::tamper::target::name(k.target),
-                    "verdict": agent_common::policy::verdict::name(k.verdict),
+                    "action": agent_common::tamper::Action::name_of(k.action),
+                    "target": agent_common::tamper::Target::name_of(k.target),
+                    "verdict": agent_common::policy::Verdict::name_of(k.verdict),
                     "count": n,
                 })).collect::<Vec<_>>()).unwrap_or_default(),
             },
@@ -491,7 +492,7 @@ impl Agent {
                 (
                     self.rule_ids.name(k.rule_id).to_string(),
                     agent_common::clock::op::name(k.operation),
-                    agent_common::policy::verdict::name(k.verdict as u8),
+                    agent_common::policy::Verdict::name_of(k.verdict as u8),
                     n,
                 )
             })
@@ -513,9 +514,9 @@ impl Agent {
             .into_iter()
             .map(|(k, n)| {
                 (
-                    agent_common::tamper::action::name(k.action),
-                    agent_common::tamper::target::name(k.target),
-                    agent_common::policy::verdict::name(k.verdict),
+                    agent_common::tamper::Action::name_of(k.action),
+                    agent_common::tamper::Target::name_of(k.target),
+                    agent_common::policy::Verdict::name_of(k.verdict),
                     n,
                 )
             })
@@ -638,7 +639,7 @@ impl Agent {
     fn net_event(&mut self, ev: &agent_common::net::NetEvent) {
         let alert = network::alert_label(ev.kind, ev.alert);
         if !alert.is_empty() {
-            let series = agent_common::net::kind::name(ev.kind);
+            let series = agent_common::net::Kind::name_of(ev.kind);
             *self.net_alerts.entry((series, alert)).or_default() += 1;
         }
         let name = self
@@ -654,8 +655,8 @@ impl Agent {
 
     /// Writes one clock event to the trail, named by the policy generation that decided it.
     fn clock_event(&mut self, ev: &agent_common::event::ClockEvent) {
-        use agent_common::{clock::op, policy::verdict};
-        if ev.operations & op::STEP != 0 && ev.verdict != verdict::DENY {
+        use agent_common::{clock::op, policy::Verdict};
+        if ev.operations & op::STEP != 0 && ev.verdict != Verdict::Deny.code() {
             self.last_step = Some((ev.boot_ns, events::step_size_ns(ev)));
         }
         let policy = self
@@ -663,7 +664,9 @@ impl Agent {
             .get(&ev.generation)
             .or_else(|| self.policies.values().last());
         if let Some(p) = policy {
-            let exe = self.exe_paths.path(ev.tgid, ev.exe_dev, ev.exe_ino);
+            let exe = self
+                .exe_paths
+                .path(ev.caller.tgid, ev.caller.exe_dev, ev.caller.exe_ino);
             let record = events::clock_record(ev, p, &self.host, exe);
             self.audit.write(&record);
         }
@@ -863,9 +866,9 @@ async fn event_loop(
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut events = polled_ring(&mut agent.guard, "CLOCK_EVENTS")?;
-    let mut net_events = polled_ring(&mut agent.guard, "NET_EVENTS")?;
-    let mut tamper_events = polled_ring(&mut agent.guard, "TAMPER_EVENTS")?;
+    let mut events = polled_ring(&mut agent.guard, maps::CLOCK_EVENTS)?;
+    let mut net_events = polled_ring(&mut agent.guard, maps::NET_EVENTS)?;
+    let mut tamper_events = polled_ring(&mut agent.guard, maps::TAMPER_EVENTS)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

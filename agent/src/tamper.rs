@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use agent_common::{
-    policy::verdict,
-    tamper::{action, target, FileKey, ObjectKey, SelfState, TamperCounterKey, TamperEvent},
+    maps::{self, Dropped},
+    policy::Verdict,
+    tamper::{Action, FileKey, ObjectKey, SelfState, TamperCounterKey, TamperEvent, Target},
 };
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
@@ -13,19 +14,19 @@ use serde_json::{json, Value};
 
 use crate::{events, loader::Guard, policy::ExeId};
 
-/// A protected file: where it is and what it is (`target::*`).
+/// A protected file: where it is and what it is (`Target`).
 pub type ProtectedFile = (PathBuf, u32);
 
 /// Every file and directory under `root` (itself included), for the pins.
 fn walk(root: &Path, out: &mut Vec<ProtectedFile>) {
-    out.push((root.to_path_buf(), target::PIN));
+    out.push((root.to_path_buf(), Target::Pin.code()));
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.filter_map(Result::ok) {
             let path = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 walk(&path, out);
             } else {
-                out.push((path, target::PIN));
+                out.push((path, Target::Pin.code()));
             }
         }
     }
@@ -40,14 +41,14 @@ pub fn protected_files(
 ) -> Vec<ProtectedFile> {
     let mut files = Vec::new();
     if let Ok(me) = std::fs::read_link("/proc/self/exe") {
-        files.push((me, target::AGENT));
+        files.push((me, Target::Agent.code()));
     }
-    files.push((policy_path.to_path_buf(), target::POLICY));
+    files.push((policy_path.to_path_buf(), Target::Policy.code()));
     for s in &policy.sources {
-        files.push((s.clone(), target::POLICY));
+        files.push((s.clone(), Target::Policy.code()));
     }
     for r in &policy.rules {
-        files.push((r.exe.clone(), target::DAEMON));
+        files.push((r.exe.clone(), Target::Daemon.code()));
     }
     walk(pin_root, &mut files);
     files
@@ -80,7 +81,7 @@ impl Guard {
         let objects: Vec<ObjectKey> = self.own_objects()?.into_iter().map(|(_, k)| k).collect();
         {
             let mut map: HashMap<_, FileKey, u32> =
-                HashMap::try_from(self.map_mut("PROTECTED_FILES")?)?;
+                HashMap::try_from(self.map_mut(maps::PROTECTED_FILES)?)?;
             let stale: Vec<FileKey> = map
                 .keys()
                 .filter_map(Result::ok)
@@ -96,7 +97,7 @@ impl Guard {
         }
         {
             let mut map: HashMap<_, ObjectKey, u8> =
-                HashMap::try_from(self.map_mut("OWN_OBJECTS")?)?;
+                HashMap::try_from(self.map_mut(maps::OWN_OBJECTS)?)?;
             for key in &objects {
                 map.insert(key, 1, 0)
                     .context("installing timeguard's own BPF objects")?;
@@ -117,18 +118,18 @@ impl Guard {
             },
             None => SelfState::default(),
         };
-        let mut map: Array<_, SelfState> = Array::try_from(self.map_mut("SELF_STATE")?)?;
-        map.set(0, state, 0)
+        let mut map: Array<_, SelfState> = Array::try_from(self.map_mut(maps::SELF_STATE)?)?;
+        map.set(maps::ONLY, state, 0)
             .context("writing the self-protection state")
     }
 
     /// Forgets this process as the agent when it stops (its pid may be reused); files and
     /// BPF objects stay protected while the pins hold.
     pub fn forget_agent_process(&mut self) -> anyhow::Result<()> {
-        let mut map: Array<_, SelfState> = Array::try_from(self.map_mut("SELF_STATE")?)?;
-        let mut state = map.get(&0, 0)?;
+        let mut map: Array<_, SelfState> = Array::try_from(self.map_mut(maps::SELF_STATE)?)?;
+        let mut state = map.get(&maps::ONLY, 0)?;
         state.agent_tgid = 0;
-        map.set(0, state, 0)
+        map.set(maps::ONLY, state, 0)
             .context("writing the self-protection state")
     }
 
@@ -146,7 +147,7 @@ impl Guard {
             out.push((
                 e.file_name().to_string_lossy().into_owned(),
                 ObjectKey {
-                    kind: target::MAP,
+                    kind: Target::Map.code(),
                     id: map.info()?.id(),
                 },
             ));
@@ -155,7 +156,7 @@ impl Guard {
             out.push((
                 key,
                 ObjectKey {
-                    kind: target::LINK,
+                    kind: Target::Link.code(),
                     id,
                 },
             ));
@@ -166,7 +167,7 @@ impl Guard {
     /// Exact tamper counters per (action, target, verdict), summed over CPUs.
     pub fn tamper_counters(&self) -> anyhow::Result<Vec<(TamperCounterKey, u64)>> {
         let counters: PerCpuHashMap<_, TamperCounterKey, u64> =
-            PerCpuHashMap::try_from(self.map("TAMPER_COUNTERS")?)?;
+            PerCpuHashMap::try_from(self.map(maps::TAMPER_COUNTERS)?)?;
         let mut out = Vec::new();
         for entry in counters.iter() {
             let (key, values) = entry.context("reading the tamper counters")?;
@@ -179,34 +180,11 @@ impl Guard {
     /// Tamper records lost (ring buffer full) and thinned (over the budget).
     pub fn tamper_events_dropped(&self) -> anyhow::Result<(u64, u64)> {
         Ok((
-            self.per_cpu_at("TAMPER_EVENTS_DROPPED", 0)?,
-            self.per_cpu_at("TAMPER_EVENTS_DROPPED", 1)?,
+            self.per_cpu_at(maps::TAMPER_EVENTS_DROPPED, Dropped::Lost.index())?,
+            self.per_cpu_at(maps::TAMPER_EVENTS_DROPPED, Dropped::Thinned.index())?,
         ))
     }
 }
-
-/// Maps only the kernel programs write (counters, budgets, per-source state, scratch): frozen
-/// against every `bpf()` write from userspace, the agent's own included. Ring buffers are
-/// left out (their reader writes its position through a writable mapping).
-const KERNEL_ONLY_MAPS: [&str; 17] = [
-    "CLOCK_COUNTERS",
-    "EVENTS_LOST",
-    "EVENTS_THINNED",
-    "EVENT_BUDGETS",
-    "NET_COUNTERS",
-    "NET_EVENTS_DROPPED",
-    "NET_EVENT_SCRATCH",
-    "NET_EVENT_BUDGET",
-    "NET_UPSTREAMS",
-    "NET_BUCKETS",
-    "NET_DESTINATIONS",
-    "PTP_ANNOUNCED",
-    "PTP_MESSAGE",
-    "TAMPER_COUNTERS",
-    "TAMPER_EVENTS_DROPPED",
-    "TAMPER_BUDGET",
-    "TAMPER_SCRATCH",
-];
 
 /// Freezes the maps userspace never writes; the names frozen now (already frozen ones, by
 /// an earlier agent, are not said again).
@@ -214,7 +192,7 @@ pub fn freeze_kernel_only_maps(maps_dir: &Path) -> Vec<&'static str> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     const BPF_MAP_FREEZE: libc::c_long = 22;
     let mut frozen = Vec::new();
-    for name in KERNEL_ONLY_MAPS {
+    for name in maps::KERNEL_ONLY {
         let Ok(map) = MapData::from_pin(maps_dir.join(name)) else {
             continue;
         };
@@ -277,19 +255,19 @@ pub fn tamper_json(
     host: &str,
     path_of: &dyn Fn(u64, u64) -> Option<PathBuf>,
 ) -> Value {
-    let exe = events::exe_path(ev.tgid);
-    let mut what = json!({"target": target::name(ev.target)});
-    match ev.action {
-        action::SIGNAL => {
+    let exe = events::exe_path(ev.caller.tgid);
+    let mut what = json!({"target": Target::name_of(ev.target)});
+    match Action::from_code(ev.action) {
+        Some(Action::Signal) => {
             what["signal"] = json!(signal_name(ev.detail));
             what["pid"] = json!(ev.target_tgid);
         }
-        action::PTRACE => {
+        Some(Action::Ptrace) => {
             what["pid"] = json!(ev.target_tgid);
             what["ptrace_mode"] = json!(format!("{:#x}", ev.detail));
             what["exe"] = json!(path_of(ev.target_dev, ev.target_ino));
         }
-        action::BPF => {
+        Some(Action::Bpf) => {
             what["bpf_command"] = json!(ev.detail);
             what["id"] = json!(ev.target_ino);
         }
@@ -307,16 +285,16 @@ pub fn tamper_json(
         "boot_ns": ev.boot_ns,
         "host": host,
         "kind": "tamper",
-        "action": action::name(ev.action),
-        "verdict": verdict::name(ev.verdict),
+        "action": Action::name_of(ev.action),
+        "verdict": Verdict::name_of(ev.verdict),
         "policy": policy,
         "generation": ev.generation,
         "who": events::Who::new(
-            (ev.pid, ev.tgid),
-            (ev.uid, ev.gid),
-            &ev.comm,
+            (ev.caller.pid, ev.caller.tgid),
+            (ev.caller.uid, ev.caller.gid),
+            &ev.caller.comm,
             exe.as_deref(),
-            ExeId { dev: ev.exe_dev, ino: ev.exe_ino },
+            ExeId { dev: ev.caller.exe_dev, ino: ev.caller.exe_ino },
         ),
         "what": what,
     })

@@ -18,7 +18,7 @@ use std::{
 
 use agent_common::{
     clock::op,
-    policy::{mode, ALLOW_ALL, MAX_RULES},
+    policy::{Mode as KernelMode, ALLOW_ALL, MAX_RULES},
 };
 use serde_saphyr::{Location, Spanned};
 
@@ -100,7 +100,7 @@ pub struct CompiledPolicy {
     pub warnings: Vec<Diagnostic>,
     /// `spec.network`, when a policy has one.
     pub network: Option<network::CompiledNetwork>,
-    /// `spec.selfProtection` (`mode::*`), None when off.
+    /// `spec.selfProtection` (`KernelMode`), None when off.
     pub self_protection: Option<u32>,
 }
 
@@ -129,8 +129,8 @@ impl CompiledPolicy {
 
 fn mode_value(m: Mode) -> u32 {
     match m {
-        Mode::Enforce => mode::ENFORCE,
-        Mode::Audit => mode::AUDIT,
+        Mode::Enforce => KernelMode::Enforce.code(),
+        Mode::Audit => KernelMode::Audit.code(),
     }
 }
 
@@ -239,7 +239,7 @@ fn check_and_compile(
     let mut names: HashMap<String, (PathBuf, Location)> = HashMap::new();
     let mut exes: HashMap<ExeId, (String, PathBuf, Location)> = HashMap::new();
     let mut default_allow = ALLOW_ALL;
-    let mut default_mode = mode::AUDIT;
+    let mut default_mode = KernelMode::Audit.code();
     let mut daemons_may_be_denied = false;
     let mut enforce_at: Option<(PathBuf, Location)> = None;
     let mut net: Option<(&model::NetworkSpec, Mode, PathBuf)> = None;
@@ -287,7 +287,7 @@ fn check_and_compile(
             default_allow = 0;
         }
         if policy_mode == Mode::Enforce {
-            default_mode = mode::ENFORCE;
+            default_mode = KernelMode::Enforce.code();
         }
         if doc.spec.clock.rules.len() > MAX_RULES as usize {
             sink.error(
@@ -397,7 +397,7 @@ fn check_and_compile(
             let (allowed, rule_mode) =
                 rule.map_or((default_allow, default_mode), |r| (r.allow, r.mode));
             let missing = d.daemon.needs & !allowed;
-            if missing != 0 && rule_mode == mode::ENFORCE {
+            if missing != 0 && rule_mode == KernelMode::Enforce.code() {
                 sink.error(*at, format!(
                     "this policy would deny {} ({}, enabled as {}) the operations it needs: {}; add a rule for {} allowing {}, or set spec.clock.denyInstalledDaemons: true if that is what you want",
                     d.daemon.name,
@@ -435,8 +435,8 @@ fn check_and_compile(
         network: net,
         self_protection: match self_protection {
             model::SelfProtectionMode::Off => None,
-            model::SelfProtectionMode::Audit => Some(mode::AUDIT),
-            model::SelfProtectionMode::Enforce => Some(mode::ENFORCE),
+            model::SelfProtectionMode::Audit => Some(KernelMode::Audit.code()),
+            model::SelfProtectionMode::Enforce => Some(KernelMode::Enforce.code()),
         },
     })
 }
@@ -581,7 +581,7 @@ mod tests {
         let r = &p.rules[0];
         assert_eq!(Some(r.exe_id), ExeId::of(&file).ok());
         assert_eq!(r.allow, op::SLEW | op::FREQUENCY);
-        assert_eq!(r.mode, mode::AUDIT);
+        assert_eq!(r.mode, KernelMode::Audit.code());
         assert_eq!(p.default_allow, 0);
         assert_eq!(p.inactive, vec!["gone".to_string()]);
         assert_eq!(p.warnings.len(), 1);
