@@ -86,3 +86,22 @@ macro_rules! codes {
     };
 }
 pub(crate) use codes;
+
+#[cfg(test)]
+mod codes_tests {
+    use crate::{alert::Alert, net, policy::Verdict, tamper::Target};
+
+    #[test]
+    fn codes_round_trip_and_unknown_ones_are_named() {
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_code(v.code()), Some(v));
+            assert_eq!(Verdict::try_from(v as u8), Ok(v));
+        }
+        assert_eq!(Verdict::name_of(200), "unknown");
+        assert_eq!(net::Reason::name_of(net::Reason::None.code()), "");
+        assert_eq!(Alert::name_of(Alert::KissOfDeath.code()), "kiss_of_death");
+        assert_eq!(Target::name_of(0), "");
+        assert_eq!(net::NtpMode::name_of(0), "reserved");
+        assert_eq!(net::List::COUNT, 4);
+    }
+}

@@ -114,41 +114,39 @@ pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
 /// `CLOCK_STATE`, `SELF_STATE`, the scratch records, `TAMPER_BUDGET`).
 pub const ONLY: u32 = 0;
 
-/// Index into a ring's dropped-record counters (`CLOCK_EVENTS_DROPPED`,
-/// `NET_EVENTS_DROPPED`, `TAMPER_EVENTS_DROPPED`): per-CPU, one entry each.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dropped {
-    /// Records that did not fit in the ring buffer.
-    Lost = 0,
-    /// Records not sent because their budget for the window was used up.
-    Thinned = 1,
-}
-
-impl Dropped {
-    pub const COUNT: u32 = 2;
-
-    pub const fn index(self) -> u32 {
-        self as u32
+crate::codes! {
+    /// Index into a ring's dropped-record counters (`CLOCK_EVENTS_DROPPED`,
+    /// `NET_EVENTS_DROPPED`, `TAMPER_EVENTS_DROPPED`): per-CPU, one entry each.
+    pub enum Dropped: u32, unknown = "unknown" {
+        /// Records that did not fit in the ring buffer.
+        Lost = 0 => "lost",
+        /// Records not sent because their budget for the window was used up.
+        Thinned = 1 => "thinned",
     }
 }
 
-/// Index into `NET_EVENT_BUDGET`: packets and socket decisions have a budget each, so that
-/// neither crowds out the other.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NetBudget {
-    Packets = 0,
-    Sockets = 1,
-}
-
-impl NetBudget {
-    pub const COUNT: u32 = 2;
-
-    pub const fn index(self) -> u32 {
-        self as u32
+crate::codes! {
+    /// Index into `NET_EVENT_BUDGET`: packets and socket decisions have a budget each, so
+    /// that neither crowds out the other.
+    pub enum NetBudget: u32, unknown = "unknown" {
+        Packets = 0 => "packets",
+        Sockets = 1 => "sockets",
     }
 }
+
+/// Entries of an array map indexed by one of these enums.
+macro_rules! indexes {
+    ($($t:ty),*) => {
+        $(impl $t {
+            pub const COUNT: u32 = <$t>::ALL.len() as u32;
+
+            pub const fn index(self) -> u32 {
+                self as u32
+            }
+        })*
+    };
+}
+indexes!(Dropped, NetBudget);
 
 #[cfg(test)]
 mod tests {
