@@ -15,7 +15,6 @@ pub const CLOCK_RULES: &str = "CLOCK_RULES";
 pub const CLOCK_COUNTERS: &str = "CLOCK_COUNTERS";
 pub const CLOCK_EVENTS: &str = "CLOCK_EVENTS";
 pub const CLOCK_EVENTS_DROPPED: &str = "CLOCK_EVENTS_DROPPED";
-pub const CLOCK_EVENT_SCRATCH: &str = "CLOCK_EVENT_SCRATCH";
 pub const EVENT_BUDGETS: &str = "EVENT_BUDGETS";
 
 // The network guard: its policy (double-buffered), lists, daemons and grandmasters.
@@ -48,7 +47,7 @@ pub const TAMPER_SCRATCH: &str = "TAMPER_SCRATCH";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 32] = [
+pub const ALL: [&str; 31] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -56,7 +55,6 @@ pub const ALL: [&str; 32] = [
     CLOCK_COUNTERS,
     CLOCK_EVENTS,
     CLOCK_EVENTS_DROPPED,
-    CLOCK_EVENT_SCRATCH,
     EVENT_BUDGETS,
     NET_ACTIVE_SLOT,
     NET_POLICY,
@@ -86,10 +84,9 @@ pub const ALL: [&str; 32] = [
 /// Maps only the kernel programs write (counters, budgets, per-source state, scratch): the
 /// agent freezes them against every `bpf()` write from userspace. Ring buffers are left
 /// out (their reader writes its position through a writable mapping).
-pub const KERNEL_ONLY: [&str; 17] = [
+pub const KERNEL_ONLY: [&str; 16] = [
     CLOCK_COUNTERS,
     CLOCK_EVENTS_DROPPED,
-    CLOCK_EVENT_SCRATCH,
     EVENT_BUDGETS,
     NET_COUNTERS,
     NET_EVENTS_DROPPED,

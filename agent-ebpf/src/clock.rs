@@ -12,7 +12,7 @@
 
 use agent_common::{
     clock::{adj, ioctl, op, privileged_ioctl_operations, settime_operations, timex_operations},
-    event::{thinning, Abi, Caller, ClockEvent, EventBudget, Hook},
+    event::{thinning, Abi, ClockEvent, EventBudget, Hook},
     kernel::{classify_syscall, ClockSyscall, TimexLayout, CAP_SYS_TIME, TIMEX64},
     maps::Dropped,
     policy::{CounterKey, Request as Limits, Verdict},
@@ -28,7 +28,7 @@ use crate::{
         current_exe, current_syscall, fill_caller, in_kernel_thread, kread, nullable_arg, offsets,
         uread, Syscall,
     },
-    emit::{boot_ns, count, emit, Budget, Out},
+    emit::{boot_ns, count, tai_ns, Budget, Ring},
     policy::{clock_state, decide_for},
 };
 
@@ -43,10 +43,6 @@ static CLOCK_COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::pinned(81
 /// had used its budget for the window (`maps::Dropped`).
 #[map]
 static CLOCK_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(Dropped::COUNT, 0);
-
-/// Index 0: where this CPU builds an event.
-#[map]
-static CLOCK_EVENT_SCRATCH: PerCpuArray<ClockEvent> = PerCpuArray::pinned(1, 0);
 
 /// Event budgets by process (tgid).
 #[map]
@@ -128,14 +124,15 @@ fn mul_saturating(a: i64, k: i64) -> i64 {
 #[inline(always)]
 pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     let off = offsets();
-    let mut caller = Caller::EMPTY;
-    fill_caller(&mut caller, current_exe(&off));
+    let mut ev = ClockEvent::EMPTY;
+    fill_caller(&mut ev.caller, current_exe(&off));
     let limits = Limits {
         operations: req.operations,
         step_ns: req.step_ns,
         frequency: req.frequency_abs,
     };
-    let Some(decided) = decide_for(caller.exe_dev, caller.exe_ino, caller.uid, &limits) else {
+    let who = &ev.caller;
+    let Some(decided) = decide_for(who.exe_dev, who.exe_ino, who.uid, &limits) else {
         return Verdict::Allow;
     };
     let v = if observe_only {
@@ -150,35 +147,34 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
         _pad: 0,
     };
     count(&CLOCK_COUNTERS, &key);
-    let out = Out {
+    ev.boot_ns = boot_ns();
+    ev.tai_ns = tai_ns();
+    ev.hook = req.hook as u8;
+    ev.verdict = v as u8;
+    ev.operations = req.operations;
+    ev.rule_id = decided.decision.rule_id;
+    ev.generation = decided.generation;
+    ev.syscall = req.syscall as i32;
+    ev.abi = req.abi as u8;
+    ev.clock_id = req.clock_id;
+    ev.timex_modes = req.timex_modes;
+    ev.has_time = req.time.set as u8;
+    ev.time_sec = req.time.sec;
+    ev.time_nsec = req.time.nsec;
+    ev.reason = decided.decision.reason as u8;
+    ev.frequency = req.frequency;
+    ev.device = req.device;
+    ev.ioctl_cmd = req.ioctl_cmd;
+    let ring = Ring {
         ring: &CLOCK_EVENTS,
         dropped: &CLOCK_EVENTS_DROPPED,
-        scratch: &CLOCK_EVENT_SCRATCH,
     };
     let budget = Budget::Process {
         budgets: &EVENT_BUDGETS,
-        tgid: caller.tgid,
+        tgid: ev.caller.tgid,
         per_window: thinning::EVENTS_PER_WINDOW,
     };
-    emit(&out, budget, boot_ns(), |ev| {
-        ev.caller = caller;
-        ev.hook = req.hook as u8;
-        ev.verdict = v as u8;
-        ev.operations = req.operations;
-        ev.rule_id = decided.decision.rule_id;
-        ev.generation = decided.generation;
-        ev.syscall = req.syscall as i32;
-        ev.abi = req.abi as u8;
-        ev.clock_id = req.clock_id;
-        ev.timex_modes = req.timex_modes;
-        ev.has_time = req.time.set as u8;
-        ev.time_sec = req.time.sec;
-        ev.time_nsec = req.time.nsec;
-        ev.reason = decided.decision.reason as u8;
-        ev.frequency = req.frequency;
-        ev.device = req.device;
-        ev.ioctl_cmd = req.ioctl_cmd;
-    });
+    ring.send(budget, ev.boot_ns, &ev);
     v
 }
 

@@ -35,7 +35,7 @@ use aya_ebpf::{
 use crate::{
     caller::{current_exe, fill_caller, inode_id, kread, offsets, task_exe},
     clock::lsm_verdict,
-    emit::{boot_ns, count, emit, Budget, Out},
+    emit::{boot_ns, count, Budget, Ring},
 };
 
 #[map]
@@ -119,17 +119,16 @@ fn refuse(s: &SelfState, a: &Attempt) -> i32 {
         target: a.target,
     };
     count(&TAMPER_COUNTERS, &key);
-    let out = Out {
+    let ring = Ring {
         ring: &TAMPER_EVENTS,
         dropped: &TAMPER_EVENTS_DROPPED,
-        scratch: &TAMPER_SCRATCH,
     };
     let budget = Budget::Cpu {
         budgets: &TAMPER_BUDGET,
         index: ONLY,
         per_window: RECORDS_PER_SECOND,
     };
-    emit(&out, budget, boot_ns(), |ev| {
+    ring.emit(&TAMPER_SCRATCH, budget, boot_ns(), |ev| {
         ev.action = a.action as u8;
         ev.verdict = v as u8;
         ev.target = a.target;

@@ -14,7 +14,7 @@ mod packet;
 mod ptp;
 mod sockets;
 
-use crate::emit::{Budget, Out};
+use crate::emit::{Budget, Ring};
 use agent_common::{
     alert::Alert,
     event::EventBudget,
@@ -107,20 +107,19 @@ pub fn count(key: NetCounterKey) {
 }
 
 /// Sends one record within the `which` budget: `fill` writes the fields of its kind (see
-/// `emit::emit`).
+/// `emit::Ring::emit`).
 #[inline(always)]
 pub fn emit(which: NetBudget, now: u64, generation: u32, fill: impl FnOnce(&mut NetEvent)) {
-    let out = Out {
+    let ring = Ring {
         ring: &NET_EVENTS,
         dropped: &NET_EVENTS_DROPPED,
-        scratch: &NET_EVENT_SCRATCH,
     };
     let budget = Budget::Cpu {
         budgets: &NET_EVENT_BUDGET,
         index: which.index(),
         per_window: NET_EVENTS_PER_SECOND,
     };
-    crate::emit::emit(&out, budget, now, |ev| {
+    ring.emit(&NET_EVENT_SCRATCH, budget, now, |ev| {
         ev.generation = generation;
         ev.alert = Alert::None as u8;
         fill(ev);
