@@ -125,7 +125,7 @@ fn mul_saturating(a: i64, k: i64) -> i64 {
 pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     let off = offsets();
     let mut ev = ClockEvent::EMPTY;
-    fill_caller(&mut ev.caller, current_exe(&off));
+    fill_caller(&mut ev.caller, || current_exe(&off));
     let limits = Limits {
         operations: req.operations,
         step_ns: req.step_ns,

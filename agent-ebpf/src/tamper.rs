@@ -132,7 +132,7 @@ fn refuse(s: &SelfState, a: &Attempt) -> i32 {
         ev.action = a.action as u8;
         ev.verdict = v as u8;
         ev.target = a.target;
-        fill_caller(&mut ev.caller, current_exe(&offsets()));
+        fill_caller(&mut ev.caller, || current_exe(&offsets()));
         ev.detail = a.detail;
         ev.target_tgid = a.target_tgid;
         ev.target_dev = a.target_dev;

@@ -121,7 +121,7 @@ fn record(d: &SocketDecision, generation: u32, dev: u64, ino: u64, daemon: Daemo
         ev.alert = d.alert as u8;
         ev.dst = d.addr;
         ev.dport = d.port;
-        fill_caller(&mut ev.caller, (dev, ino));
+        fill_caller(&mut ev.caller, || (dev, ino));
         ev.rule_id = daemon.rule_id;
         ev.protocol = d.protocol;
     });
