@@ -1,41 +1,35 @@
-//! The record of one clock-change attempt, sent from the kernel over a ring buffer.
+//! The records the kernel sends over its ring buffers: the caller block every record
+//! carries, the per-process budget that thins them under a flood, and the record of one
+//! clock-change attempt.
 
-/// Which kernel hook saw the attempt.
-pub mod hook {
-    /// BPF LSM `settime` (clock_settime, settimeofday, stime: the requested time is exact).
-    pub const SETTIME: u8 = 1;
-    /// BPF LSM `capable(CAP_SYS_TIME)` (adjtimex, clock_adjtime and other privileged paths).
-    pub const CAPABLE: u8 = 2;
-    /// A syscall tracepoint: seen, not decided (observe-only mode).
-    pub const TRACEPOINT: u8 = 3;
-    /// BPF LSM `file_open`: a PTP hardware clock opened for writing.
-    pub const FILE_OPEN: u8 = 4;
-    /// BPF LSM `file_ioctl`/`file_ioctl_compat`: a changing request on a PTP hardware clock.
-    pub const FILE_IOCTL: u8 = 5;
-    /// A kprobe on the kernel's own setters (a kernel thread setting the clock or the RTC):
-    /// seen, never decided.
-    pub const KERNEL: u8 = 6;
-
-    pub fn name(h: u8) -> &'static str {
-        match h {
-            SETTIME => "lsm/settime",
-            CAPABLE => "lsm/capable",
-            TRACEPOINT => "tracepoint",
-            FILE_OPEN => "lsm/file_open",
-            FILE_IOCTL => "lsm/file_ioctl",
-            KERNEL => "kprobe/kernel",
-            _ => "unknown",
-        }
+crate::codes! {
+    /// Which kernel hook saw the attempt.
+    pub enum Hook: u8, unknown = "unknown" {
+        /// BPF LSM `settime` (clock_settime, settimeofday, stime: the requested time is exact).
+        Settime = 1 => "lsm/settime",
+        /// BPF LSM `capable(CAP_SYS_TIME)` (adjtimex, clock_adjtime and other privileged paths).
+        Capable = 2 => "lsm/capable",
+        /// A syscall tracepoint: seen, not decided (observe-only mode).
+        Tracepoint = 3 => "tracepoint",
+        /// BPF LSM `file_open`: a PTP hardware clock opened for writing.
+        FileOpen = 4 => "lsm/file_open",
+        /// BPF LSM `file_ioctl`/`file_ioctl_compat`: a changing request on a PTP hardware clock.
+        FileIoctl = 5 => "lsm/file_ioctl",
+        /// A kprobe on the kernel's own setters (a kernel thread setting the clock or the
+        /// RTC): seen, never decided.
+        Kernel = 6 => "kprobe/kernel",
     }
 }
 
-/// The syscall ABI the request came through.
-pub mod abi {
-    pub const NATIVE: u8 = 0;
-    /// 32-bit compat (`int 0x80` on x86_64).
-    pub const COMPAT: u8 = 1;
-    /// No syscall context (a kernel thread).
-    pub const KERNEL: u8 = 2;
+crate::codes! {
+    /// The syscall ABI the request came through.
+    pub enum Abi: u8, unknown = "unknown" {
+        Native = 0 => "native",
+        /// 32-bit compat (`int 0x80` on x86_64).
+        Compat = 1 => "compat32",
+        /// No syscall context (a kernel thread).
+        Kernel = 2 => "kernel",
+    }
 }
 
 pub const COMM_LEN: usize = 16;
@@ -77,6 +71,32 @@ impl EventBudget {
     }
 }
 
+/// Who asked, in every record (clock, network socket, tamper): the executable actually
+/// running (device and inode, never the process name), the ids and the task's name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub exe_dev: u64,
+    pub exe_ino: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+impl Caller {
+    pub const EMPTY: Caller = Caller {
+        exe_dev: 0,
+        exe_ino: 0,
+        pid: 0,
+        tgid: 0,
+        uid: 0,
+        gid: 0,
+        comm: [0; COMM_LEN],
+    };
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ClockEvent {
@@ -85,15 +105,12 @@ pub struct ClockEvent {
     /// CLOCK_TAI when the kernel decided: the wall clock of that instant (UTC + the TAI
     /// offset), so an event read after a step still carries the time it happened.
     pub tai_ns: u64,
-    pub exe_dev: u64,
-    pub exe_ino: u64,
     /// The requested time (step) or offset (ADJ_SETOFFSET), seconds and nanoseconds.
     pub time_sec: i64,
     pub time_nsec: i64,
-    pub pid: u32,
-    pub tgid: u32,
-    pub uid: u32,
-    pub gid: u32,
+    /// The frequency asked for (ppm << 16), when the request sets one.
+    pub frequency: i64,
+    pub caller: Caller,
     /// `clock::op` bits of the request.
     pub operations: u32,
     pub rule_id: u32,
@@ -108,31 +125,27 @@ pub struct ClockEvent {
     pub device: u32,
     /// The ioctl request number, 0 when the request was not an ioctl.
     pub ioctl_cmd: u32,
+    /// `Hook`.
     pub hook: u8,
+    /// `policy::Verdict`.
     pub verdict: u8,
+    /// `Abi`.
     pub abi: u8,
     /// 1 when `time_sec`/`time_nsec` hold a value.
     pub has_time: u8,
-    /// `policy::reason` of a refusal (deny or audit).
+    /// `policy::Reason` of a refusal (deny or audit).
     pub reason: u8,
-    pub _pad: [u8; 7],
-    /// The frequency asked for (ppm << 16), when the request sets one.
-    pub frequency: i64,
-    pub comm: [u8; COMM_LEN],
+    pub _pad: [u8; 3],
 }
 
 impl ClockEvent {
     pub const EMPTY: ClockEvent = ClockEvent {
         boot_ns: 0,
         tai_ns: 0,
-        exe_dev: 0,
-        exe_ino: 0,
         time_sec: 0,
         time_nsec: 0,
-        pid: 0,
-        tgid: 0,
-        uid: 0,
-        gid: 0,
+        frequency: 0,
+        caller: Caller::EMPTY,
         operations: 0,
         rule_id: 0,
         generation: 0,
@@ -146,16 +159,23 @@ impl ClockEvent {
         abi: 0,
         has_time: 0,
         reason: 0,
-        _pad: [0; 7],
-        frequency: 0,
-        comm: [0; COMM_LEN],
+        _pad: [0; 3],
     };
 }
 
-crate::pod!(ClockEvent, EventBudget);
+crate::pod!(Caller, ClockEvent, EventBudget);
 
 #[cfg(test)]
 mod budget_tests {
+    #[test]
+    fn records_have_no_hidden_padding() {
+        // Explicit padding only: the same bytes mean the same on both sides.
+        assert_eq!(core::mem::size_of::<super::Caller>(), 48);
+        assert_eq!(core::mem::size_of::<super::ClockEvent>(), 128);
+        assert_eq!(core::mem::size_of::<crate::net::NetEvent>(), 176);
+        assert_eq!(core::mem::size_of::<crate::tamper::TamperEvent>(), 104);
+    }
+
     use super::*;
 
     #[test]

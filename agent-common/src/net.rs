@@ -1,7 +1,7 @@
 //! Time traffic as the kernel programs see it: NTP headers, the network policy's maps, and
 //! the record of one packet or socket decision.
 
-use crate::ptp::PtpHeader;
+use crate::{alert::Alert, event::Caller, ptp::PtpHeader};
 
 /// The NTP port.
 pub const NTP_PORT: u16 = 123;
@@ -13,62 +13,45 @@ pub const DNS_PORT: u16 = 53;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// What a network decision was about: the `kind` of counters and records.
-pub mod kind {
-    /// An NTP packet arriving at a socket of this host (or a chronyc command).
-    pub const NTP: u8 = 1;
-    /// An NTS-KE connection opening (TCP 4460): a client's SYN, a server's SYN-ACK.
-    pub const NTS_KE: u8 = 2;
-    /// A PTP message arriving on an interface.
-    pub const PTP: u8 = 3;
-    /// A socket bound to a time port (UDP 123, 319, 320).
-    pub const BIND: u8 = 4;
-    /// A time daemon connecting or sending to a destination.
-    pub const CONNECT: u8 = 5;
-    /// A packet socket that sees PTP over Ethernet (AF_PACKET with ETH_P_ALL or ETH_P_1588).
-    pub const RAW_SOCKET: u8 = 6;
-
-    pub fn name(k: u8) -> &'static str {
-        match k {
-            NTP => "ntp",
-            NTS_KE => "nts_ke",
-            PTP => "ptp",
-            BIND => "bind",
-            CONNECT => "connect",
-            RAW_SOCKET => "raw_socket",
-            _ => "unknown",
-        }
+crate::codes! {
+    /// What a network decision was about: the `kind` of counters and records.
+    pub enum Kind: u8, unknown = "unknown" {
+        /// An NTP packet arriving at a socket of this host (or a chronyc command).
+        Ntp = 1 => "ntp",
+        /// An NTS-KE connection opening (TCP 4460): a client's SYN, a server's SYN-ACK.
+        NtsKe = 2 => "nts_ke",
+        /// A PTP message arriving on an interface.
+        Ptp = 3 => "ptp",
+        /// A socket bound to a time port (UDP 123, 319, 320).
+        Bind = 4 => "bind",
+        /// A time daemon connecting or sending to a destination.
+        Connect = 5 => "connect",
+        /// A packet socket that sees PTP over Ethernet (AF_PACKET with ETH_P_ALL or ETH_P_1588).
+        RawSocket = 6 => "raw_socket",
     }
 }
 
-/// What a port is, to a time server operator: the `detail` of bind and connect counters.
-pub mod service {
-    pub const OTHER: u8 = 0;
-    pub const NTP: u8 = 1;
-    pub const NTS_KE: u8 = 2;
-    pub const PTP: u8 = 3;
-    pub const DNS: u8 = 4;
-    pub const CHRONY_COMMAND: u8 = 5;
-
-    pub const fn of_port(port: u16) -> u8 {
-        match port {
-            super::NTP_PORT => NTP,
-            super::NTS_KE_PORT => NTS_KE,
-            crate::ptp::EVENT_PORT | crate::ptp::GENERAL_PORT => PTP,
-            super::DNS_PORT => DNS,
-            super::CHRONY_COMMAND_PORT => CHRONY_COMMAND,
-            _ => OTHER,
-        }
+crate::codes! {
+    /// What a port is, to a time server operator: the `detail` of bind and connect counters.
+    pub enum Service: u8, unknown = "other" {
+        Other = 0 => "other",
+        Ntp = 1 => "ntp",
+        NtsKe = 2 => "nts-ke",
+        Ptp = 3 => "ptp",
+        Dns = 4 => "dns",
+        ChronyCommand = 5 => "chronyc",
     }
+}
 
-    pub fn name(s: u8) -> &'static str {
-        match s {
-            NTP => "ntp",
-            NTS_KE => "nts-ke",
-            PTP => "ptp",
-            DNS => "dns",
-            CHRONY_COMMAND => "chronyc",
-            _ => "other",
+impl Service {
+    pub const fn of_port(port: u16) -> Self {
+        match port {
+            NTP_PORT => Service::Ntp,
+            NTS_KE_PORT => Service::NtsKe,
+            crate::ptp::EVENT_PORT | crate::ptp::GENERAL_PORT => Service::Ptp,
+            DNS_PORT => Service::Dns,
+            CHRONY_COMMAND_PORT => Service::ChronyCommand,
+            _ => Service::Other,
         }
     }
 }
@@ -83,7 +66,7 @@ pub const fn packet_protocol_sees_ptp(protocol: u16) -> bool {
     protocol == ETH_P_ALL || protocol == crate::ptp::ETH_P_1588
 }
 
-/// A destination a daemon used, for the `NEW_DESTINATION` alert.
+/// A destination a daemon used, for the `Alert::NewDestination` alert.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Destination {
@@ -130,32 +113,21 @@ pub const fn is_loopback(a: &[u8; 16]) -> bool {
     a[15] == 1
 }
 
-/// NTP association modes (RFC 5905 §3; 6 and 7 are ntpd's control and private modes).
-pub mod mode {
-    pub const SYMMETRIC_ACTIVE: u8 = 1;
-    pub const SYMMETRIC_PASSIVE: u8 = 2;
-    pub const CLIENT: u8 = 3;
-    pub const SERVER: u8 = 4;
-    pub const BROADCAST: u8 = 5;
-    /// ntpq and friends (readvar, peers…).
-    pub const CONTROL: u8 = 6;
-    /// ntpdc: monlist, the classic amplification.
-    pub const PRIVATE: u8 = 7;
-    /// Not an NTP mode: a chronyc command to chronyd's command port.
-    pub const CHRONY_COMMAND: u8 = 0xff;
-
-    pub fn name(m: u8) -> &'static str {
-        match m {
-            SYMMETRIC_ACTIVE => "symmetric-active",
-            SYMMETRIC_PASSIVE => "symmetric-passive",
-            CLIENT => "client",
-            SERVER => "server",
-            BROADCAST => "broadcast",
-            CONTROL => "control",
-            PRIVATE => "private",
-            CHRONY_COMMAND => "chronyc",
-            _ => "reserved",
-        }
+crate::codes! {
+    /// NTP association modes (RFC 5905 §3; 6 and 7 are ntpd's control and private modes).
+    /// `NtpHeader::mode` keeps the mode as sent (0 is reserved).
+    pub enum NtpMode: u8, unknown = "reserved" {
+        SymmetricActive = 1 => "symmetric-active",
+        SymmetricPassive = 2 => "symmetric-passive",
+        Client = 3 => "client",
+        Server = 4 => "server",
+        Broadcast = 5 => "broadcast",
+        /// ntpq and friends (readvar, peers…).
+        Control = 6 => "control",
+        /// ntpdc: monlist, the classic amplification.
+        Private = 7 => "private",
+        /// Not an NTP mode: a chronyc command to chronyd's command port.
+        ChronyCommand = 0xff => "chronyc",
     }
 }
 
@@ -191,7 +163,7 @@ pub const fn parse_ntp(head: &[u8; 16], len: usize) -> Option<NtpHeader> {
         _pad: [0; 3],
         refid: [0; 4],
     };
-    if mode <= mode::BROADCAST && len >= 16 {
+    if mode <= NtpMode::Broadcast.code() && len >= 16 {
         h.stratum = head[1];
         h.poll = head[2] as i8;
         h.refid = [head[12], head[13], head[14], head[15]];
@@ -202,23 +174,33 @@ pub const fn parse_ntp(head: &[u8; 16], len: usize) -> Option<NtpHeader> {
 /// Whether a server's reply is a Kiss-o'-Death (stratum 0, RFC 5905 §7.4): the refid then
 /// holds an ASCII code such as `RATE` or `DENY`.
 pub const fn is_kiss_of_death(h: &NtpHeader) -> bool {
-    h.mode == mode::SERVER && h.stratum == 0
+    h.mode == NtpMode::Server.code() && h.stratum == 0
 }
 
-/// Which list of the network policy an address is checked against.
-pub mod list {
-    /// Replies from upstream servers (`ntp.servers`).
-    pub const SERVERS: u32 = 0;
-    /// Requests from clients of this server (`ntp.clients`).
-    pub const CLIENTS: u32 = 1;
-    /// Mode 6/7 queries (`ntp.control`).
-    pub const CONTROL: u32 = 2;
-    /// Where one time daemon may connect (`egress`), by its rule id and the port.
-    pub const EGRESS: u32 = 3;
-    pub const COUNT: u32 = 4;
+crate::codes! {
+    /// Which list of the network policy an address is checked against (`AddrKey::list`).
+    pub enum List: u32, unknown = "unknown" {
+        /// Replies from upstream servers (`ntp.servers`).
+        Servers = 0 => "servers",
+        /// Requests from clients of this server (`ntp.clients`).
+        Clients = 1 => "clients",
+        /// Mode 6/7 queries (`ntp.control`).
+        Control = 2 => "control",
+        /// Where one time daemon may connect (`egress`), by its rule id and the port.
+        Egress = 3 => "egress",
+    }
 }
 
-/// Bits of `NetPolicy::restricted` beyond the address lists' `1 << list::X`.
+impl List {
+    pub const COUNT: u32 = List::ALL.len() as u32;
+
+    /// Its bit in `NetPolicy::restricted`.
+    pub const fn restricts(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+/// Bits of `NetPolicy::restricted` beyond the address lists' `List::restricts`.
 pub mod restrict {
     /// `ptp.domains` is given: Announce messages of other domains are refused.
     pub const PTP_DOMAINS: u32 = 1 << 8;
@@ -231,11 +213,11 @@ pub mod restrict {
 }
 
 /// The list a packet of this mode, arriving here, belongs to.
-pub const fn list_for_mode(m: u8) -> Option<u32> {
-    match m {
-        mode::SERVER => Some(list::SERVERS),
-        mode::CLIENT => Some(list::CLIENTS),
-        mode::CONTROL | mode::PRIVATE | mode::CHRONY_COMMAND => Some(list::CONTROL),
+pub const fn list_for_mode(m: u8) -> Option<List> {
+    match NtpMode::from_code(m) {
+        Some(NtpMode::Server) => Some(List::Servers),
+        Some(NtpMode::Client) => Some(List::Clients),
+        Some(NtpMode::Control | NtpMode::Private | NtpMode::ChronyCommand) => Some(List::Control),
         _ => None,
     }
 }
@@ -243,7 +225,7 @@ pub const fn list_for_mode(m: u8) -> Option<u32> {
 /// Key of the address lists: an LPM trie keyed by (slot, list, scope, port, IPv6 address),
 /// with IPv4 as v4-mapped IPv6 (`::ffff:a.b.c.d`). The prefix length counts the 128 bits
 /// before the address, which are always matched whole. `scope` is the daemon's rule id for
-/// `list::EGRESS` (0 otherwise), `port` the destination port (0: any port).
+/// `List::Egress` (0 otherwise), `port` the destination port (0: any port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AddrKey {
@@ -301,9 +283,9 @@ pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
 pub struct NetPolicy {
     /// 0: no network policy in this slot (nothing is decided, only counted).
     pub generation: u32,
-    /// Bit `1 << list::X`: that list restricts (packets from addresses not in it are refused).
+    /// Bit `List::restricts`: that list restricts (packets from addresses not in it are refused).
     pub restricted: u32,
-    /// `policy::mode::ENFORCE` (drop) or `AUDIT` (count and record, deliver).
+    /// `policy::Mode`: enforce (drop) or audit (count and record, deliver).
     pub mode: u32,
     /// Per-source token bucket for requests (modes 3, 6, 7): tokens per second; 0: no limit.
     pub rate_per_sec: u32,
@@ -358,35 +340,25 @@ pub fn take_token(b: &mut Bucket, now_ns: u64, rate_per_sec: u32, burst: u32) ->
     }
 }
 
-/// Why a packet was refused.
-pub mod reason {
-    pub const NONE: u8 = 0;
-    /// Its source is not in the list for its mode.
-    pub const NOT_LISTED: u8 = 1;
-    /// Its source sent requests faster than `ntp.rateLimit`.
-    pub const RATE: u8 = 2;
-    /// It arrived at an NTP socket in a shape the guard does not parse.
-    pub const UNPARSED: u8 = 3;
-    /// A PTP Announce of a domain not in `ptp.domains`.
-    pub const DOMAIN: u8 = 4;
-    /// A PTP Announce of a grandmaster not in `ptp.grandmasters` (or too short to say).
-    pub const GRANDMASTER: u8 = 5;
-    /// A time port or PTP packet socket taken by a program not in `daemons`.
-    pub const NOT_A_TIME_DAEMON: u8 = 6;
-    /// A time daemon connecting to a destination its `egress` entry does not list.
-    pub const DESTINATION: u8 = 7;
-
-    pub fn name(r: u8) -> &'static str {
-        match r {
-            NOT_LISTED => "source not listed",
-            RATE => "over the rate limit",
-            UNPARSED => "not parseable",
-            DOMAIN => "domain not listed",
-            GRANDMASTER => "grandmaster not listed",
-            NOT_A_TIME_DAEMON => "not a time daemon",
-            DESTINATION => "destination not listed",
-            _ => "",
-        }
+crate::codes! {
+    /// Why a packet or socket was refused. The names are the `reason` label values the
+    /// alert rules and dashboards select on (prose, kept as they are).
+    pub enum Reason: u8, unknown = "" {
+        None = 0 => "",
+        /// Its source is not in the list for its mode.
+        NotListed = 1 => "source not listed",
+        /// Its source sent requests faster than `ntp.rateLimit`.
+        Rate = 2 => "over the rate limit",
+        /// It arrived at an NTP socket in a shape the guard does not parse.
+        Unparsed = 3 => "not parseable",
+        /// A PTP Announce of a domain not in `ptp.domains`.
+        Domain = 4 => "domain not listed",
+        /// A PTP Announce of a grandmaster not in `ptp.grandmasters` (or too short to say).
+        Grandmaster = 5 => "grandmaster not listed",
+        /// A time port or PTP packet socket taken by a program not in `daemons`.
+        NotATimeDaemon = 6 => "not a time daemon",
+        /// A time daemon connecting to a destination its `egress` entry does not list.
+        Destination = 7 => "destination not listed",
     }
 }
 
@@ -400,39 +372,16 @@ pub struct Upstream {
     pub refid: [u8; 4],
 }
 
-/// What a time server operator is told about a packet, beyond its verdict.
-pub mod alert {
-    pub const NONE: u8 = 0;
-    /// A server this host had not heard from before replied.
-    pub const NEW_SOURCE: u8 = 1;
-    /// An upstream's stratum or leap indicator changed.
-    pub const UPSTREAM_CHANGED: u8 = 2;
-    /// A server sent a Kiss-o'-Death (stratum 0, a code in the refid).
-    pub const KISS_OF_DEATH: u8 = 3;
-    /// A time daemon connected to a destination it had not used before.
-    pub const NEW_DESTINATION: u8 = 4;
-
-    pub fn name(a: u8) -> &'static str {
-        match a {
-            NEW_SOURCE => "new_source",
-            UPSTREAM_CHANGED => "upstream_changed",
-            KISS_OF_DEATH => "kiss_of_death",
-            NEW_DESTINATION => "new_destination",
-            _ => "",
-        }
-    }
-}
-
 /// The alert a server reply raises against what its source said before (`None`: never
 /// heard from).
-pub const fn upstream_alert(previous: Option<Upstream>, now: &NtpHeader) -> u8 {
+pub const fn upstream_alert(previous: Option<Upstream>, now: &NtpHeader) -> Alert {
     if now.stratum == 0 {
-        return alert::KISS_OF_DEATH;
+        return Alert::KissOfDeath;
     }
     match previous {
-        None => alert::NEW_SOURCE,
-        Some(p) if p.stratum != now.stratum || p.leap != now.leap => alert::UPSTREAM_CHANGED,
-        Some(_) => alert::NONE,
+        None => Alert::NewSource,
+        Some(p) if p.stratum != now.stratum || p.leap != now.leap => Alert::UpstreamChanged,
+        Some(_) => Alert::None,
     }
 }
 
@@ -440,32 +389,30 @@ pub const fn upstream_alert(previous: Option<Upstream>, now: &NtpHeader) -> u8 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NetCounterKey {
-    /// `kind::*`.
+    /// `Kind`.
     pub kind: u8,
     /// NTP: the mode; NTS-KE: 3 (client) or 4 (server); PTP: the message type; bind and
-    /// connect: `service::*`; raw socket: 0.
+    /// connect: `Service`; raw socket: 0.
     pub detail: u8,
-    /// `policy::verdict`.
+    /// `policy::Verdict`.
     pub verdict: u8,
     pub reason: u8,
 }
 
-/// Who opened a socket (bind, connect and raw socket decisions; zero for packets, which
-/// arrive with no process to ask).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SocketOwner {
-    pub pid: u32,
-    pub tgid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub exe_dev: u64,
-    pub exe_ino: u64,
-    /// The clock rule of the daemon (0: not a time daemon).
-    pub rule_id: u32,
-    /// IPPROTO_UDP/TCP, or the packet socket's ethertype.
-    pub protocol: u32,
-    pub comm: [u8; 16],
+impl NetCounterKey {
+    pub const fn new(
+        kind: Kind,
+        detail: u8,
+        verdict: crate::policy::Verdict,
+        reason: Reason,
+    ) -> Self {
+        NetCounterKey {
+            kind: kind as u8,
+            detail,
+            verdict: verdict as u8,
+            reason: reason as u8,
+        }
+    }
 }
 
 /// The record of one network decision.
@@ -485,20 +432,24 @@ pub struct NetEvent {
     pub reason: u8,
     /// 4 or 6.
     pub family: u8,
-    /// `alert::*`, and for `UPSTREAM_CHANGED` what the source said before.
+    /// `Alert`, and for `Alert::UpstreamChanged` what the source said before.
     pub alert: u8,
     pub previous_stratum: u8,
     pub previous_leap: u8,
-    /// `kind::*`.
+    /// `Kind`.
     pub kind: u8,
-    /// Bind and connect: `service::*`.
+    /// Bind and connect: `Service`.
     pub service: u8,
     /// PTP messages.
     pub ptp: PtpHeader,
-    /// PTP: what the grandmaster announced before (for `UPSTREAM_CHANGED`).
+    /// PTP: what the grandmaster announced before (for `Alert::UpstreamChanged`).
     pub previous_grandmaster: crate::ptp::Grandmaster,
-    /// Socket decisions.
-    pub owner: SocketOwner,
+    /// Socket decisions: who opened the socket (packets arrive with no process to ask).
+    pub caller: Caller,
+    /// Socket decisions: the clock rule of the daemon (0: not a time daemon).
+    pub rule_id: u32,
+    /// Socket decisions: IPPROTO_UDP/TCP, or the packet socket's ethertype.
+    pub protocol: u32,
 }
 
 crate::pod!(
@@ -510,7 +461,6 @@ crate::pod!(
     Upstream,
     DaemonKey,
     Daemon,
-    SocketOwner,
     Destination
 );
 
@@ -543,8 +493,11 @@ mod tests {
     fn control_and_private_read_only_the_first_byte() {
         // ntpdc monlist: VN 2, mode 7, then implementation-specific bytes.
         let h = parse_ntp(&head(&[0x17, 0x00, 0x03, 0x2a]), 8).expect("header");
-        assert_eq!((h.version, h.mode, h.stratum), (2, mode::PRIVATE, 0));
-        assert_eq!(list_for_mode(h.mode), Some(list::CONTROL));
+        assert_eq!(
+            (h.version, h.mode, h.stratum),
+            (2, NtpMode::Private.code(), 0)
+        );
+        assert_eq!(list_for_mode(h.mode), Some(List::Control));
         assert_eq!(parse_ntp(&head(&[]), 0), None);
         // Truncated mode 4: the mode is known, the rest is not read.
         let t = parse_ntp(&head(&[0x24, 1]), 2).expect("header");
@@ -565,7 +518,7 @@ mod tests {
         let h = |stratum, leap| NtpHeader {
             stratum,
             leap,
-            mode: mode::SERVER,
+            mode: NtpMode::Server.code(),
             ..NtpHeader::default()
         };
         let was = Upstream {
@@ -573,11 +526,11 @@ mod tests {
             leap: 0,
             ..Upstream::default()
         };
-        assert_eq!(upstream_alert(None, &h(2, 0)), alert::NEW_SOURCE);
-        assert_eq!(upstream_alert(Some(was), &h(2, 0)), alert::NONE);
-        assert_eq!(upstream_alert(Some(was), &h(3, 0)), alert::UPSTREAM_CHANGED);
-        assert_eq!(upstream_alert(Some(was), &h(2, 1)), alert::UPSTREAM_CHANGED);
-        assert_eq!(upstream_alert(Some(was), &h(0, 3)), alert::KISS_OF_DEATH);
+        assert_eq!(upstream_alert(None, &h(2, 0)), Alert::NewSource);
+        assert_eq!(upstream_alert(Some(was), &h(2, 0)), Alert::None);
+        assert_eq!(upstream_alert(Some(was), &h(3, 0)), Alert::UpstreamChanged);
+        assert_eq!(upstream_alert(Some(was), &h(2, 1)), Alert::UpstreamChanged);
+        assert_eq!(upstream_alert(Some(was), &h(0, 3)), Alert::KissOfDeath);
     }
 
     #[test]
@@ -591,7 +544,7 @@ mod tests {
         assert!(!is_loopback(&v6));
         assert!(is_time_port(123) && is_time_port(319) && is_time_port(320));
         assert!(!is_time_port(323) && !is_time_port(4460));
-        assert_eq!(service::of_port(4460), service::NTS_KE);
+        assert_eq!(Service::of_port(4460), Service::NtsKe);
     }
 
     #[test]

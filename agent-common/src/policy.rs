@@ -13,29 +13,36 @@ pub const DEFAULT_RULE: u32 = 0;
 /// Most rules per policy (bounds maps and metric label sets).
 pub const MAX_RULES: u32 = 1024;
 
-/// Whether a denial is carried out or only recorded.
-pub mod mode {
-    pub const ENFORCE: u32 = 0;
-    pub const AUDIT: u32 = 1;
+crate::codes! {
+    /// Whether a denial is carried out or only recorded (`ClockRule::mode` and the other
+    /// `mode` fields).
+    pub enum Mode: u32, unknown = "unknown" {
+        Enforce = 0 => "enforce",
+        Audit = 1 => "audit",
+    }
 }
 
-/// What happened to a request.
-pub mod verdict {
-    /// Allowed by a rule or by the default.
-    pub const ALLOW: u8 = 0;
-    /// Denied: the call failed with EPERM.
-    pub const DENY: u8 = 1;
-    /// Would have been denied, allowed because the deciding rule is in audit mode.
-    pub const AUDIT: u8 = 2;
-    /// Seen without the power to decide (the kernel refused LSM programs).
-    pub const OBSERVED: u8 = 3;
+crate::codes! {
+    /// What happened to a request.
+    pub enum Verdict: u8, unknown = "unknown" {
+        /// Allowed by a rule or by the default.
+        Allow = 0 => "allow",
+        /// Denied: the call failed with EPERM.
+        Deny = 1 => "deny",
+        /// Would have been denied, allowed because the deciding rule is in audit mode.
+        Audit = 2 => "audit",
+        /// Seen without the power to decide (the kernel refused LSM programs).
+        Observed = 3 => "observed",
+    }
+}
 
-    pub const NAMES: [&str; 4] = ["allow", "deny", "audit", "observed"];
-
-    pub fn name(v: u8) -> &'static str {
-        match NAMES.get(v as usize) {
-            Some(n) => n,
-            None => "unknown",
+impl Verdict {
+    /// The verdict on a refusal under `mode`: denied, or only recorded.
+    pub const fn refused(mode: u32) -> Self {
+        if mode == Mode::Audit.code() {
+            Verdict::Audit
+        } else {
+            Verdict::Deny
         }
     }
 }
@@ -63,7 +70,7 @@ pub struct ClockRule {
     pub rule_id: u32,
     /// Operations this rule allows (`clock::op` bits).
     pub allow: u32,
-    /// `mode::ENFORCE` or `mode::AUDIT`.
+    /// `Mode`.
     pub mode: u32,
     pub _pad: u32,
     /// Largest step allowed, in nanoseconds, either way; 0: no limit.
@@ -72,23 +79,16 @@ pub struct ClockRule {
     pub max_frequency: u64,
 }
 
-/// Why a request was refused.
-pub mod reason {
-    pub const NONE: u8 = 0;
-    /// It asked for an operation its rule (or the default) does not allow.
-    pub const OPERATION: u8 = 1;
-    /// A step larger than the rule's maxStep.
-    pub const MAX_STEP: u8 = 2;
-    /// A frequency beyond the rule's maxFrequency.
-    pub const MAX_FREQUENCY: u8 = 3;
-
-    pub fn name(r: u8) -> &'static str {
-        match r {
-            OPERATION => "operation not allowed",
-            MAX_STEP => "step larger than maxStep",
-            MAX_FREQUENCY => "frequency beyond maxFrequency",
-            _ => "",
-        }
+crate::codes! {
+    /// Why a request was refused. The names are what records say (prose, kept as they are).
+    pub enum Reason: u8, unknown = "" {
+        None = 0 => "",
+        /// It asked for an operation its rule (or the default) does not allow.
+        Operation = 1 => "operation not allowed",
+        /// A step larger than the rule's maxStep.
+        MaxStep = 2 => "step larger than maxStep",
+        /// A frequency beyond the rule's maxFrequency.
+        MaxFrequency = 3 => "frequency beyond maxFrequency",
     }
 }
 
@@ -145,9 +145,9 @@ crate::pod!(ExeKey, ClockRule, PolicyHeader, CounterKey);
 /// A decision, who made it, and why it refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
-    pub verdict: u8,
+    pub verdict: Verdict,
     pub rule_id: u32,
-    pub reason: u8,
+    pub reason: Reason,
 }
 
 /// Decides a request made by an executable whose rule is `rule` (if any). A request that
@@ -165,20 +165,18 @@ pub fn decide(header: &PolicyHeader, rule: Option<&ClockRule>, req: &Request) ->
         ),
     };
     let reason = if req.operations & !allowed != 0 {
-        reason::OPERATION
+        Reason::Operation
     } else if req.operations & op::STEP != 0 && max_step != 0 && req.step_ns > max_step {
-        reason::MAX_STEP
+        Reason::MaxStep
     } else if req.operations & op::FREQUENCY != 0 && max_freq != 0 && req.frequency > max_freq {
-        reason::MAX_FREQUENCY
+        Reason::MaxFrequency
     } else {
-        reason::NONE
+        Reason::None
     };
-    let verdict = if reason == reason::NONE {
-        verdict::ALLOW
-    } else if mode_ == mode::AUDIT {
-        verdict::AUDIT
+    let verdict = if matches!(reason, Reason::None) {
+        Verdict::Allow
     } else {
-        verdict::DENY
+        Verdict::refused(mode_)
     };
     Decision {
         verdict,
@@ -205,7 +203,7 @@ mod tests {
     const HEADER: PolicyHeader = PolicyHeader {
         generation: 1,
         default_allow: 0,
-        default_mode: mode::ENFORCE,
+        default_mode: Mode::Enforce.code(),
         _pad: 0,
     };
 
@@ -215,18 +213,18 @@ mod tests {
         assert_eq!(
             d,
             Decision {
-                verdict: verdict::DENY,
+                verdict: Verdict::Deny,
                 rule_id: DEFAULT_RULE,
-                reason: reason::OPERATION,
+                reason: Reason::Operation,
             }
         );
         let audit = PolicyHeader {
-            default_mode: mode::AUDIT,
+            default_mode: Mode::Audit.code(),
             ..HEADER
         };
         assert_eq!(
             decide(&audit, None, &Request::operations(op::STEP)).verdict,
-            verdict::AUDIT
+            Verdict::Audit
         );
     }
 
@@ -234,7 +232,7 @@ mod tests {
     fn read_only_is_always_allowed() {
         assert_eq!(
             decide(&HEADER, None, &Request::operations(0)).verdict,
-            verdict::ALLOW
+            Verdict::Allow
         );
     }
 
@@ -243,7 +241,7 @@ mod tests {
         let rule = ClockRule {
             rule_id: 7,
             allow: op::SLEW | op::FREQUENCY,
-            mode: mode::ENFORCE,
+            mode: Mode::Enforce.code(),
             _pad: 0,
             max_step_ns: 0,
             max_frequency: 0,
@@ -255,9 +253,9 @@ mod tests {
                 &Request::operations(op::SLEW | op::FREQUENCY)
             ),
             Decision {
-                verdict: verdict::ALLOW,
+                verdict: Verdict::Allow,
                 rule_id: 7,
-                reason: reason::NONE,
+                reason: Reason::None,
             }
         );
         // One operation outside the rule denies the whole request.
@@ -268,15 +266,15 @@ mod tests {
                 &Request::operations(op::SLEW | op::LEAP)
             )
             .verdict,
-            verdict::DENY
+            Verdict::Deny
         );
         let audit = ClockRule {
-            mode: mode::AUDIT,
+            mode: Mode::Audit.code(),
             ..rule
         };
         assert_eq!(
             decide(&HEADER, Some(&audit), &Request::operations(op::STEP)).verdict,
-            verdict::AUDIT
+            Verdict::Audit
         );
     }
 
@@ -285,7 +283,7 @@ mod tests {
         let rule = ClockRule {
             rule_id: 3,
             allow: op::STEP | op::FREQUENCY,
-            mode: mode::ENFORCE,
+            mode: Mode::Enforce.code(),
             _pad: 0,
             max_step_ns: 1_000_000_000,
             max_frequency: 500 << 16,
@@ -297,21 +295,21 @@ mod tests {
         };
         assert_eq!(
             decide(&HEADER, Some(&rule), &step(999_999_999)).verdict,
-            verdict::ALLOW
+            Verdict::Allow
         );
         assert_eq!(
             decide(&HEADER, Some(&rule), &step(1_000_000_000)).verdict,
-            verdict::ALLOW
+            Verdict::Allow
         );
         let over = decide(&HEADER, Some(&rule), &step(3_600_000_000_000));
         assert_eq!(
             (over.verdict, over.reason),
-            (verdict::DENY, reason::MAX_STEP)
+            (Verdict::Deny, Reason::MaxStep)
         );
         // A size that could not be read is over any limit.
         assert_eq!(
             decide(&HEADER, Some(&rule), &step(u64::MAX)).reason,
-            reason::MAX_STEP
+            Reason::MaxStep
         );
         let freq = |f| Request {
             operations: op::FREQUENCY,
@@ -320,11 +318,11 @@ mod tests {
         };
         assert_eq!(
             decide(&HEADER, Some(&rule), &freq(100 << 16)).verdict,
-            verdict::ALLOW
+            Verdict::Allow
         );
         assert_eq!(
             decide(&HEADER, Some(&rule), &freq(501 << 16)).reason,
-            reason::MAX_FREQUENCY
+            Reason::MaxFrequency
         );
         // No limit: any size.
         let free = ClockRule {
@@ -333,7 +331,7 @@ mod tests {
         };
         assert_eq!(
             decide(&HEADER, Some(&free), &step(u64::MAX)).verdict,
-            verdict::ALLOW
+            Verdict::Allow
         );
     }
 

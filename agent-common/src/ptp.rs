@@ -1,6 +1,8 @@
 //! PTP (IEEE 1588) messages as the kernel programs see them, over UDP (ports 319 and 320)
 //! and over Ethernet (ethertype 0x88F7).
 
+use crate::alert::Alert;
+
 /// Ethertype of PTP over Ethernet.
 pub const ETH_P_1588: u16 = 0x88f7;
 /// Event messages (Sync, Delay_Req…), timestamped.
@@ -13,36 +15,21 @@ pub const HEADER_LEN: usize = 34;
 /// Bytes of an Announce message (header and body).
 pub const ANNOUNCE_LEN: usize = 64;
 
-/// PTP message types (the low nibble of the first byte).
-pub mod message {
-    pub const SYNC: u8 = 0x0;
-    pub const DELAY_REQ: u8 = 0x1;
-    pub const PDELAY_REQ: u8 = 0x2;
-    pub const PDELAY_RESP: u8 = 0x3;
-    pub const FOLLOW_UP: u8 = 0x8;
-    pub const DELAY_RESP: u8 = 0x9;
-    pub const PDELAY_RESP_FOLLOW_UP: u8 = 0xa;
-    pub const ANNOUNCE: u8 = 0xb;
-    pub const SIGNALING: u8 = 0xc;
-    pub const MANAGEMENT: u8 = 0xd;
-    /// Not a PTP type: a message too short for its header.
-    pub const TRUNCATED: u8 = 0xff;
-
-    pub fn name(t: u8) -> &'static str {
-        match t {
-            SYNC => "sync",
-            DELAY_REQ => "delay_req",
-            PDELAY_REQ => "pdelay_req",
-            PDELAY_RESP => "pdelay_resp",
-            FOLLOW_UP => "follow_up",
-            DELAY_RESP => "delay_resp",
-            PDELAY_RESP_FOLLOW_UP => "pdelay_resp_follow_up",
-            ANNOUNCE => "announce",
-            SIGNALING => "signaling",
-            MANAGEMENT => "management",
-            TRUNCATED => "truncated",
-            _ => "reserved",
-        }
+crate::codes! {
+    /// PTP message types (the low nibble of the first byte).
+    pub enum Message: u8, unknown = "reserved" {
+        Sync = 0x0 => "sync",
+        DelayReq = 0x1 => "delay_req",
+        PdelayReq = 0x2 => "pdelay_req",
+        PdelayResp = 0x3 => "pdelay_resp",
+        FollowUp = 0x8 => "follow_up",
+        DelayResp = 0x9 => "delay_resp",
+        PdelayRespFollowUp = 0xa => "pdelay_resp_follow_up",
+        Announce = 0xb => "announce",
+        Signaling = 0xc => "signaling",
+        Management = 0xd => "management",
+        /// Not a PTP type: a message too short for its header.
+        Truncated = 0xff => "truncated",
     }
 }
 
@@ -88,10 +75,10 @@ pub struct PtpHeader {
 }
 
 /// Parses a PTP message from its first 64 bytes, of which `len` are real. Shorter than the
-/// common header: a header whose type is `message::TRUNCATED`.
+/// common header: a header whose type is `Message::Truncated.code()`.
 pub const fn parse_ptp(m: &[u8; ANNOUNCE_LEN], len: usize) -> PtpHeader {
     let mut h = PtpHeader {
-        message_type: message::TRUNCATED,
+        message_type: Message::Truncated.code(),
         version: 0,
         domain: 0,
         flags: 0,
@@ -116,7 +103,7 @@ pub const fn parse_ptp(m: &[u8; ANNOUNCE_LEN], len: usize) -> PtpHeader {
     h.flags = m[7];
     h.source = [m[20], m[21], m[22], m[23], m[24], m[25], m[26], m[27]];
     h.source_port = u16::from_be_bytes([m[28], m[29]]);
-    if h.message_type == message::ANNOUNCE && len >= ANNOUNCE_LEN {
+    if h.message_type == Message::Announce.code() && len >= ANNOUNCE_LEN {
         h.announce = 1;
         h.utc_offset = i16::from_be_bytes([m[44], m[45]]);
         h.priority1 = m[47];
@@ -156,21 +143,20 @@ impl Grandmaster {
 }
 
 /// The alert an accepted Announce raises against what its grandmaster said before:
-/// `net::alert::NEW_SOURCE` the first time, `UPSTREAM_CHANGED` when its quality, leap
-/// flags or UTC offset changed.
-pub const fn grandmaster_alert(previous: Option<Grandmaster>, now: &Grandmaster) -> u8 {
-    use crate::net::alert;
+/// `Alert::NewSource` the first time, `UpstreamChanged` when its quality, leap flags or
+/// UTC offset changed.
+pub const fn grandmaster_alert(previous: Option<Grandmaster>, now: &Grandmaster) -> Alert {
     match previous {
-        None => alert::NEW_SOURCE,
+        None => Alert::NewSource,
         Some(p)
             if p.priority1 != now.priority1
                 || p.clock_class != now.clock_class
                 || p.leap != now.leap
                 || p.utc_offset != now.utc_offset =>
         {
-            alert::UPSTREAM_CHANGED
+            Alert::UpstreamChanged
         }
-        Some(_) => alert::NONE,
+        Some(_) => Alert::None,
     }
 }
 
@@ -220,7 +206,7 @@ mod tests {
     #[test]
     fn parses_an_announce() {
         let h = parse_ptp(&announce(), 64);
-        assert_eq!(h.message_type, message::ANNOUNCE);
+        assert_eq!(h.message_type, Message::Announce.code());
         assert_eq!((h.version, h.domain, h.announce), (2, 0, 1));
         assert_eq!(h.grandmaster, [2, 0, 0, 0xff, 0xfe, 0, 0, 1]);
         assert_eq!((h.priority1, h.clock_class, h.utc_offset), (128, 248, 37));
@@ -232,24 +218,21 @@ mod tests {
         let m = announce();
         // The header only: the type is known, the grandmaster is not.
         let h = parse_ptp(&m, 40);
-        assert_eq!((h.message_type, h.announce), (message::ANNOUNCE, 0));
+        assert_eq!((h.message_type, h.announce), (Message::Announce.code(), 0));
         assert_eq!(h.grandmaster, [0; 8]);
-        assert_eq!(parse_ptp(&m, 33).message_type, message::TRUNCATED);
-        assert_eq!(parse_ptp(&m, 0).message_type, message::TRUNCATED);
+        assert_eq!(parse_ptp(&m, 33).message_type, Message::Truncated.code());
+        assert_eq!(parse_ptp(&m, 0).message_type, Message::Truncated.code());
     }
 
     #[test]
     fn grandmaster_alerts() {
         let h = parse_ptp(&announce(), 64);
         let g = Grandmaster::of(&h);
-        assert_eq!(grandmaster_alert(None, &g), crate::net::alert::NEW_SOURCE);
-        assert_eq!(grandmaster_alert(Some(g), &g), crate::net::alert::NONE);
+        assert_eq!(grandmaster_alert(None, &g), Alert::NewSource);
+        assert_eq!(grandmaster_alert(Some(g), &g), Alert::None);
         let mut worse = g;
         worse.clock_class = 7;
-        assert_eq!(
-            grandmaster_alert(Some(worse), &g),
-            crate::net::alert::UPSTREAM_CHANGED
-        );
+        assert_eq!(grandmaster_alert(Some(worse), &g), Alert::UpstreamChanged);
     }
 
     #[test]

@@ -2,55 +2,38 @@
 //! the time daemons, write the files the guard trusts, and touch timeguard's own BPF
 //! programs, links, maps and pins.
 
-/// What was tried against the guard.
-pub mod action {
-    /// A signal that would stop the agent, from anyone but its service manager.
-    pub const SIGNAL: u8 = 1;
-    /// ptrace (or reading its memory, or its descriptors) of the agent or a time daemon.
-    pub const PTRACE: u8 = 2;
-    /// Opening a protected file for writing.
-    pub const WRITE: u8 = 3;
-    /// Removing a protected file (or a pin).
-    pub const UNLINK: u8 = 4;
-    /// Renaming a protected file, or another file over it.
-    pub const RENAME: u8 = 5;
-    /// A `bpf()` command on one of timeguard's maps or links: update, delete, freeze,
-    /// detach, replace.
-    pub const BPF: u8 = 6;
+use crate::event::Caller;
 
-    pub fn name(a: u8) -> &'static str {
-        match a {
-            SIGNAL => "signal",
-            PTRACE => "ptrace",
-            WRITE => "write",
-            UNLINK => "unlink",
-            RENAME => "rename",
-            BPF => "bpf",
-            _ => "unknown",
-        }
+crate::codes! {
+    /// What was tried against the guard.
+    pub enum Action: u8, unknown = "unknown" {
+        /// A signal that would stop the agent, from anyone but its service manager.
+        Signal = 1 => "signal",
+        /// ptrace (or reading its memory, or its descriptors) of the agent or a time daemon.
+        Ptrace = 2 => "ptrace",
+        /// Opening a protected file for writing.
+        Write = 3 => "write",
+        /// Removing a protected file (or a pin).
+        Unlink = 4 => "unlink",
+        /// Renaming a protected file, or another file over it.
+        Rename = 5 => "rename",
+        /// A `bpf()` command on one of timeguard's maps or links: update, delete, freeze,
+        /// detach, replace.
+        Bpf = 6 => "bpf",
     }
 }
 
-/// What a protected file is.
-pub mod target {
-    pub const AGENT: u32 = 1;
-    pub const POLICY: u32 = 2;
-    pub const DAEMON: u32 = 3;
-    /// Timeguard's pins in bpffs, and their directories.
-    pub const PIN: u32 = 4;
-    pub const MAP: u32 = 5;
-    pub const LINK: u32 = 6;
-
-    pub fn name(t: u32) -> &'static str {
-        match t {
-            AGENT => "agent",
-            POLICY => "policy",
-            DAEMON => "time daemon",
-            PIN => "pin",
-            MAP => "map",
-            LINK => "link",
-            _ => "",
-        }
+crate::codes! {
+    /// What a protected file or object is. `Daemon`'s name is prose (`time daemon`), as
+    /// records and the `target` label have always said it.
+    pub enum Target: u32, unknown = "" {
+        Agent = 1 => "agent",
+        Policy = 2 => "policy",
+        Daemon = 3 => "time daemon",
+        /// Timeguard's pins in bpffs, and their directories.
+        Pin = 4 => "pin",
+        Map = 5 => "map",
+        Link = 6 => "link",
     }
 }
 
@@ -60,7 +43,7 @@ pub mod target {
 pub struct SelfState {
     /// 0: self-protection is off (nothing is decided).
     pub generation: u32,
-    /// `policy::mode::ENFORCE` or `AUDIT`.
+    /// `policy::Mode`.
     pub mode: u32,
     /// The agent's process (signals to it are decided).
     pub agent_tgid: u32,
@@ -84,7 +67,7 @@ pub struct FileKey {
     pub ino: u64,
 }
 
-/// One of timeguard's BPF objects, by kind (`target::MAP` or `target::LINK`) and id.
+/// One of timeguard's BPF objects, by kind (`Target::Map` or `Target::Link`) and id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ObjectKey {
@@ -99,7 +82,7 @@ pub struct TamperCounterKey {
     pub action: u8,
     pub verdict: u8,
     pub _pad: [u8; 2],
-    /// `target::*`
+    /// `Target`
     pub target: u32,
 }
 
@@ -109,18 +92,14 @@ pub struct TamperCounterKey {
 pub struct TamperEvent {
     pub boot_ns: u64,
     pub tai_ns: u64,
+    pub caller: Caller,
+    /// `Action`.
     pub action: u8,
+    /// `policy::Verdict`.
     pub verdict: u8,
     pub _pad: [u8; 2],
-    /// `target::*`
+    /// `Target`
     pub target: u32,
-    pub pid: u32,
-    pub tgid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub exe_dev: u64,
-    pub exe_ino: u64,
-    pub comm: [u8; 16],
     /// Signals: the signal; ptrace: the mode; bpf: the command.
     pub detail: u32,
     /// Signals and ptrace: the target process.
@@ -145,7 +124,7 @@ pub const fn stops_the_agent(sig: u32) -> bool {
 
 /// `bpf()` commands that change a map or a link, and where the map or link descriptor is in
 /// `union bpf_attr`; None for the others.
-pub const fn changing_bpf_command(cmd: u32) -> Option<(u32, usize)> {
+pub const fn changing_bpf_command(cmd: u32) -> Option<(Target, usize)> {
     const MAP_UPDATE_ELEM: u32 = 2;
     const MAP_DELETE_ELEM: u32 = 3;
     const MAP_LOOKUP_AND_DELETE_ELEM: u32 = 21;
@@ -159,12 +138,12 @@ pub const fn changing_bpf_command(cmd: u32) -> Option<(u32, usize)> {
     const BATCH_MAP_FD: usize = 36;
     match cmd {
         MAP_UPDATE_ELEM | MAP_DELETE_ELEM | MAP_LOOKUP_AND_DELETE_ELEM | MAP_FREEZE => {
-            Some((target::MAP, 0))
+            Some((Target::Map, 0))
         }
         MAP_LOOKUP_AND_DELETE_BATCH | MAP_UPDATE_BATCH | MAP_DELETE_BATCH => {
-            Some((target::MAP, BATCH_MAP_FD))
+            Some((Target::Map, BATCH_MAP_FD))
         }
-        LINK_UPDATE | LINK_DETACH => Some((target::LINK, 0)),
+        LINK_UPDATE | LINK_DETACH => Some((Target::Link, 0)),
         _ => None,
     }
 }
@@ -187,9 +166,9 @@ mod tests {
 
     #[test]
     fn bpf_commands() {
-        assert_eq!(changing_bpf_command(2), Some((target::MAP, 0)));
-        assert_eq!(changing_bpf_command(26), Some((target::MAP, 36)));
-        assert_eq!(changing_bpf_command(34), Some((target::LINK, 0)));
+        assert_eq!(changing_bpf_command(2), Some((Target::Map, 0)));
+        assert_eq!(changing_bpf_command(26), Some((Target::Map, 36)));
+        assert_eq!(changing_bpf_command(34), Some((Target::Link, 0)));
         // Lookups, gets by id and program loads change nothing of ours.
         for cmd in [0, 1, 4, 5, 13, 14, 30] {
             assert_eq!(changing_bpf_command(cmd), None, "command {cmd}");

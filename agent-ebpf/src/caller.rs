@@ -2,7 +2,7 @@
 //! the ids, and the syscall the request came through.
 
 use agent_common::{
-    event::{abi, ClockEvent},
+    event::{Abi, Caller},
     kernel::{pt_regs, KernelOffsets, PF_KTHREAD, TS_COMPAT},
 };
 use aya_ebpf::helpers::{
@@ -11,6 +11,7 @@ use aya_ebpf::helpers::{
 };
 
 /// Field offsets of the running kernel, set by the agent at load time from its BTF.
+/// Named `maps::KERNEL_OFFSETS` on the agent's side.
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_mm: 0,
@@ -116,7 +117,7 @@ pub fn in_kernel_thread(off: &KernelOffsets) -> bool {
 
 /// The syscall a task is in: ABI, number and its first arguments, from its saved registers.
 pub struct Syscall {
-    pub abi: u8,
+    pub abi: Abi,
     pub nr: i64,
     pub args: [u64; 3],
 }
@@ -132,30 +133,33 @@ pub fn current_syscall(off: &KernelOffsets) -> Syscall {
     if status & TS_COMPAT != 0 {
         // i386 syscall arguments: ebx, ecx, edx.
         Syscall {
-            abi: abi::COMPAT,
+            abi: Abi::Compat,
             nr,
             args: [reg(pt_regs::BX), reg(pt_regs::CX), reg(pt_regs::DX)],
         }
     } else {
         Syscall {
-            abi: abi::NATIVE,
+            abi: Abi::Native,
             nr,
             args: [reg(pt_regs::DI), reg(pt_regs::SI), reg(pt_regs::DX)],
         }
     }
 }
 
-/// Fills the "who" part of an event.
+/// Fills the caller block of a record (every record has one): the current task's ids and
+/// name, then its executable from `exe` (`current_exe`, or what the decision read). The ids
+/// first: the executable read last needs no registers kept across the helper calls, which
+/// keeps the clock's `capable` program within the 6.1 verifier's budget.
 #[inline(always)]
-pub fn fill_who(ev: &mut ClockEvent, off: &KernelOffsets) {
+pub fn fill_caller(c: &mut Caller, exe: impl FnOnce() -> (u64, u64)) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    ev.pid = pid_tgid as u32;
-    ev.tgid = (pid_tgid >> 32) as u32;
+    c.pid = pid_tgid as u32;
+    c.tgid = (pid_tgid >> 32) as u32;
     let uid_gid = bpf_get_current_uid_gid();
-    ev.uid = uid_gid as u32;
-    ev.gid = (uid_gid >> 32) as u32;
-    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let (dev, ino) = current_exe(off);
-    ev.exe_dev = dev;
-    ev.exe_ino = ino;
+    c.uid = uid_gid as u32;
+    c.gid = (uid_gid >> 32) as u32;
+    c.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let (dev, ino) = exe();
+    c.exe_dev = dev;
+    c.exe_ino = ino;
 }

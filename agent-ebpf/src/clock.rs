@@ -12,23 +12,41 @@
 
 use agent_common::{
     clock::{adj, ioctl, op, privileged_ioctl_operations, settime_operations, timex_operations},
-    event::{abi::NATIVE, hook, ClockEvent},
+    event::{thinning, Abi, ClockEvent, EventBudget, Hook},
     kernel::{classify_syscall, ClockSyscall, TimexLayout, CAP_SYS_TIME, TIMEX64},
-    policy::{verdict, Request as Limits},
+    maps::Dropped,
+    policy::{CounterKey, Request as Limits, Verdict},
 };
 use aya_ebpf::{
-    helpers::bpf_ktime_get_boot_ns,
-    macros::{kprobe, lsm, tracepoint},
+    macros::{kprobe, lsm, map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{LsmContext, ProbeContext, TracePointContext},
 };
 
 use crate::{
     caller::{
-        current_syscall, fill_who, in_kernel_thread, kread, nullable_arg, offsets, uread, Syscall,
+        current_exe, current_syscall, fill_caller, in_kernel_thread, kread, nullable_arg, offsets,
+        uread, Syscall,
     },
+    emit::{boot_ns, count, tai_ns, Budget, Ring},
     policy::{clock_state, decide_for},
-    record::{count, emit},
 };
+
+#[map]
+static CLOCK_EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
+
+/// Per (rule, set of operations, verdict): exact, whatever happens to the events.
+#[map]
+static CLOCK_COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::pinned(8192, 0);
+
+/// Events that did not fit in the ring buffer, and events not sent because their process
+/// had used its budget for the window (`maps::Dropped`).
+#[map]
+static CLOCK_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(Dropped::COUNT, 0);
+
+/// Event budgets by process (tgid).
+#[map]
+static EVENT_BUDGETS: LruHashMap<u32, EventBudget> = LruHashMap::pinned(thinning::PROCESSES, 0);
 
 const EPERM: i32 = 1;
 const CLOCK_REALTIME: u64 = 0;
@@ -59,10 +77,10 @@ const fn time(sec: i64, nsec: i64) -> Time {
 
 /// What a request asks for, before it is decided.
 pub(crate) struct Request {
-    hook: u8,
+    hook: Hook,
     operations: u32,
     syscall: i64,
-    abi: u8,
+    abi: Abi,
     clock_id: i32,
     timex_modes: u32,
     time: Time,
@@ -104,50 +122,65 @@ fn mul_saturating(a: i64, k: i64) -> i64 {
 
 /// Decides, counts and records one request; returns the verdict.
 #[inline(always)]
-pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> u8 {
+pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     let off = offsets();
     let mut ev = ClockEvent::EMPTY;
-    fill_who(&mut ev, &off);
+    fill_caller(&mut ev.caller, || current_exe(&off));
     let limits = Limits {
         operations: req.operations,
         step_ns: req.step_ns,
         frequency: req.frequency_abs,
     };
-    let Some(decided) = decide_for(ev.exe_dev, ev.exe_ino, ev.uid, &limits) else {
-        return verdict::ALLOW;
+    let who = &ev.caller;
+    let Some(decided) = decide_for(who.exe_dev, who.exe_ino, who.uid, &limits) else {
+        return Verdict::Allow;
     };
     let v = if observe_only {
-        verdict::OBSERVED
+        Verdict::Observed
     } else {
         decided.decision.verdict
     };
-    count(decided.decision.rule_id, req.operations, v);
-    // SAFETY: clock helpers without arguments.
-    ev.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    ev.tai_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_tai_ns() };
-    ev.hook = req.hook;
-    ev.verdict = v;
+    let key = CounterKey {
+        rule_id: decided.decision.rule_id,
+        operation: req.operations,
+        verdict: v as u32,
+        _pad: 0,
+    };
+    count(&CLOCK_COUNTERS, &key);
+    ev.boot_ns = boot_ns();
+    ev.tai_ns = tai_ns();
+    ev.hook = req.hook as u8;
+    ev.verdict = v as u8;
     ev.operations = req.operations;
     ev.rule_id = decided.decision.rule_id;
     ev.generation = decided.generation;
     ev.syscall = req.syscall as i32;
-    ev.abi = req.abi;
+    ev.abi = req.abi as u8;
     ev.clock_id = req.clock_id;
     ev.timex_modes = req.timex_modes;
     ev.has_time = req.time.set as u8;
     ev.time_sec = req.time.sec;
     ev.time_nsec = req.time.nsec;
-    ev.reason = decided.decision.reason;
+    ev.reason = decided.decision.reason as u8;
     ev.frequency = req.frequency;
     ev.device = req.device;
     ev.ioctl_cmd = req.ioctl_cmd;
-    emit(&ev);
+    let ring = Ring {
+        ring: &CLOCK_EVENTS,
+        dropped: &CLOCK_EVENTS_DROPPED,
+    };
+    let budget = Budget::Process {
+        budgets: &EVENT_BUDGETS,
+        tgid: ev.caller.tgid,
+        per_window: thinning::EVENTS_PER_WINDOW,
+    };
+    ring.send(budget, ev.boot_ns, &ev);
     v
 }
 
 #[inline(always)]
-pub(crate) fn lsm_verdict(v: u8) -> i32 {
-    if v == verdict::DENY {
+pub(crate) fn lsm_verdict(v: Verdict) -> i32 {
+    if v == Verdict::Deny {
         -EPERM
     } else {
         0
@@ -231,7 +264,7 @@ fn read_long(ptr: u64, off: usize, wide: bool) -> Option<i64> {
 impl Request {
     /// A request carried by a `struct timex` (adjtimex, clock_adjtime).
     #[inline(always)]
-    fn timex(hook: u8, syscall: i64, abi: u8, clock_id: i32, t: &Timex) -> Self {
+    fn timex(hook: Hook, syscall: i64, abi: Abi, clock_id: i32, t: &Timex) -> Self {
         Request {
             hook,
             operations: t.operations,
@@ -251,9 +284,9 @@ impl Request {
     /// A request to set the wall clock to `requested` (or only the timezone).
     #[inline(always)]
     fn settime(
-        hook: u8,
+        hook: Hook,
         syscall: i64,
-        abi: u8,
+        abi: Abi,
         clock_id: i32,
         requested: Time,
         has_tz: bool,
@@ -282,7 +315,7 @@ impl Request {
     /// A request without a time or frequency: an ioctl, a device opened for writing, or
     /// anything else that reached the CAP_SYS_TIME check.
     #[inline(always)]
-    pub(crate) fn device(hook: u8, operations: u32, sc: &Syscall, device: u32, cmd: u32) -> Self {
+    pub(crate) fn device(hook: Hook, operations: u32, sc: &Syscall, device: u32, cmd: u32) -> Self {
         Request {
             hook,
             operations,
@@ -311,7 +344,7 @@ pub fn clock_settime_guard(ctx: LsmContext) -> i32 {
     }
     let sc = current_syscall(&offsets());
     if ts.is_null() {
-        let req = Request::settime(hook::SETTIME, sc.nr, sc.abi, -1, NO_TIME, tz != 0);
+        let req = Request::settime(Hook::Settime, sc.nr, sc.abi, -1, NO_TIME, tz != 0);
         return lsm_verdict(decide_and_record(&req, false));
     }
     // The kernel's own copy, already validated: exact, no race with user memory.
@@ -320,7 +353,7 @@ pub fn clock_settime_guard(ctx: LsmContext) -> i32 {
         // Unreadable: a step of unknown size, beyond any limit.
         _ => time(i64::MAX, 0),
     };
-    let req = Request::settime(hook::SETTIME, sc.nr, sc.abi, -1, requested, tz != 0);
+    let req = Request::settime(Hook::Settime, sc.nr, sc.abi, -1, requested, tz != 0);
     lsm_verdict(decide_and_record(&req, false))
 }
 
@@ -342,7 +375,7 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
         return 0;
     }
     let sc = current_syscall(&off);
-    let compat = sc.abi == agent_common::event::abi::COMPAT;
+    let compat = sc.abi == Abi::Compat;
     // adjtimex and clock_adjtime differ only in where the timex is: one read_timex below,
     // inlined once, keeps the program within the 6.1 verifier's budget.
     let (timex, layout, clock_id) = match classify_syscall(compat, sc.nr) {
@@ -359,18 +392,18 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
             if ioctl::kind(cmd) == ioctl::PTP_TYPE {
                 return 0;
             }
-            let req = Request::device(hook::CAPABLE, privileged_ioctl_operations(cmd), &sc, 0, cmd);
+            let req = Request::device(Hook::Capable, privileged_ioctl_operations(cmd), &sc, 0, cmd);
             return lsm_verdict(decide_and_record(&req, false));
         }
         // Time namespace offsets: not the host's clock.
         ClockSyscall::Write => return 0,
         ClockSyscall::Other => {
-            let req = Request::device(hook::CAPABLE, op::OTHER, &sc, 0, 0);
+            let req = Request::device(Hook::Capable, op::OTHER, &sc, 0, 0);
             return lsm_verdict(decide_and_record(&req, false));
         }
     };
     let t = read_timex(timex, layout);
-    let mut req = Request::timex(hook::CAPABLE, sc.nr, sc.abi, clock_id, &t);
+    let mut req = Request::timex(Hook::Capable, sc.nr, sc.abi, clock_id, &t);
     // The kernel asks for CAP_SYS_TIME only for a change. If user memory now reads as
     // read-only, it changed under us: decide it as an unclassified change, never as nothing.
     if req.operations == 0 {
@@ -388,11 +421,11 @@ fn observe_kernel(operations: u32, requested: Time) -> u32 {
         return 0;
     }
     let no_syscall = Syscall {
-        abi: agent_common::event::abi::KERNEL,
+        abi: Abi::Kernel,
         nr: -1,
         args: [0; 3],
     };
-    let mut req = Request::device(hook::KERNEL, operations, &no_syscall, 0, 0);
+    let mut req = Request::device(Hook::Kernel, operations, &no_syscall, 0, 0);
     req.time = requested;
     decide_and_record(&req, true);
     0
@@ -446,9 +479,9 @@ pub fn observe_clock_settime(ctx: TracePointContext) -> u32 {
         uread::<i64>(tp, 8).unwrap_or(0),
     );
     observe(&Request::settime(
-        hook::TRACEPOINT,
+        Hook::Tracepoint,
         tp_nr(&ctx),
-        NATIVE,
+        Abi::Native,
         clock as i32,
         requested,
         false,
@@ -468,9 +501,9 @@ pub fn observe_settimeofday(ctx: TracePointContext) -> u32 {
         )
     };
     observe(&Request::settime(
-        hook::TRACEPOINT,
+        Hook::Tracepoint,
         tp_nr(&ctx),
-        NATIVE,
+        Abi::Native,
         -1,
         requested,
         tz != 0,
@@ -481,9 +514,9 @@ pub fn observe_settimeofday(ctx: TracePointContext) -> u32 {
 pub fn observe_adjtimex(ctx: TracePointContext) -> u32 {
     let t = read_timex(tp_arg(&ctx, 0), TIMEX64);
     observe(&Request::timex(
-        hook::TRACEPOINT,
+        Hook::Tracepoint,
         tp_nr(&ctx),
-        NATIVE,
+        Abi::Native,
         CLOCK_REALTIME as i32,
         &t,
     ))
@@ -494,9 +527,9 @@ pub fn observe_clock_adjtime(ctx: TracePointContext) -> u32 {
     let clock = tp_arg(&ctx, 0);
     let t = read_timex(tp_arg(&ctx, 1), TIMEX64);
     observe(&Request::timex(
-        hook::TRACEPOINT,
+        Hook::Tracepoint,
         tp_nr(&ctx),
-        NATIVE,
+        Abi::Native,
         clock as i32,
         &t,
     ))

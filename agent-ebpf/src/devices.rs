@@ -8,7 +8,7 @@
 
 use agent_common::{
     clock::{op, phc_ioctl_operations},
-    event::hook,
+    event::Hook,
     kernel::{dev_major, KernelOffsets, FMODE_WRITE},
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
@@ -33,7 +33,7 @@ fn phc_device(file: *const u8, off: &KernelOffsets) -> Option<u32> {
 
 /// Decides a PHC request on `file`; other files pass untouched.
 #[inline(always)]
-fn decide_phc(hook: u8, file: *const u8, off: &KernelOffsets, cmd: u32) -> i32 {
+fn decide_phc(hook: Hook, file: *const u8, off: &KernelOffsets, cmd: u32) -> i32 {
     let Some(rdev) = phc_device(file, off) else {
         return 0;
     };
@@ -60,7 +60,7 @@ pub fn phc_open_guard(ctx: LsmContext) -> i32 {
     if tampered != 0 {
         return tampered;
     }
-    decide_phc(hook::FILE_OPEN, file, &off, 0)
+    decide_phc(Hook::FileOpen, file, &off, 0)
 }
 
 /// Shared by `file_ioctl` and (6.8+) `file_ioctl_compat`, which have the same arguments.
@@ -74,7 +74,7 @@ fn ioctl_guard(ctx: &LsmContext) -> i32 {
     if phc_ioctl_operations(cmd) == 0 {
         return 0;
     }
-    decide_phc(hook::FILE_IOCTL, ctx.arg(0), &offsets(), cmd)
+    decide_phc(Hook::FileIoctl, ctx.arg(0), &offsets(), cmd)
 }
 
 /// LSM_HOOK(int, 0, file_ioctl, struct file *file, unsigned int cmd, unsigned long arg)

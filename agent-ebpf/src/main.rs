@@ -4,9 +4,10 @@
 //!   tracepoints that only observe when the kernel refuses LSM programs.
 //! - `devices`: PTP hardware clocks, decided when opened for writing and on their ioctls.
 //! - `net`: NTP packets arriving at this host's sockets, by the network policy.
-//! - `caller`: who is asking (executable identity, ids, syscall context).
+//! - `caller`: who is asking (executable identity, ids, syscall context), and the caller
+//!   block of every record.
 //! - `policy`: the compiled policy maps and the lookup of the rule in force.
-//! - `record`: exact counters and events to userspace.
+//! - `emit`: the one way out: exact counters, and records within a budget on a ring.
 //! - `tamper`: the guard guarding itself (signals, ptrace, its files, its BPF objects).
 #![no_std]
 #![no_main]
@@ -14,9 +15,9 @@
 mod caller;
 mod clock;
 mod devices;
+mod emit;
 mod net;
 mod policy;
-mod record;
 mod tamper;
 
 #[cfg(not(test))]

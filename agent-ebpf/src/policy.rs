@@ -2,6 +2,7 @@
 
 use agent_common::{
     kernel::ClockState,
+    maps::ONLY,
     policy::{
         decide, ClockRule, Decision, ExeKey, PolicyHeader, Request, ANY_UID, MAX_RULES, SLOTS,
     },
@@ -11,7 +12,7 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 
-/// Index 0 holds the slot in force. The agent flips it with one write after filling the other.
+/// Index `maps::ONLY`: the slot in force. The agent flips it with one write after filling the other.
 #[map]
 static ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
 
@@ -24,7 +25,7 @@ static CLOCK_STATE: Array<ClockState> = Array::pinned(1, 0);
 
 #[inline(always)]
 pub fn clock_state() -> ClockState {
-    CLOCK_STATE.get(0).copied().unwrap_or_default()
+    CLOCK_STATE.get(ONLY).copied().unwrap_or_default()
 }
 
 #[map]
@@ -71,7 +72,7 @@ pub fn decide_for(dev: u64, ino: u64, uid: u32, req: &Request) -> Option<Decided
 #[inline(always)]
 fn consistent_read(dev: u64, ino: u64, uid: u32) -> Option<(PolicyHeader, Option<ClockRule>)> {
     for _ in 0..READ_TRIES {
-        let slot = *ACTIVE_SLOT.get(0)?;
+        let slot = *ACTIVE_SLOT.get(ONLY)?;
         let header = *POLICY.get(slot)?;
         if header.generation == 0 {
             continue;

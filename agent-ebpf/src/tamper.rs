@@ -17,32 +17,31 @@
 //! ring of its own.
 
 use agent_common::{
-    policy::{mode, verdict},
+    event::EventBudget,
+    maps::{Dropped, ONLY},
+    policy::Verdict,
     tamper::{
-        action, changing_bpf_command, stops_the_agent, target, FileKey, ObjectKey, SelfState,
-        TamperCounterKey, TamperEvent,
+        changing_bpf_command, stops_the_agent, Action, FileKey, ObjectKey, SelfState,
+        TamperCounterKey, TamperEvent, Target,
     },
 };
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{lsm, map},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::LsmContext,
 };
 
 use crate::{
-    caller::{current_exe, inode_id, kread, offsets, task_exe},
+    caller::{current_exe, fill_caller, inode_id, kread, offsets, task_exe},
     clock::lsm_verdict,
-    record::bump,
+    emit::{boot_ns, count, Budget, Ring},
 };
 
 #[map]
 static SELF_STATE: Array<SelfState> = Array::pinned(1, 0);
 
-/// Protected files by (dev, ino): `target::*`.
+/// Protected files by (dev, ino): `Target`.
 #[map]
 static PROTECTED_FILES: HashMap<FileKey, u32> = HashMap::pinned(4096, 0);
 
@@ -56,15 +55,15 @@ static TAMPER_COUNTERS: PerCpuHashMap<TamperCounterKey, u64> = PerCpuHashMap::pi
 #[map]
 static TAMPER_EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);
 
-/// Index 0: records that did not fit; index 1: records over the budget.
+/// Records that did not fit, and records over the budget (`maps::Dropped`).
 #[map]
-static TAMPER_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
+static TAMPER_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(Dropped::COUNT, 0);
 
-/// Index 0: this CPU's record budget for the current second.
+/// Index `maps::ONLY`: this CPU's record budget for the current second.
 #[map]
-static TAMPER_BUDGET: PerCpuArray<agent_common::event::EventBudget> = PerCpuArray::pinned(1, 0);
+static TAMPER_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 
-/// Index 0: where this CPU builds a record.
+/// Index `maps::ONLY`: where this CPU builds a record.
 #[map]
 static TAMPER_SCRATCH: PerCpuArray<TamperEvent> = PerCpuArray::pinned(1, 0);
 
@@ -75,7 +74,7 @@ const PTRACE_MODE_ATTACH: u32 = 0x02;
 /// Self-protection in force, or None (off: nothing is decided).
 #[inline(always)]
 fn state() -> Option<SelfState> {
-    let s = *SELF_STATE.get(0)?;
+    let s = *SELF_STATE.get(ONLY)?;
     (s.generation != 0).then_some(s)
 }
 
@@ -86,7 +85,7 @@ fn caller_is_agent(s: &SelfState) -> bool {
     dev == s.agent_dev && ino == s.agent_ino
 }
 
-/// What a file is to the guard (0: nothing).
+/// What a file is to the guard (`Target`; 0: nothing).
 #[inline(always)]
 fn protected(dev: u64, ino: u64) -> u32 {
     if ino == 0 {
@@ -100,7 +99,8 @@ fn protected(dev: u64, ino: u64) -> u32 {
 
 /// What was tried, and on what.
 struct Attempt {
-    action: u8,
+    action: Action,
+    /// `Target`.
     target: u32,
     detail: u32,
     target_tgid: u32,
@@ -110,68 +110,35 @@ struct Attempt {
 
 /// Decides an attempt by the mode, counts it and records it; the LSM return value.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "explicit references, as in record::count"
-)]
 fn refuse(s: &SelfState, a: &Attempt) -> i32 {
-    let v = if s.mode == mode::AUDIT {
-        verdict::AUDIT
-    } else {
-        verdict::DENY
-    };
+    let v = Verdict::refused(s.mode);
     let key = TamperCounterKey {
-        action: a.action,
-        verdict: v,
+        action: a.action as u8,
+        verdict: v as u8,
         _pad: [0; 2],
         target: a.target,
     };
-    match TAMPER_COUNTERS.get_ptr_mut(&key) {
-        // SAFETY: a per-CPU value.
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            let _ = TAMPER_COUNTERS.insert(&key, &1, 0);
-        }
-    }
-    // SAFETY: a clock helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let within = match TAMPER_BUDGET.get_ptr_mut(0) {
-        // SAFETY: a per-CPU value.
-        Some(b) => unsafe { (*b).take(now, RECORDS_PER_SECOND) },
-        None => false,
+    count(&TAMPER_COUNTERS, &key);
+    let ring = Ring {
+        ring: &TAMPER_EVENTS,
+        dropped: &TAMPER_EVENTS_DROPPED,
     };
-    if !within {
-        bump(&TAMPER_EVENTS_DROPPED, 1);
-        return lsm_verdict(v);
-    }
-    if let Some(ev) = TAMPER_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: a per-CPU value, written then read by this program run only.
-        let ev = unsafe { &mut *ev };
-        ev.boot_ns = now;
-        // SAFETY: a clock helper without arguments.
-        ev.tai_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_tai_ns() };
-        ev.action = a.action;
-        ev.verdict = v;
+    let budget = Budget::Cpu {
+        budgets: &TAMPER_BUDGET,
+        index: ONLY,
+        per_window: RECORDS_PER_SECOND,
+    };
+    ring.emit(&TAMPER_SCRATCH, budget, boot_ns(), |ev| {
+        ev.action = a.action as u8;
+        ev.verdict = v as u8;
         ev.target = a.target;
-        let pid_tgid = bpf_get_current_pid_tgid();
-        let uid_gid = bpf_get_current_uid_gid();
-        ev.pid = pid_tgid as u32;
-        ev.tgid = (pid_tgid >> 32) as u32;
-        ev.uid = uid_gid as u32;
-        ev.gid = (uid_gid >> 32) as u32;
-        let (dev, ino) = current_exe(&offsets());
-        ev.exe_dev = dev;
-        ev.exe_ino = ino;
-        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        fill_caller(&mut ev.caller, || current_exe(&offsets()));
         ev.detail = a.detail;
         ev.target_tgid = a.target_tgid;
         ev.target_dev = a.target_dev;
         ev.target_ino = a.target_ino;
         ev.generation = s.generation;
-        if TAMPER_EVENTS.output::<TamperEvent>(ev, 0).is_err() {
-            bump(&TAMPER_EVENTS_DROPPED, 0);
-        }
-    }
+    });
     lsm_verdict(v)
 }
 
@@ -203,8 +170,8 @@ pub fn tamper_signal(ctx: LsmContext) -> i32 {
     refuse(
         &s,
         &Attempt {
-            action: action::SIGNAL,
-            target: target::AGENT,
+            action: Action::Signal,
+            target: Target::Agent as u32,
             detail: sig as u32,
             target_tgid,
             target_dev: s.agent_dev,
@@ -219,7 +186,7 @@ fn traced(s: &SelfState, task: *const u8, mode_bits: u32) -> i32 {
     let off = offsets();
     let (dev, ino) = task_exe(task, &off);
     let what = protected(dev, ino);
-    if what != target::AGENT && what != target::DAEMON {
+    if what != Target::Agent as u32 && what != Target::Daemon as u32 {
         return 0;
     }
     if caller_is_agent(s) {
@@ -228,7 +195,7 @@ fn traced(s: &SelfState, task: *const u8, mode_bits: u32) -> i32 {
     refuse(
         s,
         &Attempt {
-            action: action::PTRACE,
+            action: Action::Ptrace,
             target: what,
             detail: mode_bits,
             target_tgid: kread::<u32>(task, off.task_tgid).unwrap_or(0),
@@ -269,7 +236,7 @@ pub fn tamper_traceme(ctx: LsmContext) -> i32 {
 
 /// Decides a change to a file; 0 when it is not protected.
 #[inline(always)]
-fn file_change(act: u8, inode: *const u8) -> i32 {
+fn file_change(act: Action, inode: *const u8) -> i32 {
     if inode.is_null() {
         return 0;
     }
@@ -298,7 +265,7 @@ fn file_change(act: u8, inode: *const u8) -> i32 {
 pub fn file_write(file: *const u8) -> i32 {
     let off = offsets();
     match kread::<*const u8>(file, off.file_inode) {
-        Some(inode) => file_change(action::WRITE, inode),
+        Some(inode) => file_change(Action::Write, inode),
         None => 0,
     }
 }
@@ -315,7 +282,7 @@ pub fn tamper_unlink(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    file_change(action::UNLINK, dentry_inode(ctx.arg(1)))
+    file_change(Action::Unlink, dentry_inode(ctx.arg(1)))
 }
 
 /// LSM_HOOK(int, 0, inode_rename, struct inode *old_dir, struct dentry *old_dentry,
@@ -327,11 +294,11 @@ pub fn tamper_rename(ctx: LsmContext) -> i32 {
         return previous;
     }
     // Moving a protected file away, or another file over it (its dentry may be negative).
-    let moved = file_change(action::RENAME, dentry_inode(ctx.arg(1)));
+    let moved = file_change(Action::Rename, dentry_inode(ctx.arg(1)));
     if moved != 0 {
         return moved;
     }
-    file_change(action::RENAME, dentry_inode(ctx.arg(3)))
+    file_change(Action::Rename, dentry_inode(ctx.arg(3)))
 }
 
 /// The id of the map or link behind descriptor `fd` of the calling process.
@@ -375,7 +342,7 @@ pub fn tamper_bpf(ctx: LsmContext) -> i32 {
     if previous != 0 {
         // Read through a probe, that verdict has no range the verifier knows, and 6.12 wants
         // an LSM program to return an errno it can prove: the refusal stands, as EPERM.
-        return lsm_verdict(verdict::DENY);
+        return lsm_verdict(Verdict::Deny);
     }
     let cmd: i32 = ctx.arg(0);
     let Some((kind, fd_at)) = changing_bpf_command(cmd as u32) else {
@@ -386,14 +353,18 @@ pub fn tamper_bpf(ctx: LsmContext) -> i32 {
         return 0;
     };
     let off = offsets();
-    let id_offset = if kind == target::MAP {
+    let id_offset = if kind == Target::Map {
         off.bpf_map_id
     } else {
         off.bpf_link_id
     };
     let id = object_id(fd, id_offset);
+    let key = ObjectKey {
+        kind: kind as u32,
+        id,
+    };
     // SAFETY: only whether it is there is used.
-    if id == 0 || unsafe { OWN_OBJECTS.get(ObjectKey { kind, id }) }.is_none() {
+    if id == 0 || unsafe { OWN_OBJECTS.get(key) }.is_none() {
         return 0;
     }
     if caller_is_agent(&s) {
@@ -402,8 +373,8 @@ pub fn tamper_bpf(ctx: LsmContext) -> i32 {
     refuse(
         &s,
         &Attempt {
-            action: action::BPF,
-            target: kind,
+            action: Action::Bpf,
+            target: kind as u32,
             detail: cmd as u32,
             target_tgid: 0,
             target_dev: 0,

@@ -14,19 +14,23 @@ mod packet;
 mod ptp;
 mod sockets;
 
-use crate::record::bump;
+use crate::emit::{Budget, Ring};
 use agent_common::{
+    alert::Alert,
     event::EventBudget,
-    net::{AddrKey, NetCounterKey, NetEvent, NetPolicy, ADDR_KEY_FIXED_BITS, MAX_LIST_ENTRIES},
-    policy::{mode, verdict, SLOTS},
+    maps::{Dropped, NetBudget, ONLY},
+    net::{
+        AddrKey, List, NetCounterKey, NetEvent, NetPolicy, Reason, ADDR_KEY_FIXED_BITS,
+        MAX_LIST_ENTRIES,
+    },
+    policy::{Verdict, SLOTS},
 };
 use aya_ebpf::{
-    helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
-/// Index 0: the slot in force (the network policy is double-buffered like the clock's).
+/// Index `maps::ONLY`: the slot in force (the network policy is double-buffered like the clock's).
 #[map]
 static NET_ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
 
@@ -36,7 +40,7 @@ static NET_POLICY: Array<NetPolicy> = Array::pinned(SLOTS, 0);
 /// Address lists, by (slot, list, scope, port, prefix).
 #[map]
 static NET_ADDRS: LpmTrie<AddrKey, u8> = LpmTrie::pinned(
-    SLOTS * agent_common::net::list::COUNT * MAX_LIST_ENTRIES as u32,
+    SLOTS * List::COUNT * MAX_LIST_ENTRIES as u32,
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 
@@ -46,23 +50,18 @@ static NET_COUNTERS: PerCpuHashMap<NetCounterKey, u64> = PerCpuHashMap::pinned(4
 #[map]
 static NET_EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
 
-/// Index 0: events that did not fit; index 1: events over the budget.
+/// Records that did not fit, and records over the budget (`maps::Dropped`).
 #[map]
-static NET_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
+static NET_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(Dropped::COUNT, 0);
 
 /// Index 0: where this CPU builds a record (BPF gives a program 512 bytes of stack).
 #[map]
 static NET_EVENT_SCRATCH: PerCpuArray<NetEvent> = PerCpuArray::pinned(1, 0);
 
-/// This CPU's event budget for the current second: index `budget::PACKETS` for packets,
-/// `budget::SOCKETS` for socket decisions, so that neither crowds out the other.
+/// This CPU's event budget for the current second, by `maps::NetBudget`: packets and
+/// socket decisions, so that neither crowds out the other.
 #[map]
-static NET_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(2, 0);
-
-pub mod budget {
-    pub const PACKETS: u32 = 0;
-    pub const SOCKETS: u32 = 1;
-}
+static NET_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(NetBudget::COUNT, 0);
 
 /// Records sent in detail per CPU per second and budget; the rest are counted.
 const NET_EVENTS_PER_SECOND: u32 = 100;
@@ -70,19 +69,19 @@ const NET_EVENTS_PER_SECOND: u32 = 100;
 /// The network policy in force and its slot; None when there is none (nothing decided).
 #[inline(always)]
 pub fn policy_in_force() -> Option<(u32, NetPolicy)> {
-    let slot = *NET_ACTIVE_SLOT.get(0)?;
+    let slot = *NET_ACTIVE_SLOT.get(ONLY)?;
     let policy = *NET_POLICY.get(slot)?;
     (policy.generation != 0).then_some((slot, policy))
 }
 
 /// Whether `addr` (and `port`, for egress) is in a list of the slot.
 #[inline(always)]
-pub fn listed(slot: u32, list: u32, scope: u32, port: u16, addr: [u8; 16]) -> bool {
+pub fn listed(slot: u32, list: List, scope: u32, port: u16, addr: [u8; 16]) -> bool {
     let key = Key::new(
         ADDR_KEY_FIXED_BITS + 128,
         AddrKey {
             slot,
-            list,
+            list: list as u32,
             scope,
             port: port as u32,
             addr,
@@ -91,70 +90,38 @@ pub fn listed(slot: u32, list: u32, scope: u32, port: u16, addr: [u8; 16]) -> bo
     NET_ADDRS.get(&key).is_some()
 }
 
-/// The verdict for a refusal reason (`reason::NONE`: allowed) under the policy's mode.
+/// The verdict for a refusal reason (`Reason::None`: allowed) under the policy's mode.
 #[inline(always)]
-pub fn verdict_for(why: u8, policy: &NetPolicy) -> u8 {
-    if why == agent_common::net::reason::NONE {
-        verdict::ALLOW
-    } else if policy.mode == mode::AUDIT {
-        verdict::AUDIT
+pub fn verdict_for(why: Reason, policy: &NetPolicy) -> Verdict {
+    if why == Reason::None {
+        Verdict::Allow
     } else {
-        verdict::DENY
+        Verdict::refused(policy.mode)
     }
 }
 
+/// Counts one decision, exactly.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "explicit references, as in record::count"
-)]
 pub fn count(key: NetCounterKey) {
-    match NET_COUNTERS.get_ptr_mut(&key) {
-        // SAFETY: a per-CPU value.
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            let _ = NET_COUNTERS.insert(&key, &1, 0);
-        }
-    }
+    crate::emit::count(&NET_COUNTERS, &key);
 }
 
+/// Sends one record within the `which` budget: `fill` writes the fields of its kind (see
+/// `emit::Ring::emit`).
 #[inline(always)]
-fn within_event_budget(which: u32, now: u64) -> bool {
-    match NET_EVENT_BUDGET.get_ptr_mut(which) {
-        // SAFETY: a per-CPU value.
-        Some(b) => unsafe { (*b).take(now, NET_EVENTS_PER_SECOND) },
-        None => false,
-    }
-}
-
-/// CLOCK_BOOTTIME now.
-#[inline(always)]
-pub fn boot_ns() -> u64 {
-    // SAFETY: a clock helper without arguments.
-    unsafe { bpf_ktime_get_boot_ns() }
-}
-
-/// Sends one record, within `which` budget: `fill` writes the fields of its kind into this
-/// CPU's scratch record (fields of other kinds keep stale values; the agent reads a
-/// record's fields by its kind), then it goes to the ring.
-#[inline(always)]
-pub fn emit(which: u32, now: u64, generation: u32, fill: impl FnOnce(&mut NetEvent)) {
-    if !within_event_budget(which, now) {
-        bump(&NET_EVENTS_DROPPED, 1);
-        return;
-    }
-    let Some(ev) = NET_EVENT_SCRATCH.get_ptr_mut(0) else {
-        return;
+pub fn emit(which: NetBudget, now: u64, generation: u32, fill: impl FnOnce(&mut NetEvent)) {
+    let ring = Ring {
+        ring: &NET_EVENTS,
+        dropped: &NET_EVENTS_DROPPED,
     };
-    // SAFETY: a per-CPU value, written then read by this program run only.
-    let ev = unsafe { &mut *ev };
-    ev.boot_ns = now;
-    // SAFETY: a clock helper without arguments.
-    ev.tai_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_tai_ns() };
-    ev.generation = generation;
-    ev.alert = agent_common::net::alert::NONE;
-    fill(ev);
-    if NET_EVENTS.output::<NetEvent>(ev, 0).is_err() {
-        bump(&NET_EVENTS_DROPPED, 0);
-    }
+    let budget = Budget::Cpu {
+        budgets: &NET_EVENT_BUDGET,
+        index: which.index(),
+        per_window: NET_EVENTS_PER_SECOND,
+    };
+    ring.emit(&NET_EVENT_SCRATCH, budget, now, |ev| {
+        ev.generation = generation;
+        ev.alert = Alert::None as u8;
+        fill(ev);
+    });
 }

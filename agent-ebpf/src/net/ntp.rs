@@ -9,12 +9,16 @@
 //! client's SYN by `ntp.clients`, a server's SYN-ACK by `ntp.servers`.
 //! A refused packet is dropped (enforce) or delivered and recorded (audit).
 
-use agent_common::net::{
-    alert, kind, list, list_for_mode, mode as ntp_mode, parse_ntp, reason, take_token,
-    upstream_alert, Bucket, NetCounterKey, NetPolicy, NtpHeader, Upstream, CHRONY_COMMAND_PORT,
-    IPPROTO_TCP, NTP_PORT, NTS_KE_PORT,
+use agent_common::{
+    alert::Alert,
+    maps::NetBudget,
+    net::{
+        list_for_mode, parse_ntp, take_token, upstream_alert, Bucket, Kind, List, NetCounterKey,
+        NetPolicy, NtpHeader, NtpMode, Reason, Upstream, CHRONY_COMMAND_PORT, IPPROTO_TCP,
+        NTP_PORT, NTS_KE_PORT,
+    },
+    policy::Verdict,
 };
-use agent_common::policy::verdict;
 use aya_ebpf::{
     macros::{cgroup_skb, map},
     maps::LruHashMap,
@@ -22,10 +26,11 @@ use aya_ebpf::{
 };
 
 use super::{
-    boot_ns, budget, count, emit, listed,
+    count, emit, listed,
     packet::{parse_flow, payload_len, tcp, Flow},
     policy_in_force, verdict_for,
 };
+use crate::emit::boot_ns;
 
 /// What each upstream last said of itself, for the alerts (least recently heard forgotten).
 #[map]
@@ -54,7 +59,7 @@ fn ntp_header(ctx: &SkBuffContext, payload: usize) -> Option<NtpHeader> {
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "explicit references, as in record::count"
+    reason = "explicit references, as in emit::count"
 )]
 fn within_rate(src: [u8; 16], now: u64, policy: &NetPolicy) -> bool {
     match NET_BUCKETS.get_ptr_mut(&src) {
@@ -85,7 +90,7 @@ fn decide(ctx: &SkBuffContext) -> Option<i32> {
     // A chronyc request's header is chrony's own: only its port says what it is.
     let ntp = if flow.dport == CHRONY_COMMAND_PORT {
         NtpHeader {
-            mode: ntp_mode::CHRONY_COMMAND,
+            mode: NtpMode::ChronyCommand.code(),
             ..NtpHeader::default()
         }
     } else if flow.sport == NTP_PORT || flow.dport == NTP_PORT {
@@ -99,36 +104,31 @@ fn decide(ctx: &SkBuffContext) -> Option<i32> {
     };
     let (slot, policy) = policy_in_force()?;
     let now = boot_ns();
-    let mut why = reason::NONE;
+    let mut why = Reason::None;
     if let Some(which) = list_for_mode(ntp.mode) {
-        if policy.restricted & (1 << which) != 0 && !listed(slot, which, 0, 0, flow.src) {
-            why = reason::NOT_LISTED;
-        } else if which != list::SERVERS
+        if policy.restricted & which.restricts() != 0 && !listed(slot, which, 0, 0, flow.src) {
+            why = Reason::NotListed;
+        } else if which != List::Servers
             && policy.rate_per_sec != 0
             && !within_rate(flow.src, now, &policy)
         {
-            why = reason::RATE;
+            why = Reason::Rate;
         }
     }
     let v = verdict_for(why, &policy);
-    count(NetCounterKey {
-        kind: kind::NTP,
-        detail: ntp.mode,
-        verdict: v,
-        reason: why,
-    });
+    count(NetCounterKey::new(Kind::Ntp, ntp.mode, v, why));
     let (raised, previous) = note_upstream(&flow, &ntp, v);
-    if v != verdict::ALLOW || raised != alert::NONE {
+    if v != Verdict::Allow || raised != Alert::None {
         let len = ctx.len();
-        emit(budget::PACKETS, now, policy.generation, |ev| {
-            fill_packet(ev, &flow, len, kind::NTP, v, why);
+        emit(NetBudget::Packets, now, policy.generation, |ev| {
+            fill_packet(ev, &flow, len, Kind::Ntp, v, why);
             ev.ntp = ntp;
-            ev.alert = raised;
+            ev.alert = raised as u8;
             ev.previous_stratum = previous.stratum;
             ev.previous_leap = previous.leap;
         });
     }
-    Some(if v == verdict::DENY { DROP } else { PASS })
+    Some(if v == Verdict::Deny { DROP } else { PASS })
 }
 
 /// The packet part of a record.
@@ -137,19 +137,19 @@ pub(super) fn fill_packet(
     ev: &mut agent_common::net::NetEvent,
     flow: &Flow,
     len: u32,
-    k: u8,
-    v: u8,
-    why: u8,
+    k: Kind,
+    v: Verdict,
+    why: Reason,
 ) {
-    ev.kind = k;
+    ev.kind = k as u8;
     ev.src = flow.src;
     ev.dst = flow.dst;
     ev.sport = flow.sport;
     ev.dport = flow.dport;
     ev.len = len;
     ev.family = flow.family;
-    ev.verdict = v;
-    ev.reason = why;
+    ev.verdict = v as u8;
+    ev.reason = why as u8;
 }
 
 /// An NTS-KE connection opening: a client's SYN to this server (`ntp.clients`), or a
@@ -159,36 +159,32 @@ pub(super) fn fill_packet(
 fn nts_ke(ctx: &SkBuffContext, flow: &Flow) -> Option<i32> {
     let syn = flow.tcp_flags & (tcp::SYN | tcp::ACK);
     let (which, detail) = if flow.dport == NTS_KE_PORT && syn == tcp::SYN {
-        (list::CLIENTS, ntp_mode::CLIENT)
+        (List::Clients, NtpMode::Client)
     } else if flow.sport == NTS_KE_PORT && syn == tcp::SYN | tcp::ACK {
-        (list::SERVERS, ntp_mode::SERVER)
+        (List::Servers, NtpMode::Server)
     } else {
         return None;
     };
     let (slot, policy) = policy_in_force()?;
-    let why = if policy.restricted & (1 << which) != 0 && !listed(slot, which, 0, 0, flow.src) {
-        reason::NOT_LISTED
+    let why = if policy.restricted & which.restricts() != 0 && !listed(slot, which, 0, 0, flow.src)
+    {
+        Reason::NotListed
     } else {
-        reason::NONE
+        Reason::None
     };
     let v = verdict_for(why, &policy);
-    count(NetCounterKey {
-        kind: kind::NTS_KE,
-        detail,
-        verdict: v,
-        reason: why,
-    });
-    if v != verdict::ALLOW {
+    count(NetCounterKey::new(Kind::NtsKe, detail.code(), v, why));
+    if v != Verdict::Allow {
         let len = ctx.len();
-        emit(budget::PACKETS, boot_ns(), policy.generation, |ev| {
-            fill_packet(ev, flow, len, kind::NTS_KE, v, why);
+        emit(NetBudget::Packets, boot_ns(), policy.generation, |ev| {
+            fill_packet(ev, flow, len, Kind::NtsKe, v, why);
             ev.ntp = NtpHeader {
-                mode: detail,
+                mode: detail.code(),
                 ..NtpHeader::default()
             };
         });
     }
-    Some(if v == verdict::DENY { DROP } else { PASS })
+    Some(if v == Verdict::Deny { DROP } else { PASS })
 }
 
 /// A packet the parser gave up on (too many IPv6 extension headers, a header cut short),
@@ -201,14 +197,9 @@ fn refuse_unparsed(ctx: &SkBuffContext) -> Option<i32> {
         return None;
     }
     let (_, policy) = policy_in_force()?;
-    let v = verdict_for(reason::UNPARSED, &policy);
-    count(NetCounterKey {
-        kind: kind::NTP,
-        detail: 0,
-        verdict: v,
-        reason: reason::UNPARSED,
-    });
-    Some(if v == verdict::DENY { DROP } else { PASS })
+    let v = verdict_for(Reason::Unparsed, &policy);
+    count(NetCounterKey::new(Kind::Ntp, 0, v, Reason::Unparsed));
+    Some(if v == Verdict::Deny { DROP } else { PASS })
 }
 
 /// A reply that reaches the daemon: what its source says of itself, against last time.
@@ -216,12 +207,12 @@ fn refuse_unparsed(ctx: &SkBuffContext) -> Option<i32> {
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "explicit references, as in record::count"
+    reason = "explicit references, as in emit::count"
 )]
-fn note_upstream(flow: &Flow, ntp: &NtpHeader, v: u8) -> (u8, Upstream) {
-    let mut raised = alert::NONE;
+fn note_upstream(flow: &Flow, ntp: &NtpHeader, v: Verdict) -> (Alert, Upstream) {
+    let mut raised = Alert::None;
     let mut previous = Upstream::default();
-    if ntp.mode == ntp_mode::SERVER && v != verdict::DENY {
+    if ntp.mode == NtpMode::Server.code() && v != Verdict::Deny {
         let before = NET_UPSTREAMS.get_ptr(&flow.src).map(|p| {
             // SAFETY: copied out at once.
             unsafe { *p }
@@ -230,7 +221,7 @@ fn note_upstream(flow: &Flow, ntp: &NtpHeader, v: u8) -> (u8, Upstream) {
         if let Some(b) = before {
             previous = b;
         }
-        if raised != alert::NONE && raised != alert::KISS_OF_DEATH {
+        if raised != Alert::None && raised != Alert::KissOfDeath {
             let now_says = Upstream {
                 stratum: ntp.stratum,
                 leap: ntp.leap,

@@ -11,10 +11,12 @@
 //! alert when a grandmaster is first heard or changes what it says (quality, leap, UTC offset).
 
 use agent_common::{
-    net::{alert, kind, reason, NetCounterKey, IPPROTO_UDP},
-    policy::verdict,
+    alert::Alert,
+    maps::{NetBudget, ONLY},
+    net::{restrict, Kind, NetCounterKey, Reason, IPPROTO_UDP},
+    policy::Verdict,
     ptp::{
-        domain_listed, grandmaster_alert, message, parse_ptp, Grandmaster, GrandmasterKey,
+        domain_listed, grandmaster_alert, parse_ptp, Grandmaster, GrandmasterKey, Message,
         PtpHeader, ANNOUNCE_LEN, ETH_P_1588, EVENT_PORT, GENERAL_PORT, MAX_GRANDMASTERS,
     },
 };
@@ -26,17 +28,18 @@ use aya_ebpf::{
 };
 
 use super::{
-    boot_ns, budget, count, emit,
+    count, emit,
     packet::{parse_flow, payload_len, Flow, Frame},
     policy_in_force, verdict_for,
 };
+use crate::emit::boot_ns;
 
 /// Grandmasters allowed, by (slot, identity).
 #[map]
 static PTP_GRANDMASTERS: HashMap<GrandmasterKey, u8> =
     HashMap::pinned(agent_common::policy::SLOTS * MAX_GRANDMASTERS as u32, 0);
 
-/// Index 0: where this CPU reads a PTP message (off the 512-byte BPF stack).
+/// Index `maps::ONLY`: where this CPU reads a PTP message (off the 512-byte BPF stack).
 #[map]
 static PTP_MESSAGE: PerCpuArray<[u8; ANNOUNCE_LEN]> = PerCpuArray::pinned(1, 0);
 
@@ -85,7 +88,7 @@ fn locate(skb: &XdpContext) -> Option<(usize, Option<Flow>)> {
 #[inline(always)]
 fn read_ptp(skb: &XdpContext, at: usize) -> PtpHeader {
     let len = payload_len(skb, at);
-    let Some(buf) = PTP_MESSAGE.get_ptr_mut(0) else {
+    let Some(buf) = PTP_MESSAGE.get_ptr_mut(ONLY) else {
         return parse_ptp(&[0; ANNOUNCE_LEN], 0);
     };
     if len == 0 {
@@ -105,49 +108,44 @@ fn decide(skb: &XdpContext) -> Option<u32> {
     let (at, flow) = locate(skb)?;
     let (slot, policy) = policy_in_force()?;
     let ptp = read_ptp(skb, at);
-    let mut why = reason::NONE;
-    if ptp.message_type == message::ANNOUNCE {
-        if policy.restricted & agent_common::net::restrict::PTP_DOMAINS != 0
+    let mut why = Reason::None;
+    if ptp.message_type == Message::Announce.code() {
+        if policy.restricted & restrict::PTP_DOMAINS != 0
             && !domain_listed(&policy.ptp_domains, ptp.domain)
         {
-            why = reason::DOMAIN;
-        } else if policy.restricted & agent_common::net::restrict::PTP_GRANDMASTERS != 0
+            why = Reason::Domain;
+        } else if policy.restricted & restrict::PTP_GRANDMASTERS != 0
             && (ptp.announce == 0 || !grandmaster_listed(slot, ptp.grandmaster))
         {
-            why = reason::GRANDMASTER;
+            why = Reason::Grandmaster;
         }
     }
     let v = verdict_for(why, &policy);
-    count(NetCounterKey {
-        kind: kind::PTP,
-        detail: ptp.message_type,
-        verdict: v,
-        reason: why,
-    });
-    let (raised, previous) = if ptp.announce != 0 && v != verdict::DENY {
+    count(NetCounterKey::new(Kind::Ptp, ptp.message_type, v, why));
+    let (raised, previous) = if ptp.announce != 0 && v != Verdict::Deny {
         note_grandmaster(&ptp)
     } else {
-        (alert::NONE, Grandmaster::default())
+        (Alert::None, Grandmaster::default())
     };
-    if v != verdict::ALLOW || raised != alert::NONE {
+    if v != Verdict::Allow || raised != Alert::None {
         let len = skb.length() as u32;
-        emit(budget::PACKETS, boot_ns(), policy.generation, |ev| {
+        emit(NetBudget::Packets, boot_ns(), policy.generation, |ev| {
             match &flow {
-                Some(f) => super::ntp::fill_packet(ev, f, len, kind::PTP, v, why),
+                Some(f) => super::ntp::fill_packet(ev, f, len, Kind::Ptp, v, why),
                 None => {
-                    ev.kind = kind::PTP;
+                    ev.kind = Kind::Ptp as u8;
                     ev.family = 0;
                     ev.len = len;
-                    ev.verdict = v;
-                    ev.reason = why;
+                    ev.verdict = v as u8;
+                    ev.reason = why as u8;
                 }
             }
             ev.ptp = ptp;
-            ev.alert = raised;
+            ev.alert = raised as u8;
             ev.previous_grandmaster = previous;
         });
     }
-    Some(if v == verdict::DENY {
+    Some(if v == Verdict::Deny {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -169,16 +167,16 @@ fn grandmaster_listed(slot: u32, identity: [u8; 8]) -> bool {
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "explicit references, as in record::count"
+    reason = "explicit references, as in emit::count"
 )]
-fn note_grandmaster(ptp: &PtpHeader) -> (u8, Grandmaster) {
+fn note_grandmaster(ptp: &PtpHeader) -> (Alert, Grandmaster) {
     let now = Grandmaster::of(ptp);
     let before = PTP_ANNOUNCED.get_ptr(&ptp.grandmaster).map(|p| {
         // SAFETY: copied out at once.
         unsafe { *p }
     });
     let raised = grandmaster_alert(before, &now);
-    if raised != alert::NONE {
+    if raised != Alert::None {
         let _ = PTP_ANNOUNCED.insert(&ptp.grandmaster, &now, 0);
     }
     (raised, before.unwrap_or_default())

@@ -15,24 +15,26 @@
 //! Who asks is the executable file (device and inode), as for the clock.
 
 use agent_common::{
+    alert::Alert,
+    maps::NetBudget,
     net::{
-        alert, daemon, is_loopback, is_time_port, kind, list, packet_protocol_sees_ptp, reason,
-        restrict, service, v4_mapped, Daemon, DaemonKey, Destination, NetCounterKey, NetPolicy,
-        AF_PACKET, IPPROTO_UDP, NTP_PORT,
+        daemon, is_loopback, is_time_port, packet_protocol_sees_ptp, restrict, v4_mapped, Daemon,
+        DaemonKey, Destination, Kind, List, NetCounterKey, NetPolicy, Reason, Service, AF_PACKET,
+        IPPROTO_UDP, NTP_PORT,
     },
-    policy::verdict,
+    policy::Verdict,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::{cgroup_sock_addr, lsm, map},
     maps::{HashMap, LruHashMap},
     programs::{LsmContext, SockAddrContext},
 };
 
-use super::{boot_ns, budget, count, emit, listed, policy_in_force, verdict_for};
+use super::{count, emit, listed, policy_in_force, verdict_for};
 use crate::{
-    caller::{current_exe, kread, offsets},
+    caller::{current_exe, fill_caller, kread, offsets},
     clock::lsm_verdict,
+    emit::boot_ns,
 };
 
 /// Time daemons by (slot, executable).
@@ -92,31 +94,15 @@ fn calling_daemon(slot: u32) -> (u64, u64, Daemon) {
     (dev, ino, d)
 }
 
-/// The owner part of a record: the calling process.
-#[inline(always)]
-fn fill_owner(ev: &mut agent_common::net::NetEvent, dev: u64, ino: u64, d: Daemon, protocol: u32) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    ev.owner.pid = pid_tgid as u32;
-    ev.owner.tgid = (pid_tgid >> 32) as u32;
-    ev.owner.uid = uid_gid as u32;
-    ev.owner.gid = (uid_gid >> 32) as u32;
-    ev.owner.exe_dev = dev;
-    ev.owner.exe_ino = ino;
-    ev.owner.rule_id = d.rule_id;
-    ev.owner.protocol = protocol;
-    ev.owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-}
-
 /// One socket decision, as recorded.
 struct SocketDecision {
-    kind: u8,
-    service: u8,
+    kind: Kind,
+    service: Service,
     /// 4 or 6; 0 for a packet socket.
     family: u8,
-    verdict: u8,
-    reason: u8,
-    alert: u8,
+    verdict: Verdict,
+    reason: Reason,
+    alert: Alert,
     addr: [u8; 16],
     port: u16,
     /// IPPROTO_UDP/TCP, or the packet socket's ethertype.
@@ -126,23 +112,25 @@ struct SocketDecision {
 /// Records a socket decision (within the sockets' budget) with the calling process.
 #[inline(always)]
 fn record(d: &SocketDecision, generation: u32, dev: u64, ino: u64, daemon: Daemon) {
-    emit(budget::SOCKETS, boot_ns(), generation, |ev| {
-        ev.kind = d.kind;
-        ev.service = d.service;
+    emit(NetBudget::Sockets, boot_ns(), generation, |ev| {
+        ev.kind = d.kind as u8;
+        ev.service = d.service as u8;
         ev.family = d.family;
-        ev.verdict = d.verdict;
-        ev.reason = d.reason;
-        ev.alert = d.alert;
+        ev.verdict = d.verdict as u8;
+        ev.reason = d.reason as u8;
+        ev.alert = d.alert as u8;
         ev.dst = d.addr;
         ev.dport = d.port;
-        fill_owner(ev, dev, ino, daemon, d.protocol);
+        fill_caller(&mut ev.caller, || (dev, ino));
+        ev.rule_id = daemon.rule_id;
+        ev.protocol = d.protocol;
     });
 }
 
 /// What a sock_addr program returns for a verdict.
 #[inline(always)]
-fn sock_addr_verdict(v: u8) -> i32 {
-    if v == verdict::DENY {
+fn sock_addr_verdict(v: Verdict) -> i32 {
+    if v == Verdict::Deny {
         REFUSE
     } else {
         ALLOW
@@ -178,26 +166,21 @@ fn bind(ctx: &SockAddrContext, family: u8) -> i32 {
     };
     let (dev, ino, d) = calling_daemon(slot);
     let why = if may_own_time_socket(&policy, d) {
-        reason::NONE
+        Reason::None
     } else {
-        reason::NOT_A_TIME_DAEMON
+        Reason::NotATimeDaemon
     };
     let v = verdict_for(why, &policy);
-    let svc = service::of_port(port);
-    count(NetCounterKey {
-        kind: kind::BIND,
-        detail: svc,
-        verdict: v,
-        reason: why,
-    });
+    let svc = Service::of_port(port);
+    count(NetCounterKey::new(Kind::Bind, svc as u8, v, why));
     // Binding a time port is rare and worth a record, allowed or not.
     let decision = SocketDecision {
-        kind: kind::BIND,
+        kind: Kind::Bind,
         service: svc,
         family,
         verdict: v,
         reason: why,
-        alert: alert::NONE,
+        alert: Alert::None,
         addr,
         port,
         protocol: proto,
@@ -256,38 +239,34 @@ fn connect(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
     let proto = unsafe { (*ctx.sock_addr).protocol };
     let (addr, port) = sock_addr(ctx, family);
     let why = if dm.flags & daemon::EGRESS_LISTED == 0 || is_loopback(&addr) {
-        reason::NONE
+        Reason::None
     } else if datagram && port != NTP_PORT && is_time_port(local_port(ctx)) {
         // A server answering a client from its time port: `ntp.clients` decides.
-        if policy.restricted & (1 << list::CLIENTS) != 0 && !listed(slot, list::CLIENTS, 0, 0, addr)
+        if policy.restricted & List::Clients.restricts() != 0
+            && !listed(slot, List::Clients, 0, 0, addr)
         {
-            reason::DESTINATION
+            Reason::Destination
         } else {
-            reason::NONE
+            Reason::None
         }
-    } else if listed(slot, list::EGRESS, dm.rule_id, port, addr)
-        || listed(slot, list::EGRESS, dm.rule_id, 0, addr)
+    } else if listed(slot, List::Egress, dm.rule_id, port, addr)
+        || listed(slot, List::Egress, dm.rule_id, 0, addr)
     {
-        reason::NONE
+        Reason::None
     } else {
-        reason::DESTINATION
+        Reason::Destination
     };
     let v = verdict_for(why, &policy);
-    let svc = service::of_port(port);
-    count(NetCounterKey {
-        kind: kind::CONNECT,
-        detail: svc,
-        verdict: v,
-        reason: why,
-    });
-    let raised = if v == verdict::DENY {
-        alert::NONE
+    let svc = Service::of_port(port);
+    count(NetCounterKey::new(Kind::Connect, svc as u8, v, why));
+    let raised = if v == Verdict::Deny {
+        Alert::None
     } else {
         first_use(dm.rule_id, port, proto, addr)
     };
-    if v != verdict::ALLOW || raised != alert::NONE {
+    if v != Verdict::Allow || raised != Alert::None {
         let decision = SocketDecision {
-            kind: kind::CONNECT,
+            kind: Kind::Connect,
             service: svc,
             family,
             verdict: v,
@@ -302,9 +281,9 @@ fn connect(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
     sock_addr_verdict(v)
 }
 
-/// `alert::NEW_DESTINATION` the first time a daemon uses a destination.
+/// `Alert::NewDestination` the first time a daemon uses a destination.
 #[inline(always)]
-fn first_use(rule_id: u32, port: u16, proto: u32, addr: [u8; 16]) -> u8 {
+fn first_use(rule_id: u32, port: u16, proto: u32, addr: [u8; 16]) -> Alert {
     let key = Destination {
         rule_id,
         port,
@@ -314,10 +293,10 @@ fn first_use(rule_id: u32, port: u16, proto: u32, addr: [u8; 16]) -> u8 {
     };
     // SAFETY: only whether it is there is used.
     if unsafe { NET_DESTINATIONS.get(key) }.is_some() {
-        return alert::NONE;
+        return Alert::None;
     }
     let _ = NET_DESTINATIONS.insert(key, 1, 0);
-    alert::NEW_DESTINATION
+    Alert::NewDestination
 }
 
 /// LSM_HOOK(int, 0, socket_create, int family, int type, int protocol, int kern)
@@ -366,25 +345,20 @@ fn packet_socket(protocol: u16) -> i32 {
     };
     let (dev, ino, d) = calling_daemon(slot);
     let why = if may_own_time_socket(&policy, d) {
-        reason::NONE
+        Reason::None
     } else {
-        reason::NOT_A_TIME_DAEMON
+        Reason::NotATimeDaemon
     };
     let v = verdict_for(why, &policy);
-    count(NetCounterKey {
-        kind: kind::RAW_SOCKET,
-        detail: 0,
-        verdict: v,
-        reason: why,
-    });
+    count(NetCounterKey::new(Kind::RawSocket, 0, v, why));
     // Rare, and each one can see every PTP frame: always recorded.
     let decision = SocketDecision {
-        kind: kind::RAW_SOCKET,
-        service: service::PTP,
+        kind: Kind::RawSocket,
+        service: Service::Ptp,
         family: 0,
         verdict: v,
         reason: why,
-        alert: alert::NONE,
+        alert: Alert::None,
         addr: [0; 16],
         port: 0,
         protocol: protocol as u32,

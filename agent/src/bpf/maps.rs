@@ -1,5 +1,6 @@
 //! Reading the maps the kernel programs count in: sums over CPUs, and clearing a policy slot.
 
+use agent_common::maps::Dropped;
 use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -22,6 +23,15 @@ pub fn summed<K: Pod>(
 /// One slot of a per-CPU array, summed over CPUs.
 pub fn total_at(map: &PerCpuArray<MapData, u64>, index: u32) -> anyhow::Result<u64> {
     Ok(map.get(&index, 0)?.iter().sum())
+}
+
+/// A ring's dropped records, summed over CPUs: (lost: the ring was full, thinned: over
+/// the budget).
+pub fn dropped(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<(u64, u64)> {
+    Ok((
+        total_at(map, Dropped::Lost.index())?,
+        total_at(map, Dropped::Thinned.index())?,
+    ))
 }
 
 /// Removes a map's entries of one policy slot; `what` names the slot in errors.

@@ -42,7 +42,7 @@ impl Object {
         // handed ours, it drops that copy at once and relocates against the one kept here.
         let ebpf = EbpfLoader::new()
             .btf(btf.as_ref().ok())
-            .override_global("KERNEL_OFFSETS", offsets, true)
+            .override_global(agent_common::maps::KERNEL_OFFSETS, offsets, true)
             .default_map_pin_directory(pins.maps_dir())
             .load(PROGRAMS)
             .context("loading the embedded kernel programs")?;
@@ -105,5 +105,42 @@ impl Object {
     /// Detaches and unloads an LSM program wherever it is attached.
     pub fn unload_lsm(&mut self, spec: &ProgramSpec) -> anyhow::Result<()> {
         attach::unload_lsm(&mut self.ebpf, &mut self.pins, spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The embedded object, parsed without a kernel.
+    fn object() -> aya_obj::Object {
+        aya_obj::Object::parse(super::PROGRAMS).expect("the embedded object parses")
+    }
+
+    /// A map renamed on one side only breaks here, on the host, not at load time in a VM:
+    /// every name in `maps::ALL` is a map of the embedded programs, and every map there is
+    /// listed (`.rodata`, `.bss` and the like are the programs' globals, not maps).
+    #[test]
+    fn maps_match_the_programs() {
+        let object = object();
+        let mut in_object: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        in_object.sort_unstable();
+        let mut listed = agent_common::maps::ALL.to_vec();
+        listed.sort_unstable();
+        assert_eq!(in_object, listed);
+    }
+
+    /// Likewise for the programs: the table names each program of the object, once.
+    #[test]
+    fn the_table_names_every_program() {
+        let object = object();
+        let mut in_object: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        in_object.sort_unstable();
+        let mut listed = super::super::program::names();
+        listed.sort_unstable();
+        assert_eq!(in_object, listed);
     }
 }

@@ -18,8 +18,8 @@ use super::agent::Agent;
 impl Agent {
     /// Writes one clock event to the trail, named by the policy generation that decided it.
     pub(super) fn clock_event(&mut self, ev: &ClockEvent) {
-        use agent_common::{clock::op, policy::verdict};
-        if ev.operations & op::STEP != 0 && ev.verdict != verdict::DENY {
+        use agent_common::{clock::op, policy::Verdict};
+        if ev.operations & op::STEP != 0 && ev.verdict != Verdict::Deny.code() {
             self.health.last_step = Some(LastStep {
                 boot_ns: ev.boot_ns,
                 size_ns: events::step_size_ns(ev),
@@ -27,7 +27,8 @@ impl Agent {
         }
         if let Some(p) = self.generations.get_or_current(ev.generation) {
             let trail = &mut self.trail;
-            let exe = trail.exe_paths.path(ev.tgid, ev.exe_dev, ev.exe_ino);
+            let c = &ev.caller;
+            let exe = trail.exe_paths.path(c.tgid, c.exe_dev, c.exe_ino);
             let record = records::clock_record(ev, p, &trail.host, exe);
             trail.audit.write(&record);
         }

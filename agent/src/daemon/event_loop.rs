@@ -4,6 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
+use agent_common::maps as map_names;
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -28,9 +29,9 @@ pub(super) async fn event_loop(
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut events = polled_ring(&mut agent.guard, "CLOCK_EVENTS")?;
-    let mut net_events = polled_ring(&mut agent.guard, "NET_EVENTS")?;
-    let mut tamper_events = polled_ring(&mut agent.guard, "TAMPER_EVENTS")?;
+    let mut events = polled_ring(&mut agent.guard, map_names::CLOCK_EVENTS)?;
+    let mut net_events = polled_ring(&mut agent.guard, map_names::NET_EVENTS)?;
+    let mut tamper_events = polled_ring(&mut agent.guard, map_names::TAMPER_EVENTS)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

@@ -130,7 +130,7 @@ impl Agent {
     fn self_protection_status(&self) -> SelfProtectionStatus {
         let policy = self.generations.current().map(|(_, p)| p);
         let mode = match policy.and_then(|p| p.self_protection) {
-            Some(m) if m == agent_common::policy::mode::ENFORCE => "enforce",
+            Some(m) if m == agent_common::policy::Mode::Enforce.code() => "enforce",
             Some(_) => "audit",
             None => "off",
         };
@@ -141,7 +141,7 @@ impl Agent {
                 o.into_iter()
                     .map(|(name, k)| OwnObject {
                         name,
-                        kind: agent_common::tamper::target::name(k.kind).into(),
+                        kind: agent_common::tamper::Target::name_of(k.kind).into(),
                         id: k.id,
                     })
                     .collect()

@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::PathBuf};
 
 use agent_common::{
     clock::op,
-    policy::{mode, ALLOW_ALL, MAX_RULES},
+    policy::{Mode as KernelMode, ALLOW_ALL, MAX_RULES},
 };
 use serde_saphyr::{Location, Spanned};
 
@@ -31,7 +31,7 @@ pub(super) fn check_and_compile(
     let mut names: HashMap<String, (PathBuf, Location)> = HashMap::new();
     let mut exes: HashMap<ExeId, (String, PathBuf, Location)> = HashMap::new();
     let mut default_allow = ALLOW_ALL;
-    let mut default_mode = mode::AUDIT;
+    let mut default_mode = KernelMode::Audit.code();
     let mut daemons_may_be_denied = false;
     let mut enforce_at: Option<(PathBuf, Location)> = None;
     let mut net: Option<(&model::NetworkSpec, Mode, PathBuf)> = None;
@@ -79,7 +79,7 @@ pub(super) fn check_and_compile(
             default_allow = 0;
         }
         if policy_mode == Mode::Enforce {
-            default_mode = mode::ENFORCE;
+            default_mode = KernelMode::Enforce.code();
         }
         if doc.spec.clock.rules.len() > MAX_RULES as usize {
             sink.error(
@@ -189,7 +189,7 @@ pub(super) fn check_and_compile(
             let (allowed, rule_mode) =
                 rule.map_or((default_allow, default_mode), |r| (r.allow, r.mode));
             let missing = d.daemon.needs & !allowed;
-            if missing != 0 && rule_mode == mode::ENFORCE {
+            if missing != 0 && rule_mode == KernelMode::Enforce.code() {
                 sink.error(*at, format!(
                     "this policy would deny {} ({}, enabled as {}) the operations it needs: {}; add a rule for {} allowing {}, or set spec.clock.denyInstalledDaemons: true if that is what you want",
                     d.daemon.name,
@@ -227,8 +227,8 @@ pub(super) fn check_and_compile(
         network: net,
         self_protection: match self_protection {
             model::SelfProtectionMode::Off => None,
-            model::SelfProtectionMode::Audit => Some(mode::AUDIT),
-            model::SelfProtectionMode::Enforce => Some(mode::ENFORCE),
+            model::SelfProtectionMode::Audit => Some(KernelMode::Audit.code()),
+            model::SelfProtectionMode::Enforce => Some(KernelMode::Enforce.code()),
         },
     })
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use agent_common::{clock::op, policy::mode};
+use agent_common::{clock::op, policy::Mode as KernelMode};
 
 use super::CompiledPolicy;
 
@@ -16,7 +16,7 @@ fn ops(bits: u32) -> String {
 }
 
 fn consequence(m: u32) -> &'static str {
-    if m == mode::AUDIT {
+    if m == KernelMode::Audit.code() {
         "audit mode: it is allowed, and recorded as what enforce mode would deny"
     } else {
         "it fails with EPERM, changes nothing, and is recorded"

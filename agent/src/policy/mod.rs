@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::policy::mode;
+use agent_common::policy::Mode as KernelMode;
 use diagnostic::Sink;
 pub use diagnostic::{Diagnostic, Severity};
 pub use host::Host;
@@ -124,8 +124,8 @@ impl CompiledPolicy {
 
 fn mode_value(m: Mode) -> u32 {
     match m {
-        Mode::Enforce => mode::ENFORCE,
-        Mode::Audit => mode::AUDIT,
+        Mode::Enforce => KernelMode::Enforce.code(),
+        Mode::Audit => KernelMode::Audit.code(),
     }
 }
 
@@ -231,7 +231,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_common::{clock::op, policy::mode};
+    use agent_common::{clock::op, policy::Mode as KernelMode};
 
     fn write_policy(text: &str) -> (PathBuf, PathBuf) {
         use std::sync::atomic::{AtomicU32, Ordering};
@@ -282,7 +282,7 @@ mod tests {
         let r = &p.rules[0];
         assert_eq!(Some(r.exe_id), ExeId::of(&file).ok());
         assert_eq!(r.allow, op::SLEW | op::FREQUENCY);
-        assert_eq!(r.mode, mode::AUDIT);
+        assert_eq!(r.mode, KernelMode::Audit.code());
         assert_eq!(p.default_allow, 0);
         assert_eq!(p.inactive, vec!["gone".to_string()]);
         assert_eq!(p.warnings.len(), 1);

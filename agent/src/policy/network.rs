@@ -9,7 +9,7 @@ use super::{
     CompiledRule, ExeId,
 };
 use agent_common::{
-    net::{daemon, list, restrict, MAX_LIST_ENTRIES, MAX_RATE_PER_SEC},
+    net::{daemon, restrict, List, MAX_LIST_ENTRIES, MAX_RATE_PER_SEC},
     ptp::MAX_GRANDMASTERS,
 };
 use serde_saphyr::{Location, Spanned};
@@ -39,7 +39,7 @@ pub struct EgressEntry {
 pub struct CompiledNetwork {
     /// `policy::mode` value.
     pub mode: u32,
-    /// Bit `1 << list::X` for each address list the policy gives, and `restrict::*`.
+    /// Bit `List::restricts` for each address list the policy gives, and `restrict::*`.
     pub restricted: u32,
     /// (list, v4-mapped IPv6 address, prefix length in 128 bits) of the NTP lists.
     pub entries: Vec<(u32, [u8; 16], u32)>,
@@ -206,9 +206,9 @@ fn too_many(sink: &mut Sink, at: Location, n: usize, what: &str) {
 
 fn compile_ntp(ntp: &super::model::NtpSpec, out: &mut CompiledNetwork, sink: &mut Sink) {
     let lists: [(u32, &Option<AddressList>); 3] = [
-        (list::SERVERS, &ntp.servers),
-        (list::CLIENTS, &ntp.clients),
-        (list::CONTROL, &ntp.control),
+        (List::Servers.code(), &ntp.servers),
+        (List::Clients.code(), &ntp.clients),
+        (List::Control.code(), &ntp.control),
     ];
     for (which, given) in lists {
         let Some(given) = given else { continue };

@@ -1,15 +1,15 @@
 //! A clock event from the kernel as one record of the audit trail.
 
 use agent_common::{
-    event::{abi, hook, ClockEvent},
+    event::{Abi, ClockEvent, Hook},
     kernel::{classify_syscall, nr, ClockSyscall},
-    policy::verdict,
+    policy::{Reason, Verdict},
 };
 
 use super::Who;
 use crate::{
     events::{rfc3339, wall_time},
-    policy::{model::operation_names, CompiledPolicy, ExeId},
+    policy::{model::operation_names, CompiledPolicy},
 };
 
 /// One clock event as a record of the audit trail. Serialized straight from this struct: a
@@ -64,19 +64,11 @@ pub fn clock_record<'a>(
     host: &'a str,
     exe: Option<&'a str>,
 ) -> ClockRecord<'a> {
-    let exe_id = ExeId {
-        dev: ev.exe_dev,
-        ino: ev.exe_ino,
-    };
     let sets_frequency = agent_common::clock::adj::FREQUENCY | agent_common::clock::adj::TICK;
     let what = What {
         operations: operation_names(ev.operations),
         syscall: syscall_name(ev.abi, ev.syscall),
-        abi: match ev.abi {
-            abi::COMPAT => "compat32",
-            abi::KERNEL => "kernel",
-            _ => "native",
-        },
+        abi: Abi::name_of(ev.abi),
         clock_id: (ev.clock_id >= 0).then_some(ev.clock_id),
         timex_modes: (ev.timex_modes != 0).then(|| format!("{:#06x}", ev.timex_modes)),
         time: (ev.has_time != 0).then_some(Timespec {
@@ -94,20 +86,20 @@ pub fn clock_record<'a>(
         boot_ns: ev.boot_ns,
         host,
         kind: "clock",
-        verdict: verdict::name(ev.verdict),
+        verdict: Verdict::name_of(ev.verdict),
         rule: policy.rule_name(ev.rule_id),
-        reason: agent_common::policy::reason::name(ev.reason),
+        reason: Reason::name_of(ev.reason),
         policy: &policy.name,
         generation: ev.generation,
-        hook: hook::name(ev.hook),
-        who: Who::new((ev.pid, ev.tgid), (ev.uid, ev.gid), &ev.comm, exe, exe_id),
+        hook: Hook::name_of(ev.hook),
+        who: Who::of(&ev.caller, exe),
         what,
     }
 }
 
 fn syscall_name(abi_: u8, nr_: i32) -> String {
     let nr_ = nr_ as i64;
-    let compat = abi_ == abi::COMPAT;
+    let compat = abi_ == Abi::Compat.code();
     let name = match (compat, nr_) {
         (false, nr::native::CLOCK_SETTIME) | (true, nr::compat::CLOCK_SETTIME) => "clock_settime",
         (true, nr::compat::CLOCK_SETTIME64) => "clock_settime64",
@@ -133,10 +125,10 @@ mod tests {
 
     #[test]
     fn syscall_names() {
-        assert_eq!(syscall_name(abi::NATIVE, 227), "clock_settime");
-        assert_eq!(syscall_name(abi::COMPAT, 25), "stime");
-        assert_eq!(syscall_name(abi::COMPAT, 124), "adjtimex");
-        assert_eq!(syscall_name(abi::NATIVE, 1), "syscall 1");
+        assert_eq!(syscall_name(Abi::Native.code(), 227), "clock_settime");
+        assert_eq!(syscall_name(Abi::Compat.code(), 25), "stime");
+        assert_eq!(syscall_name(Abi::Compat.code(), 124), "adjtimex");
+        assert_eq!(syscall_name(Abi::Native.code(), 1), "syscall 1");
     }
 
     #[test]
@@ -153,14 +145,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         // SAFETY: ClockEvent is plain data; all zeroes is a valid value.
         let mut ev: ClockEvent = unsafe { std::mem::zeroed() };
-        ev.tgid = 4242;
+        ev.caller.tgid = 4242;
         ev.operations = agent_common::clock::op::FREQUENCY;
         ev.timex_modes = agent_common::clock::adj::FREQUENCY;
         ev.frequency = 5 << 16;
         ev.clock_id = -1;
         ev.syscall = 159;
-        ev.verdict = verdict::DENY;
-        ev.comm[..4].copy_from_slice(b"date");
+        ev.verdict = Verdict::Deny.code();
+        ev.caller.comm[..4].copy_from_slice(b"date");
         let text = serde_json::to_string(&clock_record(&ev, &policy, "h", None)).expect("json");
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(v["kind"], "clock");

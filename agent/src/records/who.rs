@@ -1,6 +1,6 @@
 //! Who made a request, as every record names them.
 
-use agent_common::event::COMM_LEN;
+use agent_common::event::{Caller, COMM_LEN};
 
 use crate::policy::ExeId;
 
@@ -18,21 +18,20 @@ pub struct Who<'a> {
 }
 
 impl<'a> Who<'a> {
-    pub fn new(
-        (pid, tgid): (u32, u32),
-        (uid, gid): (u32, u32),
-        comm: &[u8; COMM_LEN],
-        exe: Option<&'a str>,
-        exe_id: ExeId,
-    ) -> Self {
+    /// The caller block of a kernel record; `exe` is its executable's path while known.
+    pub fn of(caller: &Caller, exe: Option<&'a str>) -> Self {
         Who {
-            pid,
-            tgid,
-            uid,
-            gid,
-            comm: comm_text(comm),
+            pid: caller.pid,
+            tgid: caller.tgid,
+            uid: caller.uid,
+            gid: caller.gid,
+            comm: comm_text(&caller.comm),
             exe,
-            exe_id: exe_id.to_string(),
+            exe_id: ExeId {
+                dev: caller.exe_dev,
+                ino: caller.exe_ino,
+            }
+            .to_string(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The kernel's exact counters as typed rows, one type per guard, each label a stable
 //! token: what `timeguard status` lists and the metrics export, read once for both.
 
-use agent_common::{net::NetCounterKey, policy::verdict};
+use agent_common::{net::NetCounterKey, policy::Verdict};
 
 use crate::{loader::Guard, policy::identity::RuleIds};
 
@@ -78,7 +78,7 @@ pub fn clock_attempts(guard: &Guard, rule_ids: &RuleIds) -> anyhow::Result<Vec<C
         .map(|(k, count)| ClockAttempts {
             rule: rule_ids.name(k.rule_id).to_string(),
             operation: agent_common::clock::op::name(k.operation),
-            verdict: verdict::name(k.verdict as u8),
+            verdict: Verdict::name_of(k.verdict as u8),
             count,
         })
         .collect())
@@ -97,9 +97,9 @@ pub fn tamper_attempts(guard: &Guard) -> anyhow::Result<Vec<TamperAttempts>> {
         .tamper_counters()?
         .into_iter()
         .map(|(k, count)| TamperAttempts {
-            action: agent_common::tamper::action::name(k.action),
-            target: agent_common::tamper::target::name(k.target),
-            verdict: verdict::name(k.verdict),
+            action: agent_common::tamper::Action::name_of(k.action),
+            target: agent_common::tamper::Target::name_of(k.target),
+            verdict: Verdict::name_of(k.verdict),
             count,
         })
         .collect())
@@ -122,16 +122,16 @@ pub enum NetAlert {
 impl NetAlert {
     /// The alert of a record of `kind`; None when it raised none.
     pub fn of(kind: u8, alert: u8) -> Option<Self> {
-        use agent_common::net::kind as k;
+        use agent_common::net::Kind;
         let label = crate::sensors::network::alert_label(kind, alert);
         if label.is_empty() {
             return None;
         }
-        Some(match kind {
-            k::NTP => NetAlert::Ntp(label),
-            k::PTP => NetAlert::Ptp(label),
-            other => NetAlert::NewDestination {
-                kind: k::name(other),
+        Some(match Kind::from_code(kind) {
+            Some(Kind::Ntp) => NetAlert::Ntp(label),
+            Some(Kind::Ptp) => NetAlert::Ptp(label),
+            _ => NetAlert::NewDestination {
+                kind: Kind::name_of(kind),
                 alert: label,
             },
         })

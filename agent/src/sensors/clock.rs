@@ -4,6 +4,7 @@
 
 use agent_common::{
     kernel::ClockState,
+    maps as map_names,
     policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, SLOTS},
 };
 use anyhow::Context as _;
@@ -14,22 +15,13 @@ use crate::{
     policy::CompiledPolicy,
 };
 
-/// Maps only the kernel programs write: frozen against userspace once attached.
-pub const KERNEL_ONLY_MAPS: [&str; 4] = [
-    "CLOCK_COUNTERS",
-    "EVENTS_LOST",
-    "EVENTS_THINNED",
-    "EVENT_BUDGETS",
-];
-
 pub struct Clock {
     headers: Array<MapData, PolicyHeader>,
     active: Array<MapData, u32>,
     rules: HashMap<MapData, ExeKey, ClockRule>,
     state: Array<MapData, ClockState>,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
-    lost: PerCpuArray<MapData, u64>,
-    thinned: PerCpuArray<MapData, u64>,
+    dropped: PerCpuArray<MapData, u64>,
     active_slot: u32,
     generation: u32,
 }
@@ -40,17 +32,16 @@ impl Clock {
     /// flip from the old policy to the new one has no gap.
     pub fn new(object: &mut Object) -> anyhow::Result<Self> {
         let mut clock = Clock {
-            headers: object.take_map("POLICY")?,
-            active: object.take_map("ACTIVE_SLOT")?,
-            rules: object.take_map("CLOCK_RULES")?,
-            state: object.take_map("CLOCK_STATE")?,
-            counters: object.take_map("CLOCK_COUNTERS")?,
-            lost: object.take_map("EVENTS_LOST")?,
-            thinned: object.take_map("EVENTS_THINNED")?,
+            headers: object.take_map(map_names::POLICY)?,
+            active: object.take_map(map_names::ACTIVE_SLOT)?,
+            rules: object.take_map(map_names::CLOCK_RULES)?,
+            state: object.take_map(map_names::CLOCK_STATE)?,
+            counters: object.take_map(map_names::CLOCK_COUNTERS)?,
+            dropped: object.take_map(map_names::CLOCK_EVENTS_DROPPED)?,
             active_slot: 0,
             generation: 0,
         };
-        let slot = clock.active.get(&0, 0).unwrap_or(0) % SLOTS;
+        let slot = clock.active.get(&map_names::ONLY, 0).unwrap_or(0) % SLOTS;
         let generation = clock.headers.get(&slot, 0).map_or(0, |h| h.generation);
         if generation != 0 {
             clock.active_slot = slot;
@@ -121,7 +112,7 @@ impl Clock {
         }
         self.write_header(slot, header)?;
         self.active
-            .set(0, slot, 0)
+            .set(map_names::ONLY, slot, 0)
             .context("switching the policy in force")?;
         self.active_slot = slot;
         self.generation = generation;
@@ -139,7 +130,7 @@ impl Clock {
             _pad: 0,
         };
         self.state
-            .set(0, state, 0)
+            .set(map_names::ONLY, state, 0)
             .context("writing the clock state")
     }
 
@@ -178,11 +169,11 @@ impl Clock {
 
     /// Detailed events that did not fit in the ring buffer.
     pub fn events_lost(&self) -> anyhow::Result<u64> {
-        maps::total_at(&self.lost, 0)
+        Ok(maps::dropped(&self.dropped)?.0)
     }
 
     /// Detailed events not sent because their process had used its budget.
     pub fn events_thinned(&self) -> anyhow::Result<u64> {
-        maps::total_at(&self.thinned, 0)
+        Ok(maps::dropped(&self.dropped)?.1)
     }
 }

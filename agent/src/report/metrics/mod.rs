@@ -159,18 +159,18 @@ impl Metrics {
         m.started.set(now);
         // Alerts are a fixed set: each series exists from the start, at 0, so that an
         // increase from the first one on is seen.
-        use agent_common::net::{alert, kind};
+        use agent_common::{alert::Alert, net::Kind};
         for a in [
-            alert::NEW_SOURCE,
-            alert::UPSTREAM_CHANGED,
-            alert::KISS_OF_DEATH,
+            Alert::NewSource.code(),
+            Alert::UpstreamChanged.code(),
+            Alert::KissOfDeath.code(),
         ] {
             m.ntp_alerts
-                .with_label_values(&[crate::sensors::network::alert_label(kind::NTP, a)]);
+                .with_label_values(&[crate::sensors::network::alert_label(Kind::Ntp.code(), a)]);
         }
-        for a in [alert::NEW_SOURCE, alert::UPSTREAM_CHANGED] {
+        for a in [Alert::NewSource.code(), Alert::UpstreamChanged.code()] {
             m.ptp_alerts
-                .with_label_values(&[crate::sensors::network::alert_label(kind::PTP, a)]);
+                .with_label_values(&[crate::sensors::network::alert_label(Kind::Ptp.code(), a)]);
         }
         Ok(m)
     }

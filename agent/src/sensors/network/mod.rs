@@ -11,12 +11,14 @@ use std::{
 };
 
 use agent_common::{
+    alert::Alert,
+    maps as map_names,
     net::{
-        alert, kind, list, mode as ntp_mode, reason, service, AddrKey, Daemon, DaemonKey,
-        NetCounterKey, NetPolicy, ADDR_KEY_FIXED_BITS,
+        AddrKey, Daemon, DaemonKey, Kind, List, NetCounterKey, NetPolicy, NtpMode, Reason, Service,
+        ADDR_KEY_FIXED_BITS,
     },
-    policy::{verdict, SLOTS},
-    ptp::{message, GrandmasterKey},
+    policy::{Verdict, SLOTS},
+    ptp::{GrandmasterKey, Message},
 };
 use anyhow::Context as _;
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap};
@@ -32,19 +34,6 @@ use crate::{
     },
     policy::{network::CompiledNetwork, CompiledRule},
 };
-
-/// Maps only the kernel programs write: frozen against userspace once attached.
-pub const KERNEL_ONLY_MAPS: [&str; 9] = [
-    "NET_COUNTERS",
-    "NET_EVENTS_DROPPED",
-    "NET_EVENT_SCRATCH",
-    "NET_EVENT_BUDGET",
-    "NET_UPSTREAMS",
-    "NET_BUCKETS",
-    "NET_DESTINATIONS",
-    "PTP_ANNOUNCED",
-    "PTP_MESSAGE",
-];
 
 /// The cgroup v2 hierarchy's root, where the guard sees every socket of the host.
 pub fn cgroup2_root() -> Option<PathBuf> {
@@ -104,16 +93,16 @@ pub struct Network {
 impl Network {
     /// Takes the network's maps; the slot in force is the one an earlier agent left.
     pub fn new(object: &mut Object) -> anyhow::Result<Self> {
-        let active: Array<MapData, u32> = object.take_map("NET_ACTIVE_SLOT")?;
+        let active: Array<MapData, u32> = object.take_map(map_names::NET_ACTIVE_SLOT)?;
         Ok(Network {
-            active_slot: active.get(&0, 0).unwrap_or(0) % SLOTS,
-            addrs: object.take_map("NET_ADDRS")?,
-            daemons: object.take_map("NET_DAEMONS")?,
-            grandmasters: object.take_map("PTP_GRANDMASTERS")?,
-            policies: object.take_map("NET_POLICY")?,
+            active_slot: active.get(&map_names::ONLY, 0).unwrap_or(0) % SLOTS,
+            addrs: object.take_map(map_names::NET_ADDRS)?,
+            daemons: object.take_map(map_names::NET_DAEMONS)?,
+            grandmasters: object.take_map(map_names::PTP_GRANDMASTERS)?,
+            policies: object.take_map(map_names::NET_POLICY)?,
             active,
-            counters: object.take_map("NET_COUNTERS")?,
-            dropped: object.take_map("NET_EVENTS_DROPPED")?,
+            counters: object.take_map(map_names::NET_COUNTERS)?,
+            dropped: object.take_map(map_names::NET_EVENTS_DROPPED)?,
             cgroup: None,
             ptp: PtpLinks::default(),
         })
@@ -143,9 +132,15 @@ impl Network {
         let ntp = net.map(|n| &n.entries[..]).unwrap_or_default();
         let ntp = ntp.iter().map(|(l, a, p)| (*l, 0, 0, *a, *p));
         let egress = net.map(|n| &n.egress[..]).unwrap_or_default();
-        let egress = egress
-            .iter()
-            .filter_map(|e| Some((list::EGRESS, rule_id(&e.rule)?, e.port, e.addr, e.prefix)));
+        let egress = egress.iter().filter_map(|e| {
+            Some((
+                List::Egress.code(),
+                rule_id(&e.rule)?,
+                e.port,
+                e.addr,
+                e.prefix,
+            ))
+        });
         for (which, scope, port, addr, prefix) in ntp.chain(egress) {
             let key = Key::new(
                 ADDR_KEY_FIXED_BITS + prefix,
@@ -205,7 +200,7 @@ impl Network {
             .set(slot, policy, 0)
             .context("writing the network policy")?;
         self.active
-            .set(0, slot, 0)
+            .set(map_names::ONLY, slot, 0)
             .context("switching the network policy in force")?;
         self.active_slot = slot;
         Ok(())
@@ -314,10 +309,7 @@ impl Network {
 
     /// Network records lost (ring buffer full) and thinned (over the budget).
     pub fn events_dropped(&self) -> anyhow::Result<(u64, u64)> {
-        Ok((
-            maps::total_at(&self.dropped, 0)?,
-            maps::total_at(&self.dropped, 1)?,
-        ))
+        maps::dropped(&self.dropped)
     }
 }
 
@@ -325,27 +317,26 @@ impl Network {
 /// `ntp`, `nts_ke`, `ptp` or `socket` and what is the NTP mode, the PTP message type, or
 /// the socket action and service.
 pub fn counter_labels(k: &NetCounterKey) -> (&'static str, String, &'static str, &'static str) {
-    let what = match k.kind {
-        kind::NTP => ntp_mode::name(k.detail).to_string(),
-        kind::NTS_KE => ntp_mode::name(k.detail).to_string(),
-        kind::PTP => message::name(k.detail).to_string(),
-        kind::RAW_SOCKET => "ptp".to_string(),
-        _ => service::name(k.detail).to_string(),
+    let what = match Kind::from_code(k.kind) {
+        Some(Kind::Ntp | Kind::NtsKe) => NtpMode::name_of(k.detail).to_string(),
+        Some(Kind::Ptp) => Message::name_of(k.detail).to_string(),
+        Some(Kind::RawSocket) => "ptp".to_string(),
+        _ => Service::name_of(k.detail).to_string(),
     };
     (
-        kind::name(k.kind),
+        Kind::name_of(k.kind),
         what,
-        verdict::name(k.verdict),
-        reason::name(k.reason),
+        Verdict::name_of(k.verdict),
+        Reason::name_of(k.reason),
     )
 }
 
 /// An alert in an operator's words for its kind of record: a PTP "new source" is a new
 /// grandmaster.
 pub fn alert_label(k: u8, a: u8) -> &'static str {
-    match (k, a) {
-        (kind::PTP, alert::NEW_SOURCE) => "new_grandmaster",
-        (kind::PTP, alert::UPSTREAM_CHANGED) => "grandmaster_changed",
-        _ => alert::name(a),
+    match (Kind::from_code(k), Alert::from_code(a)) {
+        (Some(Kind::Ptp), Some(Alert::NewSource)) => "new_grandmaster",
+        (Some(Kind::Ptp), Some(Alert::UpstreamChanged)) => "grandmaster_changed",
+        _ => Alert::name_of(a),
     }
 }

@@ -2,18 +2,15 @@
 //! exchange, a PTP message or a time socket.
 
 use agent_common::{
-    net::{alert, is_kiss_of_death, kind, mode as ntp_mode, reason, service, NetEvent},
-    policy::verdict,
-    ptp::{flags, message},
+    alert::Alert,
+    net::{is_kiss_of_death, Kind, NetEvent, NtpMode, Reason, Service},
+    policy::Verdict,
+    ptp::{flags, Message},
 };
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{
-    events,
-    policy::{model::ClockIdentity, ExeId},
-    records::Who,
-};
+use crate::{events, policy::model::ClockIdentity, records::Who};
 
 /// One network decision as a record.
 #[derive(Serialize)]
@@ -165,15 +162,15 @@ fn ip_packet(ev: &NetEvent) -> Packet {
 
 fn ntp(ev: &NetEvent) -> Ntp {
     let n = &ev.ntp;
-    if ev.kind == kind::NTS_KE {
-        let nts_ke = if n.mode == ntp_mode::CLIENT {
+    if ev.kind == Kind::NtsKe.code() {
+        let nts_ke = if n.mode == NtpMode::Client.code() {
             "client opening"
         } else {
             "server answering"
         };
         return Ntp::KeyExchange { nts_ke };
     }
-    let has_source = n.mode <= ntp_mode::BROADCAST;
+    let has_source = n.mode <= NtpMode::Broadcast.code();
     let refid = has_source.then(|| {
         if n.stratum == 0 || n.stratum == 1 {
             String::from_utf8_lossy(&n.refid)
@@ -185,13 +182,13 @@ fn ntp(ev: &NetEvent) -> Ntp {
     });
     Ntp::Packet {
         version: n.version,
-        mode: ntp_mode::name(n.mode),
+        mode: NtpMode::name_of(n.mode),
         leap: n.leap,
         stratum: has_source.then_some(n.stratum),
         poll: has_source.then_some(n.poll),
         kiss_of_death: refid.clone().filter(|_| is_kiss_of_death(n)),
         refid,
-        previous: (ev.alert == alert::UPSTREAM_CHANGED).then_some(NtpBefore {
+        previous: (ev.alert == Alert::UpstreamChanged.code()).then_some(NtpBefore {
             stratum: ev.previous_stratum,
             leap: ev.previous_leap,
         }),
@@ -202,7 +199,7 @@ fn ptp(ev: &NetEvent) -> Ptp {
     let p = &ev.ptp;
     let b = &ev.previous_grandmaster;
     Ptp {
-        message: message::name(p.message_type),
+        message: Message::name_of(p.message_type),
         version: p.version,
         domain: p.domain,
         source: format!("{}-{}", clock_identity(&p.source), p.source_port),
@@ -216,7 +213,7 @@ fn ptp(ev: &NetEvent) -> Ptp {
             leap59: p.flags & flags::LEAP59 != 0,
             steps_removed: p.steps_removed,
         }),
-        previous: (ev.alert == alert::UPSTREAM_CHANGED).then_some(GrandmasterBefore {
+        previous: (ev.alert == Alert::UpstreamChanged.code()).then_some(GrandmasterBefore {
             priority1: b.priority1,
             clock_class: b.clock_class,
             utc_offset: b.utc_offset,
@@ -227,20 +224,19 @@ fn ptp(ev: &NetEvent) -> Ptp {
 }
 
 fn socket(ev: &NetEvent) -> Socket {
-    let o = &ev.owner;
-    if ev.kind == kind::RAW_SOCKET {
+    if ev.kind == Kind::RawSocket.code() {
         return Socket::Packet {
             family: "packet",
-            protocol: format!("{:#06x}", o.protocol),
+            protocol: format!("{:#06x}", ev.protocol),
         };
     }
     Socket::Ip {
-        protocol: match o.protocol {
+        protocol: match ev.protocol {
             6 => "tcp",
             17 => "udp",
             _ => "other",
         },
-        service: service::name(ev.service),
+        service: Service::name_of(ev.service),
         address: address(ev.family, &ev.dst),
         port: ev.dport,
     }
@@ -259,10 +255,10 @@ pub fn net_record<'a>(
         time: events::rfc3339(events::wall_time(ev.tai_ns)),
         boot_ns: ev.boot_ns,
         host,
-        kind: kind::name(ev.kind),
+        kind: Kind::name_of(ev.kind),
         alert: super::alert_label(ev.kind, ev.alert),
-        verdict: verdict::name(ev.verdict),
-        reason: reason::name(ev.reason),
+        verdict: Verdict::name_of(ev.verdict),
+        reason: Reason::name_of(ev.reason),
         policy,
         generation: ev.generation,
         packet: None,
@@ -271,12 +267,12 @@ pub fn net_record<'a>(
         who: None,
         socket: None,
     };
-    match ev.kind {
-        kind::NTP | kind::NTS_KE => {
+    match Kind::from_code(ev.kind) {
+        Some(Kind::Ntp | Kind::NtsKe) => {
             record.packet = Some(ip_packet(ev));
             record.ntp = Some(ntp(ev));
         }
-        kind::PTP => {
+        Some(Kind::Ptp) => {
             record.packet = Some(if ev.family != 0 {
                 ip_packet(ev)
             } else {
@@ -288,12 +284,7 @@ pub fn net_record<'a>(
             record.ptp = Some(ptp(ev));
         }
         _ => {
-            let o = &ev.owner;
-            let exe_id = ExeId {
-                dev: o.exe_dev,
-                ino: o.exe_ino,
-            };
-            let who = Who::new((o.pid, o.tgid), (o.uid, o.gid), &o.comm, exe, exe_id);
+            let who = Who::of(&ev.caller, exe);
             record.who = Some(SocketWho { who, daemon });
             record.socket = Some(socket(ev));
         }
@@ -303,7 +294,10 @@ pub fn net_record<'a>(
 
 /// Whether a record names its process (socket decisions do; packets do not).
 fn names_a_process(ev: &NetEvent) -> bool {
-    !matches!(ev.kind, kind::NTP | kind::NTS_KE | kind::PTP)
+    !matches!(
+        Kind::from_code(ev.kind),
+        Some(Kind::Ntp | Kind::NtsKe | Kind::Ptp)
+    )
 }
 
 /// One network decision as a JSON record, the process's executable read now.
@@ -314,11 +308,10 @@ pub fn net_json(
     host: &str,
     rule_name: &dyn Fn(u32) -> String,
 ) -> Value {
-    let o = &ev.owner;
     let exe = names_a_process(ev)
-        .then(|| events::exe_path(o.tgid))
+        .then(|| events::exe_path(ev.caller.tgid))
         .flatten();
-    let daemon = (o.rule_id != 0).then(|| rule_name(o.rule_id));
+    let daemon = (ev.rule_id != 0).then(|| rule_name(ev.rule_id));
     serde_json::json!(net_record(ev, policy, host, exe.as_deref(), daemon))
 }
 
@@ -333,7 +326,7 @@ mod tests {
         ev.kind = kind_;
         ev.generation = 3;
         ev.boot_ns = 7;
-        ev.verdict = verdict::DENY;
+        ev.verdict = Verdict::Deny.code();
         ev
     }
 
@@ -373,7 +366,7 @@ mod tests {
 
     #[test]
     fn ntp_records_keep_the_trail_schema() {
-        let mut ev = event(kind::NTP);
+        let mut ev = event(Kind::Ntp.code());
         ev.family = 4;
         ev.src[10..16].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 1]);
         ev.dst[10..16].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 2]);
@@ -381,11 +374,11 @@ mod tests {
         ev.dport = 40000;
         ev.len = 48;
         ev.ntp.version = 4;
-        ev.ntp.mode = ntp_mode::SERVER;
+        ev.ntp.mode = NtpMode::Server.code();
         ev.ntp.stratum = 2;
         ev.ntp.poll = 6;
         ev.ntp.refid = [10, 0, 0, 1];
-        ev.alert = alert::UPSTREAM_CHANGED;
+        ev.alert = Alert::UpstreamChanged.code();
         ev.previous_stratum = 1;
         let v = net_json(&ev, "p", "h", &|_| unreachable!("no daemon"));
         common(&v, "ntp");
@@ -408,13 +401,13 @@ mod tests {
         assert_eq!(v["ntp"]["kiss_of_death"], "RATE");
         assert!(v["ntp"].get("previous").is_none());
         // A control message has no source to describe.
-        ev.ntp.mode = ntp_mode::CONTROL;
+        ev.ntp.mode = NtpMode::Control.code();
         let v = net_json(&ev, "p", "h", &|_| unreachable!("no daemon"));
         assert_eq!(
             v["ntp"],
-            json!({"version": 4, "mode": ntp_mode::name(ntp_mode::CONTROL), "leap": 0})
+            json!({"version": 4, "mode": NtpMode::name_of(NtpMode::Control.code()), "leap": 0})
         );
-        let v = net_json(&event(kind::NTS_KE), "p", "h", &|_| {
+        let v = net_json(&event(Kind::NtsKe.code()), "p", "h", &|_| {
             unreachable!("no daemon")
         });
         assert_eq!(v["ntp"], json!({"nts_ke": "server answering"}));
@@ -422,9 +415,9 @@ mod tests {
 
     #[test]
     fn ptp_records_keep_the_trail_schema() {
-        let mut ev = event(kind::PTP);
+        let mut ev = event(Kind::Ptp.code());
         ev.len = 64;
-        ev.ptp.message_type = message::ANNOUNCE;
+        ev.ptp.message_type = Message::Announce.code();
         ev.ptp.version = 2;
         ev.ptp.domain = 24;
         ev.ptp.source = [0, 1, 2, 0xff, 0xfe, 3, 4, 5];
@@ -443,12 +436,12 @@ mod tests {
         let id = ClockIdentity(ev.ptp.source).to_string();
         assert_eq!(
             v["ptp"],
-            json!({"message": message::name(message::ANNOUNCE), "version": 2, "domain": 24,
+            json!({"message": Message::name_of(Message::Announce.code()), "version": 2, "domain": 24,
                 "source": format!("{id}-1"),
                 "grandmaster": {"identity": id, "priority1": 128, "clock_class": 6, "priority2": 0,
                     "utc_offset": 37, "leap61": true, "leap59": false, "steps_removed": 1}})
         );
-        ev.alert = alert::UPSTREAM_CHANGED;
+        ev.alert = Alert::UpstreamChanged.code();
         ev.previous_grandmaster.clock_class = 7;
         ev.previous_grandmaster.leap = flags::LEAP59;
         let v = net_json(&ev, "p", "h", &|_| unreachable!("no daemon"));
@@ -461,11 +454,11 @@ mod tests {
 
     #[test]
     fn socket_records_keep_the_trail_schema() {
-        let mut ev = event(kind::RAW_SOCKET);
-        ev.owner.tgid = u32::MAX;
-        ev.owner.protocol = 0x88f7;
-        ev.owner.rule_id = 5;
-        ev.owner.comm[..4].copy_from_slice(b"ptp4");
+        let mut ev = event(Kind::RawSocket.code());
+        ev.caller.tgid = u32::MAX;
+        ev.protocol = 0x88f7;
+        ev.rule_id = 5;
+        ev.caller.comm[..4].copy_from_slice(b"ptp4");
         let v = net_json(&ev, "p", "h", &|id| format!("rule {id}"));
         common(&v, "raw_socket");
         assert_eq!(keys(&v), with(&["socket", "who"]));
@@ -476,7 +469,10 @@ mod tests {
         assert_eq!(v["who"]["daemon"], "rule 5");
         assert_eq!(v["who"]["comm"], "ptp4");
         assert_eq!(v["who"]["exe"], Value::Null);
-        assert_eq!(v["who"]["exe_id"], ExeId { dev: 0, ino: 0 }.to_string());
+        assert_eq!(
+            v["who"]["exe_id"],
+            crate::policy::ExeId { dev: 0, ino: 0 }.to_string()
+        );
         let mut who_keys = keys(&v["who"]);
         who_keys.retain(|k| *k != "daemon");
         assert_eq!(
@@ -484,18 +480,18 @@ mod tests {
             ["comm", "exe", "exe_id", "gid", "pid", "tgid", "uid"]
         );
 
-        let mut ev = event(kind::BIND);
-        ev.owner.tgid = u32::MAX;
-        ev.owner.protocol = 17;
+        let mut ev = event(Kind::Bind.code());
+        ev.caller.tgid = u32::MAX;
+        ev.protocol = 17;
         ev.family = 6;
         ev.dst[15] = 1;
         ev.dport = 123;
-        ev.service = service::NTP;
+        ev.service = Service::Ntp.code();
         let v = net_json(&ev, "p", "h", &|_| unreachable!("not a daemon"));
         assert_eq!(v["who"]["daemon"], Value::Null);
         assert_eq!(
             v["socket"],
-            json!({"protocol": "udp", "service": service::name(service::NTP), "address": "::1", "port": 123})
+            json!({"protocol": "udp", "service": Service::name_of(Service::Ntp.code()), "address": "::1", "port": 123})
         );
     }
 }

@@ -6,7 +6,10 @@ mod record;
 
 use std::path::{Path, PathBuf};
 
-use agent_common::tamper::{target, FileKey, ObjectKey, SelfState, TamperCounterKey};
+use agent_common::{
+    maps as map_names,
+    tamper::{FileKey, ObjectKey, SelfState, TamperCounterKey, Target as Protected},
+};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
 
@@ -23,27 +26,19 @@ use crate::{
     policy::ExeId,
 };
 
-/// Maps only the kernel programs write: frozen against userspace once attached.
-pub const KERNEL_ONLY_MAPS: [&str; 4] = [
-    "TAMPER_COUNTERS",
-    "TAMPER_EVENTS_DROPPED",
-    "TAMPER_BUDGET",
-    "TAMPER_SCRATCH",
-];
-
 /// A protected file: where it is and what it is (`target::*`).
 pub type ProtectedFile = (PathBuf, u32);
 
 /// Every file and directory under `root` (itself included), for the pins.
 fn walk(root: &Path, out: &mut Vec<ProtectedFile>) {
-    out.push((root.to_path_buf(), target::PIN));
+    out.push((root.to_path_buf(), Protected::Pin.code()));
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.filter_map(Result::ok) {
             let path = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 walk(&path, out);
             } else {
-                out.push((path, target::PIN));
+                out.push((path, Protected::Pin.code()));
             }
         }
     }
@@ -58,14 +53,14 @@ pub fn protected_files(
 ) -> Vec<ProtectedFile> {
     let mut files = Vec::new();
     if let Ok(me) = std::fs::read_link("/proc/self/exe") {
-        files.push((me, target::AGENT));
+        files.push((me, Protected::Agent.code()));
     }
-    files.push((policy_path.to_path_buf(), target::POLICY));
+    files.push((policy_path.to_path_buf(), Protected::Policy.code()));
     for s in &policy.sources {
-        files.push((s.clone(), target::POLICY));
+        files.push((s.clone(), Protected::Policy.code()));
     }
     for r in &policy.rules {
-        files.push((r.exe.clone(), target::DAEMON));
+        files.push((r.exe.clone(), Protected::Daemon.code()));
     }
     walk(pin_root, &mut files);
     files
@@ -88,11 +83,11 @@ impl SelfProtection {
     /// `bpf` LSM hook has.
     pub fn new(object: &mut Object, bpf_hook_args: u32) -> anyhow::Result<Self> {
         Ok(SelfProtection {
-            files: object.take_map("PROTECTED_FILES")?,
-            objects: object.take_map("OWN_OBJECTS")?,
-            state: object.take_map("SELF_STATE")?,
-            counters: object.take_map("TAMPER_COUNTERS")?,
-            dropped: object.take_map("TAMPER_EVENTS_DROPPED")?,
+            files: object.take_map(map_names::PROTECTED_FILES)?,
+            objects: object.take_map(map_names::OWN_OBJECTS)?,
+            state: object.take_map(map_names::SELF_STATE)?,
+            counters: object.take_map(map_names::TAMPER_COUNTERS)?,
+            dropped: object.take_map(map_names::TAMPER_EVENTS_DROPPED)?,
             bpf_hook_args,
             unavailable: Vec::new(),
         })
@@ -160,7 +155,7 @@ impl SelfProtection {
             None => SelfState::default(),
         };
         self.state
-            .set(0, state, 0)
+            .set(map_names::ONLY, state, 0)
             .context("writing the self-protection state")
     }
 
@@ -189,10 +184,10 @@ impl SelfProtection {
     /// Forgets this process as the agent when it stops (its pid may be reused); files and
     /// BPF objects stay protected while the pins hold.
     pub fn forget_agent_process(&mut self) -> anyhow::Result<()> {
-        let mut state = self.state.get(&0, 0)?;
+        let mut state = self.state.get(&map_names::ONLY, 0)?;
         state.agent_tgid = 0;
         self.state
-            .set(0, state, 0)
+            .set(map_names::ONLY, state, 0)
             .context("writing the self-protection state")
     }
 
@@ -205,10 +200,7 @@ impl SelfProtection {
 
     /// Tamper records lost (ring buffer full) and thinned (over the budget).
     pub fn events_dropped(&self) -> anyhow::Result<(u64, u64)> {
-        Ok((
-            maps::total_at(&self.dropped, 0)?,
-            maps::total_at(&self.dropped, 1)?,
-        ))
+        maps::dropped(&self.dropped)
     }
 }
 
@@ -226,7 +218,7 @@ pub fn own_objects(pins: &Pins) -> anyhow::Result<Vec<(String, ObjectKey)>> {
         out.push((
             e.file_name().to_string_lossy().into_owned(),
             ObjectKey {
-                kind: target::MAP,
+                kind: Protected::Map.code(),
                 id: map.info()?.id(),
             },
         ));
@@ -235,7 +227,7 @@ pub fn own_objects(pins: &Pins) -> anyhow::Result<Vec<(String, ObjectKey)>> {
         out.push((
             key,
             ObjectKey {
-                kind: target::LINK,
+                kind: Protected::Link.code(),
                 id,
             },
         ));
@@ -250,12 +242,8 @@ pub fn own_objects(pins: &Pins) -> anyhow::Result<Vec<(String, ObjectKey)>> {
 pub fn freeze_kernel_only_maps(maps_dir: &Path) -> Vec<&'static str> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     const BPF_MAP_FREEZE: libc::c_long = 22;
-    let kernel_only = super::clock::KERNEL_ONLY_MAPS
-        .iter()
-        .chain(&super::network::KERNEL_ONLY_MAPS)
-        .chain(&KERNEL_ONLY_MAPS);
     let mut frozen = Vec::new();
-    for name in kernel_only {
+    for name in &map_names::KERNEL_ONLY {
         let Ok(map) = MapData::from_pin(maps_dir.join(name)) else {
             continue;
         };

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use agent_common::{
-    policy::verdict,
-    tamper::{action, target, TamperEvent},
+    policy::Verdict,
+    tamper::{Action, TamperEvent, Target},
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -113,20 +113,20 @@ pub fn tamper_record<'a>(
     exe: Option<&'a str>,
     path_of: &dyn Fn(u64, u64) -> Option<PathBuf>,
 ) -> TamperRecord<'a> {
-    let target = target::name(ev.target);
-    let what = match ev.action {
-        action::SIGNAL => What::Signal {
+    let target = Target::name_of(ev.target);
+    let what = match Action::from_code(ev.action) {
+        Some(Action::Signal) => What::Signal {
             target,
             signal: signal_name(ev.detail),
             pid: ev.target_tgid,
         },
-        action::PTRACE => What::Ptrace {
+        Some(Action::Ptrace) => What::Ptrace {
             target,
             pid: ev.target_tgid,
             ptrace_mode: format!("{:#x}", ev.detail),
             exe: path_of(ev.target_dev, ev.target_ino),
         },
-        action::BPF => What::Bpf {
+        Some(Action::Bpf) => What::Bpf {
             target,
             bpf_command: ev.detail,
             id: ev.target_ino,
@@ -141,20 +141,16 @@ pub fn tamper_record<'a>(
             .to_string(),
         },
     };
-    let exe_id = ExeId {
-        dev: ev.exe_dev,
-        ino: ev.exe_ino,
-    };
     TamperRecord {
         time: events::rfc3339(events::wall_time(ev.tai_ns)),
         boot_ns: ev.boot_ns,
         host,
         kind: "tamper",
-        action: action::name(ev.action),
-        verdict: verdict::name(ev.verdict),
+        action: Action::name_of(ev.action),
+        verdict: Verdict::name_of(ev.verdict),
         policy,
         generation: ev.generation,
-        who: Who::new((ev.pid, ev.tgid), (ev.uid, ev.gid), &ev.comm, exe, exe_id),
+        who: Who::of(&ev.caller, exe),
         what,
     }
 }
@@ -167,7 +163,7 @@ pub fn tamper_json(
     host: &str,
     path_of: &dyn Fn(u64, u64) -> Option<PathBuf>,
 ) -> Value {
-    let exe = events::exe_path(ev.tgid);
+    let exe = events::exe_path(ev.caller.tgid);
     serde_json::json!(tamper_record(ev, policy, host, exe.as_deref(), path_of))
 }
 
@@ -181,12 +177,12 @@ mod tests {
         let mut ev: TamperEvent = unsafe { std::mem::zeroed() };
         ev.action = action_;
         ev.target = target_;
-        ev.verdict = verdict::DENY;
-        ev.tgid = u32::MAX;
-        ev.pid = 9;
+        ev.verdict = Verdict::Deny.code();
+        ev.caller.tgid = u32::MAX;
+        ev.caller.pid = 9;
         ev.generation = 2;
         ev.boot_ns = 5;
-        ev.comm[..4].copy_from_slice(b"kill");
+        ev.caller.comm[..4].copy_from_slice(b"kill");
         ev
     }
 
@@ -198,7 +194,7 @@ mod tests {
 
     #[test]
     fn tamper_records_keep_the_trail_schema() {
-        let mut ev = event(action::SIGNAL, target::AGENT);
+        let mut ev = event(Action::Signal.code(), Target::Agent.code());
         ev.detail = 9;
         ev.target_tgid = 100;
         let v = record(&ev);
@@ -220,7 +216,7 @@ mod tests {
             ]
         );
         assert_eq!(v["kind"], "tamper");
-        assert_eq!(v["action"], action::name(action::SIGNAL));
+        assert_eq!(v["action"], Action::name_of(Action::Signal.code()));
         assert_eq!(v["verdict"], "deny");
         assert_eq!(v["policy"], "p");
         assert_eq!(v["generation"], 2);
@@ -230,31 +226,31 @@ mod tests {
         assert_eq!(v["who"]["exe"], Value::Null);
         assert_eq!(
             v["what"],
-            json!({"target": target::name(target::AGENT), "signal": "SIGKILL", "pid": 100})
+            json!({"target": Target::name_of(Target::Agent.code()), "signal": "SIGKILL", "pid": 100})
         );
 
-        let mut ev = event(action::PTRACE, target::AGENT);
+        let mut ev = event(Action::Ptrace.code(), Target::Agent.code());
         ev.detail = 0x11;
         ev.target_tgid = 100;
         assert_eq!(
             record(&ev)["what"],
-            json!({"target": target::name(target::AGENT), "pid": 100, "ptrace_mode": "0x11", "exe": null})
+            json!({"target": Target::name_of(Target::Agent.code()), "pid": 100, "ptrace_mode": "0x11", "exe": null})
         );
 
-        let mut ev = event(action::BPF, target::MAP);
+        let mut ev = event(Action::Bpf.code(), Target::Map.code());
         ev.detail = 2;
         ev.target_ino = 77;
         assert_eq!(
             record(&ev)["what"],
-            json!({"target": target::name(target::MAP), "bpf_command": 2, "id": 77})
+            json!({"target": Target::name_of(Target::Map.code()), "bpf_command": 2, "id": 77})
         );
 
-        let mut ev = event(action::UNLINK, target::POLICY);
+        let mut ev = event(Action::Unlink.code(), Target::Policy.code());
         ev.target_dev = 8;
         ev.target_ino = 12;
         assert_eq!(
             record(&ev)["what"],
-            json!({"target": target::name(target::POLICY), "file": "/etc/timeguard/default.yaml",
+            json!({"target": Target::name_of(Target::Policy.code()), "file": "/etc/timeguard/default.yaml",
                 "file_id": ExeId { dev: 8, ino: 12 }.to_string()})
         );
         ev.target_ino = 13;
