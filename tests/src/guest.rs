@@ -272,10 +272,18 @@ impl GuestAgent {
         Ok(())
     }
 
-    /// Waits for the agent's `started` record, the first after the first `before` of them.
+    /// Waits for the agent's `started` record, the first after the first `before` of them,
+    /// and then for its status to answer: the agent writes the record before its event loop
+    /// installs the SIGINT handler (and then binds the status socket), so a test that stops
+    /// it at once would otherwise kill it instead.
     pub fn wait_started(&mut self, before: usize) -> Result<(), String> {
         let started = wait_for(Duration::from_secs(90), Duration::from_millis(50), || {
             (records().iter().filter(|v| v["event"] == "started").count() > before).then_some(())
+        })
+        .and_then(|()| {
+            wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+                agent_status().ok()
+            })
         });
         if started.is_some() {
             return Ok(());
@@ -285,7 +293,7 @@ impl GuestAgent {
                 "the agent exited ({exit}) before it reported started"
             ));
         }
-        Err("the agent did not report started within 90s".into())
+        Err("the agent did not report started within 90s, or its status did not answer".into())
     }
 
     /// The agent's process id (0 once it is stopped).

@@ -47,7 +47,7 @@ const GUEST_MODULES: [&str; 2] = [
 
 /// How long one guest may run the suite before it is declared hung: every test starts and
 /// unpins an agent of its own, under emulation.
-const SUITE_TIMEOUT: Duration = Duration::from_secs(900);
+const SUITE_TIMEOUT: Duration = Duration::from_secs(1200);
 /// The benchmark measures four configurations (no guard, timeguard, auditd, bpftrace) in one boot.
 const BENCH_TIMEOUT: Duration = Duration::from_secs(1200);
 
