@@ -1,19 +1,12 @@
 //! `timeguard explain`: the effective policy in plain words.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[arg(required = true)]
-    files: Vec<PathBuf>,
-    #[arg(long, default_value = "/")]
-    root: PathBuf,
-}
+pub type Args = super::PolicyArgs;
 
 pub fn run(args: Args) -> ExitCode {
     super::with_policy(
-        &args.files,
-        &args.root,
+        &args,
         |p| print!("{}", crate::policy::explain::explain(p)),
         |_| {},
     )

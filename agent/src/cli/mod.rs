@@ -11,26 +11,33 @@ pub mod run;
 pub mod status;
 pub mod stop;
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use crate::policy::{CompiledPolicy, Diagnostic, Host};
 
-/// Loads policy files against the host under `root`, as `check` and `explain` take them.
-/// A valid policy goes to `valid`; a policy with problems has each printed, then whatever
-/// `invalid` says about them. Exit 0 when valid, 1 if not.
+/// The policy `check` and `explain` read, and the host it is checked against.
+#[derive(clap::Args)]
+pub struct PolicyArgs {
+    /// Policy files or directories, taken together as one policy.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Check executables and enabled time daemons under this root (an image) instead of /.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+/// Loads the policy against the host under its root. A valid policy goes to `valid`; a
+/// policy with problems has each printed, then whatever `invalid` says about them. Exit 0
+/// when valid, 1 if not.
 fn with_policy(
-    files: &[PathBuf],
-    root: &Path,
+    args: &PolicyArgs,
     valid: impl FnOnce(&CompiledPolicy),
     invalid: impl FnOnce(&[Diagnostic]),
 ) -> ExitCode {
     let host = Host {
-        root: root.to_path_buf(),
+        root: args.root.clone(),
     };
-    match crate::policy::load(files, &host) {
+    match crate::policy::load(&args.files, &host) {
         Ok(p) => {
             valid(&p);
             ExitCode::SUCCESS
