@@ -3,7 +3,7 @@
 //! BPF LSM where the kernel allows it (enforce), syscall tracepoints where it does not
 //! (observe-only, said plainly).
 
-use agent_common::{kernel::KernelOffsets, net::NetCounterKey, policy::CounterKey, tamper};
+use agent_common::{kernel::KernelOffsets, tamper};
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
@@ -13,10 +13,9 @@ use crate::{
         pins::Pins,
         program::{self, Hook, Need, When},
     },
-    policy::{network::CompiledNetwork, CompiledPolicy, CompiledRule},
     sensors::{
         clock::Clock,
-        network::{Network, PtpLinks},
+        network::Network,
         self_protection::{self, ProtectedFile, SelfProtection},
     },
 };
@@ -48,6 +47,7 @@ pub struct Guard {
     absent_hooks: Vec<&'static str>,
     /// The kernel's own setters this kernel does not let the agent observe, and why.
     pub unobserved: Vec<String>,
+    /// The sensors, each with its maps; what needs the object too goes through `Guard`.
     pub clock: Clock,
     pub network: Network,
     pub self_protection: SelfProtection,
@@ -110,20 +110,6 @@ impl Guard {
     /// Removes the pins of other builds of the programs, once this build is attached.
     pub fn remove_other_builds(&self) -> Vec<std::path::PathBuf> {
         self.object.pins().remove_other_builds()
-    }
-
-    pub fn generation(&self) -> u32 {
-        self.clock.generation()
-    }
-
-    /// Installs a clock policy (`sensors::clock`); returns the new generation.
-    pub fn install_policy(&mut self, policy: &CompiledPolicy) -> anyhow::Result<u32> {
-        self.clock.install_policy(policy)
-    }
-
-    /// Tells the programs the TAI offset and the PHC major again (`sensors::clock`).
-    pub fn refresh_clock_state(&mut self) -> anyhow::Result<()> {
-        self.clock.refresh_state()
     }
 
     /// Attaches the LSM programs; if the kernel refuses any, attaches the observers instead.
@@ -216,31 +202,6 @@ impl Guard {
         self.object.take_ring(name)
     }
 
-    /// Exact clock counters (`sensors::clock`).
-    pub fn counters(&self) -> anyhow::Result<Vec<(CounterKey, u64)>> {
-        self.clock.counters()
-    }
-
-    /// Detailed clock events that did not fit in the ring buffer.
-    pub fn events_lost(&self) -> anyhow::Result<u64> {
-        self.clock.events_lost()
-    }
-
-    /// Detailed clock events not sent because their process had used its budget.
-    pub fn events_thinned(&self) -> anyhow::Result<u64> {
-        self.clock.events_thinned()
-    }
-
-    /// Installs a network policy (or none) under `generation` (`sensors::network`).
-    pub fn install_network(
-        &mut self,
-        net: Option<&CompiledNetwork>,
-        rules: &[CompiledRule],
-        generation: u32,
-    ) -> anyhow::Result<()> {
-        self.network.install(net, rules, generation)
-    }
-
     /// Attaches the network guard to a cgroup v2 directory, once; whether it was attached
     /// now (false: it already was).
     pub fn attach_network(&mut self, cgroup: &std::path::Path) -> anyhow::Result<bool> {
@@ -248,30 +209,10 @@ impl Guard {
             .attach(&mut self.object, cgroup, &mut self.attached)
     }
 
-    /// The cgroup the network guard is attached to (None: not yet).
-    pub fn network_attached(&self) -> Option<&str> {
-        self.network.attached_cgroup()
-    }
-
     /// Follows the interfaces the PTP guard is to be on; those attached now.
     pub fn follow_ptp_interfaces(&mut self, wanted: Option<&[String]>) -> Vec<String> {
         self.network
             .follow_ptp_interfaces(&mut self.object, wanted, &mut self.attached)
-    }
-
-    /// The interfaces the PTP guard is on, and those it could not attach to.
-    pub fn ptp_links(&self) -> &PtpLinks {
-        self.network.ptp_links()
-    }
-
-    /// Exact network counters (`sensors::network`).
-    pub fn net_counters(&self) -> anyhow::Result<Vec<(NetCounterKey, u64)>> {
-        self.network.counters()
-    }
-
-    /// Network records lost (ring buffer full) and thinned (over the budget).
-    pub fn net_events_dropped(&self) -> anyhow::Result<(u64, u64)> {
-        self.network.events_dropped()
     }
 
     /// Tells the self-protection programs its mode, the agent and the protected files and
@@ -286,28 +227,8 @@ impl Guard {
             .install(mode, generation, files, self.object.pins())
     }
 
-    /// Forgets this process as the agent when it stops.
-    pub fn forget_agent_process(&mut self) -> anyhow::Result<()> {
-        self.self_protection.forget_agent_process()
-    }
-
-    /// Self-protection hooks this kernel refused, and why.
-    pub fn self_protection_unavailable(&self) -> &[String] {
-        &self.self_protection.unavailable
-    }
-
     /// Timeguard's own maps and links, by name, with the kernel's ids.
     pub fn own_objects(&self) -> anyhow::Result<Vec<(String, tamper::ObjectKey)>> {
         self_protection::own_objects(self.object.pins())
-    }
-
-    /// Exact tamper counters (`sensors::self_protection`).
-    pub fn tamper_counters(&self) -> anyhow::Result<Vec<(tamper::TamperCounterKey, u64)>> {
-        self.self_protection.counters()
-    }
-
-    /// Tamper records lost (ring buffer full) and thinned (over the budget).
-    pub fn tamper_events_dropped(&self) -> anyhow::Result<(u64, u64)> {
-        self.self_protection.events_dropped()
     }
 }

@@ -98,9 +98,10 @@ impl Agent {
     /// Puts a policy in force as the next generation.
     pub(super) fn install(&mut self, mut policy: CompiledPolicy) -> anyhow::Result<u32> {
         self.rule_names.number(&mut policy)?;
-        let generation = self.guard.install_policy(&policy)?;
+        let generation = self.guard.clock.install_policy(&policy)?;
         self.guard
-            .install_network(policy.network.as_ref(), &policy.rules, generation)
+            .network
+            .install(policy.network.as_ref(), &policy.rules, generation)
             .context("installing the network policy")?;
         if policy.network.is_some() {
             self.attach_network();
@@ -183,7 +184,7 @@ impl Agent {
         let Some(net) = net.filter(|n| n.ptp) else {
             return;
         };
-        let refused_before = self.guard.ptp_links().refused.clone();
+        let refused_before = self.guard.network.ptp_links().refused.clone();
         let attached = self
             .guard
             .follow_ptp_interfaces(net.ptp_interfaces.as_deref());
@@ -194,7 +195,7 @@ impl Agent {
             self.protect();
         }
         // Said once per interface and reason, not at every tick.
-        for (name, why) in &self.guard.ptp_links().refused {
+        for (name, why) in &self.guard.network.ptp_links().refused {
             if refused_before.get(name) != Some(why) {
                 log::warn!("PTP guard not attached to {name}: {why}");
             }

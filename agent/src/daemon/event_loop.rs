@@ -54,7 +54,7 @@ pub(super) async fn event_loop(
             _ = int.recv() => break,
             _ = hup.recv() => agent.reload("SIGHUP"),
             _ = watch.tick() => {
-                if let Err(e) = agent.guard.refresh_clock_state() {
+                if let Err(e) = agent.guard.clock.refresh_state() {
                     log::warn!("refreshing the TAI offset for step limits: {e:#}");
                 }
                 agent.follow_changes();

@@ -171,7 +171,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     ))?;
 
     agent.summarize();
-    if let Err(e) = agent.guard.forget_agent_process() {
+    if let Err(e) = agent.guard.self_protection.forget_agent_process() {
         log::warn!("{e:#}");
     }
     let unpin = agent.stop == Some(true);
@@ -183,7 +183,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     agent.trail.agent(AgentEvent::Stopped {
         enforcement: agent.guard.enforcement.label(),
-        generation: agent.guard.generation(),
+        generation: agent.guard.clock.generation(),
         enforcement_stays: !unpin,
         unpinned,
     });

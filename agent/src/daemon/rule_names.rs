@@ -34,6 +34,7 @@ impl RuleNames {
                 // The counters are frozen (only the kernel writes them): they stay, under
                 // rule ids whose names are lost; new rules are numbered after them.
                 let highest = guard
+                    .clock
                     .counters()?
                     .iter()
                     .map(|(k, _)| k.rule_id)

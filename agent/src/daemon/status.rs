@@ -63,8 +63,8 @@ impl Agent {
                 last_error: self.reloading.last_error.clone(),
             },
             counters,
-            events_lost: self.guard.events_lost().unwrap_or(0),
-            events_thinned: self.guard.events_thinned().unwrap_or(0),
+            events_lost: self.guard.clock.events_lost().unwrap_or(0),
+            events_thinned: self.guard.clock.events_thinned().unwrap_or(0),
             audit_log: self.trail.audit.path().map(|p| p.to_path_buf()),
             audit_write_failures: self.trail.audit.failures,
             network: self.network_status(),
@@ -75,9 +75,9 @@ impl Agent {
     /// The network guard's part of status: where it is attached, and its exact counters by
     /// kind.
     fn network_status(&self) -> NetworkStatus {
-        let links = self.guard.ptp_links();
+        let links = self.guard.network.ptp_links();
         let mut out = NetworkStatus {
-            attached: self.guard.network_attached().map(str::to_string),
+            attached: self.guard.network.attached_cgroup().map(str::to_string),
             unavailable: self.network.unavailable.clone(),
             ptp_interfaces: links.attached(),
             ptp_refused: links.refused.clone(),
@@ -161,7 +161,7 @@ impl Agent {
             .unwrap_or_default();
         SelfProtectionStatus {
             mode: mode.into(),
-            unavailable: self.guard.self_protection_unavailable().to_vec(),
+            unavailable: self.guard.self_protection.unavailable.clone(),
             protected_files: self.protection.files.len(),
             pins: self.guard.pin_dir().to_path_buf(),
             objects,
@@ -171,23 +171,23 @@ impl Agent {
 
     /// The agent's state for a scrape.
     fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let (packet_lost, packet_thinned) = self.guard.net_events_dropped()?;
-        let (tamper_lost, tamper_thinned) = self.guard.tamper_events_dropped()?;
+        let (packet_lost, packet_thinned) = self.guard.network.events_dropped()?;
+        let (tamper_lost, tamper_thinned) = self.guard.self_protection.events_dropped()?;
         Ok(Snapshot {
             attempts: counters::clock_attempts(&self.guard, &self.rule_names.ids)?,
             network: counters::net_counts(&self.guard)?,
             net_alerts: self.network.alerts.iter().map(|(a, n)| (*a, *n)).collect(),
             tamper: counters::tamper_attempts(&self.guard)?,
             dropped: Dropped {
-                thinned: self.guard.events_thinned()?,
-                lost: self.guard.events_lost()?,
+                thinned: self.guard.clock.events_thinned()?,
+                lost: self.guard.clock.events_lost()?,
                 audit_write: self.trail.audit.failures,
                 packet_thinned,
                 packet_lost,
                 tamper_thinned,
                 tamper_lost,
             },
-            generation: self.guard.generation(),
+            generation: self.guard.clock.generation(),
             reloads_ok: self.reloading.ok,
             reloads_rejected: self.reloading.failed,
             hooks: Flag::from_pairs(self.guard.hooks()),

@@ -73,6 +73,7 @@ pub struct TamperAttempts {
 /// The clock's counters, named by the rules the agent numbered.
 pub fn clock_attempts(guard: &Guard, rule_ids: &RuleIds) -> anyhow::Result<Vec<ClockAttempts>> {
     Ok(guard
+        .clock
         .counters()?
         .into_iter()
         .map(|(k, count)| ClockAttempts {
@@ -86,7 +87,8 @@ pub fn clock_attempts(guard: &Guard, rule_ids: &RuleIds) -> anyhow::Result<Vec<C
 
 pub fn net_counts(guard: &Guard) -> anyhow::Result<Vec<NetCount>> {
     Ok(guard
-        .net_counters()?
+        .network
+        .counters()?
         .iter()
         .map(|(k, n)| NetCount::of(k, *n))
         .collect())
@@ -94,7 +96,8 @@ pub fn net_counts(guard: &Guard) -> anyhow::Result<Vec<NetCount>> {
 
 pub fn tamper_attempts(guard: &Guard) -> anyhow::Result<Vec<TamperAttempts>> {
     Ok(guard
-        .tamper_counters()?
+        .self_protection
+        .counters()?
         .into_iter()
         .map(|(k, count)| TamperAttempts {
             action: agent_common::tamper::Action::name_of(k.action),
