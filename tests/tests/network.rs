@@ -122,13 +122,13 @@ fn the_ntp_guard_drops_control_queries_and_floods_in_a_namespace() {
     assert!((5..=7).contains(&from_3), "delivered from .3: {got}");
     assert_eq!(got6["fd00:231::2"], 1, "delivered over IPv6: {got6}");
     assert_eq!(
-        count("private", "deny", "source not listed"),
+        count("private", "deny", "source_not_listed"),
         3 + 4,
         "{after}"
     );
-    assert_eq!(count("control", "deny", "source not listed"), 3, "{after}");
+    assert_eq!(count("control", "deny", "source_not_listed"), 3, "{after}");
     assert_eq!(count("private", "allow", ""), 3, "{after}");
-    let shed = count("client", "deny", "over the rate limit");
+    let shed = count("client", "deny", "over_the_rate_limit");
     assert_eq!(shed, 43 - from_3, "{after}");
     let records: Vec<Value> = records.into_iter().filter(|v| v["kind"] == "ntp").collect();
     assert!(
@@ -378,17 +378,17 @@ fn only_time_daemons_own_time_ports_and_daemons_connect_only_where_listed() {
             ],
         )
     };
-    assert_eq!(deny("bind", "ntp", "not a time daemon"), 1, "{after}");
-    assert_eq!(deny("bind", "ptp", "not a time daemon"), 1, "{after}");
+    assert_eq!(deny("bind", "ntp", "not_a_time_daemon"), 1, "{after}");
+    assert_eq!(deny("bind", "ptp", "not_a_time_daemon"), 1, "{after}");
     // To 10.231.0.4:123 connected and unconnected; to port 22, and the reply to an
     // unlisted client (port 40000).
     assert_eq!(
-        deny("connect", "ntp", "destination not listed"),
+        deny("connect", "ntp", "destination_not_listed"),
         2,
         "{after}"
     );
     assert_eq!(
-        deny("connect", "other", "destination not listed"),
+        deny("connect", "other", "destination_not_listed"),
         2,
         "{after}"
     );
@@ -579,8 +579,8 @@ fn ptp4l_follows_only_the_listed_grandmaster(tag: char, transport: &str) {
             ],
         )
     };
-    assert!(announce_deny("grandmaster not listed") > 0, "{during}");
-    assert!(announce_deny("domain not listed") > 0, "{during}");
+    assert!(announce_deny("grandmaster_not_listed") > 0, "{during}");
+    assert!(announce_deny("domain_not_listed") > 0, "{during}");
     let announces = |status: &Value, verdict: &str| {
         counted(
             status,
@@ -689,7 +689,7 @@ fn malformed_and_truncated_packets_pass_the_parsers_without_harm() {
         counted(
             &after,
             "ntp_packets",
-            &[("reason", "not parseable"), ("verdict", "deny")]
+            &[("reason", "not_parseable"), ("verdict", "deny")]
         ) >= 1,
         "{after}"
     );
@@ -703,7 +703,7 @@ fn malformed_and_truncated_packets_pass_the_parsers_without_harm() {
             "ptp_messages",
             &[
                 ("message", "announce"),
-                ("reason", "grandmaster not listed")
+                ("reason", "grandmaster_not_listed")
             ]
         ) > 0,
         "{after}"

@@ -36,13 +36,21 @@ pub struct NetCount {
     pub series: NetSeries,
     pub verdict: &'static str,
     /// Empty when the verdict needs no reason.
-    pub reason: &'static str,
+    pub reason: String,
     pub count: u64,
+}
+
+/// A name from the kernel's code tables as a label value: a stable snake_case token
+/// (`grandmaster not listed` -> `grandmaster_not_listed`, `nts-ke` -> `nts_ke`). Records
+/// and `timeguard events` keep the words.
+pub fn token(name: &str) -> String {
+    name.replace([' ', '-'], "_")
 }
 
 impl NetCount {
     pub fn of(key: &NetCounterKey, count: u64) -> Self {
         let (series, what, verdict, reason) = crate::sensors::network::counter_labels(key);
+        let what = token(&what);
         let series = match series {
             "ntp" => NetSeries::Ntp { mode: what },
             "nts_ke" => NetSeries::NtsKe { mode: what },
@@ -55,7 +63,7 @@ impl NetCount {
         NetCount {
             series,
             verdict,
-            reason,
+            reason: token(reason),
             count,
         }
     }
@@ -65,7 +73,7 @@ impl NetCount {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TamperAttempts {
     pub action: &'static str,
-    pub target: &'static str,
+    pub target: String,
     pub verdict: &'static str,
     pub count: u64,
 }
@@ -101,7 +109,7 @@ pub fn tamper_attempts(guard: &Guard) -> anyhow::Result<Vec<TamperAttempts>> {
         .into_iter()
         .map(|(k, count)| TamperAttempts {
             action: agent_common::tamper::Action::name_of(k.action),
-            target: agent_common::tamper::Target::name_of(k.target),
+            target: token(agent_common::tamper::Target::name_of(k.target)),
             verdict: Verdict::name_of(k.verdict),
             count,
         })
@@ -138,5 +146,36 @@ impl NetAlert {
                 alert: label,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{
+        net::{Kind, NetCounterKey, Reason, Service},
+        policy::Verdict,
+    };
+
+    use super::*;
+
+    #[test]
+    fn labels_are_tokens() {
+        let key = NetCounterKey::new(
+            Kind::Bind,
+            Service::NtsKe.code(),
+            Verdict::Deny,
+            Reason::NotATimeDaemon,
+        );
+        let c = NetCount::of(&key, 1);
+        assert_eq!(c.reason, "not_a_time_daemon");
+        assert_eq!(
+            c.series,
+            NetSeries::Socket {
+                action: "bind",
+                service: "nts_ke".into()
+            }
+        );
+        assert_eq!(token("grandmaster not listed"), "grandmaster_not_listed");
+        assert_eq!(token("symmetric-active"), "symmetric_active");
     }
 }

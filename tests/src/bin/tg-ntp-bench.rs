@@ -196,7 +196,7 @@ fn measure(lab: &NetLab, tg_clock: &Path, secs: f64) -> Result<(), String> {
             .and_then(|s| {
                 s["network"]["ntp_packets"].as_array().map(|a| {
                     a.iter()
-                        .filter(|c| c["reason"] == "over the rate limit")
+                        .filter(|c| c["reason"] == "over_the_rate_limit")
                         .filter_map(|c| c["count"].as_u64())
                         .sum::<u64>()
                 })

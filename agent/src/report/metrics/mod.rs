@@ -213,7 +213,7 @@ impl Metrics {
             let reason = if c.reason.is_empty() {
                 "none"
             } else {
-                c.reason
+                c.reason.as_str()
             };
             match &c.series {
                 NetSeries::Ntp { mode } => {
@@ -240,7 +240,7 @@ impl Metrics {
             }
         }
         for t in &snap.tamper {
-            self.add_counter(Series::Tamper, &[t.action, t.target, t.verdict], t.count);
+            self.add_counter(Series::Tamper, &[t.action, &t.target, t.verdict], t.count);
         }
         let d = &snap.dropped;
         for (reason, n) in [
@@ -308,7 +308,7 @@ mod tests {
         NetCount {
             series,
             verdict,
-            reason,
+            reason: reason.to_string(),
             count,
         }
     }
@@ -327,7 +327,7 @@ mod tests {
                         mode: "private".into(),
                     },
                     "deny",
-                    "source not listed",
+                    "source_not_listed",
                     2,
                 ),
                 net(
@@ -336,7 +336,7 @@ mod tests {
                         service: "ntp".into(),
                     },
                     "deny",
-                    "not a time daemon",
+                    "not_a_time_daemon",
                     1,
                 ),
                 net(
@@ -344,7 +344,7 @@ mod tests {
                         message: "announce".into(),
                     },
                     "deny",
-                    "grandmaster not listed",
+                    "grandmaster_not_listed",
                     4,
                 ),
                 net(
@@ -359,7 +359,7 @@ mod tests {
             net_alerts: vec![(NetAlert::Ntp("kiss_of_death"), 1)],
             tamper: vec![TamperAttempts {
                 action: "signal",
-                target: "agent",
+                target: "agent".into(),
                 verdict: "deny",
                 count: 3,
             }],
@@ -409,7 +409,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"timeguard_time_sockets_total{action="bind",reason="not a time daemon",service="ntp",verdict="deny"} 1"#),
+            text.contains(r#"timeguard_time_sockets_total{action="bind",reason="not_a_time_daemon",service="ntp",verdict="deny"} 1"#),
             "{text}"
         );
         assert!(
@@ -417,7 +417,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"timeguard_ptp_messages_total{message="announce",reason="grandmaster not listed",verdict="deny"} 4"#),
+            text.contains(r#"timeguard_ptp_messages_total{message="announce",reason="grandmaster_not_listed",verdict="deny"} 4"#),
             "{text}"
         );
         assert!(
