@@ -152,7 +152,7 @@ impl Agent {
                 c.into_iter()
                     .map(|t| TamperCount {
                         action: t.action.into(),
-                        target: t.target.into(),
+                        target: t.target,
                         verdict: t.verdict.into(),
                         count: t.count,
                     })
