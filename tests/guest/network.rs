@@ -50,7 +50,7 @@ fn only_time_daemons_own_time_sockets() {
         }
         let refused = counted(
             &st["network"]["sockets"],
-            &[("verdict", "deny"), ("reason", "not a time daemon")],
+            &[("verdict", "deny"), ("reason", "not_a_time_daemon")],
         );
         if refused != 4 {
             return Err(format!(
