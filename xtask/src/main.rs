@@ -577,6 +577,20 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown kernel".into())
 }
 
+/// After `cargo xtask run`: what the agent left in this machine's kernel, and how to remove
+/// it (the agent's default pin directory; stopping never unpins).
+fn left_pinned(bin: &Path) {
+    let pins = Path::new("/sys/fs/bpf/timeguard");
+    if pins.exists() {
+        println!(
+            "xtask: the agent's programs stay pinned at {}: this machine's clock stays guarded by the last policy.\n\
+             xtask: `sudo {} stop --unpin` removes them: the programs detach, and nothing guards the clock any more.",
+            pins.display(),
+            bin.display()
+        );
+    }
+}
+
 /// The host's CPU model, for the record of where a benchmark ran.
 fn host_cpu() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -596,10 +610,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { policy } => {
             let bin = build(true)?.join("timeguard");
             let policy = policy.unwrap_or_else(|| workspace_root().join("policies/default.yaml"));
-            setup::run_as_root(
+            let ran = setup::run_as_root(
                 &bin,
                 &["run".as_ref(), "--policy".as_ref(), policy.as_os_str()],
-            )
+            );
+            left_pinned(&bin);
+            ran
         }
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Deb => deb(&build(true)?).map(|p| println!("built {}", p.display())),
