@@ -764,3 +764,82 @@ fn events_follow_reads_on_across_a_rotation() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(first && appended && rotated, "follow printed: {seen:#?}");
 }
+
+/// One spelling per concept: every command that reaches the agent's control socket says
+/// `--socket`, every one that reads or writes the trail `--audit-log`; the old spellings
+/// (`run --status-socket`, `events --file`) still work, unlisted.
+#[test]
+#[ignore = "needs the agent binary: run through `cargo xtask test`, which builds it"]
+fn one_spelling_per_option_and_the_old_ones_still_work() {
+    let bin = timeguard();
+    let help = |command: &str| sh(&bin, &[command, "--help"]).expect("help").stdout;
+    let flags = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            .filter_map(|l| l.split([' ', '<']).next().map(str::to_string))
+            .collect()
+    };
+    for (command, expected) in [
+        ("run", &["socket", "audit-log", "pin-dir", "policy"][..]),
+        ("stop", &["socket", "audit-log", "pin-dir"][..]),
+        ("status", &["socket"][..]),
+        ("events", &["audit-log"][..]),
+    ] {
+        let listed = flags(&help(command));
+        for flag in expected {
+            assert!(
+                listed.iter().any(|l| l == flag),
+                "{command} --help lists no --{flag}: {listed:?}"
+            );
+        }
+        for old in ["status-socket", "file"] {
+            assert!(
+                !listed.iter().any(|l| l == old),
+                "{command} --help still lists --{old}: {listed:?}"
+            );
+        }
+    }
+    let dir = temp_dir("spelling");
+    let trail = dir.join("missing.jsonl");
+    let by_new = sh(
+        &bin,
+        &["events".as_ref(), "--audit-log".as_ref(), trail.as_os_str()],
+    )
+    .expect("events runs");
+    let by_old = sh(
+        &bin,
+        &["events".as_ref(), "--file".as_ref(), trail.as_os_str()],
+    )
+    .expect("events runs");
+    assert_eq!(by_new.status, 1, "{}", by_new.stderr);
+    assert_eq!(
+        (
+            by_old.status,
+            by_old.stderr.contains(&trail.display().to_string())
+        ),
+        (1, true),
+        "`events --file` is `--audit-log`: {}",
+        by_old.stderr
+    );
+    // `run --status-socket` parses; a bad value after it stops the command before anything
+    // starts, so no agent runs here.
+    let run = sh(
+        &bin,
+        &[
+            "run".as_ref(),
+            "--status-socket".as_ref(),
+            dir.join("s.sock").as_os_str(),
+            "--audit-log-max-mib".as_ref(),
+            "0".as_ref(),
+        ],
+    )
+    .expect("run runs");
+    assert!(
+        run.status == 2
+            && !run.stderr.contains("unexpected argument")
+            && run.stderr.contains("audit-log-max-mib"),
+        "`run --status-socket` is `--socket`: {}",
+        run.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
