@@ -188,6 +188,21 @@ impl Guard {
             .collect()
     }
 
+    /// What of the guard this kernel lacks while the clock is enforced: optional LSM hooks it
+    /// does not have, and self-protection's hooks it refused.
+    pub fn missing(&self) -> Vec<String> {
+        self.absent_hooks
+            .iter()
+            .map(|h| format!("LSM hook {h} (not in this kernel)"))
+            .chain(
+                self.self_protection
+                    .unavailable
+                    .iter()
+                    .map(|why| format!("self-protection: {why}")),
+            )
+            .collect()
+    }
+
     /// Each kernel program, and whether it is attached.
     pub fn programs(&self) -> Vec<(&'static str, bool)> {
         program::names()

@@ -37,6 +37,9 @@ enum Command {
     /// reloads, and the exact counters since start.
     Status(cli::status::Args),
     /// Say what this kernel lets timeguard do (loads and detaches the programs; needs root).
+    /// Exit 0: the clock is enforced whole; 1: the programs cannot be loaded here; 2:
+    /// observe-only (the kernel refuses BPF LSM: changes recorded, not prevented); 3: the
+    /// clock is enforced, part of the guard is missing (a hook, self-protection).
     Kernel,
     /// Validate policy files: exit 0 when all are valid, 1 otherwise.
     Check(cli::check::Args),
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cli::generate::run(args, Cli::command()),
         Command::Events(args) => cli::events::run(args),
         Command::Status(args) => cli::status::run(args),
-        Command::Kernel => cli::kernel::run(),
+        Command::Kernel => return cli::kernel::run(),
         Command::Check(args) => return cli::check::run(args),
         Command::Explain(args) => return cli::explain::run(args),
     };

@@ -21,6 +21,41 @@ fn the_agent_enforces_with_bpf_lsm() {
     })
 }
 
+/// `timeguard kernel` on a kernel that runs BPF LSM says so in its exit code (0: the whole
+/// guard, 3: the clock enforced, part of the guard missing, each named), and leaves no pins.
+#[test]
+fn the_kernel_report_exits_by_what_is_enforced() {
+    scenario(|_| {
+        let out = sh("timeguard", &["kernel"])?;
+        let partly = out.stdout.lines().any(|l| l.starts_with("missing: "));
+        let (state, code) = if partly {
+            ("enforce_partly", 3)
+        } else {
+            ("enforce", 0)
+        };
+        if out.status != code
+            || !out
+                .stdout
+                .contains(&format!("state: {state} (exit {code})"))
+        {
+            return Err(format!(
+                "timeguard kernel exited {} (expected {code}, {state}):\n{}{}",
+                out.status, out.stdout, out.stderr
+            ));
+        }
+        let probes: Vec<String> = fs::read_dir("/sys/fs/bpf")
+            .map_err(|e| format!("/sys/fs/bpf: {e}"))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("timeguard-probe-"))
+            .collect();
+        if !probes.is_empty() {
+            return Err(format!("the trial left its pins: {probes:?}"));
+        }
+        Ok(format!("state {state}, exit {code}"))
+    })
+}
+
 #[test]
 fn audit_mode_allows_what_enforce_denies() {
     scenario(|agent| {

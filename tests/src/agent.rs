@@ -16,15 +16,54 @@ pub struct RunningAgent {
     pub dir: PathBuf,
     pub policy: PathBuf,
     pub socket: PathBuf,
-    /// Where its programs are pinned (bpffs); a test that stops the agent by a signal
-    /// removes them with `unpin`, or they stay attached.
-    pub pin_dir: PathBuf,
+    /// Where its programs are pinned (bpffs), removed when the test ends, passed or failed.
+    pub pin_dir: PinDir,
     pub agent: Child,
 }
 
 /// Removes what an agent pinned (its programs detach once no process holds them).
 pub fn unpin(pin_dir: &Path) {
     let _ = std::fs::remove_dir_all(pin_dir);
+}
+
+/// A pin directory of one test's own (never the agent's default), removed when it goes out
+/// of scope: a failing test leaves nothing attached on the development host.
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    /// `/sys/fs/bpf/tg-test-TAG-PID`.
+    pub fn new(tag: &str) -> Self {
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/tg-test-{tag}-{}",
+            std::process::id()
+        )))
+    }
+}
+
+impl PinDir {
+    /// A pin directory a test chose itself.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        PinDir(path.into())
+    }
+}
+
+impl std::ops::Deref for PinDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for PinDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        unpin(&self.0);
+    }
 }
 
 impl RunningAgent {
@@ -89,7 +128,12 @@ pub fn start_agent_via(
     let dir = temp_dir(tag);
     let policy = dir.join("policy.yaml");
     let socket = dir.join("status.sock");
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/tg-test-{tag}-{}", std::process::id()));
+    // A `--pin-dir` among `args` is the test's own choice; otherwise one of its own.
+    let chosen = args
+        .iter()
+        .position(|a| *a == "--pin-dir")
+        .and_then(|i| args.get(i + 1));
+    let pin_dir = chosen.map_or_else(|| PinDir::new(tag), |p| PinDir::at(*p));
     std::fs::write(&policy, policy_text).map_err(|e| format!("{}: {e}", policy.display()))?;
     let mut cmd = match prefix {
         [first, rest @ ..] => {
@@ -102,12 +146,12 @@ pub fn start_agent_via(
     let agent = cmd
         .args(["run", "--policy"])
         .arg(&policy)
-        .arg("--status-socket")
+        .arg("--socket")
         .arg(&socket)
         .arg("--audit-log")
         .arg(dir.join("audit.jsonl"))
-        .arg("--pin-dir")
-        .arg(&pin_dir)
+        .args(chosen.is_none().then_some("--pin-dir"))
+        .args(chosen.is_none().then_some(&pin_dir))
         .args(args)
         .stdout(stdout)
         .stderr(Stdio::piped())

@@ -4,6 +4,7 @@ mod setup;
 mod vm;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -176,8 +177,9 @@ fn lint() -> anyhow::Result<()> {
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
     setup::ensure_bpf_toolchain()?;
     setup::ensure_cargo_fuzz()?;
-    println!("== fuzzing the policy parser for {seconds}s");
     let root = workspace_root();
+    check_fuzz_lock(&root)?;
+    println!("== fuzzing the policy parser for {seconds}s");
     let corpus = root.join("target/fuzz-corpus");
     std::fs::create_dir_all(&corpus)?;
     run(Command::new("cargo")
@@ -192,6 +194,57 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
         .current_dir(root.join("fuzz"))
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC"))
+}
+
+/// The fuzz crate is a workspace of its own (cargo-fuzz builds it with sanitizer flags), so
+/// it has its own lock file, committed: every package it shares with the agent must resolve
+/// to a version the workspace locks, or the fuzzer tests another parser.
+fn check_fuzz_lock(root: &Path) -> anyhow::Result<()> {
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let shipped = locked_versions(&read(root.join("Cargo.lock"))?);
+    let fuzzed = locked_versions(&read(root.join("fuzz/Cargo.lock"))?);
+    let differ: Vec<String> = fuzzed
+        .iter()
+        .filter_map(|(name, versions)| {
+            let ships = shipped.get(name)?;
+            // The workspace may hold two majors of one package (for xtask, say); the fuzzer
+            // may lock only versions the workspace does.
+            (!versions.is_subset(ships))
+                .then(|| format!("{name}: fuzzed {versions:?}, shipped {ships:?}"))
+        })
+        .collect();
+    if !differ.is_empty() {
+        bail!(
+            "fuzz/Cargo.lock does not fuzz the versions that ship ({}); refresh it from the agent's: \
+             cp Cargo.lock fuzz/Cargo.lock && cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null",
+            differ.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Each package of a Cargo.lock with the versions it is locked at.
+fn locked_versions(lock: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut name = None;
+    for line in lock.lines() {
+        let value = |key: &str| {
+            line.strip_prefix(key)
+                .and_then(|v| v.trim().strip_prefix('"'))
+                .and_then(|v| v.strip_suffix('"'))
+                .map(str::to_string)
+        };
+        if line == "[[package]]" {
+            name = None;
+        } else if let Some(n) = value("name =") {
+            name = Some(n);
+        } else if let (Some(v), Some(n)) = (value("version ="), name.take()) {
+            out.entry(n).or_default().insert(v);
+        }
+    }
+    out
 }
 
 fn test(
@@ -524,6 +577,20 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown kernel".into())
 }
 
+/// After `cargo xtask run`: what the agent left in this machine's kernel, and how to remove
+/// it (the agent's default pin directory; stopping never unpins).
+fn left_pinned(bin: &Path) {
+    let pins = Path::new("/sys/fs/bpf/timeguard");
+    if pins.exists() {
+        println!(
+            "xtask: the agent's programs stay pinned at {}: this machine's clock stays guarded by the last policy.\n\
+             xtask: `sudo {} stop --unpin` removes them: the programs detach, and nothing guards the clock any more.",
+            pins.display(),
+            bin.display()
+        );
+    }
+}
+
 /// The host's CPU model, for the record of where a benchmark ran.
 fn host_cpu() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -543,10 +610,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { policy } => {
             let bin = build(true)?.join("timeguard");
             let policy = policy.unwrap_or_else(|| workspace_root().join("policies/default.yaml"));
-            setup::run_as_root(
+            let ran = setup::run_as_root(
                 &bin,
                 &["run".as_ref(), "--policy".as_ref(), policy.as_os_str()],
-            )
+            );
+            left_pinned(&bin);
+            ran
         }
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Deb => deb(&build(true)?).map(|p| println!("built {}", p.display())),
@@ -579,5 +648,24 @@ fn main() -> anyhow::Result<()> {
             let bin = build(true)?;
             vm::interactive(&bin, &kernel, demo)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_files_are_read_by_package_and_version() {
+        let lock = "version = 4\n\n[[package]]\nname = \"serde-saphyr\"\nversion = \"2.1.1\"\nsource = \"x\"\n\n[[package]]\nname = \"syn\"\nversion = \"1.0.0\"\n\n[[package]]\nname = \"syn\"\nversion = \"2.0.1\"\n";
+        let v = locked_versions(lock);
+        assert_eq!(v["serde-saphyr"], BTreeSet::from(["2.1.1".to_string()]));
+        assert_eq!(v["syn"].len(), 2);
+        assert_eq!(v.len(), 2, "the lock file's own version line is no package");
+    }
+
+    #[test]
+    fn the_committed_fuzz_lock_fuzzes_what_ships() {
+        check_fuzz_lock(&workspace_root()).expect("fuzz/Cargo.lock");
     }
 }

@@ -94,14 +94,95 @@ fn mount_bpffs(at: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where bpffs belongs when it is not mounted yet: where systemd mounts it at boot.
+const SYSTEM_BPFFS: &str = "/sys/fs/bpf";
+
+fn is_empty_dir(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// The directories under `root`: each build's pins. A fresh bpffs holds files of the
+/// kernel's own (`maps.debug`, `progs.debug`), which are no pins.
+fn subdirectories(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Makes `root` a place on bpffs, without ever hiding a file: a root already on bpffs (the
+/// nearest directory of it that exists is) is used as it is; a root under `/sys/fs/bpf`
+/// gets bpffs mounted there (as systemd does at boot), when it is an empty directory; any
+/// other root gets bpffs mounted on exactly itself, when it is empty or new. Otherwise it
+/// refuses and says what to do.
+fn ensure_bpffs(root: &Path) -> anyhow::Result<()> {
+    let existing = root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    let system = Path::new(SYSTEM_BPFFS);
+    let at = if root.starts_with(system) {
+        system
+    } else {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating the pin directory {}", root.display()))?;
+        root
+    };
+    if !is_empty_dir(at) {
+        anyhow::bail!(
+            "the pin directory {} is not on a BPF file system, and mounting one at {} would hide what that directory holds; \
+             choose a pin directory under {SYSTEM_BPFFS} or an empty directory, or mount bpffs yourself (mount -t bpf bpf DIR)",
+            root.display(),
+            at.display()
+        );
+    }
+    mount_bpffs(at)
+}
+
+/// Unmounts bpffs from `root` when this agent (or another) mounted it on exactly that
+/// directory and nothing is left pinned there: `--unpin` leaves no mount behind.
+fn unmount_if_own(root: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Ok(here), Some(Ok(above))) = (
+        std::fs::metadata(root),
+        root.parent().map(std::fs::metadata),
+    ) else {
+        return;
+    };
+    if root == Path::new(SYSTEM_BPFFS) || here.dev() == above.dev() || !is_bpffs(root) {
+        return;
+    }
+    if !subdirectories(root).is_empty() {
+        return;
+    }
+    let Ok(target) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+        log::info!("unmounted bpf from {}", root.display());
+    } else {
+        log::warn!(
+            "bpf stays mounted on {}: {}",
+            root.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 impl Pins {
-    /// Opens (creating where missing) the pin directory of `build` under `root`, which must
-    /// be on bpffs.
+    /// Opens (creating where missing) the pin directory of `build` under `root`, on bpffs
+    /// (`ensure_bpffs`).
     pub fn open(root: &Path, build: &str) -> anyhow::Result<Self> {
-        let parent = root.parent().unwrap_or(Path::new("/"));
-        if !is_bpffs(parent) && !is_bpffs(root) {
-            mount_bpffs(parent)?;
-        }
+        ensure_bpffs(root)?;
         let dir = root.join(build);
         for sub in ["maps", "links"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -218,12 +299,8 @@ impl Pins {
     /// Removes the pins of other builds (after this build's programs are attached).
     pub fn remove_other_builds(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return removed;
-        };
-        for e in entries.filter_map(Result::ok) {
-            let path = e.path();
-            if path != self.dir && path.is_dir() {
+        for path in subdirectories(&self.root) {
+            if path != self.dir {
                 if let Err(err) = remove_tree(&path) {
                     log::warn!("removing the older pins at {}: {err}", path.display());
                 } else {
@@ -258,14 +335,11 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
 /// Removes every pin under `root` (every build): `timeguard stop --unpin`.
 pub fn unpin_all(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Ok(removed);
-    };
-    for e in entries.filter_map(Result::ok) {
-        let path = e.path();
+    for path in subdirectories(root) {
         remove_tree(&path).with_context(|| format!("removing {}", path.display()))?;
         removed.push(path);
     }
+    unmount_if_own(root);
     let _ = std::fs::remove_dir(root);
     Ok(removed)
 }

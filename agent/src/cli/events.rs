@@ -6,13 +6,15 @@ use crate::audit;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, default_value = audit::DEFAULT_PATH)]
-    file: PathBuf,
+    /// The audit trail to read (`run --audit-log`). (`--file`: its old name, kept for a
+    /// release.)
+    #[arg(long, alias = "file", value_name = "PATH", default_value = audit::DEFAULT_PATH)]
+    audit_log: PathBuf,
     /// Keep printing records as they are written.
     #[arg(long, short)]
     follow: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    audit::print_events(&args.file, args.follow)
+    audit::print_events(&args.audit_log, args.follow)
 }

@@ -1,5 +1,7 @@
-//! `timeguard kernel`: what this kernel lets timeguard do.
+//! `timeguard kernel`: what this kernel lets timeguard do, as text and as the exit code.
 
-pub fn run() -> anyhow::Result<()> {
-    crate::daemon::kernel_report()
+use std::process::ExitCode;
+
+pub fn run() -> ExitCode {
+    ExitCode::from(crate::daemon::kernel_report().exit_code())
 }

@@ -9,9 +9,10 @@ pub struct Args {
     /// The policy to enforce: a file, or a directory of *.yaml files taken together.
     #[arg(long, default_value = "/etc/timeguard")]
     policy: PathBuf,
-    /// Where `timeguard status` reaches the agent (root only).
-    #[arg(long, default_value = daemon::STATUS_SOCKET)]
-    status_socket: PathBuf,
+    /// The agent's control socket, where `timeguard status`, `stop` and `apply` reach it
+    /// (root only). (`--status-socket`: its old name, kept for a release.)
+    #[arg(long, alias = "status-socket", value_name = "PATH", default_value = daemon::STATUS_SOCKET)]
+    socket: PathBuf,
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9817).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -37,7 +38,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     daemon::run(&daemon::Options {
         policy: args.policy,
-        status_socket: args.status_socket,
+        status_socket: args.socket,
         metrics_addr: args.metrics_addr,
         audit_log: (args.audit_log.as_os_str() != "-").then_some(args.audit_log),
         audit_rotation: audit::Rotation {

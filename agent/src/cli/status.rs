@@ -14,7 +14,8 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, default_value = daemon::STATUS_SOCKET)]
+    /// The agent's control socket (`run --socket`).
+    #[arg(long, value_name = "PATH", default_value = daemon::STATUS_SOCKET)]
     socket: PathBuf,
     /// Print the agent's answer as JSON.
     #[arg(long)]

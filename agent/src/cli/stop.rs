@@ -18,8 +18,10 @@ pub struct Args {
     /// Remove enforcement from the kernel too.
     #[arg(long)]
     unpin: bool,
-    #[arg(long, default_value = daemon::STATUS_SOCKET)]
+    /// The agent's control socket (`run --socket`).
+    #[arg(long, value_name = "PATH", default_value = daemon::STATUS_SOCKET)]
     socket: PathBuf,
+    /// Where the pins are, to remove them when no agent answers (`run --pin-dir`).
     #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_ROOT)]
     pin_dir: PathBuf,
     /// Where the act is recorded when no agent is running to record it.

@@ -65,9 +65,62 @@ pub(super) fn report_enforcement(guard: &Guard) {
     }
 }
 
+/// What `timeguard kernel` found, as the exit code monitoring and configuration management
+/// read (documented in the README's command reference and `timeguard kernel --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelVerdict {
+    /// Exit 0: every clock path is decided in the kernel, self-protection included.
+    Enforce,
+    /// Exit 1: the programs could not be loaded at all (not root, no BTF, …): nothing
+    /// would be enforced or observed.
+    Unusable,
+    /// Exit 2: the kernel refuses BPF LSM programs: clock changes would be recorded, not
+    /// prevented.
+    ObserveOnly,
+    /// Exit 3: the clock is enforced, but part of the guard is missing here (an LSM hook
+    /// this kernel lacks, or self-protection).
+    EnforcePartly,
+}
+
+impl KernelVerdict {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            KernelVerdict::Enforce => 0,
+            KernelVerdict::Unusable => 1,
+            KernelVerdict::ObserveOnly => 2,
+            KernelVerdict::EnforcePartly => 3,
+        }
+    }
+
+    /// The state's stable token.
+    pub fn token(self) -> &'static str {
+        match self {
+            KernelVerdict::Enforce => "enforce",
+            KernelVerdict::Unusable => "unusable",
+            KernelVerdict::ObserveOnly => "observe_only",
+            KernelVerdict::EnforcePartly => "enforce_partly",
+        }
+    }
+
+    fn of(guard: &Guard) -> (Self, Vec<String>) {
+        match &guard.enforcement {
+            Enforcement::ObserveOnly { .. } => (KernelVerdict::ObserveOnly, Vec::new()),
+            Enforcement::Enforce => {
+                let missing = guard.missing();
+                let verdict = if missing.is_empty() {
+                    KernelVerdict::Enforce
+                } else {
+                    KernelVerdict::EnforcePartly
+                };
+                (verdict, missing)
+            }
+        }
+    }
+}
+
 /// `timeguard kernel`: what this kernel lets timeguard do, tried out under pins of its own
 /// (removed after: the running agent's are not touched).
-pub fn kernel_report() -> anyhow::Result<()> {
+pub fn kernel_report() -> KernelVerdict {
     println!("kernel {}", kernel_release());
     let caps = kernel::capabilities();
     for cap in &caps {
@@ -79,8 +132,23 @@ pub fn kernel_report() -> anyhow::Result<()> {
         guard.attach()?;
         report_enforcement(&guard);
         println!("enforcement: {}", guard.enforcement.label());
-        Ok(())
+        Ok(KernelVerdict::of(&guard))
     });
-    pins::unpin_all(&probe)?;
-    result
+    if let Err(e) = pins::unpin_all(&probe) {
+        log::warn!("the trial's pins under {} stay: {e:#}", probe.display());
+    }
+    let verdict = match result {
+        Ok((verdict, missing)) => {
+            for m in missing {
+                println!("missing: {m}");
+            }
+            verdict
+        }
+        Err(e) => {
+            log::error!("{e:#}");
+            KernelVerdict::Unusable
+        }
+    };
+    println!("state: {} (exit {})", verdict.token(), verdict.exit_code());
+    verdict
 }
