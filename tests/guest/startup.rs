@@ -4,6 +4,7 @@
 //! comes into force, never a part of it.
 
 use crate::prelude::*;
+use timeguard_tests::harness::wait_for;
 
 /// The probers step until this file exists.
 const STOP: &str = "/tmp/probe-steps.stop";
@@ -88,38 +89,34 @@ fn judge_allowed(outcomes: &[i32]) -> Outcome {
     }
 }
 
-#[test]
-fn enforcement_begins_whole() {
+/// A denied prober and an allowed daemon probing while `play` runs: each one's attempts
+/// judged once `play` is done, whatever became of it.
+fn while_probing(
+    play: impl FnOnce() -> Result<GuestAgent, String>,
+    judge_denied: impl Fn(&[i32]) -> Outcome,
+) {
     let _ = fs::remove_file(STOP);
     let denied = start_prober(COPY).unwrap_or_else(|e| panic!("{e}"));
     let allowed = start_prober(ALLOWED).unwrap_or_else(|e| panic!("{e}"));
-    // Both are stepping before the agent starts.
+    // Both are stepping before anything happens.
     sleep(Duration::from_millis(300));
-    let agent = GuestAgent::spawn(policies::GUEST, &[]).and_then(|mut agent| {
-        agent.wait_started(0)?;
-        let started = wait_record("agent started", |v| v["event"] == "started")?;
-        if started["enforcement"] != "enforce" {
-            return Err(format!(
-                "agent reports enforcement {}",
-                started["enforcement"]
-            ));
-        }
+    let agent = play().and_then(|agent| {
         // Probes go on under the policy in force.
         sleep(Duration::from_secs(1));
         Ok(agent)
     });
-    // The probers stop whatever happened to the agent.
     if let Err(e) = fs::write(STOP, "") {
         panic!("{STOP}: {e}");
     }
     let denied = finish_prober(denied);
     let allowed = finish_prober(allowed);
+    let _ = fs::remove_file(STOP);
+    // Dropped last: a failed test's agent log and records are shown after the verdicts.
     let _agent = agent.unwrap_or_else(|e| panic!("{e}"));
     let verdicts = [
         denied.and_then(|o| judge_denied(&o)),
         allowed.and_then(|o| judge_allowed(&o)),
     ];
-    let _ = fs::remove_file(STOP);
     for v in &verdicts {
         match v {
             Ok(detail) => println!("{detail}"),
@@ -127,6 +124,72 @@ fn enforcement_begins_whole() {
         }
     }
     if verdicts.iter().any(Result::is_err) {
-        panic!("enforcement did not begin whole (see above)");
+        panic!("see above");
     }
+}
+
+/// Waits for the agent's next `started` record (after the first `before`) and checks it
+/// enforces. Under emulation, with every step of two probers allowed until the switch
+/// (each one interrupts every CPU), a start takes longer than `wait_started` waits.
+fn enforcing(agent: &mut GuestAgent, before: usize) -> Result<(), String> {
+    let count = || records().iter().filter(|v| v["event"] == "started").count();
+    wait_for(Duration::from_secs(240), Duration::from_millis(200), || {
+        (count() > before).then_some(())
+    })
+    .ok_or("the agent did not report started within 240 s")?;
+    agent.wait_started(before)?;
+    let started = records()
+        .into_iter()
+        .filter(|v| v["event"] == "started")
+        .nth(before)
+        .ok_or("no started record")?;
+    if started["enforcement"] != "enforce" {
+        return Err(format!(
+            "agent reports enforcement {}",
+            started["enforcement"]
+        ));
+    }
+    Ok(())
+}
+
+/// Probing from before the agent starts: once any path refuses, every path refuses.
+#[test]
+fn enforcement_begins_whole() {
+    while_probing(
+        || {
+            let mut agent = GuestAgent::spawn(policies::GUEST, &[])?;
+            enforcing(&mut agent, 0)?;
+            Ok(agent)
+        },
+        judge_denied,
+    );
+}
+
+/// Probing while the agent is killed and started again: the policy it left stays in force,
+/// whole, until the new one switches to its own (the same policy, the next generation);
+/// the denied prober is refused at every attempt.
+#[test]
+fn a_restart_keeps_the_policy_whole() {
+    let mut agent = GuestAgent::start(policies::GUEST).unwrap_or_else(|e| panic!("{e}"));
+    while_probing(
+        move || {
+            agent.kill9()?;
+            let before = records().iter().filter(|v| v["event"] == "started").count();
+            agent.restart()?;
+            enforcing(&mut agent, before)?;
+            Ok(agent)
+        },
+        |outcomes| match outcomes.iter().position(|&e| e != libc::EPERM) {
+            _ if outcomes.is_empty() => Err("the denied prober made no attempt".into()),
+            Some(seq) => Err(format!(
+                "across the restart the denied prober's {} got errno {}",
+                attempt(seq),
+                outcomes[seq]
+            )),
+            None => Ok(format!(
+                "denied prober: {} attempts across the restart, every one refused",
+                outcomes.len()
+            )),
+        },
+    );
 }
