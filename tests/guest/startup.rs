@@ -89,10 +89,12 @@ fn judge_allowed(outcomes: &[i32]) -> Outcome {
     }
 }
 
-/// A denied prober and an allowed daemon probing while `play` runs: each one's attempts
-/// judged once `play` is done, whatever became of it.
+/// A denied prober and an allowed daemon probing while `play` runs (and a second more):
+/// each one's attempts judged once they are stopped, whatever became of the agent. `play`
+/// leaves its agent in `agent`, so that it is torn down (and on failure shown) last.
 fn while_probing(
-    play: impl FnOnce() -> Result<GuestAgent, String>,
+    agent: &mut Option<GuestAgent>,
+    play: impl FnOnce(&mut Option<GuestAgent>) -> Result<(), String>,
     judge_denied: impl Fn(&[i32]) -> Outcome,
 ) {
     let _ = fs::remove_file(STOP);
@@ -100,20 +102,17 @@ fn while_probing(
     let allowed = start_prober(ALLOWED).unwrap_or_else(|e| panic!("{e}"));
     // Both are stepping before anything happens.
     sleep(Duration::from_millis(300));
-    let agent = play().and_then(|agent| {
-        // Probes go on under the policy in force.
-        sleep(Duration::from_secs(1));
-        Ok(agent)
-    });
+    let played = play(agent);
+    // Probes go on under the policy in force.
+    sleep(Duration::from_secs(1));
     if let Err(e) = fs::write(STOP, "") {
         panic!("{STOP}: {e}");
     }
     let denied = finish_prober(denied);
     let allowed = finish_prober(allowed);
     let _ = fs::remove_file(STOP);
-    // Dropped last: a failed test's agent log and records are shown after the verdicts.
-    let _agent = agent.unwrap_or_else(|e| panic!("{e}"));
     let verdicts = [
+        played.map(|()| "the agent enforces".to_string()),
         denied.and_then(|o| judge_denied(&o)),
         allowed.and_then(|o| judge_allowed(&o)),
     ];
@@ -155,11 +154,12 @@ fn enforcing(agent: &mut GuestAgent, before: usize) -> Result<(), String> {
 /// Probing from before the agent starts: once any path refuses, every path refuses.
 #[test]
 fn enforcement_begins_whole() {
+    let mut agent = None;
     while_probing(
-        || {
-            let mut agent = GuestAgent::spawn(policies::GUEST, &[])?;
-            enforcing(&mut agent, 0)?;
-            Ok(agent)
+        &mut agent,
+        |agent| {
+            let agent = agent.insert(GuestAgent::spawn(policies::GUEST, &[])?);
+            enforcing(agent, 0)
         },
         judge_denied,
     );
@@ -170,14 +170,15 @@ fn enforcement_begins_whole() {
 /// the denied prober is refused at every attempt.
 #[test]
 fn a_restart_keeps_the_policy_whole() {
-    let mut agent = GuestAgent::start(policies::GUEST).unwrap_or_else(|e| panic!("{e}"));
+    let mut agent = Some(GuestAgent::start(policies::GUEST).unwrap_or_else(|e| panic!("{e}")));
     while_probing(
-        move || {
+        &mut agent,
+        |agent| {
+            let agent = agent.as_mut().ok_or("no agent")?;
             agent.kill9()?;
             let before = records().iter().filter(|v| v["event"] == "started").count();
             agent.restart()?;
-            enforcing(&mut agent, before)?;
-            Ok(agent)
+            enforcing(agent, before)
         },
         |outcomes| match outcomes.iter().position(|&e| e != libc::EPERM) {
             _ if outcomes.is_empty() => Err("the denied prober made no attempt".into()),
