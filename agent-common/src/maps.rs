@@ -6,8 +6,9 @@
 //! the agent's `maps_match_the_programs` test reads the built object and fails when a name
 //! here and a map there part ways.
 
-// The clock: its policy (double-buffered), rules, what the agent knows of the clock.
+// The policy slot in force, of the clock and the network guard alike: one write switches both.
 pub const ACTIVE_SLOT: &str = "ACTIVE_SLOT";
+// The clock: its policy (double-buffered), rules, what the agent knows of the clock.
 pub const POLICY: &str = "POLICY";
 pub const CLOCK_STATE: &str = "CLOCK_STATE";
 pub const CLOCK_RULES: &str = "CLOCK_RULES";
@@ -17,8 +18,8 @@ pub const CLOCK_EVENTS: &str = "CLOCK_EVENTS";
 pub const CLOCK_EVENTS_DROPPED: &str = "CLOCK_EVENTS_DROPPED";
 pub const EVENT_BUDGETS: &str = "EVENT_BUDGETS";
 
-// The network guard: its policy (double-buffered), lists, daemons and grandmasters.
-pub const NET_ACTIVE_SLOT: &str = "NET_ACTIVE_SLOT";
+// The network guard: its policy (double-buffered, in the slot `ACTIVE_SLOT` names), lists,
+// daemons and grandmasters.
 pub const NET_POLICY: &str = "NET_POLICY";
 pub const NET_ADDRS: &str = "NET_ADDRS";
 pub const NET_DAEMONS: &str = "NET_DAEMONS";
@@ -47,7 +48,7 @@ pub const TAMPER_SCRATCH: &str = "TAMPER_SCRATCH";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 31] = [
+pub const ALL: [&str; 30] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -56,7 +57,6 @@ pub const ALL: [&str; 31] = [
     CLOCK_EVENTS,
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
-    NET_ACTIVE_SLOT,
     NET_POLICY,
     NET_ADDRS,
     NET_DAEMONS,
@@ -107,8 +107,7 @@ pub const KERNEL_ONLY: [&str; 16] = [
 /// here because it is named on both sides the same way.
 pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
 
-/// Index of the only entry of a one-entry array map (`ACTIVE_SLOT`, `NET_ACTIVE_SLOT`,
-/// `CLOCK_STATE`, `SELF_STATE`, the scratch records, `TAMPER_BUDGET`).
+/// Index of the only entry of a one-entry array map (`ACTIVE_SLOT`, `CLOCK_STATE`, `SELF_STATE`, the scratch records, `TAMPER_BUDGET`).
 pub const ONLY: u32 = 0;
 
 crate::codes! {

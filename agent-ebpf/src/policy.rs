@@ -12,9 +12,17 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 
-/// Index `maps::ONLY`: the slot in force. The agent flips it with one write after filling the other.
+/// Index `maps::ONLY`: the slot in force, of the clock's policy and the network's alike. The
+/// agent fills the other slot of both, then flips this with one write: the whole policy
+/// comes into force at once, at start as at every reload.
 #[map]
 static ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
+
+/// The policy slot in force (`ACTIVE_SLOT`).
+#[inline(always)]
+pub fn slot_in_force() -> Option<u32> {
+    ACTIVE_SLOT.get(ONLY).copied()
+}
 
 #[map]
 static POLICY: Array<PolicyHeader> = Array::pinned(SLOTS, 0);
@@ -72,7 +80,7 @@ pub fn decide_for(dev: u64, ino: u64, uid: u32, req: &Request) -> Option<Decided
 #[inline(always)]
 fn consistent_read(dev: u64, ino: u64, uid: u32) -> Option<(PolicyHeader, Option<ClockRule>)> {
     for _ in 0..READ_TRIES {
-        let slot = *ACTIVE_SLOT.get(ONLY)?;
+        let slot = slot_in_force()?;
         let header = *POLICY.get(slot)?;
         if header.generation == 0 {
             continue;

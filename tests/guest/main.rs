@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod network;
 mod self_protection;
+mod startup;
 
 use timeguard_tests::guest::{GuestAgent, Outcome};
 

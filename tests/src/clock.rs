@@ -268,6 +268,108 @@ fn settime_loop(mut more: impl FnMut() -> bool) -> serde_json::Value {
     json!({"ok": ok, "eperm": eperm, "other": other})
 }
 
+/// The two ways of stepping the clock that different LSM hooks decide: `clock_settime`
+/// (the `settime` hook) and `adjtimex(ADJ_SETOFFSET)` (only the `capable` hook).
+pub const STEP_PATHS: [&str; 2] = ["clock_settime", "adj_setoffset"];
+
+fn monotonic_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into ts.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Steps the clock by `us` microseconds through path `path` (an index of `STEP_PATHS`);
+/// the errno, 0 when the step went through. `clock_settime` sets the wall clock to
+/// CLOCK_MONOTONIC + `base` + `us`: from the wall clock itself each step would lose the
+/// time between reading and setting, and thousands of them would drag the clock back.
+fn step_us_through(path: usize, us: i64, base: i128) -> i32 {
+    if path == 0 {
+        let target = monotonic_ns() + base + i128::from(us) * 1000;
+        let ts = libc::timespec {
+            tv_sec: target.div_euclid(1_000_000_000) as libc::time_t,
+            tv_nsec: target.rem_euclid(1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: ts is a valid timespec.
+        let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+        return if rc < 0 { errno() } else { 0 };
+    }
+    // ADJ_SETOFFSET in microseconds: the kernel wants 0 <= tv_usec < 1e6.
+    adjtimex(0x0100, |tx| {
+        tx.time.tv_sec = us.div_euclid(1_000_000) as libc::time_t;
+        tx.time.tv_usec = us.rem_euclid(1_000_000) as libc::suseconds_t;
+    })
+    .errno
+}
+
+/// Steps the clock by 1 µs through each path in turn, without pause, until `stop` exists;
+/// each path goes +1 µs then -1 µs, so the clock stays where it was whatever is refused.
+/// Attempt `n` is on path `n % 2`. Returns every change of outcome, so the whole sequence
+/// can be told: {"attempts": N, "changes": [[seq, path, errno], …]}, an entry for the first
+/// attempt of each path and for each attempt whose errno differs from that path's last.
+/// It runs at the lowest CPU priority (nice 19): it still steps whenever a CPU is free,
+/// without starving an agent it races on a small (emulated) machine.
+pub fn probe_step_paths(stop: &std::path::Path) -> serde_json::Value {
+    // SAFETY: changes only this process's scheduling priority.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    let mut last = [None::<i32>; 2];
+    let mut changes = Vec::new();
+    let mut seq: u64 = 0;
+    let base = realtime_ns() - monotonic_ns();
+    loop {
+        // Looking for the stop file costs a syscall: once every 256 attempts.
+        if seq.is_multiple_of(256) && stop.exists() {
+            break;
+        }
+        let path = (seq % 2) as usize;
+        let us = if (seq / 2).is_multiple_of(2) { 1 } else { -1 };
+        let e = step_us_through(path, us, base);
+        if last[path] != Some(e) {
+            last[path] = Some(e);
+            changes.push(json!([seq, STEP_PATHS[path], e]));
+        }
+        seq += 1;
+    }
+    json!({"attempts": seq, "changes": changes})
+}
+
+/// The errno of every attempt of a `probe_step_paths` run, by sequence number (attempt `n`
+/// was on path `STEP_PATHS[n % 2]`), rebuilt from its changes of outcome.
+pub fn step_outcomes(probe: &serde_json::Value) -> Result<Vec<i32>, String> {
+    let attempts = probe["attempts"]
+        .as_u64()
+        .ok_or_else(|| format!("a probe without attempts: {probe}"))?;
+    let changes = probe["changes"]
+        .as_array()
+        .ok_or_else(|| format!("a probe without changes: {probe}"))?;
+    let mut changes = changes.iter().peekable();
+    let mut state = [None::<i32>; 2];
+    let mut out = Vec::with_capacity(attempts as usize);
+    for seq in 0..attempts {
+        let path = (seq % 2) as usize;
+        if let Some(c) = changes.next_if(|c| c[0].as_u64() == Some(seq)) {
+            if c[1] != STEP_PATHS[path] {
+                return Err(format!(
+                    "attempt {seq} is on {}, not {}",
+                    c[1], STEP_PATHS[path]
+                ));
+            }
+            let errno = c[2]
+                .as_i64()
+                .ok_or_else(|| format!("a change without errno: {c}"))?;
+            state[path] = Some(errno as i32);
+        }
+        out.push(state[path].ok_or_else(|| format!("no outcome for attempt {seq}"))?);
+    }
+    match changes.next() {
+        Some(c) => Err(format!("a change after the last attempt: {c}")),
+        None => Ok(out),
+    }
+}
+
 /// Sets the frequency offset (ADJ_FREQUENCY) in whole ppm.
 pub fn set_frequency_ppm(ppm: i64) -> Outcome {
     adjtimex(0x0002, |tx| tx.freq = ppm << 16)
@@ -292,6 +394,19 @@ mod tests {
             Some(1_795_321_552_770_477_517)
         );
         assert_eq!(super::parse_rfc3339_ns("yesterday"), None);
+    }
+
+    #[test]
+    fn step_outcomes_follow_each_path() {
+        let probe = serde_json::json!({"attempts": 7, "changes": [
+            [0, "clock_settime", 0], [1, "adj_setoffset", 0],
+            [2, "clock_settime", 1], [5, "adj_setoffset", 1]]});
+        assert_eq!(super::step_outcomes(&probe), Ok(vec![0, 0, 1, 0, 1, 1, 1]));
+        let wrong_path = serde_json::json!({"attempts": 2, "changes": [[0, "adj_setoffset", 0]]});
+        assert!(super::step_outcomes(&wrong_path).is_err());
+        let beyond = serde_json::json!({"attempts": 2, "changes": [
+            [0, "clock_settime", 0], [1, "adj_setoffset", 0], [2, "clock_settime", 1]]});
+        assert!(super::step_outcomes(&beyond).is_err());
     }
 }
 

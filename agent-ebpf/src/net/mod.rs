@@ -18,7 +18,7 @@ use crate::emit::{Budget, Ring};
 use agent_common::{
     alert::Alert,
     event::EventBudget,
-    maps::{Dropped, NetBudget, ONLY},
+    maps::{Dropped, NetBudget},
     net::{
         AddrKey, List, NetCounterKey, NetEvent, NetPolicy, Reason, ADDR_KEY_FIXED_BITS,
         MAX_LIST_ENTRIES,
@@ -29,10 +29,6 @@ use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-
-/// Index `maps::ONLY`: the slot in force (the network policy is double-buffered like the clock's).
-#[map]
-static NET_ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
 
 #[map]
 static NET_POLICY: Array<NetPolicy> = Array::pinned(SLOTS, 0);
@@ -67,9 +63,11 @@ static NET_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(NetBudge
 const NET_EVENTS_PER_SECOND: u32 = 100;
 
 /// The network policy in force and its slot; None when there is none (nothing decided).
+/// The network policy is double-buffered like the clock's and in the same slot: one index
+/// (`policy::slot_in_force`) switches both.
 #[inline(always)]
 pub fn policy_in_force() -> Option<(u32, NetPolicy)> {
-    let slot = *NET_ACTIVE_SLOT.get(ONLY)?;
+    let slot = crate::policy::slot_in_force()?;
     let policy = *NET_POLICY.get(slot)?;
     (policy.generation != 0).then_some((slot, policy))
 }

@@ -1,6 +1,7 @@
 //! The running agent's state, in the parts each concern of the daemon owns, and what
-//! changes what the kernel enforces: installing a policy, attaching the network guard,
-//! telling self-protection what to guard.
+//! changes what the kernel enforces: installing a policy (prepared in the slot not in
+//! force, then switched to with one write), attaching the network guard, telling
+//! self-protection what to guard.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -14,7 +15,7 @@ use crate::{
     records::{AgentEvent, AgentRecord},
     report::counters::NetAlert,
     report::metrics::{LastStep, Metrics},
-    sensors::self_protection::ProtectedFile,
+    sensors::{self_protection::ProtectedFile, Prepared},
 };
 
 use super::{
@@ -37,6 +38,13 @@ pub(super) struct Agent {
     pub(super) health: Health,
     /// A stop asked for on the control socket: whether to unpin as well.
     pub(super) stop: Option<bool>,
+}
+
+/// A policy prepared in the slot not in force, waiting for `Agent::switch`.
+#[must_use = "a prepared policy decides nothing until it is switched to"]
+pub(super) struct Pending {
+    policy: CompiledPolicy,
+    prepared: Prepared,
 }
 
 /// The audit trail and what every record of this agent carries.
@@ -95,18 +103,34 @@ impl Agent {
         r
     }
 
-    /// Puts a policy in force as the next generation.
-    pub(super) fn install(&mut self, mut policy: CompiledPolicy) -> anyhow::Result<u32> {
+    /// Puts a policy in force as the next generation (a reload): prepared, then switched to.
+    pub(super) fn install(&mut self, policy: CompiledPolicy) -> anyhow::Result<u32> {
+        let pending = self.prepare(policy)?;
+        self.switch(pending)
+    }
+
+    /// Writes a policy into the slot not in force, the clock's part and the network's:
+    /// nothing is decided by it yet, and the policy in force (if any) stays, whole.
+    pub(super) fn prepare(&mut self, mut policy: CompiledPolicy) -> anyhow::Result<Pending> {
         self.rule_names.number(&mut policy)?;
-        let generation = self.guard.clock.install_policy(&policy)?;
+        let prepared = self.guard.clock.prepare(&policy)?;
         self.guard
             .network
-            .install(policy.network.as_ref(), &policy.rules, generation)
+            .prepare(policy.network.as_ref(), &policy.rules, &prepared)
             .context("installing the network policy")?;
+        Ok(Pending { policy, prepared })
+    }
+
+    /// Attaches what a prepared policy needs (the network guard, the PTP interfaces), then
+    /// puts it in force with one map write, the clock's part and the network's together.
+    /// Returns its generation.
+    pub(super) fn switch(&mut self, pending: Pending) -> anyhow::Result<u32> {
+        let Pending { policy, prepared } = pending;
         if policy.network.is_some() {
             self.attach_network();
         }
         self.follow_ptp_interfaces(policy.network.as_ref());
+        let generation = self.guard.clock.switch(prepared)?;
         for w in &policy.warnings {
             log::warn!("policy: {w}");
         }

@@ -116,11 +116,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         },
         stop: None,
     };
-    // The policy is in the maps before any program is attached: there is no unguarded instant.
-    let generation = agent.install(policy)?;
+    // Every program is attached before the policy goes live, all of it at once: until the
+    // switch nothing is decided (or the policy an earlier agent left stays in force, whole).
     agent.guard.attach()?;
-    // The links are known now: self-protection covers them too.
-    agent.protect();
+    let pending = agent.prepare(policy)?;
+    let generation = agent.switch(pending)?;
+    // enforced whole from here
     let frozen = crate::sensors::self_protection::freeze_kernel_only_maps(&agent.guard.maps_dir());
     if !frozen.is_empty() {
         log::info!(
@@ -129,7 +130,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         );
     }
     kernel::report_enforcement(&agent.guard);
-    // This build's programs are attached: an older build's may go (make before break).
+    // This build's programs are attached and its policy in force: an older build's, which
+    // enforced until the switch, may go (make before break).
     for old in agent.guard.remove_other_builds() {
         log::info!(
             "removed the pins of an older build of the programs: {}",

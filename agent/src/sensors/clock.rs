@@ -1,6 +1,6 @@
 //! The clock sensor: its policy in the kernel's maps (two slots and a header per slot, the
-//! rules by executable and user), the clock state the programs measure against, and its
-//! counters.
+//! rules by executable and user), the index of the slot in force (which switches the
+//! network's policy too), the clock state the programs measure against, and its counters.
 
 use agent_common::{
     kernel::ClockState,
@@ -10,6 +10,7 @@ use agent_common::{
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
 
+use super::Prepared;
 use crate::{
     bpf::{maps, object::Object},
     policy::CompiledPolicy,
@@ -17,6 +18,7 @@ use crate::{
 
 pub struct Clock {
     headers: Array<MapData, PolicyHeader>,
+    /// The slot in force, of the clock's policy and the network's (`maps::ACTIVE_SLOT`).
     active: Array<MapData, u32>,
     rules: HashMap<MapData, ExeKey, ClockRule>,
     state: Array<MapData, ClockState>,
@@ -28,8 +30,8 @@ pub struct Clock {
 
 impl Clock {
     /// Takes the clock's maps, and reads back what an earlier agent left there: the policy
-    /// slot in force and its generation, so the next policy goes to the other slot and the
-    /// flip from the old policy to the new one has no gap.
+    /// slot in force and its generation (0: none). That policy stays in force, whole, until
+    /// this agent switches to its own, prepared in the other slot.
     pub fn new(object: &mut Object) -> anyhow::Result<Self> {
         let mut clock = Clock {
             headers: object.take_map(map_names::POLICY)?,
@@ -41,12 +43,11 @@ impl Clock {
             active_slot: 0,
             generation: 0,
         };
-        let slot = clock.active.get(&map_names::ONLY, 0).unwrap_or(0) % SLOTS;
-        let generation = clock.headers.get(&slot, 0).map_or(0, |h| h.generation);
-        if generation != 0 {
-            clock.active_slot = slot;
-            clock.generation = generation;
-        }
+        clock.active_slot = clock.active.get(&map_names::ONLY, 0).unwrap_or(0) % SLOTS;
+        clock.generation = clock
+            .headers
+            .get(&clock.active_slot, 0)
+            .map_or(0, |h| h.generation);
         Ok(clock)
     }
 
@@ -55,25 +56,21 @@ impl Clock {
         self.generation
     }
 
-    /// Installs a policy: fills the slot not in force, then makes it the one in force with a
-    /// single map write. Returns the new generation.
-    pub fn install_policy(&mut self, policy: &CompiledPolicy) -> anyhow::Result<u32> {
+    /// Writes a policy into the slot not in force; nothing decides by it until `switch`.
+    /// The network's part goes into the same slot (`Network::prepare`).
+    pub fn prepare(&mut self, policy: &CompiledPolicy) -> anyhow::Result<Prepared> {
         self.refresh_state()?;
-        let slot = if self.generation == 0 {
-            0
-        } else {
-            (self.active_slot + 1) % SLOTS
-        };
-        let generation = self.generation + 1;
+        let next = Prepared::after(self.active_slot, self.generation);
+        let slot = next.slot;
         let header = PolicyHeader {
-            generation,
+            generation: next.generation,
             default_allow: policy.default_allow,
             default_mode: policy.default_mode,
             _pad: 0,
         };
         // Sequence lock, writer side: generation 0 first (with the new defaults already, so
         // a torn read of the header cannot mix defaults), then the rules, then the generation.
-        // A decision still reading this slot from before the last flip sees the change and
+        // A decision still reading this slot from before the last switch sees the change and
         // starts over on the slot in force.
         self.write_header(
             slot,
@@ -111,12 +108,18 @@ impl Clock {
             }
         }
         self.write_header(slot, header)?;
+        Ok(next)
+    }
+
+    /// Puts a prepared policy in force, the clock's and the network's part at once: the one
+    /// map write every program reads first. Returns its generation.
+    pub fn switch(&mut self, prepared: Prepared) -> anyhow::Result<u32> {
         self.active
-            .set(map_names::ONLY, slot, 0)
+            .set(map_names::ONLY, prepared.slot, 0)
             .context("switching the policy in force")?;
-        self.active_slot = slot;
-        self.generation = generation;
-        Ok(generation)
+        self.active_slot = prepared.slot;
+        self.generation = prepared.generation;
+        Ok(prepared.generation)
     }
 
     /// Tells the programs the kernel's TAI offset, so they can measure a step against the

@@ -8,6 +8,8 @@
 //!                           request that changes nothing (safe on the host)
 //!   tg-clock hammer MS      clock_settime(CLOCK_REALTIME, now) for MS milliseconds: steps of
 //!                           zero, counted
+//!   tg-clock probe-steps STOPFILE   ±1 µs steps through clock_settime and ADJ_SETOFFSET in
+//!                           turn until STOPFILE exists; every change of outcome, numbered
 //!
 //!   tg-clock compat-step S | compat-stime S | compat-freq PPM   the same through int 0x80
 //!   tg-clock bench WORKLOAD N   time N iterations of a benchmark workload (see bench.rs)
@@ -174,7 +176,8 @@ fn main_inner(args: &[String]) -> i32 {
             .parse::<u64>()
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | udp-bind ADDR | connect tcp|udp ADDR | sendto ADDR [PORT] | tcp-listen ADDR SECS | packet-open P | packet-bind P | malformed IFACE | truncated-ntp FROM TO | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
+        ["probe-steps", stop] => counted(clock::probe_step_paths(std::path::Path::new(stop))),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | probe-steps STOPFILE | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | udp-bind ADDR | connect tcp|udp ADDR | sendto ADDR [PORT] | tcp-listen ADDR SECS | packet-open P | packet-bind P | malformed IFACE | truncated-ntp FROM TO | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {

@@ -17,7 +17,7 @@ use agent_common::{
         AddrKey, Daemon, DaemonKey, Kind, List, NetCounterKey, NetPolicy, NtpMode, Reason, Service,
         ADDR_KEY_FIXED_BITS,
     },
-    policy::{Verdict, SLOTS},
+    policy::Verdict,
     ptp::{GrandmasterKey, Message},
 };
 use anyhow::Context as _;
@@ -25,6 +25,7 @@ use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, Pe
 
 pub use record::{net_json, net_record, NetRecord};
 
+use super::Prepared;
 use crate::{
     bpf::{
         attach::{AttachPoint, Attached, Link, Target},
@@ -81,26 +82,22 @@ pub struct Network {
     daemons: HashMap<MapData, DaemonKey, Daemon>,
     grandmasters: HashMap<MapData, GrandmasterKey, u8>,
     policies: Array<MapData, NetPolicy>,
-    active: Array<MapData, u32>,
     counters: PerCpuHashMap<MapData, NetCounterKey, u64>,
     dropped: PerCpuArray<MapData, u64>,
-    active_slot: u32,
     /// The cgroup the guard is attached to (None: not yet).
     cgroup: Option<String>,
     ptp: PtpLinks,
 }
 
 impl Network {
-    /// Takes the network's maps; the slot in force is the one an earlier agent left.
+    /// Takes the network's maps. Which slot is in force is the clock's index, shared
+    /// (`Clock::switch`).
     pub fn new(object: &mut Object) -> anyhow::Result<Self> {
-        let active: Array<MapData, u32> = object.take_map(map_names::NET_ACTIVE_SLOT)?;
         Ok(Network {
-            active_slot: active.get(&map_names::ONLY, 0).unwrap_or(0) % SLOTS,
             addrs: object.take_map(map_names::NET_ADDRS)?,
             daemons: object.take_map(map_names::NET_DAEMONS)?,
             grandmasters: object.take_map(map_names::PTP_GRANDMASTERS)?,
             policies: object.take_map(map_names::NET_POLICY)?,
-            active,
             counters: object.take_map(map_names::NET_COUNTERS)?,
             dropped: object.take_map(map_names::NET_EVENTS_DROPPED)?,
             cgroup: None,
@@ -108,15 +105,16 @@ impl Network {
         })
     }
 
-    /// Installs a network policy (or none) under `generation`: fills the slot not in force,
-    /// then flips, as for the clock policy. `rules` give the daemons' rule ids.
-    pub fn install(
+    /// Writes a network policy (or none) into the slot the clock's policy was prepared in
+    /// (`Clock::prepare`); it comes into force with it (`Clock::switch`). `rules` give the
+    /// daemons' rule ids.
+    pub fn prepare(
         &mut self,
         net: Option<&CompiledNetwork>,
         rules: &[CompiledRule],
-        generation: u32,
+        prepared: &Prepared,
     ) -> anyhow::Result<()> {
-        let slot = (self.active_slot + 1) % SLOTS;
+        let (slot, generation) = (prepared.slot, prepared.generation);
         let rule_id = |name: &str| rules.iter().find(|r| r.name == name).map(|r| r.id);
         let stale: Vec<Key<AddrKey>> = self
             .addrs
@@ -198,12 +196,7 @@ impl Network {
         };
         self.policies
             .set(slot, policy, 0)
-            .context("writing the network policy")?;
-        self.active
-            .set(map_names::ONLY, slot, 0)
-            .context("switching the network policy in force")?;
-        self.active_slot = slot;
-        Ok(())
+            .context("writing the network policy")
     }
 
     /// Attaches the NTP ingress guard and the socket guards to a cgroup v2 directory, once,
