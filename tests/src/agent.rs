@@ -79,6 +79,21 @@ pub fn start_agent_via(
     policy_text: &str,
     args: &[&str],
 ) -> Result<RunningAgent, String> {
+    let policy = temp_dir(tag).join("policy.yaml");
+    std::fs::write(&policy, policy_text).map_err(|e| format!("{}: {e}", policy.display()))?;
+    start_agent_on(prefix, tag, stdout, policy, args)
+}
+
+/// The same, on a policy the test wrote (a file or a directory). Its last known good
+/// policy is kept in `state_dir`, the directory's `state`: a test starting the agent again
+/// with the same tag finds it there.
+pub fn start_agent_on(
+    prefix: &[&str],
+    tag: &str,
+    stdout: Stdio,
+    policy: PathBuf,
+    args: &[&str],
+) -> Result<RunningAgent, String> {
     let bin = timeguard();
     if !is_root() {
         return Err(
@@ -87,10 +102,8 @@ pub fn start_agent_via(
         );
     }
     let dir = temp_dir(tag);
-    let policy = dir.join("policy.yaml");
     let socket = dir.join("status.sock");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/tg-test-{tag}-{}", std::process::id()));
-    std::fs::write(&policy, policy_text).map_err(|e| format!("{}: {e}", policy.display()))?;
     let mut cmd = match prefix {
         [first, rest @ ..] => {
             let mut c = Command::new(first);
@@ -108,6 +121,8 @@ pub fn start_agent_via(
         .arg(dir.join("audit.jsonl"))
         .arg("--pin-dir")
         .arg(&pin_dir)
+        .arg("--state-dir")
+        .arg(state_dir(&dir))
         .args(args)
         .stdout(stdout)
         .stderr(Stdio::piped())
@@ -121,6 +136,11 @@ pub fn start_agent_via(
         pin_dir,
         agent,
     })
+}
+
+/// Where an agent started in `dir` keeps its last known good policy.
+pub fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("state")
 }
 
 /// `timeguard status --json` of an agent a test started.
