@@ -543,6 +543,23 @@ fn a_start_with_a_broken_policy_enforces_the_last_known_good_or_the_built_in_def
     );
     // A fallback is never kept as the last known good.
     assert!(!state.join("last-known-good.json").exists());
+    // A kept file that is corrupt: the built-in default, and the reason.
+    std::fs::write(state.join("last-known-good.json"), "{\"format\": 1, \"na").expect("write");
+    let corrupt =
+        start_agent_via(&[], "lkg", Stdio::null(), &broken, &[]).expect("the agent starts");
+    let on_corrupt = until_started(&corrupt);
+    let log = corrupt.stop();
+    let on_corrupt = on_corrupt.unwrap_or_else(|| panic!("no start past a corrupt file:\n{log}"));
+    assert_eq!(
+        on_corrupt["policy"]["source"], "built_in_default",
+        "{on_corrupt}"
+    );
+    assert!(
+        on_corrupt["policy"]["last_known_good"]["error"]
+            .to_string()
+            .contains("is corrupt"),
+        "{on_corrupt}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
