@@ -544,6 +544,7 @@ fn a_start_with_a_broken_policy_enforces_the_last_known_good_or_the_built_in_def
     // A fallback is never kept as the last known good.
     assert!(!state.join("last-known-good.json").exists());
     // A kept file that is corrupt: the built-in default, and the reason.
+    std::fs::create_dir_all(&state).expect("the state directory");
     std::fs::write(state.join("last-known-good.json"), "{\"format\": 1, \"na").expect("write");
     let corrupt =
         start_agent_via(&[], "lkg", Stdio::null(), &broken, &[]).expect("the agent starts");
