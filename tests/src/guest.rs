@@ -157,8 +157,9 @@ pub fn counter(status: &Value, rule: &str, operation: &str, verdict: &str) -> u6
     )
 }
 
-/// Writes the next policy through the agent's own path (`timeguard apply`): self-protection
-/// refuses direct edits while it enforces.
+/// Writes the next policy through the agent's own path (`timeguard apply`, which returns
+/// once the running agent enforces it): self-protection refuses direct edits while it
+/// enforces.
 pub fn write_policy(text: &str) -> Result<(), String> {
     let src = "/tmp/next-policy.yaml";
     fs::write(src, text).map_err(|e| e.to_string())?;
