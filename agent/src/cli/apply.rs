@@ -351,6 +351,123 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// A status as an agent at `path` serves it, with `failed` rejected reloads.
+    fn status(path: &Path, failed: u64) -> String {
+        serde_json::json!({
+            "host": "h", "pid": 0, "started": "t", "enforcement": "enforce",
+            "enforcement_unavailable": [], "attached": [], "unobserved": [],
+            "policy": {"name": "p", "generation": 1, "sha256": "ab", "sources": [], "path": path},
+            "reloads": {"ok": 0, "failed": failed,
+                "last_error": (failed > 0).then_some(["p.yaml:1:1: error: refused by the agent"])},
+            "counters": [], "events_lost": 0, "events_thinned": 0, "audit_log": null,
+            "audit_write_failures": 0,
+            "network": {"attached": null, "unavailable": null, "ptp_interfaces": [],
+                "ptp_refused": {}, "ntp_packets": [], "nts_ke": [], "ptp_messages": [], "sockets": []},
+            "self_protection": {"mode": "off", "unavailable": [], "protected_files": 0,
+                "pins": "/x", "objects": [], "attempts": []},
+        })
+        .to_string()
+    }
+
+    /// A stand-in agent on a socket in `d`: its first answer is `first`, every later one
+    /// `then` (None: it stops answering).
+    fn fake_agent(d: &Path, first: String, then: Option<String>) -> PathBuf {
+        use std::io::{Read as _, Write as _};
+        let socket = d.join("status.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        std::thread::spawn(move || {
+            let mut answer = Some(first);
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut line = [0u8; 64];
+                let _ = stream.read(&mut line);
+                match answer.take().or_else(|| then.clone()) {
+                    Some(text) => {
+                        let _ = stream.write_all(text.as_bytes());
+                    }
+                    None => return,
+                }
+            }
+        });
+        socket
+    }
+
+    fn args(file: &Path, policy: &Path, socket: &Path) -> Args {
+        Args {
+            file: file.to_path_buf(),
+            policy: policy.to_path_buf(),
+            socket: socket.to_path_buf(),
+            timeout: Duration::from_millis(700),
+            no_wait: false,
+        }
+    }
+
+    /// An audit-mode policy: valid on any host (nothing it denies is enforced).
+    fn audit(name: &str) -> String {
+        format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n")
+    }
+
+    #[test]
+    fn a_rejection_by_the_agent_puts_the_previous_file_back() {
+        let d = dir("rejected");
+        let policies = d.join("policies");
+        std::fs::create_dir_all(&policies).expect("dir");
+        std::fs::write(policies.join("a.yaml"), audit("old")).expect("write");
+        let new = d.join("a.yaml");
+        std::fs::write(&new, audit("new")).expect("write");
+        let socket = fake_agent(&d, status(&policies, 0), Some(status(&policies, 1)));
+        let v = apply(&args(&new, &policies, &socket)).expect("apply");
+        assert_eq!(v, Verdict::Rejected);
+        assert_eq!(
+            std::fs::read_to_string(policies.join("a.yaml")).expect("read"),
+            audit("old")
+        );
+        // A new file the agent refused is removed again.
+        let added = d.join("b.yaml");
+        std::fs::write(&added, audit("added")).expect("write");
+        let socket2 = d.join("second");
+        std::fs::create_dir_all(&socket2).expect("dir");
+        let socket2 = fake_agent(&socket2, status(&policies, 0), Some(status(&policies, 1)));
+        let v = apply(&args(&added, &policies, &socket2)).expect("apply");
+        assert_eq!(v, Verdict::Rejected);
+        let names: Vec<_> = std::fs::read_dir(&policies)
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.yaml")]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn no_verdict_in_time_leaves_the_file_written() {
+        let d = dir("silent");
+        let policy = d.join("p.yaml");
+        std::fs::write(&policy, audit("old")).expect("write");
+        let new = d.join("new.yaml");
+        std::fs::write(&new, audit("new")).expect("write");
+        // The agent answers once, then reports neither the new hash nor a rejection.
+        let socket = fake_agent(&d, status(&policy, 0), Some(status(&policy, 0)));
+        let v = apply(&args(&new, &policy, &socket)).expect("apply");
+        assert_eq!(v, Verdict::Unconfirmed);
+        assert_eq!(
+            std::fs::read_to_string(&policy).expect("read"),
+            audit("new")
+        );
+        // An agent that reads another path: nothing is changed.
+        let other = d.join("elsewhere");
+        std::fs::create_dir_all(&other).expect("dir");
+        let socket = fake_agent(&other, status(&other, 0), None);
+        std::fs::write(&new, audit("newer")).expect("write");
+        let v = apply(&args(&new, &policy, &socket)).expect("apply");
+        assert_eq!(v, Verdict::Invalid);
+        assert_eq!(
+            std::fs::read_to_string(&policy).expect("read"),
+            audit("new")
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn restore_puts_back_the_previous_file_or_removes_the_new_one() {
         let d = dir("restore");
