@@ -25,10 +25,8 @@ enum Command {
     /// With no agent running, `--unpin` removes what a dead agent left pinned. Recorded.
     Stop(cli::stop::Args),
     /// Change the policy the way self-protection allows: check the policy as it will be with
-    /// FILE in it, write FILE into place, and wait for the running agent's verdict. Exit 0:
-    /// in force; 1: invalid or not applicable, nothing changed; 2: rejected by the agent,
-    /// the previous file restored; 3: no verdict (no agent answers, or none in time), the
-    /// file stays written. Direct edits are refused while selfProtection enforces.
+    /// FILE in it, write FILE into place, and wait for the running agent's verdict (exit
+    /// status 0 to 3, below). Direct edits are refused while selfProtection enforces.
     Apply(cli::apply::Args),
     /// Write the man page (roff) or a shell's completions to standard output (packaging).
     #[command(hide = true)]
