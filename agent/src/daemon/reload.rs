@@ -310,7 +310,10 @@ impl Agent {
                 // The new policy may name other executables.
                 self.reloading.fingerprint = self.fingerprint_now();
                 self.reloading.ok += 1;
-                self.reloading.last_error = None;
+                // A fallback resolved again leaves the configured policy's rejection shown.
+                if source == Source::Configured {
+                    self.reloading.last_error = None;
+                }
                 self.trail.agent(AgentEvent::PolicyLoaded {
                     reason: why.to_string(),
                     policy: name,
