@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use timeguard_tests::harness::{http_get, wait_for};
+use timeguard_tests::harness::http_get;
 
 use crate::prelude::*;
 
@@ -65,21 +65,30 @@ fn a_reboot_with_a_bad_policy_on_disk_enforces_the_last_known_good() {
     // has no rule for the test program).
     let denied = must(denied_step(COPY, &["step", "3600"], Some("tg-clock")));
     must(step_and_back(ALLOWED, "step", 10));
+    // An upgrade while the fallback is in force: the kept policy is resolved again and
+    // follows the new file; the old one loses the rule.
+    let old = "/usr/local/sbin/tg-clock-before-upgrade";
+    let generation = st["policy"]["generation"].as_u64().unwrap_or(0);
+    must(upgrade_allowed(old));
+    let upgraded = must(wait_status("the kept policy resolved again", |now| {
+        now["policy"]["generation"].as_u64().unwrap_or(0) > generation
+            && now["policy"]["source"] == "last_known_good"
+    }));
+    must(step_and_back(ALLOWED, "step", 10).map_err(|e| format!("the upgraded file: {e}")));
+    must(denied_step(old, &["step", "3600"], None));
+    let _ = fs::remove_file(old);
     // The operator fixes the file: the agent follows it out of the fallback.
     must(fs::write(POLICY, policies::GUEST).map_err(|e| e.to_string()));
-    let back = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
-        agent_status()
-            .ok()
-            .filter(|st| st["policy"]["source"] == "configured")
-    });
-    let back = back.unwrap_or_else(|| panic!("the fixed policy was not taken within 10s"));
+    let back = must(wait_status("the fixed policy in force", |now| {
+        now["policy"]["source"] == "configured"
+    }));
     must(wait_record("policy_loaded from the fixed file", |v| {
         v["event"] == "policy_loaded" && v["source"] == "configured"
     }));
     must(agent.finish());
     println!(
-        "started on the last known good (sha256 {}, accepted {}): copy {denied}; the allowed file steps; fixed file in force as generation {}",
-        st["policy"]["sha256"], record["accepted"], back["policy"]["generation"]
+        "started on the last known good (sha256 {}, accepted {}): copy {denied}; the allowed file steps, and after its upgrade (generation {}) the new file; fixed file in force as generation {}",
+        st["policy"]["sha256"], record["accepted"], upgraded["policy"]["generation"], back["policy"]["generation"]
     );
 }
 
