@@ -24,9 +24,9 @@ enum Command {
     /// `--unpin` is given: then the programs are removed and the clock is no longer guarded.
     /// With no agent running, `--unpin` removes what a dead agent left pinned. Recorded.
     Stop(cli::stop::Args),
-    /// Change the policy the way self-protection allows: check FILE, then write it into the
-    /// policy (the running agent reloads it). Direct edits are refused while
-    /// selfProtection enforces.
+    /// Change the policy the way self-protection allows: check the policy as it will be with
+    /// FILE in it, write FILE into place, and wait for the running agent's verdict (exit
+    /// status 0 to 3, below). Direct edits are refused while selfProtection enforces.
     Apply(cli::apply::Args),
     /// Write the man page (roff) or a shell's completions to standard output (packaging).
     #[command(hide = true)]
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(args) => cli::run::run(args),
         Command::Stop(args) => cli::stop::run(args),
-        Command::Apply(args) => cli::apply::run(args),
+        Command::Apply(args) => return cli::apply::run(args),
         Command::Generate(args) => cli::generate::run(args, Cli::command()),
         Command::Events(args) => cli::events::run(args),
         Command::Status(args) => cli::status::run(args),

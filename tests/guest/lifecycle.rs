@@ -177,13 +177,9 @@ fn policy_reload_under_a_flood_has_no_gap() {
 fn a_replaced_executable_is_followed() {
     scenario(|_| {
         let old = "/usr/local/sbin/tg-clock-previous";
-        let staged = format!("{ALLOWED}.new");
         let generation = |st: &Value| st["policy"]["generation"].as_u64().unwrap_or(0);
         let before = generation(&agent_status()?);
-        let _ = fs::remove_file(old);
-        fs::hard_link(ALLOWED, old).map_err(|e| e.to_string())?;
-        fs::copy(ALLOWED, &staged).map_err(|e| e.to_string())?;
-        fs::rename(&staged, ALLOWED).map_err(|e| e.to_string())?;
+        upgrade_allowed(old)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let after = loop {
             let g = generation(&agent_status()?);

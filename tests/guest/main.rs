@@ -9,6 +9,7 @@
 mod clock;
 mod daemons;
 mod devices;
+mod fallback;
 mod identity;
 mod lifecycle;
 mod limits;
@@ -49,6 +50,8 @@ mod policies {
     pub const SELF_PROTECTION: &str = include_str!("policies/self-protection.yaml");
     pub const MAY_STEP: &str = include_str!("policies/may-step.yaml");
     pub const NO_STEP: &str = include_str!("policies/no-step.yaml");
+    /// A policy with a mistake, as an edit gone wrong leaves it.
+    pub const BROKEN: &str = include_str!("policies/broken.yaml");
 }
 
 /// Runs one scenario against an agent of its own on the guest policy: what it saw is

@@ -7,7 +7,8 @@ use crate::prelude::*;
 
 /// Self-protection enforced: an intruder with root (a process that is neither the agent
 /// nor its service manager) cannot stop the agent, trace it or chronyd, write chronyd's or
-/// another daemon's executable or the policy, unpin, rename over the policy or the agent,
+/// another daemon's executable, the policy or the last known good one, unpin, rename over the
+/// policy, the last known good or the agent,
 /// update a map or detach a link; each refusal is EPERM, counted and recorded. The agent's own
 /// paths (`timeguard apply`, its map updates) work throughout.
 #[test]
@@ -81,13 +82,22 @@ fn self_protection_attempts(agent: &GuestAgent) -> Outcome {
             fs::read_to_string("/tmp/chronyd-self.log").unwrap_or_default()
         ));
     }
+    // The last known good policy: one planted there would be enforced at the next start
+    // with a broken policy.
+    let kept = st["policy"]["last_known_good"]["file"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !std::path::Path::new(&kept).exists() {
+        return Err(format!("no last known good policy kept: {}", st["policy"]));
+    }
     let decoy = "/etc/timeguard/decoy.yaml.tmp";
     fs::write(decoy, policies::GUEST).map_err(|e| e.to_string())?;
     sleep(Duration::from_millis(300));
     let eperm = i64::from(libc::EPERM);
     // A running executable is refused for writing by the kernel itself (ETXTBSY); the
     // guard decides the files that are not running, and renames and unlinks.
-    let cases: [(&[&str], i64); 13] = [
+    let cases: [(&[&str], i64); 15] = [
         (&["kill", &agent, "15"], eperm),
         (&["kill", &agent, "9"], eperm),
         (&["kill", &agent, "1"], 0),
@@ -98,6 +108,8 @@ fn self_protection_attempts(agent: &GuestAgent) -> Outcome {
         (&["rename", decoy, &agent_exe], eperm),
         (&["unlink", &pin], eperm),
         (&["rename", decoy, POLICY], eperm),
+        (&["open-write", &kept], eperm),
+        (&["rename", decoy, &kept], eperm),
         (&["bpf-map-update", &map_id], eperm),
         (&["bpf-link-detach", &link_id], eperm),
         (&["open-write", decoy], 0),
@@ -166,9 +178,9 @@ fn self_protection_attempts(agent: &GuestAgent) -> Outcome {
     let counts: Vec<(&str, u64, u64)> = [
         ("signal", 2),
         ("ptrace", 2),
-        ("write", 3),
+        ("write", 4),
         ("unlink", 1),
-        ("rename", 2),
+        ("rename", 3),
         ("bpf", if bpf_hook { 2 } else { 0 }),
     ]
     .into_iter()

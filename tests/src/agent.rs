@@ -118,6 +118,21 @@ pub fn start_agent_via(
     policy_text: &str,
     args: &[&str],
 ) -> Result<RunningAgent, String> {
+    let policy = temp_dir(tag).join("policy.yaml");
+    std::fs::write(&policy, policy_text).map_err(|e| format!("{}: {e}", policy.display()))?;
+    start_agent_on(prefix, tag, stdout, policy, args)
+}
+
+/// The same, on a policy the test wrote (a file or a directory). Its last known good
+/// policy is kept in `state_dir`, the directory's `state`: a test starting the agent again
+/// with the same tag finds it there.
+pub fn start_agent_on(
+    prefix: &[&str],
+    tag: &str,
+    stdout: Stdio,
+    policy: PathBuf,
+    args: &[&str],
+) -> Result<RunningAgent, String> {
     let bin = timeguard();
     if !is_root() {
         return Err(
@@ -126,7 +141,6 @@ pub fn start_agent_via(
         );
     }
     let dir = temp_dir(tag);
-    let policy = dir.join("policy.yaml");
     let socket = dir.join("status.sock");
     // A `--pin-dir` among `args` is the test's own choice; otherwise one of its own.
     let chosen = args
@@ -134,7 +148,6 @@ pub fn start_agent_via(
         .position(|a| *a == "--pin-dir")
         .and_then(|i| args.get(i + 1));
     let pin_dir = chosen.map_or_else(|| PinDir::new(tag), |p| PinDir::at(*p));
-    std::fs::write(&policy, policy_text).map_err(|e| format!("{}: {e}", policy.display()))?;
     let mut cmd = match prefix {
         [first, rest @ ..] => {
             let mut c = Command::new(first);
@@ -152,6 +165,8 @@ pub fn start_agent_via(
         .arg(dir.join("audit.jsonl"))
         .args(chosen.is_none().then_some("--pin-dir"))
         .args(chosen.is_none().then_some(&pin_dir))
+        .arg("--state-dir")
+        .arg(state_dir(&dir))
         .args(args)
         .stdout(stdout)
         .stderr(Stdio::piped())
@@ -165,6 +180,11 @@ pub fn start_agent_via(
         pin_dir,
         agent,
     })
+}
+
+/// Where an agent started in `dir` keeps its last known good policy.
+pub fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("state")
 }
 
 /// `timeguard status --json` of an agent a test started.

@@ -157,8 +157,9 @@ pub fn counter(status: &Value, rule: &str, operation: &str, verdict: &str) -> u6
     )
 }
 
-/// Writes the next policy through the agent's own path (`timeguard apply`): self-protection
-/// refuses direct edits while it enforces.
+/// Writes the next policy through the agent's own path (`timeguard apply`, which returns
+/// once the running agent enforces it): self-protection refuses direct edits while it
+/// enforces.
 pub fn write_policy(text: &str) -> Result<(), String> {
     let src = "/tmp/next-policy.yaml";
     fs::write(src, text).map_err(|e| e.to_string())?;
@@ -167,6 +168,25 @@ pub fn write_policy(text: &str) -> Result<(), String> {
         return Err(format!("timeguard apply: {} {}", r.stdout, r.stderr));
     }
     Ok(())
+}
+
+/// An upgrade of the allowed test program: a new copy renamed over ALLOWED, the old file
+/// kept at `old` through a hard link (the policy's rule must follow the path, not the old
+/// file).
+pub fn upgrade_allowed(old: &str) -> Result<(), String> {
+    let staged = format!("{ALLOWED}.new");
+    let _ = fs::remove_file(old);
+    fs::hard_link(ALLOWED, old).map_err(|e| format!("{old}: {e}"))?;
+    fs::copy(ALLOWED, &staged).map_err(|e| format!("{staged}: {e}"))?;
+    fs::rename(&staged, ALLOWED).map_err(|e| format!("{ALLOWED}: {e}"))
+}
+
+/// Waits up to 10 s for the running agent's status to satisfy `pred`, and returns it.
+pub fn wait_status(what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
+    wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        agent_status().ok().filter(|st| pred(st))
+    })
+    .ok_or_else(|| format!("the agent's status did not show {what} within 10s"))
 }
 
 /// `timeguard stop --unpin` with no agent running, then the wait until the kernel has let go

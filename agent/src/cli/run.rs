@@ -33,6 +33,10 @@ pub struct Args {
     /// when the agent stops, and a restarted agent takes it over.
     #[arg(long, value_name = "DIR", default_value = pins::DEFAULT_ROOT)]
     pin_dir: PathBuf,
+    /// Where the agent keeps the last policy it accepted: enforced at a start whose policy
+    /// fails validation (with none, the built-in default is).
+    #[arg(long, value_name = "DIR", default_value = daemon::last_known_good::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -47,5 +51,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         network_cgroup: args.network_cgroup,
         pin_root: args.pin_dir,
+        state_dir: args.state_dir,
     })
 }

@@ -147,9 +147,10 @@ impl Agent {
             "policy \"{}\" generation {generation} (sha256 {}) from {}: {} rules in effect",
             policy.name,
             &policy.hash[..16],
-            self.reloading.path.display(),
+            self.reloading.from(),
             policy.rules.len()
         );
+        self.accepted(generation, &policy);
         self.generations.insert(generation, policy);
         self.protect();
         Ok(generation)
@@ -167,6 +168,7 @@ impl Agent {
             &self.reloading.path,
             policy,
             &self.protection.pin_root,
+            &self.reloading.store.protected(),
         );
         match self.guard.install_self_protection(mode, generation, &files) {
             Ok(()) => self.protection.files = files,

@@ -15,6 +15,7 @@ pub mod control;
 mod dispatch;
 mod event_loop;
 mod kernel;
+pub mod last_known_good;
 mod reload;
 pub mod rule_names;
 mod status;
@@ -52,6 +53,8 @@ pub struct Options {
     pub network_cgroup: Option<PathBuf>,
     /// Where the programs' maps and links are pinned (bpffs).
     pub pin_root: PathBuf,
+    /// Where the last known good policy is kept.
+    pub state_dir: PathBuf,
 }
 
 fn hostname() -> String {
@@ -72,17 +75,9 @@ fn release_freed_memory() {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let policy_path = options.policy.as_path();
     let status_socket = options.status_socket.as_path();
-    let policy = reload::load_policy(policy_path).map_err(|problems| {
-        for p in &problems {
-            log::error!("policy: {p}");
-        }
-        anyhow::anyhow!(
-            "the policy at {} is not valid; nothing was loaded",
-            policy_path.display()
-        )
-    })?;
+    // The configured policy, or when it is not valid a fallback: never nothing.
+    let (policy, origin) = reload::startup_policy(options)?;
     let guard = kernel::prepare(&crate::kernel::capabilities(), &options.pin_root)?;
     let rule_names_path =
         rule_names::rule_names_path(status_socket, &crate::bpf::object::programs_build());
@@ -91,7 +86,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut agent = Agent {
         guard,
         generations: Generations::default(),
-        reloading: Reloading::new(policy_path, &policy),
+        reloading: Reloading::new(options, &policy, origin),
         rule_names,
         trail: Trail {
             audit: AuditTrail::new(options.audit_log.clone(), options.audit_rotation.clone()),

@@ -1,6 +1,7 @@
-//! Following the policy: what identifies the policy in force (its fingerprint), the policies
-//! kept by generation, and reloading without a gap (a policy that fails is rejected whole,
-//! and the one in force stays).
+//! Following the policy: the policy a start enforces (the configured one, or when it fails
+//! the last known good, or the built-in default), what identifies the policy in force (its
+//! fingerprint), the policies kept by generation, and reloading without a gap (a policy
+//! that fails is rejected whole, and the one in force stays).
 
 use std::{
     collections::BTreeMap,
@@ -9,19 +10,115 @@ use std::{
 };
 
 use crate::{
-    policy::{self, CompiledPolicy},
+    policy::{self, CompiledPolicy, Host},
     records::AgentEvent,
 };
 
-use super::{agent::Agent, release_freed_memory};
+use super::{
+    agent::Agent,
+    last_known_good::{self, Source, Store},
+    release_freed_memory, Options,
+};
 
 /// Policies kept to name the rules of events decided under an older generation.
 const GENERATIONS_KEPT: usize = 4;
 
 /// Loads and checks the policy; errors refuse it, with every diagnostic.
-pub(super) fn load_policy(path: &Path) -> Result<CompiledPolicy, Vec<String>> {
+fn load_policy(path: &Path) -> Result<CompiledPolicy, Vec<String>> {
     policy::load(&[path.to_path_buf()], &policy::Host::default())
         .map_err(|problems| problems.iter().map(|d| d.to_string()).collect())
+}
+
+/// Where the policy a start enforces came from, and why it is not the configured one.
+#[derive(Debug)]
+pub(super) struct Origin {
+    pub(super) source: Source,
+    /// Why the configured policy was refused (empty when it is in force).
+    pub(super) problems: Vec<String>,
+    /// When the last known good policy enforced was accepted.
+    pub(super) accepted: Option<String>,
+    /// Why the last known good policy is not enforced, when the built-in default is.
+    pub(super) last_known_good_unusable: Option<String>,
+}
+
+/// The policy a start enforces: the configured one; when it fails validation (said loudly,
+/// each problem), the last known good one, checked again against this host; when that is
+/// missing or fails too, the built-in default. Never nothing, unless even the built-in
+/// default fails on this host.
+pub(super) fn startup_policy(options: &Options) -> anyhow::Result<(CompiledPolicy, Origin)> {
+    let configured = options.policy.as_path();
+    let problems = match load_policy(configured) {
+        Ok(p) => {
+            let origin = Origin {
+                source: Source::Configured,
+                problems: Vec::new(),
+                accepted: None,
+                last_known_good_unusable: None,
+            };
+            return Ok((p, origin));
+        }
+        Err(problems) => problems,
+    };
+    for p in &problems {
+        log::error!("policy: {p}");
+    }
+    log::error!(
+        "the policy at {} is not valid ({} problems); enforcing a fallback instead",
+        configured.display(),
+        problems.len()
+    );
+    let store = Store::new(&options.state_dir);
+    let unusable = match store.read() {
+        Ok(Some(kept)) => match kept.compile(&Host::default()) {
+            Ok(p) => {
+                log::error!(
+                    "enforcing the last known good policy \"{}\" (sha256 {}, accepted {} as generation {} from {}) until the configured one is valid",
+                    kept.name,
+                    &kept.sha256[..kept.sha256.len().min(16)],
+                    kept.accepted,
+                    kept.generation,
+                    kept.configured.display()
+                );
+                let origin = Origin {
+                    source: Source::LastKnownGood,
+                    problems,
+                    accepted: Some(kept.accepted),
+                    last_known_good_unusable: None,
+                };
+                return Ok((p, origin));
+            }
+            Err(why) => format!(
+                "the last known good policy in {} does not pass on this host now: {}",
+                store.file().display(),
+                why.join("; ")
+            ),
+        },
+        Ok(None) => format!(
+            "no last known good policy is kept in {}",
+            store.file().display()
+        ),
+        Err(e) => format!("{e:#}"),
+    };
+    log::error!("{unusable}");
+    let p = last_known_good::built_in_default(&Host::default()).map_err(|why| {
+        for w in &why {
+            log::error!("built-in default policy: {w}");
+        }
+        anyhow::anyhow!(
+            "the policy at {} is not valid, and neither the last known good policy nor the built-in default passes on this host; nothing was loaded",
+            configured.display()
+        )
+    })?;
+    log::error!(
+        "enforcing the built-in default policy (only the installed time daemons may discipline the clock) until the configured one is valid"
+    );
+    let origin = Origin {
+        source: Source::BuiltInDefault,
+        problems,
+        accepted: None,
+        last_known_good_unusable: Some(unusable),
+    };
+    Ok((p, origin))
 }
 
 /// What identifies the policy in force without reading it: each policy file's inode, size
@@ -90,22 +187,56 @@ impl Generations {
 
 /// Where the policy comes from, what it looked like at the last look, and how reloads went.
 pub(super) struct Reloading {
+    /// The configured path: followed whatever policy is in force.
     pub(super) path: PathBuf,
     pub(super) fingerprint: Fingerprint,
     pub(super) ok: u64,
     pub(super) failed: u64,
     /// The problems of the last rejected reload, until one succeeds.
     pub(super) last_error: Option<Vec<String>>,
+    /// Where the policy in force comes from.
+    pub(super) source: Source,
+    /// Why the configured policy is not in force, while a fallback is.
+    pub(super) configured_problems: Vec<String>,
+    /// The last known good policy.
+    pub(super) store: Store,
+    /// What the store holds (hash, when accepted), once known.
+    pub(super) kept: Option<(String, String)>,
+    /// Why the last known good policy could not be kept or used.
+    pub(super) kept_error: Option<String>,
+    /// The start's fallback, until its policy is in force and recorded.
+    unannounced: Option<Origin>,
 }
 
 impl Reloading {
-    pub(super) fn new(path: &Path, policy: &CompiledPolicy) -> Self {
+    pub(super) fn new(options: &Options, policy: &CompiledPolicy, origin: Origin) -> Self {
+        let path = options.policy.as_path();
         Reloading {
             path: path.to_path_buf(),
             fingerprint: Fingerprint::of(path, &policy.watched),
             ok: 0,
             failed: 0,
             last_error: None,
+            source: origin.source,
+            configured_problems: origin.problems.clone(),
+            store: Store::new(&options.state_dir),
+            kept: origin.accepted.clone().map(|a| (policy.hash.clone(), a)),
+            kept_error: origin.last_known_good_unusable.clone(),
+            unannounced: (origin.source != Source::Configured).then_some(origin),
+        }
+    }
+
+    /// Where the policy in force comes from, in words for the log.
+    pub(super) fn from(&self) -> String {
+        match self.source {
+            Source::Configured => self.path.display().to_string(),
+            Source::LastKnownGood => format!(
+                "the last known good policy in {} (the configured one is not valid)",
+                self.store.file().display()
+            ),
+            Source::BuiltInDefault => {
+                "the built-in default (the configured one is not valid)".to_string()
+            }
         }
     }
 }
@@ -130,46 +261,142 @@ impl Agent {
     }
 
     /// Loads the policy again; a policy that fails validation is rejected and the one in
-    /// force stays, whole.
+    /// force stays, whole. While a fallback is in force, a valid configured policy replaces
+    /// it, and a rejected one leaves the fallback resolved again against this host (an
+    /// executable it names may have been replaced).
     pub(super) fn reload(&mut self, why: &str) {
         self.reloading.fingerprint = self.fingerprint_now();
         match load_policy(&self.reloading.path) {
             Ok(p)
-                if self
-                    .generations
-                    .current()
-                    .is_some_and(|(_, c)| c.same_as(&p)) =>
+                if self.reloading.source == Source::Configured
+                    && self
+                        .generations
+                        .current()
+                        .is_some_and(|(_, c)| c.same_as(&p)) =>
             {
                 log::info!(
                     "policy reload ({why}): unchanged (sha256 {})",
                     &p.hash[..16]
                 );
             }
-            Ok(p) => {
-                let name = p.name.clone();
-                let hash = p.hash.clone();
-                match self.install(p) {
-                    Ok(generation) => {
-                        // The new policy may name other executables.
-                        self.reloading.fingerprint = self.fingerprint_now();
-                        self.reloading.ok += 1;
-                        self.reloading.last_error = None;
-                        self.trail.agent(AgentEvent::PolicyLoaded {
-                            reason: why.to_string(),
-                            policy: name,
-                            policy_sha256: hash,
-                            generation,
-                        });
-                        release_freed_memory();
-                    }
-                    Err(e) => self.reject(
-                        why,
-                        vec![format!("installing the policy in the kernel: {e:#}")],
-                    ),
+            Ok(p) => self.put_in_force(p, Source::Configured, why),
+            Err(problems) => {
+                let fallback = self.reloading.source;
+                if fallback != Source::Configured {
+                    self.reloading.configured_problems = problems.clone();
+                }
+                self.reject(why, problems);
+                self.resolve_fallback_again(fallback, why);
+            }
+        }
+    }
+
+    /// Installs `p`, from `source`, as the next generation, or rejects it when the kernel
+    /// refuses it.
+    fn put_in_force(&mut self, p: CompiledPolicy, source: Source, why: &str) {
+        let name = p.name.clone();
+        let hash = p.hash.clone();
+        let before = std::mem::replace(&mut self.reloading.source, source);
+        match self.install(p) {
+            Ok(generation) => {
+                if source == Source::Configured && before != Source::Configured {
+                    log::warn!(
+                        "the configured policy at {} is valid again and in force (it replaces the {})",
+                        self.reloading.path.display(),
+                        before.token()
+                    );
+                    self.reloading.configured_problems.clear();
+                }
+                // The new policy may name other executables.
+                self.reloading.fingerprint = self.fingerprint_now();
+                self.reloading.ok += 1;
+                // A fallback resolved again leaves the configured policy's rejection shown.
+                if source == Source::Configured {
+                    self.reloading.last_error = None;
+                }
+                self.trail.agent(AgentEvent::PolicyLoaded {
+                    reason: why.to_string(),
+                    policy: name,
+                    policy_sha256: hash,
+                    generation,
+                    source: source.token(),
+                });
+                release_freed_memory();
+            }
+            Err(e) => {
+                self.reloading.source = before;
+                self.reject(
+                    why,
+                    vec![format!("installing the policy in the kernel: {e:#}")],
+                )
+            }
+        }
+    }
+
+    /// The fallback in force (`source`), compiled again against this host: installed when
+    /// its executables now resolve to other files.
+    fn resolve_fallback_again(&mut self, source: Source, why: &str) {
+        let again = match source {
+            Source::Configured => return,
+            Source::LastKnownGood => match self.reloading.store.read() {
+                Ok(Some(kept)) => kept.compile(&Host::default()),
+                Ok(None) => Err(vec!["it is no longer kept".to_string()]),
+                Err(e) => Err(vec![format!("{e:#}")]),
+            },
+            Source::BuiltInDefault => last_known_good::built_in_default(&Host::default()),
+        };
+        match again {
+            Ok(p)
+                if self
+                    .generations
+                    .current()
+                    .is_some_and(|(_, c)| c.same_as(&p)) => {}
+            Ok(p) => self.put_in_force(
+                p,
+                source,
+                &format!("{why}; the {} resolved again", source.token()),
+            ),
+            Err(problems) => log::warn!(
+                "the {} in force could not be resolved again ({}); it stays as it is",
+                source.token(),
+                problems.join("; ")
+            ),
+        }
+    }
+
+    /// What follows a policy put in force as `generation` (called by `switch`): one from
+    /// the configured files becomes the last known good; the start's fallback is recorded.
+    pub(super) fn accepted(&mut self, generation: u32, policy: &CompiledPolicy) {
+        if self.reloading.source == Source::Configured {
+            match self
+                .reloading
+                .store
+                .save(policy, generation, &self.reloading.path)
+            {
+                Ok(kept) => {
+                    self.reloading.kept = Some((kept.sha256, kept.accepted));
+                    self.reloading.kept_error = None;
+                }
+                Err(e) => {
+                    log::warn!("the last known good policy was not kept: {e:#}");
+                    self.reloading.kept_error = Some(format!("{e:#}"));
                 }
             }
-            Err(problems) => self.reject(why, problems),
+            return;
         }
+        let Some(origin) = self.reloading.unannounced.take() else {
+            return;
+        };
+        self.trail.agent(AgentEvent::PolicyFallback {
+            configured: self.reloading.path.clone(),
+            problems: origin.problems,
+            enforced: origin.source.token(),
+            policy: policy.name.clone(),
+            policy_sha256: policy.hash.clone(),
+            generation,
+            accepted: origin.accepted,
+            last_known_good_unusable: origin.last_known_good_unusable,
+        });
     }
 
     fn reject(&mut self, why: &str, problems: Vec<String>) {
@@ -178,7 +405,10 @@ impl Agent {
             log::error!("policy reload ({why}) rejected: {p}");
         }
         let generation = self.generations.current_generation();
-        log::error!("policy reload rejected; generation {generation} stays in force");
+        log::error!(
+            "policy reload rejected; generation {generation} ({}) stays in force",
+            self.reloading.source.token()
+        );
         self.trail.agent(AgentEvent::PolicyRejected {
             reason: why.to_string(),
             problems: problems.clone(),

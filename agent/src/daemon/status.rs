@@ -8,13 +8,13 @@ use crate::{
     report::{
         counters::{self, NetSeries},
         status::{
-            Counter, MessageCount, ModeCount, NetworkStatus, OwnObject, PolicyStatus, Reloads,
-            SelfProtectionStatus, SocketCount, Status, TamperCount,
+            Counter, LastKnownGood, MessageCount, ModeCount, NetworkStatus, OwnObject,
+            PolicyStatus, Reloads, SelfProtectionStatus, SocketCount, Status, TamperCount,
         },
     },
 };
 
-use super::agent::Agent;
+use super::{agent::Agent, last_known_good::Source};
 
 impl Agent {
     pub(super) fn status(&self) -> Status {
@@ -40,6 +40,7 @@ impl Agent {
         };
         Status {
             host: self.trail.host.clone(),
+            pid: std::process::id(),
             started: self.trail.started.clone(),
             enforcement: self.guard.enforcement.label().into(),
             enforcement_unavailable,
@@ -56,6 +57,14 @@ impl Agent {
                 sha256: policy.map(|p| p.hash.clone()),
                 sources: policy.map(|p| p.sources.clone()).unwrap_or_default(),
                 path: self.reloading.path.clone(),
+                source: self.reloading.source.token().into(),
+                configured_problems: self.reloading.configured_problems.clone(),
+                last_known_good: LastKnownGood {
+                    file: self.reloading.store.file(),
+                    sha256: self.reloading.kept.as_ref().map(|(h, _)| h.clone()),
+                    accepted: self.reloading.kept.as_ref().map(|(_, a)| a.clone()),
+                    error: self.reloading.kept_error.clone(),
+                },
             },
             reloads: Reloads {
                 ok: self.reloading.ok,
@@ -188,6 +197,12 @@ impl Agent {
                 tamper_lost,
             },
             generation: self.guard.clock.generation(),
+            policy_source: Flag::from_pairs(
+                Source::ALL
+                    .iter()
+                    .map(|s| (s.token(), *s == self.reloading.source))
+                    .collect(),
+            ),
             reloads_ok: self.reloading.ok,
             reloads_rejected: self.reloading.failed,
             hooks: Flag::from_pairs(self.guard.hooks()),

@@ -13,7 +13,7 @@ use super::{
     diagnostic::{Diagnostic, Sink},
     mode_value,
     model::{self, Action, Mode},
-    network, sha256_hex, CompiledPolicy, CompiledRule, ExeId, Host, Parsed,
+    network, sources_hash, CompiledPolicy, CompiledRule, ExeId, Host, Parsed,
 };
 
 pub(super) fn check_and_compile(
@@ -204,12 +204,6 @@ pub(super) fn check_and_compile(
         out.extend(sink.found);
     }
 
-    let mut hasher_input = Vec::new();
-    for p in parsed {
-        hasher_input.extend(p.file.to_string_lossy().as_bytes());
-        hasher_input.push(0);
-        hasher_input.extend(&p.bytes);
-    }
     Some(CompiledPolicy {
         name: parsed
             .iter()
@@ -217,7 +211,11 @@ pub(super) fn check_and_compile(
             .collect::<Vec<_>>()
             .join("+"),
         sources: parsed.iter().map(|p| p.file.clone()).collect(),
-        hash: sha256_hex(&hasher_input),
+        hash: sources_hash(
+            parsed
+                .iter()
+                .map(|p| (p.file.as_path(), p.bytes.as_slice())),
+        ),
         default_allow,
         default_mode,
         rules,

@@ -219,6 +219,18 @@ pub fn load_sources(
     }
 }
 
+/// The hash that names a policy: SHA-256 over its files' names and bytes, in order. The
+/// agent's status shows it; the last known good policy is checked against it.
+pub fn sources_hash<'a>(files: impl IntoIterator<Item = (&'a Path, &'a [u8])>) -> String {
+    let mut input = Vec::new();
+    for (file, bytes) in files {
+        input.extend(file.to_string_lossy().as_bytes());
+        input.push(0);
+        input.extend(bytes);
+    }
+    sha256_hex(&input)
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(bytes);

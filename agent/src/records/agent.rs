@@ -1,5 +1,5 @@
-//! The agent's own records: what it did (started, loaded or rejected a policy, was asked to
-//! stop, stopped, removed the pins), stamped like the kernel's with CLOCK_BOOTTIME beside the
+//! The agent's own records: what it did (started, loaded or rejected a policy, fell back to
+//! the last known good or built-in policy, was asked to stop, stopped, removed the pins), stamped like the kernel's with CLOCK_BOOTTIME beside the
 //! wall time, so they order right across a step.
 
 use std::{path::PathBuf, time::SystemTime};
@@ -42,6 +42,23 @@ pub enum AgentEvent {
         policy: String,
         policy_sha256: String,
         generation: u32,
+        /// configured, last_known_good or built_in_default.
+        source: &'static str,
+    },
+    /// The configured policy failed validation at start: a fallback is enforced instead.
+    PolicyFallback {
+        /// The configured path, and why its policy was refused.
+        configured: PathBuf,
+        problems: Vec<String>,
+        /// What is enforced instead: last_known_good or built_in_default.
+        enforced: &'static str,
+        policy: String,
+        policy_sha256: String,
+        generation: u32,
+        /// When the last known good policy enforced was accepted.
+        accepted: Option<String>,
+        /// Why the last known good policy is not enforced, when the built-in default is.
+        last_known_good_unusable: Option<String>,
     },
     PolicyRejected {
         reason: String,
@@ -179,12 +196,34 @@ mod tests {
                 policy: "p".into(),
                 policy_sha256: "ab".into(),
                 generation: 2,
+                source: "configured",
             },
         );
         assert_eq!(
             v,
             json!({"host": "h", "kind": "agent", "event": "policy_loaded", "reason": "SIGHUP",
-                "policy": "p", "policy_sha256": "ab", "generation": 2})
+                "policy": "p", "policy_sha256": "ab", "generation": 2, "source": "configured"})
+        );
+        let (v, _) = fields(
+            Some("h"),
+            AgentEvent::PolicyFallback {
+                configured: "/etc/timeguard".into(),
+                problems: vec!["p.yaml:1:1: error: x".into()],
+                enforced: "built_in_default",
+                policy: "default".into(),
+                policy_sha256: "cd".into(),
+                generation: 1,
+                accepted: None,
+                last_known_good_unusable: Some("no last known good policy is kept".into()),
+            },
+        );
+        assert_eq!(
+            v,
+            json!({"host": "h", "kind": "agent", "event": "policy_fallback",
+                "configured": "/etc/timeguard", "problems": ["p.yaml:1:1: error: x"],
+                "enforced": "built_in_default", "policy": "default", "policy_sha256": "cd",
+                "generation": 1, "accepted": null,
+                "last_known_good_unusable": "no last known good policy is kept"})
         );
         let (v, _) = fields(
             Some("h"),

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub host: String,
+    /// The agent's process id (`timeguard apply` asks it to reload at once with SIGHUP).
+    #[serde(default)]
+    pub pid: u32,
     /// When the agent started (RFC 3339).
     pub started: String,
     pub enforcement: String,
@@ -39,7 +42,33 @@ pub struct PolicyStatus {
     pub generation: u32,
     pub sha256: Option<String>,
     pub sources: Vec<PathBuf>,
+    /// The configured path, followed whatever policy is in force.
     pub path: PathBuf,
+    /// Where the policy in force comes from: configured (the files at `path`),
+    /// last_known_good or built_in_default (the configured policy was refused at start).
+    #[serde(default = "configured")]
+    pub source: String,
+    /// Why the configured policy is not in force, while a fallback is.
+    #[serde(default)]
+    pub configured_problems: Vec<String>,
+    #[serde(default)]
+    pub last_known_good: LastKnownGood,
+}
+
+fn configured() -> String {
+    "configured".into()
+}
+
+/// The last known good policy the agent keeps (the last one it accepted from `path`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LastKnownGood {
+    /// The file it is kept in.
+    pub file: PathBuf,
+    /// Its hash and when it was accepted; None while none is known.
+    pub sha256: Option<String>,
+    pub accepted: Option<String>,
+    /// Why it could not be kept, or used at start.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +215,29 @@ impl Status {
             p.generation,
             p.sha256.as_deref().unwrap_or(UNKNOWN)
         )?;
+        match p.source.as_str() {
+            "configured" => writeln!(out, "  from:      {}", p.path.display())?,
+            other => writeln!(
+                out,
+                "  from:      {other} (FALLBACK: the configured policy at {} is not valid)",
+                p.path.display()
+            )?,
+        }
+        for e in &p.configured_problems {
+            writeln!(out, "  configured policy refused: {e}")?;
+        }
+        let k = &p.last_known_good;
+        match (&k.sha256, &k.accepted) {
+            (Some(hash), Some(when)) => writeln!(
+                out,
+                "  last known good: sha256 {hash} accepted {when} ({})",
+                k.file.display()
+            )?,
+            _ => writeln!(out, "  last known good: none kept ({})", k.file.display())?,
+        }
+        if let Some(e) = &k.error {
+            writeln!(out, "  last known good unusable: {e}")?;
+        }
         let r = &self.reloads;
         writeln!(out, "reloads:     {} ok, {} rejected", r.ok, r.failed)?;
         for e in r.last_error.iter().flatten() {
@@ -214,10 +266,13 @@ mod tests {
     /// A status as an agent serves it, with every kind of entry.
     fn served() -> serde_json::Value {
         json!({
-            "host": "h", "started": "2026-11-22T04:25:52Z", "enforcement": "enforce",
+            "host": "h", "pid": 42, "started": "2026-11-22T04:25:52Z", "enforcement": "enforce",
             "enforcement_unavailable": [], "attached": ["clock_settime_guard (lsm/settime)"],
             "unobserved": ["x"],
-            "policy": {"name": "p", "generation": 2, "sha256": "ab", "sources": ["/etc/timeguard/p.yaml"], "path": "/etc/timeguard"},
+            "policy": {"name": "p", "generation": 2, "sha256": "ab", "sources": ["/etc/timeguard/p.yaml"], "path": "/etc/timeguard",
+                "source": "last_known_good", "configured_problems": ["p.yaml:2:1: error: y"],
+                "last_known_good": {"file": "/var/lib/timeguard/last-known-good.json", "sha256": "ab",
+                    "accepted": "2026-11-22T04:00:00Z", "error": null}},
             "reloads": {"ok": 1, "failed": 1, "last_error": ["p.yaml:1:1: error: x"]},
             "counters": [{"rule": "default", "operation": "step", "verdict": "deny", "count": 3}, {"error": "unreadable"}],
             "events_lost": 0, "events_thinned": 4, "audit_log": null, "audit_write_failures": 0,
@@ -256,7 +311,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("policy:      \"p\" generation 2 sha256 ab\nreloads:     1 ok, 1 rejected\n  last rejection: p.yaml:1:1: error: x\n"),
+            text.contains("policy:      \"p\" generation 2 sha256 ab\n  from:      last_known_good (FALLBACK: the configured policy at /etc/timeguard is not valid)\n  configured policy refused: p.yaml:2:1: error: y\n  last known good: sha256 ab accepted 2026-11-22T04:00:00Z (/var/lib/timeguard/last-known-good.json)\nreloads:     1 ok, 1 rejected\n  last rejection: p.yaml:1:1: error: x\n"),
             "{text}"
         );
         assert!(

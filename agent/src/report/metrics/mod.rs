@@ -50,6 +50,7 @@ pub struct Metrics {
     tamper: IntCounterVec,
     dropped: IntCounterVec,
     generation: IntGauge,
+    policy_source: IntGaugeVec,
     started: Gauge,
     reloads: IntCounterVec,
     enforcement: IntGaugeVec,
@@ -136,6 +137,9 @@ impl Metrics {
                 "Detailed records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written), packet_thinned and packet_lost (the same for packet records). Counters stay exact.",
                 &["reason"])?,
             generation: int_gauge(&r, "timeguard_policy_generation", "Generation of the policy in force.")?,
+            policy_source: int_gauge_vec(&r, "timeguard_policy_source",
+                "1 for where the policy in force comes from: configured (the policy files), last_known_good (the configured policy failed validation at start; the last one accepted is enforced), built_in_default (neither was usable; only the installed time daemons may discipline the clock).",
+                &["source"])?,
             started: gauge(&r, "timeguard_start_time_seconds", "When the agent started, in seconds since the Unix epoch.")?,
             reloads: counter(&r, "timeguard_policy_reloads_total", "Policy reloads, by result (ok, rejected).", &["result"])?,
             enforcement: int_gauge_vec(&r, "timeguard_enforcement_available",
@@ -257,6 +261,11 @@ impl Metrics {
         self.add_counter(Series::Reloads, &["ok"], snap.reloads_ok);
         self.add_counter(Series::Reloads, &["rejected"], snap.reloads_rejected);
         self.generation.set(snap.generation.into());
+        for s in &snap.policy_source {
+            self.policy_source
+                .with_label_values(&[s.name])
+                .set(s.on as i64);
+        }
         for h in &snap.hooks {
             self.enforcement
                 .with_label_values(&[h.name])
@@ -368,6 +377,16 @@ mod tests {
                 ..Dropped::default()
             },
             generation: 2,
+            policy_source: vec![
+                Flag {
+                    name: "configured",
+                    on: false,
+                },
+                Flag {
+                    name: "last_known_good",
+                    on: true,
+                },
+            ],
             reloads_ok: 1,
             reloads_rejected: 0,
             hooks: vec![Flag {
@@ -392,6 +411,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("timeguard_policy_generation 2"), "{text}");
+        assert!(
+            text.contains(r#"timeguard_policy_source{source="last_known_good"} 1"#)
+                && text.contains(r#"timeguard_policy_source{source="configured"} 0"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"timeguard_events_dropped_total{reason="lost"} 6"#),
             "{text}"

@@ -15,6 +15,9 @@ pub struct Snapshot {
     pub tamper: Vec<TamperAttempts>,
     pub dropped: Dropped,
     pub generation: u32,
+    /// Where the policy in force comes from (configured, last_known_good,
+    /// built_in_default): the one that is on.
+    pub policy_source: Vec<Flag>,
     pub reloads_ok: u64,
     pub reloads_rejected: u64,
     /// Whether each hook decides (enforces) on this kernel.

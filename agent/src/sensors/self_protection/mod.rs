@@ -44,18 +44,22 @@ fn walk(root: &Path, out: &mut Vec<ProtectedFile>) {
     }
 }
 
-/// The files the guard trusts: its own executable, the policy (its directory and files),
-/// the time daemons' executables, and its pins.
+/// The files the guard trusts: its own executable, the policy (its directory and files, and
+/// the last known good policy kept in `kept`), the time daemons' executables, and its pins.
 pub fn protected_files(
     policy_path: &Path,
     policy: &crate::policy::CompiledPolicy,
     pin_root: &Path,
+    kept: &[PathBuf],
 ) -> Vec<ProtectedFile> {
     let mut files = Vec::new();
     if let Ok(me) = std::fs::read_link("/proc/self/exe") {
         files.push((me, Protected::Agent.code()));
     }
     files.push((policy_path.to_path_buf(), Protected::Policy.code()));
+    for k in kept {
+        files.push((k.clone(), Protected::Policy.code()));
+    }
     for s in &policy.sources {
         files.push((s.clone(), Protected::Policy.code()));
     }
