@@ -340,6 +340,8 @@ fn a_pin_dir_outside_bpffs_never_hides_what_a_directory_holds() {
             dir.join("refused.jsonl").as_os_str(),
             "--pin-dir".as_ref(),
             dir.as_os_str(),
+            "--state-dir".as_ref(),
+            dir.join("refused-state").as_os_str(),
         ],
     )
     .expect("timeguard run runs");

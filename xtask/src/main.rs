@@ -577,9 +577,17 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown kernel".into())
 }
 
-/// After `cargo xtask run`: what the agent left in this machine's kernel, and how to remove
-/// it (the agent's default pin directory; stopping never unpins).
+/// After `cargo xtask run`: what the agent left on this machine (its default state directory
+/// and pin directory: stopping never unpins), and how to remove it.
 fn left_pinned(bin: &Path) {
+    let state = Path::new("/var/lib/timeguard");
+    if state.exists() {
+        println!(
+            "xtask: the agent kept its last known good policy in {} (`sudo rm -r {}` removes it)",
+            state.display(),
+            state.display()
+        );
+    }
     let pins = Path::new("/sys/fs/bpf/timeguard");
     if pins.exists() {
         println!(
