@@ -54,8 +54,8 @@ pub struct Args {
     /// The policy the agent runs with: a file, or a directory of *.yaml files.
     #[arg(long, default_value = "/etc/timeguard")]
     policy: PathBuf,
-    /// Where the running agent answers (`timeguard run --status-socket`).
-    #[arg(long, default_value = daemon::STATUS_SOCKET)]
+    /// The agent's control socket (`run --socket`).
+    #[arg(long, value_name = "PATH", default_value = daemon::STATUS_SOCKET)]
     socket: PathBuf,
     /// How long to wait for the agent's verdict (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
