@@ -8,13 +8,15 @@
 //! - `control`: the control socket and its protocol;
 //! - `status`: the status served, the metrics of a scrape, the summary at stop;
 //! - `rule_names`: the rule names behind the kernel's counters, kept for a restart;
-//! - `kernel`: loading on this kernel and saying what is enforced.
+//! - `kernel`: loading on this kernel and saying what is enforced;
+//! - `notify`: telling systemd the agent is ready, what it enforces, that it is alive.
 
 mod agent;
 pub mod control;
 mod dispatch;
 mod event_loop;
 mod kernel;
+mod notify;
 mod reload;
 pub mod rule_names;
 mod status;

@@ -160,6 +160,7 @@ impl Agent {
                             policy_sha256: hash,
                             generation,
                         });
+                        super::notify::status(self);
                         release_freed_memory();
                     }
                     Err(e) => self.reject(
@@ -185,5 +186,6 @@ impl Agent {
             generation_in_force: generation,
         });
         self.reloading.last_error = Some(problems);
+        super::notify::status(self);
     }
 }
