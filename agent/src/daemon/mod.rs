@@ -46,8 +46,8 @@ pub struct Options {
     pub status_socket: PathBuf,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// The audit trail file (also always on stdout); None: stdout only.
-    pub audit_log: Option<PathBuf>,
+    /// Where the audit trail goes: its file, stdout when asked.
+    pub audit_log: audit::Sinks,
     pub audit_rotation: audit::Rotation,
     /// The cgroup v2 directory the network guard watches (default: the hierarchy's root,
     /// every socket of the host).

@@ -113,11 +113,13 @@ fn summary(agent: &Agent) -> String {
 
 /// The policy is live: READY=1, with what is enforced. Sent once, after the switch.
 pub(super) fn ready(agent: &Agent) {
+    crate::logging::set_generation(agent.generations.current_generation());
     send(&format!("READY=1\nSTATUS={}", summary(agent)));
 }
 
 /// What is enforced now (after a reload, accepted or rejected).
 pub(super) fn status(agent: &Agent) {
+    crate::logging::set_generation(agent.generations.current_generation());
     send(&format!("STATUS={}", summary(agent)));
 }
 
@@ -137,7 +139,7 @@ pub(super) fn watchdog_interval() -> Option<Duration> {
     socket()?;
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     // A watchdog meant for another process (the variables were inherited) is not ours.
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok() != Some(std::process::id()) {
             return None;
         }
