@@ -273,6 +273,11 @@ fn version_bumped(deb: &Path, work: &Path) -> anyhow::Result<PathBuf> {
 /// and purges it, and checks what each step left and said. This host's systemd is never
 /// touched: an enable link appearing in this host's /etc is a failure.
 fn check_maintainer_scripts(deb: &Path) -> anyhow::Result<()> {
+    // deb-systemd-helper, which the scripts enable the unit with.
+    setup::ensure_debs(
+        &["init-system-helpers".into()],
+        "running the maintainer scripts",
+    )?;
     let host_link = Path::new("/etc/systemd/system/multi-user.target.wants/timeguard.service");
     let host_had_link = host_link.symlink_metadata().is_ok();
     let r = ScratchRoot::new()?;
