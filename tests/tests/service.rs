@@ -113,6 +113,7 @@ fn ready_only_once_the_policy_is_live() {
     );
     let status =
         field(&ready, "STATUS=").unwrap_or_else(|| panic!("READY=1 without STATUS=: {ready:?}"));
+    println!("STATUS= at READY=1: {status}");
     assert!(
         status.contains("policy first generation 1")
             && (status.contains("observe-only") || status.contains("auditing")),

@@ -80,13 +80,18 @@ fn summary(agent: &Agent) -> String {
     };
     let audit_only = policy.default_mode == Mode::Audit.code();
     let what = match (&agent.guard.enforcement, audit_only) {
-        (Enforcement::ObserveOnly { .. }, _) => {
-            "observe-only (this kernel refuses BPF LSM programs: clock changes are recorded, not prevented)"
-        }
+        (Enforcement::ObserveOnly { reasons }, _) => format!(
+            "observe-only, clock changes recorded, not prevented (the kernel refuses BPF LSM programs: {}{})",
+            reasons.first().map_or("no reason given", String::as_str),
+            match reasons.len() {
+                0 | 1 => String::new(),
+                n => format!(", and {} more", n - 1),
+            }
+        ),
         (Enforcement::Enforce, true) => {
-            "auditing (mode audit: what the policy denies is allowed and recorded)"
+            "auditing (mode audit: what the policy denies is allowed and recorded)".into()
         }
-        (Enforcement::Enforce, false) => "enforcing: clock changes decided in the kernel",
+        (Enforcement::Enforce, false) => "enforcing: clock changes decided in the kernel".into(),
     };
     let network = match (
         agent.guard.network.attached_cgroup(),
@@ -97,6 +102,9 @@ fn summary(agent: &Agent) -> String {
         (None, None) => "network guard off".into(),
     };
     let protection = match policy.self_protection {
+        Some(_) if !agent.guard.self_protection.unavailable.is_empty() => {
+            "self-protection unavailable"
+        }
         Some(m) if m == Mode::Enforce.code() => "self-protection on",
         Some(_) => "self-protection auditing",
         None => "self-protection off",
