@@ -1,6 +1,8 @@
-//! The audit trail: every record as one JSON line, on stdout (for journald) and in a file
-//! rotated by size. A write that fails (full disk, file removed, unwritable directory) is
-//! counted and reported, and never stops enforcement; the file is reopened on the next record.
+//! The audit trail: every record as one JSON line, in a file rotated by size (and on stdout
+//! only when asked: under systemd stdout is the journal, where the log already is). A write
+//! that fails (full disk, file removed, unwritable directory) is counted and reported, never
+//! stops enforcement, and the records it missed go to stdout instead, not lost; the file is
+//! reopened on the next record.
 
 use std::{
     fs::{File, OpenOptions},
@@ -24,8 +26,18 @@ pub struct Rotation {
     pub keep: u32,
 }
 
+/// Where the trail is written.
+#[derive(Debug, Clone)]
+pub struct Sinks {
+    /// The file (rotated); None: stdout only.
+    pub file: Option<PathBuf>,
+    /// Every record on stdout as well.
+    pub stdout: bool,
+}
+
 pub struct AuditTrail {
     path: Option<PathBuf>,
+    stdout: bool,
     rotation: Rotation,
     file: Option<File>,
     size: u64,
@@ -37,10 +49,11 @@ pub struct AuditTrail {
 }
 
 impl AuditTrail {
-    /// A trail on stdout, and in `path` when given.
-    pub fn new(path: Option<PathBuf>, rotation: Rotation) -> Self {
+    /// A trail in its file, on stdout when asked (always, without a file).
+    pub fn new(sinks: Sinks, rotation: Rotation) -> Self {
         AuditTrail {
-            path,
+            stdout: sinks.stdout || sinks.file.is_none(),
+            path: sinks.file,
             rotation,
             file: None,
             size: 0,
@@ -89,18 +102,20 @@ impl AuditTrail {
         }
     }
 
-    /// Writes whole lines to stdout and the file.
+    /// Writes whole lines to the file and, when asked, stdout.
     fn emit(&mut self, lines: &[u8]) {
-        {
-            let mut out = std::io::stdout().lock();
-            // A closed stdout must not stop enforcement.
-            let _ = out.write_all(lines).and_then(|_| out.flush());
+        if self.stdout {
+            to_stdout(lines);
         }
         if self.path.is_none() {
             return;
         }
         if let Err((e, unwritten)) = self.write_file(lines) {
             self.failures += unwritten;
+            if !self.stdout {
+                // Not lost: the journal keeps them while the file cannot.
+                to_stdout(lines);
+            }
             // Reopened on the next record: a removed or replaced file is followed.
             self.file = None;
             let due = self
@@ -109,7 +124,7 @@ impl AuditTrail {
             if due {
                 self.last_complaint = Some(Instant::now());
                 log::error!(
-                    "audit trail {}: {e}; {} records not written so far (enforcement goes on; they are still on stdout)",
+                    "audit trail {}: {e}; {} records not written to it so far (enforcement goes on; they go to stdout)",
                     self.path.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
                     self.failures
                 );
@@ -160,6 +175,12 @@ impl AuditTrail {
     }
 }
 
+/// Writes whole lines to stdout; a closed stdout must not stop enforcement.
+fn to_stdout(lines: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(lines).and_then(|_| out.flush());
+}
+
 /// Where the line that starts at `from` ends (after its newline, or at the end).
 fn line_end(lines: &[u8], from: usize) -> usize {
     lines[from..]
@@ -172,7 +193,10 @@ fn line_end(lines: &[u8], from: usize) -> usize {
 /// stdout and appended to `path`, a failure said on stderr.
 pub fn append_once(path: &Path, record: &Value) {
     let mut trail = AuditTrail::new(
-        Some(path.to_path_buf()),
+        Sinks {
+            file: Some(path.to_path_buf()),
+            stdout: true,
+        },
         Rotation {
             max_bytes: u64::MAX,
             keep: 0,
@@ -279,6 +303,13 @@ pub fn print_events(path: &Path, follow: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn file_only(path: PathBuf) -> Sinks {
+        Sinks {
+            file: Some(path),
+            stdout: false,
+        }
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("tg-audit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -291,7 +322,7 @@ mod tests {
         let dir = temp_dir("rotate");
         let path = dir.join("audit.jsonl");
         let mut trail = AuditTrail::new(
-            Some(path.clone()),
+            file_only(path.clone()),
             Rotation {
                 max_bytes: 100,
                 keep: 2,
@@ -319,7 +350,7 @@ mod tests {
         let path = dir.join("audit.jsonl");
         std::fs::create_dir_all(&path).expect("dir in the way");
         let mut trail = AuditTrail::new(
-            Some(path),
+            file_only(path),
             Rotation {
                 max_bytes: 1 << 20,
                 keep: 1,
@@ -339,7 +370,7 @@ mod tests {
             max_bytes: 1 << 20,
             keep: 1,
         };
-        let mut trail = AuditTrail::new(Some(path.clone()), rotation.clone());
+        let mut trail = AuditTrail::new(file_only(path.clone()), rotation.clone());
         let lines = |p: &Path| {
             std::fs::read_to_string(p)
                 .map(|t| t.lines().count())
@@ -357,7 +388,7 @@ mod tests {
         // A held batch that cannot be written counts every record in it.
         let blocked = dir.join("blocked");
         std::fs::create_dir_all(&blocked).expect("dir in the way");
-        let mut trail = AuditTrail::new(Some(blocked), rotation);
+        let mut trail = AuditTrail::new(file_only(blocked), rotation);
         trail.hold();
         for n in 0..3 {
             trail.write(&serde_json::json!({"n": n}));
@@ -367,7 +398,7 @@ mod tests {
         // A held batch larger than the size limit rotates between two whole records.
         let rotated = dir.join("rotated.jsonl");
         let mut trail = AuditTrail::new(
-            Some(rotated.clone()),
+            file_only(rotated.clone()),
             Rotation {
                 max_bytes: 100,
                 keep: 3,

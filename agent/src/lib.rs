@@ -17,7 +17,8 @@
 //!   every kernel record needs (clocks, executable paths, the copy out of the ring).
 //! - `report`: the status type `timeguard status` reads back, the Prometheus metrics of a
 //!   typed snapshot, and the kernel's counters as typed rows for both.
-//! - `audit`: the audit trail file (rotation, batching) and `timeguard events`.
+//! - `audit`: the audit trail file (rotation, batching) and `timeguard events`;
+//!   `logging`: the log (text, JSON, or journald's native protocol with priorities).
 
 pub mod audit;
 pub mod bpf;
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod events;
 pub mod kernel;
 pub mod loader;
+pub mod logging;
 pub mod policy;
 pub mod records;
 pub mod report;

@@ -49,10 +49,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    timeguard_agent::logging::init(match &cli.command {
+        Command::Run(args) => args.log_format,
+        _ => timeguard_agent::logging::Format::Text,
+    });
+    let result = match cli.command {
         Command::Run(args) => cli::run::run(args),
         Command::Stop(args) => cli::stop::run(args),
         Command::Apply(args) => return cli::apply::run(args),

@@ -263,8 +263,8 @@ impl GuestAgent {
         Ok(agent)
     }
 
-    /// Starts `timeguard run`, its records on stdout going to EVENTS (appended to, for a
-    /// restart).
+    /// Starts `timeguard run`, its records on stdout (`--audit-stdout`) going to EVENTS
+    /// (appended to, for a restart), as well as in the trail file.
     fn spawn_child(&mut self, append: bool) -> Result<(), String> {
         let open = |path: &str| {
             fs::OpenOptions::new()
@@ -277,7 +277,7 @@ impl GuestAgent {
         };
         let (out, err) = (open(EVENTS)?, open(AGENT_LOG)?);
         let mut cmd = Command::new("timeguard");
-        cmd.args(["run", "--policy", POLICY]);
+        cmd.args(["run", "--policy", POLICY, "--audit-stdout"]);
         // A test may put the trail elsewhere (the full-disk test does).
         if !self.args.iter().any(|a| a == "--audit-log") {
             cmd.args(["--audit-log", TRAIL]);

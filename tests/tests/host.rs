@@ -122,9 +122,17 @@ fn audit_policy(name: &str) -> String {
     format!("apiVersion: timeguard/v1\nkind: TimePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: audit\n  clock:\n    default: deny\n")
 }
 
-/// Starts the agent on `audit_policy("first")` in a fresh temporary directory.
+/// Starts the agent on `audit_policy("first")` in a fresh temporary directory, its records
+/// on stdout as well as in the trail file.
 fn start_agent(tag: &str, stdout: Stdio) -> RunningAgent {
-    start_agent_via(&[], tag, stdout, &audit_policy("first"), &[]).expect("the agent starts")
+    start_agent_via(
+        &[],
+        tag,
+        stdout,
+        &audit_policy("first"),
+        &["--audit-stdout"],
+    )
+    .expect("the agent starts")
 }
 
 #[test]

@@ -36,7 +36,7 @@ bench)
     echo "TG-SUITE-EXIT $?"
     ;;
 *)
-    timeguard run --policy /etc/timeguard/policy.yaml >/tmp/events.jsonl 2>/tmp/agent.log &
+    timeguard run --policy /etc/timeguard/policy.yaml --audit-stdout >/tmp/events.jsonl 2>/tmp/agent.log &
     sleep 1
     cat /tmp/agent.log
     setsid cttyhack sh -l

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the one entry point to build, run and test timeguard.
 
+mod package;
 mod setup;
 mod vm;
 
@@ -63,8 +64,10 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Build the Debian package (cargo-deb): the agent, its systemd unit, the policies (the
-    /// default under /etc/timeguard), the man page and shell completions.
+    /// Build the Debian package (cargo-deb): the agent, its systemd unit and the time
+    /// daemons' drop-ins, the policies (the default under /etc/timeguard), the man page and
+    /// shell completions; then check it (contents, `systemd-analyze verify`, the maintainer
+    /// scripts in a scratch root).
     Deb,
     /// Boot a guest kernel with the agent running and a shell on the console.
     Vm {
@@ -291,7 +294,7 @@ fn test(
     // Bounded, so CI stays well inside its time; `cargo xtask fuzz` runs longer.
     fuzz(30)?;
     println!("== the Debian package");
-    check_deb(&deb(&bin)?)?;
+    package::check_deb(&deb(&bin)?)?;
     if no_vm {
         println!("vm tests: skipped (--no-vm)");
         return Ok(());
@@ -339,73 +342,6 @@ fn deb(bin: &Path) -> anyhow::Result<PathBuf> {
     }
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     Ok(PathBuf::from(path))
-}
-
-/// The package holds what an operator installs it for.
-fn check_deb(deb: &Path) -> anyhow::Result<()> {
-    let list = Command::new("dpkg-deb").arg("-c").arg(deb).output()?;
-    let list = String::from_utf8_lossy(&list.stdout);
-    let mut missing = Vec::new();
-    for want in [
-        "./usr/sbin/timeguard",
-        "./lib/systemd/system/timeguard.service",
-        "./etc/timeguard/default.yaml",
-        "./usr/share/timeguard/policies/chrony.yaml",
-        "./usr/share/man/man8/timeguard.8.gz",
-        "./usr/share/bash-completion/completions/timeguard",
-    ] {
-        if !list.lines().any(|l| l.ends_with(want)) {
-            missing.push(want);
-        }
-    }
-    if !missing.is_empty() {
-        bail!("{} lacks {missing:?}:\n{list}", deb.display());
-    }
-    // The operator's policy is a conffile: an upgrade never overwrites their edits.
-    let conffiles = Command::new("dpkg-deb")
-        .arg("--info")
-        .arg(deb)
-        .arg("conffiles")
-        .output()?;
-    if !String::from_utf8_lossy(&conffiles.stdout).contains("/etc/timeguard/default.yaml") {
-        bail!(
-            "{}: /etc/timeguard/default.yaml is not a conffile",
-            deb.display()
-        );
-    }
-    check_unit()?;
-    println!(
-        "{}: the agent, its unit, the policies, the man page and completions",
-        deb.display()
-    );
-    Ok(())
-}
-
-/// `systemd-analyze verify` on the unit, where systemd's tools are: ordering cycles, unknown
-/// settings. That the agent is not installed on this machine is the one thing let pass.
-fn check_unit() -> anyhow::Result<()> {
-    let unit = workspace_root().join("deploy/systemd/timeguard.service");
-    let Ok(out) = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&unit)
-        .output()
-    else {
-        println!("systemd-analyze is not on this machine: the unit is not verified here");
-        return Ok(());
-    };
-    let said = String::from_utf8_lossy(&out.stderr);
-    let problems: Vec<&str> = said
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.contains("is not executable"))
-        .collect();
-    if !problems.is_empty() {
-        bail!(
-            "systemd-analyze verify {}:\n{}",
-            unit.display(),
-            problems.join("\n")
-        );
-    }
-    Ok(())
 }
 
 /// The guest's figures: clock calls and unrelated calls with no guard, timeguard and the
@@ -626,7 +562,12 @@ fn main() -> anyhow::Result<()> {
             ran
         }
         Cmd::Fuzz { seconds } => fuzz(seconds),
-        Cmd::Deb => deb(&build(true)?).map(|p| println!("built {}", p.display())),
+        Cmd::Deb => {
+            let built = deb(&build(true)?)?;
+            package::check_deb(&built)?;
+            println!("built {}", built.display());
+            Ok(())
+        }
         Cmd::Test {
             no_vm,
             vm_only,

@@ -165,6 +165,15 @@ pub fn ensure_cargo_deb() -> anyhow::Result<()> {
     ensure_cargo_tool("cargo-deb", CARGO_DEB_VERSION, "builds the Debian package")
 }
 
+/// systemd-analyze, which verifies the unit and the drop-ins (Debian's systemd package;
+/// installing it starts nothing where systemd is not the init).
+pub fn ensure_systemd_analyze() -> anyhow::Result<()> {
+    if have("systemd-analyze", "--version") {
+        return Ok(());
+    }
+    ensure_debs(&["systemd".into()], "verifying the systemd unit")
+}
+
 /// Where downloads and unpacked tools are kept between runs.
 pub fn cache_root() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::{audit, bpf::pins, daemon};
+use crate::{audit, bpf::pins, daemon, logging};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,9 +16,18 @@ pub struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9817).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// The audit trail: one JSON line per record, also on stdout. `-`: stdout only.
+    /// The audit trail: one JSON line per record, in this file only (the log is on
+    /// stderr). `-`: on stdout instead.
     #[arg(long, value_name = "PATH", default_value = audit::DEFAULT_PATH)]
     audit_log: PathBuf,
+    /// Every record on stdout as well as in the file (under systemd: in the journal too,
+    /// beside the log).
+    #[arg(long)]
+    audit_stdout: bool,
+    /// The log on stderr: text, or one JSON object per line (level, target, message,
+    /// timestamp). Under systemd, text goes to the journal with priorities and fields.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t)]
+    pub log_format: logging::Format,
     /// Rotate the audit trail when it reaches this many MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     audit_log_max_mib: u64,
@@ -44,7 +53,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         policy: args.policy,
         status_socket: args.socket,
         metrics_addr: args.metrics_addr,
-        audit_log: (args.audit_log.as_os_str() != "-").then_some(args.audit_log),
+        audit_log: audit::Sinks {
+            stdout: args.audit_stdout,
+            file: (args.audit_log.as_os_str() != "-").then_some(args.audit_log),
+        },
         audit_rotation: audit::Rotation {
             max_bytes: args.audit_log_max_mib * 1024 * 1024,
             keep: args.audit_log_keep,

@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{events, loader::Guard, report::http};
 
-use super::{agent::Agent, control};
+use super::{agent::Agent, control, notify};
 
 /// How often the policy files are looked at for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -48,8 +48,15 @@ pub(super) async fn event_loop(
         Some(addr) => bind_metrics(addr).await,
         None => None,
     };
+    // Ready only now: the policy is live, and a stop (SIGTERM) or `timeguard status` sent
+    // from here on is answered.
+    notify::ready(agent);
+    // Fed from this loop, not a thread of its own: a wedged loop starves the watchdog and
+    // systemd restarts the agent.
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     loop {
         tokio::select! {
+            _ = tick(watchdog.as_mut()) => notify::watchdog(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => agent.reload("SIGHUP"),
@@ -92,7 +99,18 @@ pub(super) async fn event_loop(
             }
         }
     }
+    notify::stopping();
     Ok(())
+}
+
+/// The next tick of an interval; never, without one.
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Metrics are a convenience too; a port already taken is reported, not fatal.

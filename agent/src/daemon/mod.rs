@@ -8,7 +8,8 @@
 //! - `control`: the control socket and its protocol;
 //! - `status`: the status served, the metrics of a scrape, the summary at stop;
 //! - `rule_names`: the rule names behind the kernel's counters, kept for a restart;
-//! - `kernel`: loading on this kernel and saying what is enforced.
+//! - `kernel`: loading on this kernel and saying what is enforced;
+//! - `notify`: telling systemd the agent is ready, what it enforces, that it is alive.
 
 mod agent;
 pub mod control;
@@ -16,6 +17,7 @@ mod dispatch;
 mod event_loop;
 mod kernel;
 pub mod last_known_good;
+mod notify;
 mod reload;
 pub mod rule_names;
 mod status;
@@ -45,8 +47,8 @@ pub struct Options {
     pub status_socket: PathBuf,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// The audit trail file (also always on stdout); None: stdout only.
-    pub audit_log: Option<PathBuf>,
+    /// Where the audit trail goes: its file, stdout when asked.
+    pub audit_log: audit::Sinks,
     pub audit_rotation: audit::Rotation,
     /// The cgroup v2 directory the network guard watches (default: the hierarchy's root,
     /// every socket of the host).

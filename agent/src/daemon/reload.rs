@@ -321,6 +321,7 @@ impl Agent {
                     generation,
                     source: source.token(),
                 });
+                super::notify::status(self);
                 release_freed_memory();
             }
             Err(e) => {
@@ -415,5 +416,6 @@ impl Agent {
             generation_in_force: generation,
         });
         self.reloading.last_error = Some(problems);
+        super::notify::status(self);
     }
 }

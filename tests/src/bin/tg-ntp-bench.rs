@@ -138,7 +138,7 @@ fn startup_on_host(lab: &NetLab) -> Result<(), String> {
             &format!("startup{i}"),
             Stdio::piped(),
             &policy("{requestsPerSecond: 64, burst: 128}"),
-            &["--network-cgroup", &cgroup],
+            &["--network-cgroup", &cgroup, "--audit-stdout"],
         )?;
         let trail = agent.agent.stdout.take().ok_or("no trail on stdout")?;
         let seen = std::io::BufReader::new(trail)
