@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         _ => timeguard_agent::logging::Format::Text,
     });
     let result = match cli.command {
-        Command::Run(args) => cli::run::run(args),
+        Command::Run(args) => return cli::run::run(args),
         Command::Stop(args) => cli::stop::run(args),
         Command::Apply(args) => return cli::apply::run(args),
         Command::Generate(args) => cli::generate::run(args, Cli::command()),

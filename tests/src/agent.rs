@@ -79,7 +79,12 @@ impl RunningAgent {
 
     /// Stops the agent the way an operator removes timeguard, `timeguard stop --unpin`
     /// (SIGKILL, by its id, if it does not answer), and returns what it logged.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        self.stop_unpinning().1
+    }
+
+    /// The same, with the agent's exit code (None: killed by a signal).
+    pub fn stop_unpinning(mut self) -> (Option<i32>, String) {
         let asked = Command::new(&self.bin)
             .args(["stop", "--unpin", "--socket"])
             .arg(&self.socket)
@@ -102,8 +107,13 @@ impl RunningAgent {
         }
         let out = self.agent.wait_with_output();
         unpin(&self.pin_dir);
-        out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-            .unwrap_or_default()
+        out.map(|o| {
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .unwrap_or_default()
     }
 }
 

@@ -326,7 +326,9 @@ fn a_pin_dir_outside_bpffs_never_hides_what_a_directory_holds() {
         std::fs::read_to_string(&kept).expect("the parent's file stays readable"),
         "the operator's file\n"
     );
-    let log = agent.stop();
+    let (exit, log) = agent.stop_unpinning();
+    // Its own exit code, which the unit's RestartPreventExitStatus= names: not restarted.
+    assert_eq!(exit, Some(3), "an unpinned agent exits 3:\n{log}");
     assert!(
         !mount_points().contains(&pins),
         "`stop --unpin` leaves no mount on {pins_arg}:\n{log}"
@@ -1011,6 +1013,7 @@ fn one_spelling_per_option_and_the_old_ones_still_work() {
         ("stop", &["socket", "audit-log", "pin-dir"][..]),
         ("status", &["socket"][..]),
         ("events", &["audit-log"][..]),
+        ("apply", &["socket", "policy"][..]),
     ] {
         let listed = flags(&help(command));
         for flag in expected {

@@ -1,6 +1,6 @@
 //! `timeguard run`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
 use crate::{audit, bpf::pins, daemon, logging};
 
@@ -48,8 +48,10 @@ pub struct Args {
     state_dir: PathBuf,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    daemon::run(&daemon::Options {
+/// Exit 0 when stopped (enforcement stays pinned), `daemon::UNPINNED_EXIT` (3) when stopped
+/// by `timeguard stop --unpin`, 1 when it cannot start.
+pub fn run(args: Args) -> ExitCode {
+    let ended = daemon::run(&daemon::Options {
         policy: args.policy,
         status_socket: args.socket,
         metrics_addr: args.metrics_addr,
@@ -64,5 +66,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         network_cgroup: args.network_cgroup,
         pin_root: args.pin_dir,
         state_dir: args.state_dir,
-    })
+    });
+    match ended {
+        Ok(daemon::Ended::Stopped) => ExitCode::SUCCESS,
+        Ok(daemon::Ended::Unpinned) => ExitCode::from(daemon::UNPINNED_EXIT),
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

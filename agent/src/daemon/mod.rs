@@ -76,7 +76,21 @@ fn release_freed_memory() {
     }
 }
 
-pub fn run(options: &Options) -> anyhow::Result<()> {
+/// How the agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Stopped; the last policy stays enforced from the pins (exit 0).
+    Stopped,
+    /// Stopped by `timeguard stop --unpin`: the programs are gone. Its own exit code
+    /// (`UNPINNED_EXIT`), which the unit names in `RestartPreventExitStatus=`: a service
+    /// manager must not start an agent that was asked to remove enforcement.
+    Unpinned,
+}
+
+/// The exit code of an agent stopped by `timeguard stop --unpin`.
+pub const UNPINNED_EXIT: u8 = 3;
+
+pub fn run(options: &Options) -> anyhow::Result<Ended> {
     let status_socket = options.status_socket.as_path();
     // The configured policy, or when it is not valid a fallback: never nothing.
     let (policy, origin) = reload::startup_policy(options)?;
@@ -197,5 +211,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             agent.guard.pin_dir().display()
         );
     }
-    Ok(())
+    Ok(if unpin {
+        Ended::Unpinned
+    } else {
+        Ended::Stopped
+    })
 }
