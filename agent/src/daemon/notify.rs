@@ -15,7 +15,7 @@ use agent_common::policy::Mode;
 
 use crate::loader::Enforcement;
 
-use super::agent::Agent;
+use super::{agent::Agent, last_known_good::Source};
 
 /// Where the service manager listens, read once (the environment does not change).
 fn socket() -> Option<&'static SocketAddr> {
@@ -113,8 +113,16 @@ fn summary(agent: &Agent) -> String {
         Some(_) => "; the last reload was rejected",
         None => "",
     };
+    // Said first: the operator's own policy is not what is enforced.
+    let source = match agent.reloading.source {
+        Source::Configured => String::new(),
+        other => format!(
+            "the configured policy is invalid, the {} is enforced instead: ",
+            other.token().replace('_', " ")
+        ),
+    };
     format!(
-        "policy {} generation {generation}: {what}; {network}; {protection}{reload}",
+        "{source}policy {} generation {generation}: {what}; {network}; {protection}{reload}",
         policy.name
     )
 }
