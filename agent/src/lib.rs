@@ -18,13 +18,15 @@
 //! - `report`: the status type `timeguard status` reads back, the Prometheus metrics of a
 //!   typed snapshot, and the kernel's counters as typed rows for both.
 //! - `audit`: the audit trail file (rotation, batching) and `timeguard events`;
-//!   `logging`: the log (text, JSON, or journald's native protocol with priorities).
+//!   `logging`: the log (text, JSON, or journald's native protocol with priorities);
+//!   `files`: files replaced whole, never seen half-written.
 
 pub mod audit;
 pub mod bpf;
 pub mod cli;
 pub mod daemon;
 pub mod events;
+pub mod files;
 pub mod kernel;
 pub mod loader;
 pub mod logging;

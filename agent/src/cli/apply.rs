@@ -11,8 +11,6 @@
 //!    No agent, or no verdict within `--timeout`: exit 3, the file stays.
 
 use std::{
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
@@ -137,30 +135,9 @@ fn merged(
     Ok(policy::load_sources(sources, host))
 }
 
-/// Writes `bytes` over `target` through a file beside it (not *.yaml: a directory policy
-/// never reads it half-written), synced, then renamed into place.
+/// Writes the policy file into place (`files::replace`), readable as the bundled ones are.
 fn write_into_place(target: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "policy".into());
-    let tmp = target.with_file_name(format!(".{name}.timeguard-apply"));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, target)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("replacing {}", target.display())));
-    }
-    Ok(())
+    crate::files::replace(target, bytes, 0o644)
 }
 
 fn apply(args: &Args) -> anyhow::Result<Verdict> {

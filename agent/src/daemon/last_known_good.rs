@@ -3,8 +3,7 @@
 //! validation enforces it instead of nothing; with none usable, the built-in default.
 
 use std::{
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
@@ -187,7 +186,7 @@ impl Store {
             .mode(0o700)
             .create(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
-        write_atomically(&self.file(), &text)?;
+        crate::files::replace(&self.file(), &text, 0o600)?;
         Ok(kept)
     }
 
@@ -223,37 +222,6 @@ impl Store {
         }
         Ok(Some(kept))
     }
-}
-
-/// Writes `bytes` to `path` through a file beside it, synced, then renamed over it and the
-/// directory synced: after a crash the old file or the new one is there, never a part.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
