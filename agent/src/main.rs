@@ -37,9 +37,10 @@ enum Command {
     /// reloads, and the exact counters since start.
     Status(cli::status::Args),
     /// Say what this kernel lets timeguard do (loads and detaches the programs; needs root).
-    /// Exit 0: the clock is enforced whole; 1: the programs cannot be loaded here; 2:
-    /// observe-only (the kernel refuses BPF LSM: changes recorded, not prevented); 3: the
-    /// clock is enforced, part of the guard is missing (a hook, self-protection).
+    /// Exit 0: the clock is enforced whole; 1: the programs cannot be loaded here; 3: the
+    /// clock is enforced, part of the guard is missing (a hook, self-protection); 4:
+    /// observe-only (the kernel refuses BPF LSM: changes recorded, not prevented). 2 is a
+    /// usage error.
     Kernel,
     /// Validate policy files: exit 0 when all are valid, 1 otherwise.
     Check(cli::check::Args),

@@ -255,9 +255,9 @@ fn the_kernel_report_names_every_program_type_and_the_enforcement() {
         "enforcement: observe-only"
     };
     assert!(text.contains(expected), "expected {expected:?}:\n{text}");
-    // Monitoring reads the exit code: 0 enforced whole, 2 observe-only, 3 enforced in part.
+    // Monitoring reads the exit code: 0 enforced whole, 3 enforced in part, 4 observe-only.
     let (state, code) = if !lsm_loads {
-        ("observe_only", 2)
+        ("observe_only", 4)
     } else if text.lines().any(|l| l.starts_with("missing: ")) {
         ("enforce_partly", 3)
     } else {

@@ -160,14 +160,21 @@ fn unmount_if_own(root: &Path) {
     if root == Path::new(SYSTEM_BPFFS) || here.dev() == above.dev() || !is_bpffs(root) {
         return;
     }
-    if !subdirectories(root).is_empty() {
+    // Only a bpffs holding nothing but the kernel's own files: another tool's pins stay.
+    let only_kernel_files = std::fs::read_dir(root).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).all(|e| {
+            e.file_type().is_ok_and(|t| !t.is_dir())
+                && e.file_name().to_string_lossy().ends_with(".debug")
+        })
+    });
+    if !only_kernel_files {
         return;
     }
     let Ok(target) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else {
         return;
     };
     // SAFETY: a NUL-terminated path.
-    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+    if unsafe { libc::umount2(target.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
         log::info!("unmounted bpf from {}", root.display());
     } else {
         log::warn!(

@@ -228,7 +228,14 @@ fn apply(args: &Args) -> anyhow::Result<Verdict> {
                 for e in st.reloads.last_error.iter().flatten() {
                     println!("{e}");
                 }
-                restore(&target, previous.as_deref())?;
+                if let Err(e) = restore(&target, previous.as_deref()) {
+                    // Not exit 1 ("nothing changed"): the refused file is on disk.
+                    log::error!(
+                        "the agent rejected the policy, and {} could not be put back ({e:#}): the refused file stays there; fix or remove it before the agent next starts",
+                        target.display()
+                    );
+                    return Ok(Verdict::Rejected);
+                }
                 println!(
                     "the agent rejected the policy; generation {} stays in force, and {} is {}",
                     st.policy.generation,

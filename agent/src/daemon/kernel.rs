@@ -74,7 +74,7 @@ pub enum KernelVerdict {
     /// Exit 1: the programs could not be loaded at all (not root, no BTF, …): nothing
     /// would be enforced or observed.
     Unusable,
-    /// Exit 2: the kernel refuses BPF LSM programs: clock changes would be recorded, not
+    /// Exit 4: the kernel refuses BPF LSM programs: clock changes would be recorded, not
     /// prevented.
     ObserveOnly,
     /// Exit 3: the clock is enforced, but part of the guard is missing here (an LSM hook
@@ -87,7 +87,9 @@ impl KernelVerdict {
         match self {
             KernelVerdict::Enforce => 0,
             KernelVerdict::Unusable => 1,
-            KernelVerdict::ObserveOnly => 2,
+            // Not 2: that is a usage error's (a misspelt option), which monitoring must not
+            // read as observe-only.
+            KernelVerdict::ObserveOnly => 4,
             KernelVerdict::EnforcePartly => 3,
         }
     }

@@ -3,7 +3,7 @@
 //! validation enforces it instead of nothing; with none usable, the built-in default.
 
 use std::{
-    os::unix::fs::DirBuilderExt as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -194,13 +194,29 @@ impl Store {
     pub fn read(&self) -> anyhow::Result<Option<Kept>> {
         use std::io::Read as _;
         let path = self.file();
-        let file = match std::fs::File::open(&path) {
+        // Not through a symlink, and never waiting on a FIFO or a device planted there: a
+        // start that blocked here would enforce nothing.
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())))
             }
         };
+        let is_file = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?
+            .is_file();
+        if !is_file {
+            anyhow::bail!(
+                "{} is not a regular file: not a kept policy",
+                path.display()
+            );
+        }
         let mut text = Vec::new();
         file.take(MAX_BYTES + 1)
             .read_to_end(&mut text)
@@ -309,6 +325,26 @@ mod tests {
         std::fs::write(store.file(), &other).expect("edit");
         let e = store.read().expect_err("another format");
         assert!(e.to_string().contains("format 2"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fifo_or_a_symlink_in_its_place_is_refused_without_waiting() {
+        let (dir, file, host) = fixture("fifo");
+        let p = policy::load(std::slice::from_ref(&file), &host).expect("valid policy");
+        let store = Store::new(&dir.join("state"));
+        store.save(&p, 1, &file).expect("save");
+        let real = dir.join("elsewhere.json");
+        std::fs::rename(store.file(), &real).expect("move");
+        std::os::unix::fs::symlink(&real, store.file()).expect("symlink");
+        assert!(store.read().is_err(), "a symlink is not followed");
+        std::fs::remove_file(store.file()).expect("unlink");
+        let c = std::ffi::CString::new(store.file().as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        // With no writer, opening a FIFO would block for ever without O_NONBLOCK.
+        let e = store.read().expect_err("a FIFO is no kept policy");
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -90,6 +90,35 @@ pub enum Ended {
 /// The exit code of an agent stopped by `timeguard stop --unpin`.
 pub const UNPINNED_EXIT: u8 = 3;
 
+/// Puts the start's policy in force: prepared, then switched to. One the kernel refuses (a
+/// map full, say) is not the end: the next of the chain is tried, as for a policy that
+/// fails validation (`reload::fallback_after`), so that a start never leaves nothing live.
+fn first_policy_in_force(
+    agent: &mut Agent,
+    options: &Options,
+    mut policy: crate::policy::CompiledPolicy,
+) -> anyhow::Result<u32> {
+    let mut unusable = None;
+    loop {
+        let refused = agent.reloading.source;
+        let problem = match agent.prepare(policy).and_then(|p| agent.switch(p)) {
+            Ok(generation) => return Ok(generation),
+            Err(e) => format!("the kernel refused the {} policy: {e:#}", refused.token()),
+        };
+        log::error!("{problem}");
+        let problems = match refused {
+            last_known_good::Source::LastKnownGood => {
+                unusable = Some(problem);
+                agent.reloading.configured_problems.clone()
+            }
+            _ => vec![problem],
+        };
+        let (next, origin) = reload::fallback_after(options, refused, problems, unusable.take())?;
+        agent.reloading = Reloading::new(options, &next, origin);
+        policy = next;
+    }
+}
+
 pub fn run(options: &Options) -> anyhow::Result<Ended> {
     let status_socket = options.status_socket.as_path();
     // The configured policy, or when it is not valid a fallback: never nothing.
@@ -130,8 +159,7 @@ pub fn run(options: &Options) -> anyhow::Result<Ended> {
     // Every program is attached before the policy goes live, all of it at once: until the
     // switch nothing is decided (or the policy an earlier agent left stays in force, whole).
     agent.guard.attach()?;
-    let pending = agent.prepare(policy)?;
-    let generation = agent.switch(pending)?;
+    let generation = first_policy_in_force(&mut agent, options, policy)?;
     // enforced whole from here
     let frozen = crate::sensors::self_protection::freeze_kernel_only_maps(&agent.guard.maps_dir());
     if !frozen.is_empty() {

@@ -42,12 +42,9 @@ pub(super) struct Origin {
 }
 
 /// The policy a start enforces: the configured one; when it fails validation (said loudly,
-/// each problem), the last known good one, checked again against this host; when that is
-/// missing or fails too, the built-in default. Never nothing, unless even the built-in
-/// default fails on this host.
+/// each problem), the next of the chain (`fallback_after`).
 pub(super) fn startup_policy(options: &Options) -> anyhow::Result<(CompiledPolicy, Origin)> {
-    let configured = options.policy.as_path();
-    let problems = match load_policy(configured) {
+    match load_policy(options.policy.as_path()) {
         Ok(p) => {
             let origin = Origin {
                 source: Source::Configured,
@@ -55,49 +52,54 @@ pub(super) fn startup_policy(options: &Options) -> anyhow::Result<(CompiledPolic
                 accepted: None,
                 last_known_good_unusable: None,
             };
-            return Ok((p, origin));
+            Ok((p, origin))
         }
-        Err(problems) => problems,
-    };
-    for p in &problems {
-        log::error!("policy: {p}");
+        Err(problems) => fallback_after(options, Source::Configured, problems, None),
     }
-    log::error!(
-        "the policy at {} is not valid ({} problems); enforcing a fallback instead",
-        configured.display(),
-        problems.len()
-    );
-    let store = Store::new(&options.state_dir);
-    let unusable = match store.read() {
-        Ok(Some(kept)) => match kept.compile(&Host::default()) {
-            Ok(p) => {
-                log::error!(
-                    "enforcing the last known good policy \"{}\" (sha256 {}, accepted {} as generation {} from {}) until the configured one is valid",
-                    kept.name,
-                    &kept.sha256[..kept.sha256.len().min(16)],
-                    kept.accepted,
-                    kept.generation,
-                    kept.configured.display()
-                );
+}
+
+/// The policy to enforce at start instead of the one from `refused` (`problems`: why the
+/// configured policy is not enforced: it failed validation, or the kernel refused it): after the configured policy the
+/// last known good one, checked again against this host; after that (missing, corrupt, not
+/// passing, refused) the built-in default. Never nothing, unless even the built-in default
+/// fails on this host. `unusable`: why the last known good one is out already.
+pub(super) fn fallback_after(
+    options: &Options,
+    refused: Source,
+    problems: Vec<String>,
+    unusable: Option<String>,
+) -> anyhow::Result<(CompiledPolicy, Origin)> {
+    let configured = options.policy.as_path();
+    if refused == Source::Configured {
+        for p in &problems {
+            log::error!("policy: {p}");
+        }
+        log::error!(
+            "the policy at {} cannot be enforced ({} problems); enforcing a fallback instead",
+            configured.display(),
+            problems.len()
+        );
+    }
+    let unusable = match (refused, unusable) {
+        (Source::BuiltInDefault, _) => anyhow::bail!(
+            "the built-in default policy cannot be enforced either: {}; nothing was loaded",
+            problems.join("; ")
+        ),
+        // `problems` stay the configured policy's: the reason shown for the fallback.
+        (Source::LastKnownGood, why) => why.unwrap_or_default(),
+        (Source::Configured, Some(why)) => why,
+        (Source::Configured, None) => match last_known_good(options) {
+            Ok((p, accepted)) => {
                 let origin = Origin {
                     source: Source::LastKnownGood,
                     problems,
-                    accepted: Some(kept.accepted),
+                    accepted: Some(accepted),
                     last_known_good_unusable: None,
                 };
                 return Ok((p, origin));
             }
-            Err(why) => format!(
-                "the last known good policy in {} does not pass on this host now: {}",
-                store.file().display(),
-                why.join("; ")
-            ),
+            Err(why) => why,
         },
-        Ok(None) => format!(
-            "no last known good policy is kept in {}",
-            store.file().display()
-        ),
-        Err(e) => format!("{e:#}"),
     };
     log::error!("{unusable}");
     let p = last_known_good::built_in_default(&Host::default()).map_err(|why| {
@@ -119,6 +121,48 @@ pub(super) fn startup_policy(options: &Options) -> anyhow::Result<(CompiledPolic
         last_known_good_unusable: Some(unusable),
     };
     Ok((p, origin))
+}
+
+/// The kept policy, compiled against this host, and when it was accepted; or why it cannot
+/// be enforced. One kept from another configured path is not this agent's.
+fn last_known_good(options: &Options) -> Result<(CompiledPolicy, String), String> {
+    let store = Store::new(&options.state_dir);
+    let kept = match store.read() {
+        Ok(Some(kept)) => kept,
+        Ok(None) => {
+            return Err(format!(
+                "no last known good policy is kept in {}",
+                store.file().display()
+            ))
+        }
+        Err(e) => return Err(format!("{e:#}")),
+    };
+    if kept.configured != options.policy {
+        return Err(format!(
+            "the policy kept in {} was accepted from {}, not from {}",
+            store.file().display(),
+            kept.configured.display(),
+            options.policy.display()
+        ));
+    }
+    match kept.compile(&Host::default()) {
+        Ok(p) => {
+            log::error!(
+                "enforcing the last known good policy \"{}\" (sha256 {}, accepted {} as generation {} from {}) until the configured one is valid",
+                kept.name,
+                &kept.sha256[..kept.sha256.len().min(16)],
+                kept.accepted,
+                kept.generation,
+                kept.configured.display()
+            );
+            Ok((p, kept.accepted))
+        }
+        Err(why) => Err(format!(
+            "the last known good policy in {} does not pass on this host now: {}",
+            store.file().display(),
+            why.join("; ")
+        )),
+    }
 }
 
 /// What identifies the policy in force without reading it: each policy file's inode, size
