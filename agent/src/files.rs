@@ -16,10 +16,15 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.timeguard-new"));
     let written = (|| {
+        // A file (or a symlink) left there is removed, not written through: the new file is
+        // made afresh, with `mode`.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;

@@ -5,7 +5,7 @@
 //!    destination directory's `*.yaml`/`*.yml` with FILE in place of (or added under) its
 //!    name; when the destination is a file, FILE alone. Invalid: exit 1, nothing changed.
 //! 2. FILE is written into place (a new file, synced, renamed over the old).
-//! 3. The running agent is asked to reload (SIGHUP) and its status read until it enforces
+//! 3. The running agent is asked to reload (on its socket) and its status read until it enforces
 //!    exactly this policy (exit 0) or reports a rejected reload (exit 2: the previous file
 //!    is put back, so that a file the agent refused never waits on disk for the next start).
 //!    No agent, or no verdict within `--timeout`: exit 3, the file stays.
@@ -205,10 +205,10 @@ fn apply(args: &Args) -> anyhow::Result<Verdict> {
         );
         return Ok(Verdict::Unconfirmed);
     };
-    if before.pid > 0 {
-        // SAFETY: asks the agent that answered at the socket to reload now (SIGHUP only
-        // reloads; self-protection lets it through).
-        unsafe { libc::kill(before.pid as i32, libc::SIGHUP) };
+    // Asked over its socket, not by a signal to a pid read earlier (which another process
+    // may have by now). Unanswered, the agent's own watch still reloads within a second.
+    if let Err(e) = ask(&args.socket, Request::Reload) {
+        log::warn!("asking the agent to reload now: {e:#}; waiting for its own watch");
     }
     let deadline = Instant::now() + args.timeout;
     loop {

@@ -1,5 +1,6 @@
 //! The agent's root-only control socket: `timeguard status` asks what it enforces,
-//! `timeguard stop [--unpin]` asks it to stop. One request line, one JSON answer.
+//! `timeguard stop [--unpin]` asks it to stop, `timeguard apply` asks it to reload now. One
+//! request line, one JSON answer.
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
@@ -14,6 +15,10 @@ use super::agent::Agent;
 /// A client that does not talk or read must not hold up the agent.
 const CLIENT_TIME_LIMIT: Duration = Duration::from_secs(1);
 
+/// How long a command waits for the agent's answer: a wedged agent must not hang it (a
+/// reload of a large policy is answered well within this).
+const ANSWER_TIME_LIMIT: Duration = Duration::from_secs(10);
+
 /// A request on the control socket: one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -22,6 +27,8 @@ pub enum Request {
     Stop {
         unpin: bool,
     },
+    /// Reload the policy now (answered with the status after it).
+    Reload,
 }
 
 impl Request {
@@ -31,8 +38,9 @@ impl Request {
             "" | "status" => Ok(Request::Status),
             "stop" => Ok(Request::Stop { unpin: false }),
             "stop unpin" => Ok(Request::Stop { unpin: true }),
+            "reload" => Ok(Request::Reload),
             other => Err(format!(
-                "unknown request `{}`: status, stop or stop unpin",
+                "unknown request `{}`: status, stop, stop unpin or reload",
                 other.chars().take(64).collect::<String>()
             )),
         }
@@ -43,6 +51,7 @@ impl Request {
             Request::Status => "status\n",
             Request::Stop { unpin: false } => "stop\n",
             Request::Stop { unpin: true } => "stop unpin\n",
+            Request::Reload => "reload\n",
         }
     }
 }
@@ -65,6 +74,10 @@ pub fn ask(socket: &Path, request: Request) -> anyhow::Result<String> {
             socket.display()
         )
     })?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIME_LIMIT))
+        .and_then(|()| stream.set_write_timeout(Some(ANSWER_TIME_LIMIT)))
+        .context("setting a time limit on the agent's answer")?;
     stream
         .write_all(request.line().as_bytes())
         .context("asking the agent")?;
@@ -128,6 +141,10 @@ impl Agent {
         let line = read_request(&mut stream).await;
         let (answer, stop) = match Request::parse(&line) {
             Ok(Request::Status) => (serde_json::to_string(&self.status()), false),
+            Ok(Request::Reload) => {
+                self.reload("asked on the control socket (timeguard apply)");
+                (serde_json::to_string(&self.status()), false)
+            }
             Ok(Request::Stop { unpin }) => {
                 let by = stream.peer_cred().ok().map(|c| Peer {
                     uid: c.uid(),
@@ -177,6 +194,7 @@ mod tests {
             Request::Status,
             Request::Stop { unpin: false },
             Request::Stop { unpin: true },
+            Request::Reload,
         ] {
             assert_eq!(Request::parse(r.line()), Ok(r));
         }
