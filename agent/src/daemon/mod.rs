@@ -98,7 +98,6 @@ fn first_policy_in_force(
     options: &Options,
     mut policy: crate::policy::CompiledPolicy,
 ) -> anyhow::Result<u32> {
-    let mut unusable = None;
     loop {
         let refused = agent.reloading.source;
         let problem = match agent.prepare(policy).and_then(|p| agent.switch(p)) {
@@ -106,14 +105,15 @@ fn first_policy_in_force(
             Err(e) => format!("the kernel refused the {} policy: {e:#}", refused.token()),
         };
         log::error!("{problem}");
-        let problems = match refused {
+        // The configured policy's problems stay the reason shown; a refused last known good
+        // one is why it is out.
+        let (problems, unusable) = match refused {
             last_known_good::Source::LastKnownGood => {
-                unusable = Some(problem);
-                agent.reloading.configured_problems.clone()
+                (agent.reloading.configured_problems.clone(), Some(problem))
             }
-            _ => vec![problem],
+            _ => (vec![problem], None),
         };
-        let (next, origin) = reload::fallback_after(options, refused, problems, unusable.take())?;
+        let (next, origin) = reload::fallback_after(options, refused, problems, unusable)?;
         agent.reloading = Reloading::new(options, &next, origin);
         policy = next;
     }
