@@ -136,6 +136,13 @@ pub struct ClockEvent {
     /// `policy::Reason` of a refusal (deny or audit).
     pub reason: u8,
     pub _pad: [u8; 3],
+    /// The rule the caller's executable matched and its process lost (`integrity`): the
+    /// default decided instead. 0 when no rule was lost.
+    pub lost_rule_id: u32,
+    /// Why (`integrity::TaintReason` bits), and the process that acted as the caller.
+    pub taint_reasons: u32,
+    pub taint_source_tgid: u32,
+    pub _pad2: u32,
 }
 
 impl ClockEvent {
@@ -160,6 +167,10 @@ impl ClockEvent {
         has_time: 0,
         reason: 0,
         _pad: [0; 3],
+        lost_rule_id: 0,
+        taint_reasons: 0,
+        taint_source_tgid: 0,
+        _pad2: 0,
     };
 }
 
@@ -171,7 +182,7 @@ mod budget_tests {
     fn records_have_no_hidden_padding() {
         // Explicit padding only: the same bytes mean the same on both sides.
         assert_eq!(core::mem::size_of::<super::Caller>(), 48);
-        assert_eq!(core::mem::size_of::<super::ClockEvent>(), 128);
+        assert_eq!(core::mem::size_of::<super::ClockEvent>(), 144);
         assert_eq!(core::mem::size_of::<crate::net::NetEvent>(), 176);
         assert_eq!(core::mem::size_of::<crate::tamper::TamperEvent>(), 104);
     }

@@ -46,6 +46,11 @@ pub struct KernelOffsets {
     pub bpf_link_id: u32,
     /// `dentry.d_inode`
     pub dentry_inode: u32,
+    /// `task_struct.pid`, `task_struct.signal`, `signal_struct.live`: whether a new task is
+    /// a process or a thread, and whether an exiting one was its process's last thread.
+    pub task_pid: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
 }
 
 crate::pod!(KernelOffsets, ClockState);

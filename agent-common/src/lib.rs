@@ -8,6 +8,7 @@
 pub mod alert;
 pub mod clock;
 pub mod event;
+pub mod integrity;
 pub mod kernel;
 pub mod maps;
 pub mod net;

@@ -17,6 +17,9 @@ pub const CLOCK_COUNTERS: &str = "CLOCK_COUNTERS";
 pub const CLOCK_EVENTS: &str = "CLOCK_EVENTS";
 pub const CLOCK_EVENTS_DROPPED: &str = "CLOCK_EVENTS_DROPPED";
 pub const EVENT_BUDGETS: &str = "EVENT_BUDGETS";
+// Integrity of rule processes: the tainted ones, and the decisions they lost a rule in.
+pub const PROCESS_TAINT: &str = "PROCESS_TAINT";
+pub const RULE_LOST_COUNTERS: &str = "RULE_LOST_COUNTERS";
 
 // The network guard: its policy (double-buffered, in the slot `ACTIVE_SLOT` names), lists,
 // daemons and grandmasters.
@@ -48,7 +51,7 @@ pub const TAMPER_SCRATCH: &str = "TAMPER_SCRATCH";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 30] = [
+pub const ALL: [&str; 32] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -57,6 +60,8 @@ pub const ALL: [&str; 30] = [
     CLOCK_EVENTS,
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
+    PROCESS_TAINT,
+    RULE_LOST_COUNTERS,
     NET_POLICY,
     NET_ADDRS,
     NET_DAEMONS,
@@ -84,10 +89,12 @@ pub const ALL: [&str; 30] = [
 /// Maps only the kernel programs write (counters, budgets, per-source state, scratch): the
 /// agent freezes them against every `bpf()` write from userspace. Ring buffers are left
 /// out (their reader writes its position through a writable mapping).
-pub const KERNEL_ONLY: [&str; 16] = [
+pub const KERNEL_ONLY: [&str; 18] = [
     CLOCK_COUNTERS,
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
+    PROCESS_TAINT,
+    RULE_LOST_COUNTERS,
     NET_COUNTERS,
     NET_EVENTS_DROPPED,
     NET_EVENT_SCRATCH,

@@ -20,6 +20,10 @@ crate::codes! {
         /// A `bpf()` command on one of timeguard's maps or links: update, delete, freeze,
         /// detach, replace.
         Bpf = 6 => "bpf",
+        /// `prctl(PR_SET_MM)`: rewriting what the kernel says a process runs (its
+        /// executable file, `PR_SET_MM_EXE_FILE` or `PR_SET_MM_MAP`) or its memory layout.
+        /// Decided by the clock policy's mode, with or without self-protection.
+        RewriteIdentity = 7 => "rewrite_identity",
     }
 }
 
@@ -34,6 +38,8 @@ crate::codes! {
         Pin = 4 => "pin",
         Map = 5 => "map",
         Link = 6 => "link",
+        /// The executable identity every decision rests on (the caller's own process).
+        Identity = 7 => "identity",
     }
 }
 
@@ -100,11 +106,13 @@ pub struct TamperEvent {
     pub _pad: [u8; 2],
     /// `Target`
     pub target: u32,
-    /// Signals: the signal; ptrace: the mode; bpf: the command.
+    /// Signals: the signal; ptrace: the mode; bpf: the command; rewrite_identity: the
+    /// `PR_SET_MM_*` request.
     pub detail: u32,
     /// Signals and ptrace: the target process.
     pub target_tgid: u32,
-    /// Files: the file; bpf: the object id in `target_ino`.
+    /// Files: the file (rewrite_identity: the one offered as the executable); bpf: the
+    /// object id in `target_ino`.
     pub target_dev: u64,
     pub target_ino: u64,
     pub generation: u32,
@@ -148,6 +156,34 @@ pub const fn changing_bpf_command(cmd: u32) -> Option<(Target, usize)> {
     }
 }
 
+/// `prctl` options and `PR_SET_MM` requests (uapi `linux/prctl.h`).
+pub mod prctl {
+    pub const PR_SET_MM: u32 = 35;
+    pub const PR_SET_MM_EXE_FILE: u32 = 13;
+
+    /// The name of a `PR_SET_MM` request, as records say it.
+    pub const fn set_mm_request(arg2: u32) -> &'static str {
+        match arg2 {
+            1 => "PR_SET_MM_START_CODE",
+            2 => "PR_SET_MM_END_CODE",
+            3 => "PR_SET_MM_START_DATA",
+            4 => "PR_SET_MM_END_DATA",
+            5 => "PR_SET_MM_START_STACK",
+            6 => "PR_SET_MM_START_BRK",
+            7 => "PR_SET_MM_BRK",
+            8 => "PR_SET_MM_ARG_START",
+            9 => "PR_SET_MM_ARG_END",
+            10 => "PR_SET_MM_ENV_START",
+            11 => "PR_SET_MM_ENV_END",
+            12 => "PR_SET_MM_AUXV",
+            PR_SET_MM_EXE_FILE => "PR_SET_MM_EXE_FILE",
+            14 => "PR_SET_MM_MAP",
+            15 => "PR_SET_MM_MAP_SIZE",
+            _ => "PR_SET_MM (unknown request)",
+        }
+    }
+}
+
 crate::pod!(SelfState, FileKey, ObjectKey, TamperCounterKey, TamperEvent);
 
 #[cfg(test)]
@@ -162,6 +198,13 @@ mod tests {
         for sig in [0, 1, 17, 18, 23, 28] {
             assert!(!stops_the_agent(sig), "signal {sig}");
         }
+    }
+
+    #[test]
+    fn set_mm_requests_are_named() {
+        assert_eq!(prctl::set_mm_request(13), "PR_SET_MM_EXE_FILE");
+        assert_eq!(prctl::set_mm_request(14), "PR_SET_MM_MAP");
+        assert_eq!(prctl::set_mm_request(99), "PR_SET_MM (unknown request)");
     }
 
     #[test]

@@ -35,6 +35,9 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     bpf_map_id: 0,
     bpf_link_id: 0,
     dentry_inode: 0,
+    task_pid: 0,
+    task_signal: 0,
+    signal_live: 0,
 };
 
 #[inline(always)]

@@ -132,7 +132,7 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
         frequency: req.frequency_abs,
     };
     let who = &ev.caller;
-    let Some(decided) = decide_for(who.exe_dev, who.exe_ino, who.uid, &limits) else {
+    let Some(decided) = decide_for(who.exe_dev, who.exe_ino, who.uid, who.tgid, &limits) else {
         return Verdict::Allow;
     };
     let v = if observe_only {
@@ -165,6 +165,9 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     ev.frequency = req.frequency;
     ev.device = req.device;
     ev.ioctl_cmd = req.ioctl_cmd;
+    ev.lost_rule_id = decided.lost_rule_id;
+    ev.taint_reasons = decided.taint.reasons;
+    ev.taint_source_tgid = decided.taint.source_tgid;
     let ring = Ring {
         ring: &CLOCK_EVENTS,
         dropped: &CLOCK_EVENTS_DROPPED,

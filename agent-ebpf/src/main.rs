@@ -9,6 +9,7 @@
 //! - `policy`: the compiled policy maps and the lookup of the rule in force.
 //! - `emit`: the one way out: exact counters, and records within a budget on a ring.
 //! - `tamper`: the guard guarding itself (signals, ptrace, its files, its BPF objects).
+//! - `identity`: the executable identity decisions rest on, kept from being rewritten.
 #![no_std]
 #![no_main]
 
@@ -16,6 +17,7 @@ mod caller;
 mod clock;
 mod devices;
 mod emit;
+mod identity;
 mod net;
 mod policy;
 mod tamper;

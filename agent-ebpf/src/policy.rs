@@ -1,6 +1,7 @@
 //! The compiled policy: double-buffered maps the agent fills, and the lookup of the rule in force.
 
 use agent_common::{
+    integrity::Taint,
     kernel::ClockState,
     maps::ONLY,
     policy::{
@@ -11,6 +12,8 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap},
 };
+
+use crate::identity::{count_lost, taint_of};
 
 /// Index `maps::ONLY`: the slot in force, of the clock's policy and the network's alike. The
 /// agent fills the other slot of both, then flips this with one write: the whole policy
@@ -26,6 +29,13 @@ pub fn slot_in_force() -> Option<u32> {
 
 #[map]
 static POLICY: Array<PolicyHeader> = Array::pinned(SLOTS, 0);
+
+/// The policy-wide part of the policy in force; None before any policy is loaded.
+#[inline(always)]
+pub fn header_in_force() -> Option<PolicyHeader> {
+    let header = *POLICY.get(slot_in_force()?)?;
+    (header.generation != 0).then_some(header)
+}
 
 /// Index 0: what the agent knows of the clock (the TAI offset).
 #[map]
@@ -43,6 +53,9 @@ static CLOCK_RULES: HashMap<ExeKey, ClockRule> = HashMap::pinned(SLOTS * MAX_RUL
 pub struct Decided {
     pub decision: Decision,
     pub generation: u32,
+    /// The rule the executable matched and the tainted process lost (0: none), and why.
+    pub lost_rule_id: u32,
+    pub taint: Taint,
 }
 
 /// Attempts to read one consistent policy before giving up.
@@ -66,12 +79,28 @@ fn generation_now(slot: u32) -> u32 {
 /// being rewritten: a decision that began just before a flip and was delayed past the next
 /// reload never mixes two policies.
 /// Before any policy is loaded (no generation anywhere) nothing is decided: `None`.
+///
+/// A rule holds only for a process whose code is its program's own: a tainted process
+/// (`identity`) is decided by the default, and the rule it lost is said and counted.
 #[inline(always)]
-pub fn decide_for(dev: u64, ino: u64, uid: u32, req: &Request) -> Option<Decided> {
-    let (header, rule) = consistent_read(dev, ino, uid)?;
+pub fn decide_for(dev: u64, ino: u64, uid: u32, tgid: u32, req: &Request) -> Option<Decided> {
+    let (header, mut rule) = consistent_read(dev, ino, uid)?;
+    let mut lost_rule_id = 0;
+    let mut taint = Taint::default();
+    // Only a process a rule matched is looked up: the default's callers pay nothing.
+    if let Some(r) = rule {
+        if let Some(t) = taint_of(tgid) {
+            lost_rule_id = r.rule_id;
+            taint = t;
+            rule = None;
+            count_lost(r.rule_id, &t);
+        }
+    }
     Some(Decided {
         decision: decide(&header, rule.as_ref(), req),
         generation: header.generation,
+        lost_rule_id,
+        taint,
     })
 }
 

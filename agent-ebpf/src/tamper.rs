@@ -5,7 +5,7 @@
 //!   manager or the kernel.
 //! - `ptrace_access_check` (attach mode: ptrace, /proc/PID/mem, pidfd_getfd,
 //!   process_vm_writev) and `ptrace_traceme`: the agent and the time daemons, whose rights
-//!   a tracer would inherit.
+//!   a tracer would inherit. An access that goes through taints the process (`identity`).
 //! - `file_open` (for writing, with the PHC check in `devices`), `inode_unlink`,
 //!   `inode_rename`: the agent's executable, the policy files, the daemons' executables and
 //!   timeguard's pins.
@@ -18,6 +18,7 @@
 
 use agent_common::{
     event::EventBudget,
+    integrity::TaintReason,
     maps::{Dropped, ONLY},
     policy::Verdict,
     tamper::{
@@ -36,6 +37,7 @@ use crate::{
     caller::{current_exe, fill_caller, inode_id, kread, offsets, task_exe},
     clock::lsm_verdict,
     emit::{boot_ns, count, Budget, Ring},
+    identity::taint,
 };
 
 #[map]
@@ -98,20 +100,28 @@ fn protected(dev: u64, ino: u64) -> u32 {
 }
 
 /// What was tried, and on what.
-struct Attempt {
-    action: Action,
+pub(crate) struct Attempt {
+    pub action: Action,
     /// `Target`.
-    target: u32,
-    detail: u32,
-    target_tgid: u32,
-    target_dev: u64,
-    target_ino: u64,
+    pub target: u32,
+    pub detail: u32,
+    pub target_tgid: u32,
+    pub target_dev: u64,
+    pub target_ino: u64,
 }
 
-/// Decides an attempt by the mode, counts it and records it; the LSM return value.
+/// Decides an attempt by self-protection's mode, counts it and records it; the LSM return
+/// value.
 #[inline(always)]
 fn refuse(s: &SelfState, a: &Attempt) -> i32 {
-    let v = Verdict::refused(s.mode);
+    refuse_as(s.mode, s.generation, a)
+}
+
+/// Decides an attempt by `mode` (`policy::Mode`), counts it and records it on the tamper
+/// ring under the policy `generation`; the LSM return value.
+#[inline(always)]
+pub(crate) fn refuse_as(mode: u32, generation: u32, a: &Attempt) -> i32 {
+    let v = Verdict::refused(mode);
     let key = TamperCounterKey {
         action: a.action as u8,
         verdict: v as u8,
@@ -137,7 +147,7 @@ fn refuse(s: &SelfState, a: &Attempt) -> i32 {
         ev.target_tgid = a.target_tgid;
         ev.target_dev = a.target_dev;
         ev.target_ino = a.target_ino;
-        ev.generation = s.generation;
+        ev.generation = generation;
     });
     lsm_verdict(v)
 }
@@ -206,6 +216,10 @@ fn traced(s: &SelfState, task: *const u8, mode_bits: u32) -> i32 {
 }
 
 /// LSM_HOOK(int, 0, ptrace_access_check, struct task_struct *child, unsigned int mode)
+///
+/// Attached with the clock's programs: besides self-protection, an attach that goes
+/// through taints the process attached (`identity`), decided in this one program so that
+/// an attach refused here never taints.
 #[lsm(hook = "ptrace_access_check")]
 pub fn tamper_ptrace(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(2);
@@ -217,21 +231,42 @@ pub fn tamper_ptrace(ctx: LsmContext) -> i32 {
     if mode_bits & PTRACE_MODE_ATTACH == 0 {
         return 0;
     }
-    let Some(s) = state() else { return 0 };
-    traced(&s, ctx.arg(0), mode_bits)
+    let child: *const u8 = ctx.arg(0);
+    let verdict = match state() {
+        Some(s) => traced(&s, child, mode_bits),
+        None => 0,
+    };
+    if verdict == 0 {
+        if let Some(tgid) = kread::<u32>(child, offsets().task_tgid) {
+            let tracer = (bpf_get_current_pid_tgid() >> 32) as u32;
+            taint(tgid, TaintReason::Traced, tracer);
+        }
+    }
+    verdict
 }
 
 /// LSM_HOOK(int, 0, ptrace_traceme, struct task_struct *parent)
+///
+/// Taints the process that asks to be traced (`identity`), as `tamper_ptrace` does.
 #[lsm(hook = "ptrace_traceme")]
 pub fn tamper_traceme(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
     if previous != 0 {
         return previous;
     }
-    let Some(s) = state() else { return 0 };
     // SAFETY: the helper returns the current task, only read through probe reads.
     let me = unsafe { bpf_get_current_task() } as *const u8;
-    traced(&s, me, PTRACE_MODE_ATTACH)
+    let verdict = match state() {
+        Some(s) => traced(&s, me, PTRACE_MODE_ATTACH),
+        None => 0,
+    };
+    if verdict == 0 {
+        let parent: *const u8 = ctx.arg(0);
+        let tracer = kread::<u32>(parent, offsets().task_tgid).unwrap_or(0);
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        taint(tgid, TaintReason::AskedToBeTraced, tracer);
+    }
+    verdict
 }
 
 /// Decides a change to a file; 0 when it is not protected.
@@ -301,31 +336,29 @@ pub fn tamper_rename(ctx: LsmContext) -> i32 {
     file_change(Action::Rename, dentry_inode(ctx.arg(3)))
 }
 
-/// The id of the map or link behind descriptor `fd` of the calling process.
+/// The file behind descriptor `fd` of the calling process (None: no such descriptor).
 #[inline(always)]
-fn object_id(fd: i32, id_offset: u32) -> u32 {
+pub(crate) fn fd_file(fd: i32) -> Option<*const u8> {
     if fd < 0 {
-        return 0;
+        return None;
     }
     let off = offsets();
     // SAFETY: the helper returns the current task; it is only read through probe reads.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Some(files) = kread::<*const u8>(task, off.task_files) else {
-        return 0;
-    };
-    let Some(fdt) = kread::<*const u8>(files, off.files_fdt) else {
-        return 0;
-    };
+    let files = kread::<*const u8>(task, off.task_files)?;
+    let fdt = kread::<*const u8>(files, off.files_fdt)?;
     if fd as u32 >= kread::<u32>(fdt, off.fdt_max_fds).unwrap_or(0) {
-        return 0;
+        return None;
     }
-    let Some(table) = kread::<*const u8>(fdt, off.fdt_fd) else {
-        return 0;
-    };
-    let Some(file) = kread::<*const u8>(table, fd as u32 * 8) else {
-        return 0;
-    };
-    let Some(object) = kread::<*const u8>(file, off.file_private_data) else {
+    let table = kread::<*const u8>(fdt, off.fdt_fd)?;
+    kread::<*const u8>(table, fd as u32 * 8)
+}
+
+/// The id of the map or link behind descriptor `fd` of the calling process.
+#[inline(always)]
+fn object_id(fd: i32, id_offset: u32) -> u32 {
+    let Some(file) = fd_file(fd) else { return 0 };
+    let Some(object) = kread::<*const u8>(file, offsets().file_private_data) else {
         return 0;
     };
     kread::<u32>(object, id_offset).unwrap_or(0)

@@ -119,15 +119,22 @@ impl Guard {
         match self.object.btf() {
             Ok(_) => {
                 for spec in program::attached_at(When::Enforcing) {
-                    let Hook::Lsm(hook) = spec.hook else { continue };
-                    if spec.need == Need::OptionalIfHookAbsent && self.absent_hooks.contains(&hook)
-                    {
-                        continue;
-                    }
+                    let what = match spec.hook {
+                        Hook::Lsm(hook) => {
+                            if spec.need == Need::OptionalIfHookAbsent
+                                && self.absent_hooks.contains(&hook)
+                            {
+                                continue;
+                            }
+                            format!("BPF LSM hook {hook}")
+                        }
+                        Hook::BtfTracepoint(tp) => format!("BTF tracepoint {tp}"),
+                        _ => continue,
+                    };
                     match self.object.attach(spec, Target::Hook) {
                         Ok(a) => self.attached.push(a.attached),
                         Err(e) => {
-                            refused.push(format!("BPF LSM hook {hook}: {e:#}"));
+                            refused.push(format!("{what}: {e:#}"));
                             break;
                         }
                     }
@@ -147,10 +154,10 @@ impl Guard {
             vec!["the kernel refuses BPF LSM programs: self-protection needs them".into()];
         // All or nothing: a half-attached guard would decide some paths and not others.
         for spec in program::attached_at(When::Enforcing) {
-            self.object.unload_lsm(spec)?;
+            self.object.unload_enforcing(spec)?;
         }
         self.attached
-            .retain(|a| !matches!(a.point, AttachPoint::Lsm(_)));
+            .retain(|a| !matches!(a.point, AttachPoint::Lsm(_) | AttachPoint::BtfTracepoint(_)));
         for spec in program::attached_at(When::InsteadOfEnforcement) {
             let a = self.object.attach(spec, Target::Hook)?;
             self.attached.push(a.attached);

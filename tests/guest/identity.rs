@@ -1,5 +1,6 @@
 //! Who asks is the executable file: a copy, a new name, links, exec through a descriptor or
-//! a memfd gain nothing; `match.users` narrows a rule by the caller's uid.
+//! a memfd gain nothing; `match.users` narrows a rule by the caller's uid; a process another one
+//! acted as (ptrace) loses its rule.
 
 use crate::prelude::*;
 
@@ -79,4 +80,180 @@ fn match_users_narrows_a_rule() {
             "users: [_chrony] -> root denied by the default ({denied}); users: [root, _chrony] -> allowed"
         ))
     })
+}
+
+/// The executable identity cannot be rewritten: `prctl(PR_SET_MM_EXE_FILE)` naming the
+/// allowed program as the denied copy's executable is refused under the enforcing guest
+/// policy (EPERM, before the kernel's own EBUSY for an image still mapped), counted, and
+/// recorded with the file offered. Under the audit policy the same call reaches the kernel
+/// (EBUSY there) and is recorded as audit: the refusal is the guard's.
+#[test]
+fn rewriting_the_executable_identity_is_refused() {
+    scenario(|agent| {
+        let offered = |v: &Value, verdict: &str| {
+            v["kind"] == "tamper"
+                && v["action"] == "rewrite_identity"
+                && v["verdict"] == verdict
+                && v["what"]["prctl"] == "PR_SET_MM_EXE_FILE"
+                && v["what"]["exe_offered"] == ALLOWED
+        };
+        let enforced = errno_of(sh(COPY, &["set-exe-file", ALLOWED])?)?;
+        if enforced != libc::EPERM {
+            return Err(format!(
+                "enforcing: PR_SET_MM_EXE_FILE got errno {enforced}, not EPERM"
+            ));
+        }
+        wait_record("a rewrite_identity refusal", |v| offered(v, "deny"))?;
+        let st = agent_status()?;
+        let counted_deny = counted(
+            &st["self_protection"]["attempts"],
+            &[
+                ("action", "rewrite_identity"),
+                ("target", "identity"),
+                ("verdict", "deny"),
+            ],
+        );
+        if counted_deny == 0 {
+            return Err(format!("refusal not counted: {}", st["self_protection"]));
+        }
+        agent.reload_to(policies::AUDIT, "vm-test-audit")?;
+        let audited = sh(COPY, &["set-exe-file", ALLOWED]).and_then(errno_of);
+        agent.reload_to(policies::GUEST, "vm-test")?;
+        let audited = audited?;
+        if audited != libc::EBUSY {
+            return Err(format!(
+                "audit: PR_SET_MM_EXE_FILE got errno {audited}, not the kernel's EBUSY"
+            ));
+        }
+        wait_record("a rewrite_identity audit record", |v| offered(v, "audit"))?;
+        Ok(format!(
+            "enforce: EPERM, counted {counted_deny}, recorded; audit: reached the kernel (EBUSY), recorded"
+        ))
+    })
+}
+
+/// A rule's rights stay with the program's own code: once another process has acted as
+/// the allowed program (ptrace attach, the way code is injected), that process is decided by
+/// the default for the rest of its life, and so is a child it forks; so is the allowed
+/// program started under `PTRACE_TRACEME` (how strace and gdb start one). Each refusal's
+/// record names the rule lost, the reason and the tracer, and is counted. The control: the
+/// allowed program started plainly keeps its right.
+#[test]
+fn a_rule_process_another_one_acted_as_loses_its_rule() {
+    scenario(|_| {
+        let plain = outcome(sh(ALLOWED, &["freq", "5"])?)?;
+        let reset = outcome(sh(ALLOWED, &["freq", "0"])?)?;
+        if plain.errno != 0 || reset.errno != 0 {
+            return Err(format!(
+                "the allowed program started plainly: errno {} / {}",
+                plain.errno, reset.errno
+            ));
+        }
+        // Attached while it waits; then it asks, and forks a child that asks.
+        let attached = traced_then_asks(&["freq", "5"])?;
+        let forked = traced_then_asks(&["in-child", "freq", "5"])?;
+        let tracer_pid = |v: &Value| v["integrity"]["source_pid"].as_u64().unwrap_or(0);
+        let lost = |v: &Value, pid: u32, reason: &str| {
+            v["kind"] == "clock"
+                && v["verdict"] == "deny"
+                && v["rule"] == "default"
+                && v["integrity"]["lost_rule"] == "test-allowed"
+                && v["integrity"]["reasons"] == serde_json::json!([reason])
+                && (pid == 0 || v["who"]["tgid"] == pid)
+        };
+        let rec = wait_record("a traced process's lost rule", |v| {
+            lost(v, attached, "traced")
+        })?;
+        if tracer_pid(&rec) == 0 {
+            return Err(format!("the record names no tracer: {rec}"));
+        }
+        // The child has a pid of its own: any record of the forked run's lost rule that is
+        // not the parent's.
+        wait_record("a forked child's lost rule", |v| {
+            lost(v, 0, "traced") && v["who"]["tgid"] != attached && v["who"]["tgid"] != forked
+        })?;
+        // Started the way a debugger starts a program.
+        let traceme = outcome(sh(COPY, &["traced-exec", ALLOWED, "freq", "5"])?)?;
+        if traceme.errno != libc::EPERM {
+            return Err(format!(
+                "started under PTRACE_TRACEME: errno {} (expected EPERM)",
+                traceme.errno
+            ));
+        }
+        wait_record("a lost rule under PTRACE_TRACEME", |v| {
+            lost(v, 0, "asked_to_be_traced")
+        })?;
+        let st = agent_status()?;
+        let traced = counted(
+            &st["rules_lost"],
+            &[("rule", "test-allowed"), ("reason", "traced")],
+        );
+        let asked = counted(
+            &st["rules_lost"],
+            &[("rule", "test-allowed"), ("reason", "asked_to_be_traced")],
+        );
+        if traced < 2 || asked < 1 {
+            return Err(format!("rules lost counted: {}", st["rules_lost"]));
+        }
+        // Untouched, the program still has its right.
+        let after = outcome(sh(ALLOWED, &["freq", "5"])?)?;
+        let _ = sh(ALLOWED, &["freq", "0"]);
+        if after.errno != 0 {
+            return Err(format!(
+                "a fresh allowed process after: errno {}",
+                after.errno
+            ));
+        }
+        Ok(format!(
+            "plain: allowed; attached: EPERM; its fork: EPERM; PTRACE_TRACEME: EPERM; counted traced {traced}, asked_to_be_traced {asked}; fresh process after: allowed"
+        ))
+    })
+}
+
+/// Starts the allowed program waiting, attaches to it by ptrace from the denied copy (which
+/// goes through: self-protection audits in the guest policy), then lets it run `then`; its
+/// process id, once it has been refused (EPERM).
+fn traced_then_asks(then: &[&str]) -> Result<u32, String> {
+    let go = "/tmp/tg-traced.go";
+    let _ = fs::remove_file(go);
+    let mut args = vec!["await", go];
+    args.extend_from_slice(then);
+    let child = Command::new(ALLOWED)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {ALLOWED}: {e}"))?;
+    let pid = child.id();
+    let attach = errno_of(sh(COPY, &["ptrace", &pid.to_string()])?);
+    let _ = fs::write(go, "");
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for {ALLOWED}: {e}"))?;
+    let _ = fs::remove_file(go);
+    if attach? != 0 {
+        return Err("the attach was refused: nothing to show".into());
+    }
+    let o = outcome(Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })?;
+    if o.errno != libc::EPERM {
+        let _ = sh(ALLOWED, &["freq", "0"]);
+        return Err(format!(
+            "{ALLOWED} {then:?} after an attach: errno {} (expected EPERM)",
+            o.errno
+        ));
+    }
+    Ok(pid)
+}
+
+/// The `{"errno": N}` a tamper attempt of the test program reports.
+fn errno_of(run: Run) -> Result<i32, String> {
+    serde_json::from_str::<Value>(&run.stdout)
+        .ok()
+        .and_then(|v| v["errno"].as_i64())
+        .map(|e| e as i32)
+        .ok_or_else(|| format!("no errno in {:?} (stderr: {})", run.stdout, run.stderr))
 }

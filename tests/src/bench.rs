@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 /// A workload's name and what one iteration does.
-pub const WORKLOADS: [(&str, &str); 5] = [
+pub const WORKLOADS: [(&str, &str); 6] = [
     (
         "settime",
         "clock_settime(CLOCK_REALTIME, now): a step of zero",
@@ -21,6 +21,10 @@ pub const WORKLOADS: [(&str, &str); 5] = [
     (
         "fchown",
         "fchown to another uid: a capability check (CAP_CHOWN)",
+    ),
+    (
+        "fork-exec",
+        "fork, exec /bin/true, wait: a process's whole life (fork and exit hooks)",
     ),
 ];
 
@@ -89,6 +93,26 @@ pub fn run(workload: &str, n: u64) -> Result<(f64, u64), String> {
                 count(unsafe { libc::fchown(fd, id, id) } as libc::c_long);
             }
             let _ = std::fs::remove_file(&path);
+        }
+        "fork-exec" => {
+            let path = c"/bin/true";
+            let argv = [path.as_ptr(), std::ptr::null()];
+            started = Instant::now();
+            for _ in 0..n {
+                // SAFETY: the child only executes /bin/true (argv ends with null) or exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    unsafe {
+                        libc::execv(path.as_ptr(), argv.as_ptr());
+                        libc::_exit(127);
+                    }
+                }
+                let mut status = 0;
+                // SAFETY: waiting for the child just forked.
+                let waited = pid > 0 && unsafe { libc::waitpid(pid, &mut status, 0) } == pid;
+                let ok = waited && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+                count(if ok { 0 } else { -1 });
+            }
         }
         other => {
             let names: Vec<&str> = WORKLOADS.iter().map(|(n, _)| *n).collect();

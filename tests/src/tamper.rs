@@ -1,6 +1,6 @@
 //! What an intruder with root tries against the guard, for the self-protection scenarios:
 //! signals, ptrace, writes, unlinks and renames of protected files, and `bpf()` commands on
-//! the guard's maps and links. Each call reports `{"errno": N}`.
+//! the guard's maps and links, and rewriting its own executable identity. Each call reports `{"errno": N}`.
 
 use std::ffi::CString;
 
@@ -26,6 +26,26 @@ fn c(path: &str) -> Result<CString, String> {
 pub fn signal(pid: i32, sig: i32) -> Value {
     // SAFETY: a plain syscall.
     outcome(unsafe { libc::kill(pid, sig) }.into())
+}
+
+/// `prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, fd)` with a descriptor of `path`: naming another
+/// file as this process's executable. The kernel itself answers EBUSY while the process's
+/// own image is still mapped; the guard decides before the kernel looks.
+pub fn set_exe_file(path: &str) -> Result<Value, String> {
+    const PR_SET_MM: libc::c_int = 35;
+    const PR_SET_MM_EXE_FILE: libc::c_ulong = 13;
+    let p = c(path)?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return Err(format!("cannot open {path}: errno {}", errno()));
+    }
+    // SAFETY: a plain syscall on the descriptor just opened.
+    let rc = unsafe { libc::prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, fd as libc::c_ulong, 0, 0) };
+    let out = outcome(rc.into());
+    // SAFETY: the descriptor opened above.
+    unsafe { libc::close(fd) };
+    Ok(out)
 }
 
 /// PTRACE_ATTACH to `pid` (detached again at once when it succeeds).

@@ -11,8 +11,8 @@ use std::{
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
     programs::{
-        cgroup_skb::CgroupSkbAttachType, links::FdLink, xdp::XdpLinkId, CgroupAttachMode,
-        CgroupSkb, CgroupSockAddr, KProbe, Lsm, TracePoint, Xdp, XdpMode,
+        cgroup_skb::CgroupSkbAttachType, links::FdLink, xdp::XdpLinkId, BtfTracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSockAddr, KProbe, Lsm, TracePoint, Xdp, XdpMode,
     },
     Btf, Ebpf,
 };
@@ -37,6 +37,7 @@ pub enum Target<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttachPoint {
     Lsm(&'static str),
+    BtfTracepoint(&'static str),
     Tracepoint(&'static str, &'static str),
     Kprobe(&'static str),
     CgroupSkbIngress(PathBuf),
@@ -48,6 +49,7 @@ impl AttachPoint {
     fn of(hook: Hook, target: Target<'_>) -> anyhow::Result<Self> {
         Ok(match (hook, target) {
             (Hook::Lsm(h), Target::Hook) => AttachPoint::Lsm(h),
+            (Hook::BtfTracepoint(t), Target::Hook) => AttachPoint::BtfTracepoint(t),
             (Hook::Tracepoint(c, n), Target::Hook) => AttachPoint::Tracepoint(c, n),
             (Hook::Kprobe(f), Target::Hook) => AttachPoint::Kprobe(f),
             (Hook::CgroupSkbIngress, Target::Cgroup { path, .. }) => {
@@ -68,6 +70,7 @@ impl AttachPoint {
     fn pin_key(&self, program: &str) -> Option<String> {
         let target = match self {
             AttachPoint::Lsm(hook) => format!("lsm.{hook}"),
+            AttachPoint::BtfTracepoint(tp) => format!("tp_btf.{tp}"),
             AttachPoint::CgroupSkbIngress(p) | AttachPoint::CgroupSockAddr(p) => {
                 format!("cgroup{}", p.display())
             }
@@ -97,6 +100,10 @@ impl fmt::Display for Attached {
             // Only LSM links were ever said to be adopted; the text stays as it was.
             AttachPoint::Lsm(hook) if self.adopted => write!(f, "{name} (lsm/{hook}, adopted)"),
             AttachPoint::Lsm(hook) => write!(f, "{name} (lsm/{hook})"),
+            AttachPoint::BtfTracepoint(tp) if self.adopted => {
+                write!(f, "{name} (tp_btf/{tp}, adopted)")
+            }
+            AttachPoint::BtfTracepoint(tp) => write!(f, "{name} (tp_btf/{tp})"),
             AttachPoint::Tracepoint(c, n) => write!(f, "{name} (tracepoint/{c}/{n})"),
             AttachPoint::Kprobe(function) => write!(f, "{name} (kprobe/{function})"),
             AttachPoint::CgroupSkbIngress(p) => {
@@ -179,6 +186,15 @@ pub fn attach(
             }
             let id = lsm.attach()?;
             pin(pins, FdLink::from(lsm.take_link(id)?))?
+        }
+        (AttachPoint::BtfTracepoint(tp), _) => {
+            let btf = btf.map_err(|e| anyhow!("reading the kernel's BTF: {e}"))?;
+            let prog: &mut BtfTracePoint = program.try_into()?;
+            if prog.fd().is_err() {
+                prog.load(tp, btf).map_err(describe_load_error)?;
+            }
+            let id = prog.attach()?;
+            pin(pins, FdLink::from(prog.take_link(id)?))?
         }
         (AttachPoint::Tracepoint(category, tracepoint), _) => {
             let tp: &mut TracePoint = program.try_into()?;
@@ -273,17 +289,31 @@ pub fn release(ebpf: &mut Ebpf, pins: &mut Pins, link: Link) {
     }
 }
 
-/// Unpins an LSM program's link and unloads the program (detaching it).
-pub fn unload_lsm(ebpf: &mut Ebpf, pins: &mut Pins, spec: &ProgramSpec) -> anyhow::Result<()> {
-    let Hook::Lsm(hook) = spec.hook else {
-        bail!("{} is not an LSM program", spec.name);
+/// Unpins an enforcing program's link (LSM or BTF tracepoint) and unloads the program.
+pub fn unload_enforcing(
+    ebpf: &mut Ebpf,
+    pins: &mut Pins,
+    spec: &ProgramSpec,
+) -> anyhow::Result<()> {
+    let point = match spec.hook {
+        Hook::Lsm(hook) => AttachPoint::Lsm(hook),
+        Hook::BtfTracepoint(tp) => AttachPoint::BtfTracepoint(tp),
+        _ => bail!("{} is not an enforcing program", spec.name),
     };
-    if let Some(key) = AttachPoint::Lsm(hook).pin_key(spec.name) {
+    if let Some(key) = point.pin_key(spec.name) {
         pins.release(&key);
     }
     if let Some(p) = ebpf.program_mut(spec.name) {
-        let lsm: &mut Lsm = p.try_into()?;
-        let _ = lsm.unload();
+        match point {
+            AttachPoint::Lsm(_) => {
+                let lsm: &mut Lsm = p.try_into()?;
+                let _ = lsm.unload();
+            }
+            _ => {
+                let tp: &mut BtfTracePoint = p.try_into()?;
+                let _ = tp.unload();
+            }
+        }
     }
     Ok(())
 }

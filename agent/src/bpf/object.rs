@@ -102,9 +102,9 @@ impl Object {
         attach::release(&mut self.ebpf, &mut self.pins, link)
     }
 
-    /// Detaches and unloads an LSM program wherever it is attached.
-    pub fn unload_lsm(&mut self, spec: &ProgramSpec) -> anyhow::Result<()> {
-        attach::unload_lsm(&mut self.ebpf, &mut self.pins, spec)
+    /// Detaches and unloads an enforcing program (LSM or BTF tracepoint) wherever it is attached.
+    pub fn unload_enforcing(&mut self, spec: &ProgramSpec) -> anyhow::Result<()> {
+        attach::unload_enforcing(&mut self.ebpf, &mut self.pins, spec)
     }
 }
 

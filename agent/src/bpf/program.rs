@@ -19,6 +19,8 @@ pub enum Hook {
     Lsm(&'static str),
     /// A tracepoint: category and name.
     Tracepoint(&'static str, &'static str),
+    /// A BTF-typed tracepoint (`tp_btf`), by name: its link is pinned like an LSM program's.
+    BtfTracepoint(&'static str),
     /// A kprobe on a kernel function.
     Kprobe(&'static str),
     /// cgroup_skb ingress, on a cgroup.
@@ -87,7 +89,7 @@ use Sensor::*;
 use When::*;
 
 /// Every program, in the order they attach (and are listed in status and metrics).
-pub const TABLE: [ProgramSpec; 28] = [
+pub const TABLE: [ProgramSpec; 31] = [
     // The clock's decisions and the devices' (PHC, RTC, PPS character devices).
     spec(
         "clock_settime_guard",
@@ -99,6 +101,45 @@ pub const TABLE: [ProgramSpec; 28] = [
     spec(
         "clock_capable_guard",
         Lsm("capable"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    // The executable identity the clock's decisions rest on (`prctl(PR_SET_MM)` refused).
+    spec(
+        "identity_prctl_guard",
+        Lsm("task_prctl"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    // ptrace decides self-protection (while it is on) and taints the processes another one
+    // acts as (always): a tainted process loses its rule, so these enforce with the clock.
+    spec(
+        "tamper_ptrace",
+        Lsm("ptrace_access_check"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    spec(
+        "tamper_traceme",
+        Lsm("ptrace_traceme"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    // A new process carries its parent's taint; it goes with the process's last thread.
+    spec(
+        "identity_fork",
+        BtfTracepoint("sched_process_fork"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    spec(
+        "identity_exit",
+        BtfTracepoint("sched_process_exit"),
         Clock,
         Required,
         Enforcing,
@@ -144,20 +185,6 @@ pub const TABLE: [ProgramSpec; 28] = [
     spec(
         "tamper_signal",
         Lsm("task_kill"),
-        SelfProtection,
-        BestEffort,
-        WithEnforcement,
-    ),
-    spec(
-        "tamper_ptrace",
-        Lsm("ptrace_access_check"),
-        SelfProtection,
-        BestEffort,
-        WithEnforcement,
-    ),
-    spec(
-        "tamper_traceme",
-        Lsm("ptrace_traceme"),
         SelfProtection,
         BestEffort,
         WithEnforcement,

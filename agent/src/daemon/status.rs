@@ -9,7 +9,8 @@ use crate::{
         counters::{self, NetSeries},
         status::{
             Counter, LastKnownGood, MessageCount, ModeCount, NetworkStatus, OwnObject,
-            PolicyStatus, Reloads, SelfProtectionStatus, SocketCount, Status, TamperCount,
+            PolicyStatus, Reloads, RuleLostCount, SelfProtectionStatus, SocketCount, Status,
+            TamperCount,
         },
     },
 };
@@ -78,6 +79,17 @@ impl Agent {
             audit_write_failures: self.trail.audit.failures,
             network: self.network_status(),
             self_protection: self.self_protection_status(),
+            rules_lost: counters::rules_lost(&self.guard, &self.rule_names.ids)
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|l| RuleLostCount {
+                            rule: l.rule,
+                            reason: l.reason,
+                            count: l.count,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -187,6 +199,7 @@ impl Agent {
             network: counters::net_counts(&self.guard)?,
             net_alerts: self.network.alerts.iter().map(|(a, n)| (*a, *n)).collect(),
             tamper: counters::tamper_attempts(&self.guard)?,
+            rules_lost: counters::rules_lost(&self.guard, &self.rule_names.ids)?,
             dropped: Dropped {
                 thinned: self.guard.clock.events_thinned()?,
                 lost: self.guard.clock.events_lost()?,

@@ -38,6 +38,9 @@ pub fn offsets(btf: &btf::Btf) -> anyhow::Result<KernelOffsets> {
         bpf_map_id: at("bpf_map.id")?,
         bpf_link_id: at("bpf_link.id")?,
         dentry_inode: at("dentry.d_inode")?,
+        task_pid: at("task_struct.pid")?,
+        task_signal: at("task_struct.signal")?,
+        signal_live: at("signal_struct.live")?,
     })
 }
 

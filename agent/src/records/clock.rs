@@ -2,6 +2,7 @@
 
 use agent_common::{
     event::{Abi, ClockEvent, Hook},
+    integrity::reason_names,
     kernel::{classify_syscall, nr, ClockSyscall},
     policy::{Reason, Verdict},
 };
@@ -29,6 +30,18 @@ pub struct ClockRecord<'a> {
     hook: &'static str,
     who: Who<'a>,
     what: What,
+    /// The rule the caller's executable matched and its process lost, when it lost one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    integrity: Option<Integrity<'a>>,
+}
+
+/// Why the default decided for a process a rule matched.
+#[derive(serde::Serialize)]
+struct Integrity<'a> {
+    lost_rule: &'a str,
+    reasons: Vec<&'static str>,
+    /// The process that acted as the caller (or as the ancestor it inherited the taint from).
+    source_pid: u32,
 }
 
 #[derive(serde::Serialize)]
@@ -94,6 +107,11 @@ pub fn clock_record<'a>(
         hook: Hook::name_of(ev.hook),
         who: Who::of(&ev.caller, exe),
         what,
+        integrity: (ev.lost_rule_id != 0).then(|| Integrity {
+            lost_rule: policy.rule_name(ev.lost_rule_id),
+            reasons: reason_names(ev.taint_reasons).collect(),
+            source_pid: ev.taint_source_tgid,
+        }),
     }
 }
 
@@ -168,5 +186,14 @@ mod tests {
         for absent in ["clock_id", "time", "device", "ioctl"] {
             assert!(v["what"].get(absent).is_none(), "{absent} in {text}");
         }
+        assert!(v.get("integrity").is_none(), "{text}");
+        // A process that lost its rule: which, why and by whom.
+        ev.lost_rule_id = 7;
+        ev.taint_reasons = agent_common::integrity::TaintReason::Traced.code();
+        ev.taint_source_tgid = 99;
+        let v = serde_json::to_value(clock_record(&ev, &policy, "h", None)).expect("json");
+        assert_eq!(v["integrity"]["reasons"], serde_json::json!(["traced"]));
+        assert_eq!(v["integrity"]["source_pid"], 99);
+        assert!(v["integrity"]["lost_rule"].is_string(), "{v}");
     }
 }

@@ -14,6 +14,15 @@ pub struct ClockAttempts {
     pub count: u64,
 }
 
+/// Decisions in which a tainted process lost one rule, for one set of reasons.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleLost {
+    pub rule: String,
+    /// `reasons_label`: `traced`, `asked_to_be_traced`, joined by `+`.
+    pub reason: String,
+    pub count: u64,
+}
+
 /// What a network counter counts: its series and the labels only that series has.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NetSeries {
@@ -93,6 +102,30 @@ pub fn clock_attempts(guard: &Guard, rule_ids: &RuleIds) -> anyhow::Result<Vec<C
         .collect())
 }
 
+/// Taint reasons as one stable label value: `traced`, `traced+asked_to_be_traced`.
+pub fn reasons_label(bits: u32) -> String {
+    let names: Vec<&str> = agent_common::integrity::reason_names(bits).collect();
+    if names.is_empty() {
+        "unknown".to_string()
+    } else {
+        names.join("+")
+    }
+}
+
+/// The decisions tainted processes lost their rules in, named by the rules.
+pub fn rules_lost(guard: &Guard, rule_ids: &RuleIds) -> anyhow::Result<Vec<RuleLost>> {
+    Ok(guard
+        .clock
+        .rules_lost()?
+        .into_iter()
+        .map(|(k, count)| RuleLost {
+            rule: rule_ids.name(k.rule_id).to_string(),
+            reason: reasons_label(k.reasons),
+            count,
+        })
+        .collect())
+}
+
 pub fn net_counts(guard: &Guard) -> anyhow::Result<Vec<NetCount>> {
     Ok(guard
         .network
@@ -157,6 +190,15 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn taint_reasons_are_one_label() {
+        use agent_common::integrity::TaintReason;
+        let both = TaintReason::Traced.code() | TaintReason::AskedToBeTraced.code();
+        assert_eq!(reasons_label(both), "traced+asked_to_be_traced");
+        assert_eq!(reasons_label(TaintReason::Traced.code()), "traced");
+        assert_eq!(reasons_label(0), "unknown");
+    }
 
     #[test]
     fn labels_are_tokens() {

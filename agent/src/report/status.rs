@@ -33,6 +33,9 @@ pub struct Status {
     pub audit_write_failures: u64,
     pub network: NetworkStatus,
     pub self_protection: SelfProtectionStatus,
+    /// Decisions in which a process lost its rule because another process acted as it.
+    #[serde(default)]
+    pub rules_lost: Vec<RuleLostCount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +173,14 @@ pub struct TamperCount {
     pub count: u64,
 }
 
+/// Decisions in which a tainted process lost a rule, for one set of reasons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleLostCount {
+    pub rule: String,
+    pub reason: String,
+    pub count: u64,
+}
+
 /// What an absent value prints as.
 const UNKNOWN: &str = "?";
 
@@ -248,6 +259,13 @@ impl Status {
             let (rule, operation, verdict, count) = c.shown();
             writeln!(out, "  {rule:<20} {operation:<10} {verdict:<9} {count}")?;
         }
+        for l in &self.rules_lost {
+            writeln!(
+                out,
+                "  rule {} lost by tainted processes ({}): {}",
+                l.rule, l.reason, l.count
+            )?;
+        }
         writeln!(
             out,
             "events thinned: {} (over {} per process per second), lost: {}",
@@ -284,6 +302,7 @@ mod tests {
             "self_protection": {"mode": "enforce", "unavailable": [], "protected_files": 3,
                 "pins": "/sys/fs/bpf/timeguard/x", "objects": [{"name": "POLICY", "kind": "map", "id": 12}],
                 "attempts": [{"action": "signal", "target": "agent", "verdict": "deny", "count": 1}]},
+            "rules_lost": [{"rule": "chronyd", "reason": "traced", "count": 2}],
         })
     }
 

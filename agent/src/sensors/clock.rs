@@ -3,6 +3,7 @@
 //! network's policy too), the clock state the programs measure against, and its counters.
 
 use agent_common::{
+    integrity::LostKey,
     kernel::ClockState,
     maps as map_names,
     policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, SLOTS},
@@ -23,6 +24,8 @@ pub struct Clock {
     rules: HashMap<MapData, ExeKey, ClockRule>,
     state: Array<MapData, ClockState>,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
+    /// Decisions in which a tainted process lost its rule (`agent_common::integrity`).
+    rules_lost: PerCpuHashMap<MapData, LostKey, u64>,
     dropped: PerCpuArray<MapData, u64>,
     active_slot: u32,
     generation: u32,
@@ -39,6 +42,7 @@ impl Clock {
             rules: object.take_map(map_names::CLOCK_RULES)?,
             state: object.take_map(map_names::CLOCK_STATE)?,
             counters: object.take_map(map_names::CLOCK_COUNTERS)?,
+            rules_lost: object.take_map(map_names::RULE_LOST_COUNTERS)?,
             dropped: object.take_map(map_names::CLOCK_EVENTS_DROPPED)?,
             active_slot: 0,
             generation: 0,
@@ -168,6 +172,11 @@ impl Clock {
                 )
             })
             .collect())
+    }
+
+    /// Exact counts of decisions a tainted process lost its rule in, per (rule, reasons).
+    pub fn rules_lost(&self) -> anyhow::Result<Vec<(LostKey, u64)>> {
+        maps::summed(&self.rules_lost, "rule-lost counters")
     }
 
     /// Detailed events that did not fit in the ring buffer.

@@ -46,6 +46,7 @@
 //!   tg-clock kill PID SIG              kill(PID, SIG)
 //!   tg-clock ptrace PID                PTRACE_ATTACH (detached again at once)
 //!   tg-clock open-write PATH           open for writing (appending nothing)
+//!   tg-clock set-exe-file PATH         prctl(PR_SET_MM_EXE_FILE) naming PATH as its executable
 //!   tg-clock unlink PATH | rename FROM TO
 //!   tg-clock bpf-map-update ID         zeros into the first entry of map ID
 //!   tg-clock bpf-link-detach ID        BPF_LINK_DETACH of link ID
@@ -55,17 +56,120 @@
 //!   tg-clock via-fd PATH …      execute PATH through /proc/self/fd/N
 //!   tg-clock via-memfd PATH …   copy PATH into a memfd and execute that
 //!
+//! Ways of running the rest of the line that taint a rule's process:
+//!   tg-clock await PATH …       wait (up to 60 s) until PATH exists, then run it here
+//!   tg-clock in-child …         run it in a forked child; its exit status
+//!   tg-clock traced-exec PATH … fork; the child asks to be traced (PTRACE_TRACEME) and
+//!                               executes PATH with the rest; detached at its exec
+//!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
 use timeguard_tests::{bench, clock, devices, ntp, sockets, tamper};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(e) = exec_wrappers(&args) {
-        eprintln!("tg-clock: {e}");
-        std::process::exit(2);
+    std::process::exit(run(&args));
+}
+
+/// Runs a command line, wrappers included; returns the exit status.
+fn run(args: &[String]) -> i32 {
+    if let Some(status) = process_wrappers(args) {
+        return status;
     }
-    std::process::exit(main_inner(&args));
+    if let Some(e) = exec_wrappers(args) {
+        eprintln!("tg-clock: {e}");
+        return 2;
+    }
+    main_inner(args)
+}
+
+/// The exit status of child `pid` once it has ended (2 when it cannot be waited for).
+fn wait_exit(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+            return 2;
+        }
+        if libc::WIFEXITED(status) {
+            return libc::WEXITSTATUS(status);
+        }
+        if libc::WIFSIGNALED(status) {
+            return 128 + libc::WTERMSIG(status);
+        }
+    }
+}
+
+/// Handles the wrappers that run the rest of the line later, in a child or traced; None
+/// when `args` is not one.
+fn process_wrappers(args: &[String]) -> Option<i32> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+    match args {
+        [how, path, rest @ ..] if how == "await" => {
+            let start = std::time::Instant::now();
+            while !std::path::Path::new(path).exists() {
+                if start.elapsed() > std::time::Duration::from_secs(60) {
+                    eprintln!("tg-clock: {path} did not appear within 60 s");
+                    return Some(2);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Some(run(rest))
+        }
+        [how, rest @ ..] if how == "in-child" => {
+            // SAFETY: this program is single-threaded; the child only runs the command.
+            match unsafe { libc::fork() } {
+                0 => std::process::exit(run(rest)),
+                pid if pid > 0 => Some(wait_exit(pid)),
+                _ => {
+                    eprintln!("tg-clock: fork: {}", std::io::Error::last_os_error());
+                    Some(2)
+                }
+            }
+        }
+        [how, path, rest @ ..] if how == "traced-exec" => {
+            let argv: Result<Vec<CString>, _> = std::iter::once(path.as_str())
+                .chain(rest.iter().map(String::as_str))
+                .map(|a| CString::new(std::ffi::OsStr::new(a).as_bytes()))
+                .collect();
+            let Ok(argv) = argv else {
+                eprintln!("tg-clock: an argument holds a NUL byte");
+                return Some(2);
+            };
+            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            // SAFETY: this program is single-threaded; the child only asks to be traced and
+            // executes the program.
+            match unsafe { libc::fork() } {
+                0 => {
+                    // SAFETY: plain syscalls; argv is NUL-terminated and ends with null.
+                    unsafe {
+                        libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                        libc::execv(argv[0].as_ptr(), ptrs.as_ptr());
+                    }
+                    eprintln!("tg-clock: exec {path}: {}", std::io::Error::last_os_error());
+                    std::process::exit(2)
+                }
+                pid if pid > 0 => {
+                    // The tracee stops at its exec; let it go on untraced.
+                    let mut status = 0;
+                    // SAFETY: our own child, stopped for us as its tracer.
+                    unsafe {
+                        libc::waitpid(pid, &mut status, 0);
+                        if libc::WIFSTOPPED(status) {
+                            libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                        }
+                    }
+                    Some(wait_exit(pid))
+                }
+                _ => {
+                    eprintln!("tg-clock: fork: {}", std::io::Error::last_os_error());
+                    Some(2)
+                }
+            }
+        }
+        _ => None,
+    }
 }
 
 /// Runs one command; returns the exit status.
@@ -161,6 +265,7 @@ fn main_inner(args: &[String]) -> i32 {
         },
         ["ptrace", pid] => pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| judged(Ok(tamper::ptrace_attach(p)))),
         ["open-write", path] => judged(tamper::open_write(path)),
+        ["set-exe-file", path] => judged(tamper::set_exe_file(path)),
         ["unlink", path] => judged(tamper::unlink(path)),
         ["rename", from, to] => judged(tamper::rename(from, to)),
         ["bpf-map-update", id] => id.parse::<u32>().map_err(|e| e.to_string()).and_then(|i| judged(Ok(tamper::bpf_map_update(i)))),
@@ -177,7 +282,7 @@ fn main_inner(args: &[String]) -> i32 {
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
         ["probe-steps", stop] => counted(clock::probe_step_paths(std::path::Path::new(stop))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | probe-steps STOPFILE | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | udp-bind ADDR | connect tcp|udp ADDR | sendto ADDR [PORT] | tcp-listen ADDR SECS | packet-open P | packet-bind P | malformed IFACE | truncated-ntp FROM TO | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH …".to_string()),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | probe-steps STOPFILE | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | udp-bind ADDR | connect tcp|udp ADDR | sendto ADDR [PORT] | tcp-listen ADDR SECS | packet-open P | packet-bind P | malformed IFACE | truncated-ntp FROM TO | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH … | await PATH … | in-child … | traced-exec PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {
@@ -213,7 +318,7 @@ fn exec_wrappers(args: &[String]) -> Option<String> {
                 // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
                 unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
                 // Carry on in this very process, under its new name.
-                let outcome = main_inner(rest);
+                let outcome = run(rest);
                 std::process::exit(outcome);
             }
             "via-fd" => {

@@ -33,6 +33,7 @@ enum Series {
     Sockets,
     NewDestinations,
     Tamper,
+    RulesLost,
     Dropped,
     Reloads,
 }
@@ -48,6 +49,7 @@ pub struct Metrics {
     sockets: IntCounterVec,
     new_destinations: IntCounterVec,
     tamper: IntCounterVec,
+    rules_lost: IntCounterVec,
     dropped: IntCounterVec,
     generation: IntGauge,
     policy_source: IntGaugeVec,
@@ -133,6 +135,9 @@ impl Metrics {
             tamper: counter(&r, "timeguard_tamper_attempts_total",
                 "Attempts on the guard itself, counted exactly in the kernel: action (signal, ptrace, write, unlink, rename, bpf), target (agent, policy, time daemon, pin, map, link), verdict (deny, audit: would have been denied).",
                 &["action", "target", "verdict"])?,
+            rules_lost: counter(&r, "timeguard_clock_rule_lost_total",
+                "Clock requests of a process whose executable matched the rule but that lost it, decided by the default instead, counted exactly in the kernel: reason traced (another process attached by ptrace, opened or wrote its memory), asked_to_be_traced (PTRACE_TRACEME), joined by + when several.",
+                &["rule", "reason"])?,
             dropped: counter(&r, "timeguard_events_dropped_total",
                 "Detailed records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written), packet_thinned and packet_lost (the same for packet records). Counters stay exact.",
                 &["reason"])?,
@@ -190,6 +195,7 @@ impl Metrics {
             Series::Sockets => &self.sockets,
             Series::NewDestinations => &self.new_destinations,
             Series::Tamper => &self.tamper,
+            Series::RulesLost => &self.rules_lost,
             Series::Dropped => &self.dropped,
             Series::Reloads => &self.reloads,
         }
@@ -245,6 +251,9 @@ impl Metrics {
         }
         for t in &snap.tamper {
             self.add_counter(Series::Tamper, &[t.action, &t.target, t.verdict], t.count);
+        }
+        for l in &snap.rules_lost {
+            self.add_counter(Series::RulesLost, &[&l.rule, &l.reason], l.count);
         }
         let d = &snap.dropped;
         for (reason, n) in [
@@ -311,7 +320,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::counters::{ClockAttempts, NetCount, TamperAttempts};
+    use crate::report::counters::{ClockAttempts, NetCount, RuleLost, TamperAttempts};
 
     fn net(series: NetSeries, verdict: &'static str, reason: &'static str, count: u64) -> NetCount {
         NetCount {
@@ -372,6 +381,11 @@ mod tests {
                 verdict: "deny",
                 count: 3,
             }],
+            rules_lost: vec![RuleLost {
+                rule: "chronyd".into(),
+                reason: "traced".into(),
+                count: 2,
+            }],
             dropped: Dropped {
                 lost: 6,
                 ..Dropped::default()
@@ -430,6 +444,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"timeguard_tamper_attempts_total{action="signal",target="agent",verdict="deny"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"timeguard_clock_rule_lost_total{reason="traced",rule="chronyd"} 2"#),
             "{text}"
         );
         assert!(

@@ -1,7 +1,7 @@
 //! What the metrics show, as the daemon gathers it at a scrape: named rows and fields, one
 //! per series.
 
-use crate::report::counters::{ClockAttempts, NetAlert, NetCount, TamperAttempts};
+use crate::report::counters::{ClockAttempts, NetAlert, NetCount, RuleLost, TamperAttempts};
 
 /// The agent's state at a scrape, gathered by the daemon.
 pub struct Snapshot {
@@ -13,6 +13,8 @@ pub struct Snapshot {
     pub net_alerts: Vec<(NetAlert, u64)>,
     /// Attempts on the guard itself, exact.
     pub tamper: Vec<TamperAttempts>,
+    /// Decisions tainted processes lost their rules in, exact.
+    pub rules_lost: Vec<RuleLost>,
     pub dropped: Dropped,
     pub generation: u32,
     /// Where the policy in force comes from (configured, last_known_good,

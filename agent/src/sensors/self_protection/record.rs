@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use agent_common::{
     policy::Verdict,
-    tamper::{Action, TamperEvent, Target},
+    tamper::{prctl, Action, TamperEvent, Target},
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -56,6 +56,13 @@ enum What {
         target: &'static str,
         bpf_command: u32,
         id: u64,
+    },
+    /// `prctl(PR_SET_MM)`: the request, and the file offered as the executable.
+    RewriteIdentity {
+        target: &'static str,
+        pid: u32,
+        prctl: &'static str,
+        exe_offered: Option<PathBuf>,
     },
     File {
         target: &'static str,
@@ -130,6 +137,14 @@ pub fn tamper_record<'a>(
             target,
             bpf_command: ev.detail,
             id: ev.target_ino,
+        },
+        Some(Action::RewriteIdentity) => What::RewriteIdentity {
+            target,
+            pid: ev.target_tgid,
+            prctl: prctl::set_mm_request(ev.detail),
+            exe_offered: (ev.target_ino != 0)
+                .then(|| path_of(ev.target_dev, ev.target_ino))
+                .flatten(),
         },
         _ => What::File {
             target,
@@ -255,6 +270,25 @@ mod tests {
         );
         ev.target_ino = 13;
         assert_eq!(record(&ev)["what"]["file"], Value::Null);
+
+        let mut ev = event(Action::RewriteIdentity.code(), Target::Identity.code());
+        ev.detail = prctl::PR_SET_MM_EXE_FILE;
+        ev.target_tgid = 100;
+        ev.target_dev = 8;
+        ev.target_ino = 12;
+        let v = record(&ev);
+        assert_eq!(v["action"], "rewrite_identity");
+        assert_eq!(
+            v["what"],
+            json!({"target": "identity", "pid": 100, "prctl": "PR_SET_MM_EXE_FILE",
+                "exe_offered": "/etc/timeguard/default.yaml"})
+        );
+        ev.detail = 14;
+        ev.target_ino = 0;
+        assert_eq!(
+            record(&ev)["what"],
+            json!({"target": "identity", "pid": 100, "prctl": "PR_SET_MM_MAP", "exe_offered": null})
+        );
         assert_eq!(signal_name(40), "signal 40");
     }
 }

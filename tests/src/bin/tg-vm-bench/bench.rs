@@ -23,17 +23,56 @@ use timeguard_tests::{
 
 use crate::guards::{self, Change, Guard, Running};
 
-/// (figure, workload, which binary runs it).
-const CALLS: [(&str, &str, &str); 7] = [
-    ("step, refused by policy", "settime", COPY),
-    ("step, allowed by policy", "settime", ALLOWED),
-    ("frequency, refused by policy", "adjtimex", COPY),
-    ("frequency, allowed by policy", "adjtimex", ALLOWED),
-    ("unrelated syscall (getppid)", "getppid", COPY),
-    ("unrelated open and close", "open-close", COPY),
-    ("unrelated capability check (fchown)", "fchown", COPY),
+/// (figure, workload, which binary runs it, iterations).
+const CALLS: [(&str, &str, &str, &str); 8] = [
+    ("step, refused by policy", "settime", COPY, CALL_ITERATIONS),
+    (
+        "step, allowed by policy",
+        "settime",
+        ALLOWED,
+        CALL_ITERATIONS,
+    ),
+    (
+        "frequency, refused by policy",
+        "adjtimex",
+        COPY,
+        CALL_ITERATIONS,
+    ),
+    (
+        "frequency, allowed by policy",
+        "adjtimex",
+        ALLOWED,
+        CALL_ITERATIONS,
+    ),
+    (
+        "unrelated syscall (getppid)",
+        "getppid",
+        COPY,
+        CALL_ITERATIONS,
+    ),
+    (
+        "unrelated open and close",
+        "open-close",
+        COPY,
+        CALL_ITERATIONS,
+    ),
+    (
+        "unrelated capability check (fchown)",
+        "fchown",
+        COPY,
+        CALL_ITERATIONS,
+    ),
+    // The fork and exit hooks that carry a tainted process's state (and the exec path).
+    (
+        "process start (fork + exec + exit)",
+        "fork-exec",
+        COPY,
+        PROCESS_ITERATIONS,
+    ),
 ];
 const CALL_ITERATIONS: &str = "100000";
+/// A process start costs about a thousand syscalls.
+const PROCESS_ITERATIONS: &str = "1000";
 const ROUNDS: usize = 3;
 /// The flood: two processes (as many as the guest has vCPUs) stepping as fast as they can.
 const FLOOD_PROCS: u32 = 2;
@@ -98,8 +137,8 @@ fn progress(step: &str) {
 fn call_round() -> Result<Vec<f64>, String> {
     CALLS
         .iter()
-        .map(|(figure, workload, program)| {
-            let r = sh(program, &["bench", workload, CALL_ITERATIONS])?;
+        .map(|(figure, workload, program, iterations)| {
+            let r = sh(program, &["bench", workload, iterations])?;
             let v: Value = serde_json::from_str(&r.stdout)
                 .map_err(|e| format!("{figure}: {e}: {} {}", r.stdout, r.stderr))?;
             v["ns_per_op"]
@@ -385,7 +424,7 @@ pub fn main() -> Result<(), String> {
     stopped?;
 
     for (who, calls) in &best {
-        for ((figure, workload, _), ns) in CALLS.iter().zip(calls) {
+        for ((figure, workload, _, _), ns) in CALLS.iter().zip(calls) {
             let row = table.row(CALL_COST, figure, "ns/call", "lower");
             row[*who] = json!(ns);
             row["workload"] = json!(workload);
