@@ -36,7 +36,8 @@ pub struct Taint {
     pub source_tgid: u32,
 }
 
-/// Key of the exact per-CPU counters of decisions a tainted process lost its rule in.
+/// Decisions a tainted process lost its rule in are counted per (rule, reasons), from the
+/// clock's counters (`policy::CounterKey`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct LostKey {

@@ -19,7 +19,6 @@ pub const CLOCK_EVENTS_DROPPED: &str = "CLOCK_EVENTS_DROPPED";
 pub const EVENT_BUDGETS: &str = "EVENT_BUDGETS";
 // Integrity of rule processes: the tainted ones, and the decisions they lost a rule in.
 pub const PROCESS_TAINT: &str = "PROCESS_TAINT";
-pub const RULE_LOST_COUNTERS: &str = "RULE_LOST_COUNTERS";
 
 // The network guard: its policy (double-buffered, in the slot `ACTIVE_SLOT` names), lists,
 // daemons and grandmasters.
@@ -48,6 +47,7 @@ pub const TAMPER_COUNTERS: &str = "TAMPER_COUNTERS";
 pub const TAMPER_EVENTS: &str = "TAMPER_EVENTS";
 pub const TAMPER_EVENTS_DROPPED: &str = "TAMPER_EVENTS_DROPPED";
 pub const TAMPER_SCRATCH: &str = "TAMPER_SCRATCH";
+pub const CLOCK_REQUEST_SCRATCH: &str = "CLOCK_REQUEST_SCRATCH";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
@@ -61,7 +61,6 @@ pub const ALL: [&str; 32] = [
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
     PROCESS_TAINT,
-    RULE_LOST_COUNTERS,
     NET_POLICY,
     NET_ADDRS,
     NET_DAEMONS,
@@ -83,6 +82,7 @@ pub const ALL: [&str; 32] = [
     TAMPER_EVENTS,
     TAMPER_EVENTS_DROPPED,
     TAMPER_SCRATCH,
+    CLOCK_REQUEST_SCRATCH,
     TAMPER_BUDGET,
 ];
 
@@ -94,7 +94,6 @@ pub const KERNEL_ONLY: [&str; 18] = [
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
     PROCESS_TAINT,
-    RULE_LOST_COUNTERS,
     NET_COUNTERS,
     NET_EVENTS_DROPPED,
     NET_EVENT_SCRATCH,
@@ -108,6 +107,7 @@ pub const KERNEL_ONLY: [&str; 18] = [
     TAMPER_EVENTS_DROPPED,
     TAMPER_BUDGET,
     TAMPER_SCRATCH,
+    CLOCK_REQUEST_SCRATCH,
 ];
 
 /// The one global the agent sets at load time (`kernel::KernelOffsets`): not a map, kept

@@ -127,9 +127,10 @@ pub struct PolicyHeader {
     pub _pad: u32,
 }
 
-/// Key of the exact per-CPU counters: one per (rule, set of operations, verdict). The
-/// kernel counts each request once, under its whole set (one map update, which keeps the
-/// programs small for older verifiers); the agent splits sets into per-operation counts.
+/// Key of the exact per-CPU counters: one per (rule, set of operations, verdict, rule lost).
+/// The kernel counts each request once, under its whole set (one map update, which keeps
+/// the programs within the 6.1 verifier's budget); the agent splits sets into
+/// per-operation counts, and sums the decisions a tainted process lost its rule in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CounterKey {
@@ -137,6 +138,10 @@ pub struct CounterKey {
     /// `clock::op` bits of the requests counted here.
     pub operation: u32,
     pub verdict: u32,
+    /// The rule a tainted process's executable matched and lost (0: none), and why
+    /// (`integrity::TaintReason` bits).
+    pub lost_rule_id: u32,
+    pub lost_reasons: u32,
     pub _pad: u32,
 }
 

@@ -14,7 +14,7 @@ use agent_common::{
     clock::{adj, ioctl, op, privileged_ioctl_operations, settime_operations, timex_operations},
     event::{thinning, Abi, ClockEvent, EventBudget, Hook},
     kernel::{classify_syscall, ClockSyscall, TimexLayout, CAP_SYS_TIME, TIMEX64},
-    maps::Dropped,
+    maps::{Dropped, ONLY},
     policy::{CounterKey, Request as Limits, Verdict},
 };
 use aya_ebpf::{
@@ -43,6 +43,10 @@ static CLOCK_COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::pinned(81
 /// had used its budget for the window (`maps::Dropped`).
 #[map]
 static CLOCK_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(Dropped::COUNT, 0);
+
+/// One request per CPU, the one being decided (`decide_and_record`).
+#[map]
+static CLOCK_REQUEST_SCRATCH: PerCpuArray<Request> = PerCpuArray::pinned(1, 0);
 
 /// Event budgets by process (tgid).
 #[map]
@@ -76,6 +80,8 @@ const fn time(sec: i64, nsec: i64) -> Time {
 }
 
 /// What a request asks for, before it is decided.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct Request {
     hook: Hook,
     operations: u32,
@@ -123,6 +129,20 @@ fn mul_saturating(a: i64, k: i64) -> i64 {
 /// Decides, counts and records one request; returns the verdict.
 #[inline(always)]
 pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
+    // Read back from a per-CPU slot, the request's fields are unknown to the verifier, so
+    // what follows is verified once for every shape of request the callers build (the
+    // capable hook's dozens of timex shapes, each verified through all of this, went past
+    // 6.1's budget of a million instructions). A per-CPU array always has its one entry.
+    let Some(slot) = CLOCK_REQUEST_SCRATCH.get_ptr_mut(ONLY) else {
+        return Verdict::Deny;
+    };
+    // SAFETY: this CPU's own entry, written whole before anything else runs here, then
+    // read in place (no copy on the stack, which 6.1 caps at 512 bytes for all frames);
+    // `black_box` hides what was written, so every field is loaded back from the map.
+    let req = unsafe {
+        *slot = *req;
+        &*core::hint::black_box(slot)
+    };
     let off = offsets();
     let mut ev = ClockEvent::EMPTY;
     fill_caller(&mut ev.caller, || current_exe(&off));
@@ -144,6 +164,8 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
         rule_id: decided.decision.rule_id,
         operation: req.operations,
         verdict: v as u32,
+        lost_rule_id: decided.lost_rule_id,
+        lost_reasons: decided.taint.reasons,
         _pad: 0,
     };
     count(&CLOCK_COUNTERS, &key);
@@ -379,15 +401,18 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
     }
     let sc = current_syscall(&off);
     let compat = sc.abi == Abi::Compat;
-    // adjtimex and clock_adjtime differ only in where the timex is: one read_timex below,
-    // inlined once, keeps the program within the 6.1 verifier's budget.
-    let (timex, layout, clock_id) = match classify_syscall(compat, sc.nr) {
+    // adjtimex and clock_adjtime differ only in where the timex is, and every request is
+    // decided below: one read_timex and one decide_and_record, each inlined once, keep the
+    // program within the 6.1 verifier's budget.
+    let asked = match classify_syscall(compat, sc.nr) {
         // The settime hook right after this check decides, with the exact time.
         ClockSyscall::SetTime => return 0,
         ClockSyscall::Adjtimex { timex_arg, layout } => {
-            (sc.args[timex_arg], layout, CLOCK_REALTIME as i32)
+            Asked::Timex(sc.args[timex_arg], layout, CLOCK_REALTIME as i32)
         }
-        ClockSyscall::ClockAdjtime { layout } => (sc.args[1], layout, sc.args[0] as i32),
+        ClockSyscall::ClockAdjtime { layout } => {
+            Asked::Timex(sc.args[1], layout, sc.args[0] as i32)
+        }
         ClockSyscall::Ioctl => {
             let cmd = sc.args[1] as u32;
             // A PHC request (PTP_ENABLE_PPS) was decided by file_ioctl before the driver
@@ -395,24 +420,34 @@ pub fn clock_capable_guard(ctx: LsmContext) -> i32 {
             if ioctl::kind(cmd) == ioctl::PTP_TYPE {
                 return 0;
             }
-            let req = Request::device(Hook::Capable, privileged_ioctl_operations(cmd), &sc, 0, cmd);
-            return lsm_verdict(decide_and_record(&req, false));
+            Asked::Device(privileged_ioctl_operations(cmd), cmd)
         }
         // Time namespace offsets: not the host's clock.
         ClockSyscall::Write => return 0,
-        ClockSyscall::Other => {
-            let req = Request::device(Hook::Capable, op::OTHER, &sc, 0, 0);
-            return lsm_verdict(decide_and_record(&req, false));
-        }
+        ClockSyscall::Other => Asked::Device(op::OTHER, 0),
     };
-    let t = read_timex(timex, layout);
-    let mut req = Request::timex(Hook::Capable, sc.nr, sc.abi, clock_id, &t);
-    // The kernel asks for CAP_SYS_TIME only for a change. If user memory now reads as
-    // read-only, it changed under us: decide it as an unclassified change, never as nothing.
-    if req.operations == 0 {
-        req.operations = op::OTHER;
-    }
+    let req = match asked {
+        Asked::Timex(timex, layout, clock_id) => {
+            let t = read_timex(timex, layout);
+            let mut req = Request::timex(Hook::Capable, sc.nr, sc.abi, clock_id, &t);
+            // The kernel asks for CAP_SYS_TIME only for a change. If user memory now reads
+            // as read-only, it changed under us: decide it as an unclassified change, never
+            // as nothing.
+            if req.operations == 0 {
+                req.operations = op::OTHER;
+            }
+            req
+        }
+        Asked::Device(operations, cmd) => Request::device(Hook::Capable, operations, &sc, 0, cmd),
+    };
     lsm_verdict(decide_and_record(&req, false))
+}
+
+/// What a CAP_SYS_TIME check is for: a `struct timex` at an address (with its layout and
+/// clock), or a request without one (a privileged ioctl, anything else).
+enum Asked {
+    Timex(u64, TimexLayout, i32),
+    Device(u32, u32),
 }
 
 /// The kernel's own setters, which nothing can block: a kernel thread setting the wall clock

@@ -10,20 +10,19 @@
 //! its requests are decided by the default (`policy::decide_for`).
 
 use agent_common::{
-    integrity::{LostKey, Taint, TaintReason, TAINTED_PROCESSES},
+    integrity::{Taint, TaintReason, TAINTED_PROCESSES},
     kernel::KernelOffsets,
     tamper::{prctl, Action, Target},
 };
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, lsm, map},
-    maps::{HashMap, PerCpuHashMap},
+    maps::HashMap,
     programs::{BtfTracePointContext, LsmContext},
 };
 
 use crate::{
     caller::{inode_id, kread, offsets},
-    emit::count,
     policy::header_in_force,
     tamper::{fd_file, refuse_as, Attempt},
 };
@@ -80,10 +79,6 @@ pub fn identity_prctl_guard(ctx: LsmContext) -> i32 {
 #[map]
 static PROCESS_TAINT: HashMap<u32, Taint> = HashMap::pinned(TAINTED_PROCESSES, 0);
 
-/// Decisions in which a tainted process lost its rule, per (rule, reasons).
-#[map]
-static RULE_LOST_COUNTERS: PerCpuHashMap<LostKey, u64> = PerCpuHashMap::pinned(4096, 0);
-
 /// The taint of process `tgid`, if it has one.
 #[inline(always)]
 pub fn taint_of(tgid: u32) -> Option<Taint> {
@@ -105,18 +100,6 @@ pub fn taint(tgid: u32, reason: TaintReason, source: u32) {
         },
     };
     let _ = PROCESS_TAINT.insert(tgid, t, 0);
-}
-
-/// Counts one decision a tainted process lost `rule_id` in.
-#[inline(always)]
-pub fn count_lost(rule_id: u32, t: &Taint) {
-    count(
-        &RULE_LOST_COUNTERS,
-        &LostKey {
-            rule_id,
-            reasons: t.reasons,
-        },
-    );
 }
 
 /// sched_process_fork(struct task_struct *parent, struct task_struct *child): a new process

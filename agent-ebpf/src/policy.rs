@@ -13,7 +13,7 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 
-use crate::identity::{count_lost, taint_of};
+use crate::identity::taint_of;
 
 /// Index `maps::ONLY`: the slot in force, of the clock's policy and the network's alike. The
 /// agent fills the other slot of both, then flips this with one write: the whole policy
@@ -81,7 +81,8 @@ fn generation_now(slot: u32) -> u32 {
 /// Before any policy is loaded (no generation anywhere) nothing is decided: `None`.
 ///
 /// A rule holds only for a process whose code is its program's own: a tainted process
-/// (`identity`) is decided by the default, and the rule it lost is said and counted.
+/// (`identity`) is decided by the default, and the rule it lost is said (and counted with
+/// the decision).
 #[inline(always)]
 pub fn decide_for(dev: u64, ino: u64, uid: u32, tgid: u32, req: &Request) -> Option<Decided> {
     let (header, mut rule) = consistent_read(dev, ino, uid)?;
@@ -93,7 +94,6 @@ pub fn decide_for(dev: u64, ino: u64, uid: u32, tgid: u32, req: &Request) -> Opt
             lost_rule_id = r.rule_id;
             taint = t;
             rule = None;
-            count_lost(r.rule_id, &t);
         }
     }
     Some(Decided {

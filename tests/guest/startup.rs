@@ -131,9 +131,8 @@ fn while_probing(
 /// enforces. Under emulation, with every step of two probers allowed until the switch
 /// (each one interrupts every CPU), a start takes longer than `wait_started` waits.
 fn enforcing(agent: &mut GuestAgent, before: usize) -> Result<(), String> {
-    let count = || records().iter().filter(|v| v["event"] == "started").count();
     wait_for(Duration::from_secs(240), Duration::from_millis(200), || {
-        (count() > before).then_some(())
+        (started_records() > before).then_some(())
     })
     .ok_or("the agent did not report started within 240 s")?;
     agent.wait_started(before)?;
@@ -176,7 +175,7 @@ fn a_restart_keeps_the_policy_whole() {
         |agent| {
             let agent = agent.as_mut().ok_or("no agent")?;
             agent.kill9()?;
-            let before = records().iter().filter(|v| v["event"] == "started").count();
+            let before = started_records();
             agent.restart()?;
             enforcing(agent, before)
         },

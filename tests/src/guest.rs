@@ -44,6 +44,17 @@ pub fn records() -> Vec<Value> {
     read_records(Path::new(EVENTS))
 }
 
+/// How many `started` records the agents wrote so far. Counted by line, not parsed: under a
+/// flood of clock records (the start-up tests) parsing every record each time costs the
+/// emulated guest the time the agent needs to answer.
+pub fn started_records() -> usize {
+    fs::read_to_string(EVENTS)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(r#""event":"started""#))
+        .count()
+}
+
 /// Waits for a record that satisfies `pred`, for up to 3 s (events are asynchronous).
 pub fn wait_record(what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
     crate::harness::wait_record(Path::new(EVENTS), 0, Duration::from_secs(3), pred)
@@ -298,10 +309,11 @@ impl GuestAgent {
     /// it at once would otherwise kill it instead.
     pub fn wait_started(&mut self, before: usize) -> Result<(), String> {
         let started = wait_for(Duration::from_secs(90), Duration::from_millis(50), || {
-            (records().iter().filter(|v| v["event"] == "started").count() > before).then_some(())
+            (started_records() > before).then_some(())
         })
         .and_then(|()| {
-            wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+            // Under the start-up tests' flood of records the loop answers late.
+            wait_for(Duration::from_secs(60), Duration::from_millis(50), || {
                 agent_status().ok()
             })
         });
@@ -313,7 +325,7 @@ impl GuestAgent {
                 "the agent exited ({exit}) before it reported started"
             ));
         }
-        Err("the agent did not report started within 90s, or its status did not answer".into())
+        Err("the agent did not report started within 90 s, or its status did not answer within 60 s".into())
     }
 
     /// The agent's process id (0 once it is stopped).
@@ -359,7 +371,7 @@ impl GuestAgent {
     /// Starts the agent again (after `kill9`), appending to its records, and waits for its
     /// new `started` record.
     pub fn restart(&mut self) -> Result<(), String> {
-        let before = records().iter().filter(|v| v["event"] == "started").count();
+        let before = started_records();
         self.spawn_child(true)?;
         self.wait_started(before)
     }
@@ -410,6 +422,8 @@ impl Drop for GuestAgent {
             if failed {
                 println!("tearing the agent down: {e}");
             } else {
+                // Not shown above: what the agent said is the evidence.
+                dump(AGENT_LOG, usize::MAX);
                 panic!("tearing the agent down: {e}");
             }
         }

@@ -24,8 +24,6 @@ pub struct Clock {
     rules: HashMap<MapData, ExeKey, ClockRule>,
     state: Array<MapData, ClockState>,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
-    /// Decisions in which a tainted process lost its rule (`agent_common::integrity`).
-    rules_lost: PerCpuHashMap<MapData, LostKey, u64>,
     dropped: PerCpuArray<MapData, u64>,
     active_slot: u32,
     generation: u32,
@@ -42,7 +40,6 @@ impl Clock {
             rules: object.take_map(map_names::CLOCK_RULES)?,
             state: object.take_map(map_names::CLOCK_STATE)?,
             counters: object.take_map(map_names::CLOCK_COUNTERS)?,
-            rules_lost: object.take_map(map_names::RULE_LOST_COUNTERS)?,
             dropped: object.take_map(map_names::CLOCK_EVENTS_DROPPED)?,
             active_slot: 0,
             generation: 0,
@@ -166,7 +163,7 @@ impl Clock {
                         rule_id,
                         operation,
                         verdict,
-                        _pad: 0,
+                        ..CounterKey::default()
                     },
                     n,
                 )
@@ -174,9 +171,21 @@ impl Clock {
             .collect())
     }
 
-    /// Exact counts of decisions a tainted process lost its rule in, per (rule, reasons).
+    /// Exact counts of decisions a tainted process lost its rule in, per (rule, reasons):
+    /// the kernel counts them with the decision (`CounterKey::lost_rule_id`).
     pub fn rules_lost(&self) -> anyhow::Result<Vec<(LostKey, u64)>> {
-        maps::summed(&self.rules_lost, "rule-lost counters")
+        let mut lost: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
+        for (key, n) in maps::summed(&self.counters, "clock counters")? {
+            if key.lost_rule_id != 0 {
+                *lost
+                    .entry((key.lost_rule_id, key.lost_reasons))
+                    .or_default() += n;
+            }
+        }
+        Ok(lost
+            .into_iter()
+            .map(|((rule_id, reasons), n)| (LostKey { rule_id, reasons }, n))
+            .collect())
     }
 
     /// Detailed events that did not fit in the ring buffer.
