@@ -143,6 +143,9 @@ pub struct ClockEvent {
     pub taint_reasons: u32,
     pub taint_source_tgid: u32,
     pub _pad2: u32,
+    /// The foreign or modified file it mapped as code (`integrity::Taint::file`).
+    pub taint_file_dev: u64,
+    pub taint_file_ino: u64,
 }
 
 impl ClockEvent {
@@ -171,6 +174,8 @@ impl ClockEvent {
         taint_reasons: 0,
         taint_source_tgid: 0,
         _pad2: 0,
+        taint_file_dev: 0,
+        taint_file_ino: 0,
     };
 }
 
@@ -182,7 +187,7 @@ mod budget_tests {
     fn records_have_no_hidden_padding() {
         // Explicit padding only: the same bytes mean the same on both sides.
         assert_eq!(core::mem::size_of::<super::Caller>(), 48);
-        assert_eq!(core::mem::size_of::<super::ClockEvent>(), 144);
+        assert_eq!(core::mem::size_of::<super::ClockEvent>(), 160);
         assert_eq!(core::mem::size_of::<crate::net::NetEvent>(), 176);
         assert_eq!(core::mem::size_of::<crate::tamper::TamperEvent>(), 104);
     }

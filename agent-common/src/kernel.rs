@@ -51,6 +51,13 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     pub task_signal: u32,
     pub signal_live: u32,
+    /// `file.f_path.dentry`, `dentry.d_parent`, the inode's change time in seconds
+    /// (`i_ctime_sec`, `__i_ctime.tv_sec` or `i_ctime.tv_sec` by kernel version) and
+    /// `vm_area_struct.vm_file`: where a file mapped as code lives, and when it changed.
+    pub file_dentry: u32,
+    pub dentry_parent: u32,
+    pub inode_ctime_sec: u32,
+    pub vma_file: u32,
 }
 
 crate::pod!(KernelOffsets, ClockState);
@@ -66,6 +73,10 @@ pub struct ClockState {
     /// `/proc/devices`; 0 while the kernel has none.
     pub phc_major: u32,
     pub _pad: u32,
+    /// CLOCK_REALTIME seconds when the policy in force was loaded (0: not yet): a library
+    /// changed later is not the one the operator vouched for by loading it
+    /// (`integrity::TaintReason::ModifiedCode`).
+    pub policy_loaded_sec: i64,
 }
 
 /// `task_struct.flags` bit of a kernel thread.

@@ -48,10 +48,11 @@ pub const TAMPER_EVENTS: &str = "TAMPER_EVENTS";
 pub const TAMPER_EVENTS_DROPPED: &str = "TAMPER_EVENTS_DROPPED";
 pub const TAMPER_SCRATCH: &str = "TAMPER_SCRATCH";
 pub const CLOCK_REQUEST_SCRATCH: &str = "CLOCK_REQUEST_SCRATCH";
+pub const LIBRARY_DIRS: &str = "LIBRARY_DIRS";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 32] = [
+pub const ALL: [&str; 33] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -61,6 +62,7 @@ pub const ALL: [&str; 32] = [
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
     PROCESS_TAINT,
+    LIBRARY_DIRS,
     NET_POLICY,
     NET_ADDRS,
     NET_DAEMONS,

@@ -38,6 +38,10 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_pid: 0,
     task_signal: 0,
     signal_live: 0,
+    file_dentry: 0,
+    dentry_parent: 0,
+    inode_ctime_sec: 0,
+    vma_file: 0,
 };
 
 #[inline(always)]

@@ -190,6 +190,8 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     ev.lost_rule_id = decided.lost_rule_id;
     ev.taint_reasons = decided.taint.reasons;
     ev.taint_source_tgid = decided.taint.source_tgid;
+    ev.taint_file_dev = decided.taint.file_dev;
+    ev.taint_file_ino = decided.taint.file_ino;
     let ring = Ring {
         ring: &CLOCK_EVENTS,
         dropped: &CLOCK_EVENTS_DROPPED,

@@ -6,24 +6,29 @@
 //! Refusals and, in audit mode, the attempts are counted and recorded on the tamper ring.
 //!
 //! And the integrity of a rule's process (`agent_common::integrity`): a process another one
-//! acted as (ptrace and the like, decided in `tamper`) is tainted, its forks with it, and
-//! its requests are decided by the default (`policy::decide_for`).
+//! acted as (ptrace and the like, decided in `tamper`), or a rule process that maps code
+//! that is not the system's (decided here), is tainted, its forks with it, and its requests
+//! are decided by the default (`policy::decide_for`).
 
 use agent_common::{
-    integrity::{Taint, TaintReason, TAINTED_PROCESSES},
+    integrity::{
+        Taint, TaintReason, LIBRARY_DIRS_MAX, LIBRARY_DIR_DEPTH, PROT_EXEC, TAINTED_PROCESSES,
+    },
     kernel::KernelOffsets,
-    tamper::{prctl, Action, Target},
+    policy::Verdict,
+    tamper::{prctl, Action, FileKey, Target},
 };
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid},
     macros::{btf_tracepoint, lsm, map},
     maps::HashMap,
     programs::{BtfTracePointContext, LsmContext},
 };
 
 use crate::{
-    caller::{inode_id, kread, offsets},
-    policy::header_in_force,
+    caller::{inode_id, kread, offsets, task_exe},
+    clock::lsm_verdict,
+    policy::{clock_state, header_in_force, rule_matches},
     tamper::{fd_file, refuse_as, Attempt},
 };
 
@@ -87,19 +92,159 @@ pub fn taint_of(tgid: u32) -> Option<Taint> {
 }
 
 /// Taints process `tgid` for `reason`, by `source`; reasons add up, the first source stays.
+/// False when the taint could not be kept (the map is full): the caller then refuses what
+/// would have tainted, since a taint forgotten is a rule kept.
 #[inline(always)]
-pub fn taint(tgid: u32, reason: TaintReason, source: u32) {
-    let t = match taint_of(tgid) {
-        Some(t) => Taint {
-            reasons: t.reasons | reason.code(),
-            source_tgid: t.source_tgid,
-        },
-        None => Taint {
+#[must_use]
+pub fn taint(tgid: u32, reason: TaintReason, source: u32) -> bool {
+    taint_as(
+        tgid,
+        Taint {
             reasons: reason.code(),
             source_tgid: source,
+            file_dev: 0,
+            file_ino: 0,
         },
+    )
+}
+
+/// Adds `new` to the taint of `tgid`: reasons add up, the first source and file stay.
+/// Whether it is kept.
+#[inline(always)]
+#[must_use]
+fn taint_as(tgid: u32, new: Taint) -> bool {
+    let t = match taint_of(tgid) {
+        Some(t) => Taint {
+            reasons: t.reasons | new.reasons,
+            source_tgid: if t.source_tgid != 0 {
+                t.source_tgid
+            } else {
+                new.source_tgid
+            },
+            file_dev: if t.file_ino != 0 {
+                t.file_dev
+            } else {
+                new.file_dev
+            },
+            file_ino: if t.file_ino != 0 {
+                t.file_ino
+            } else {
+                new.file_ino
+            },
+        },
+        None => new,
     };
-    let _ = PROCESS_TAINT.insert(tgid, t, 0);
+    PROCESS_TAINT.insert(tgid, t, 0).is_ok()
+}
+
+/// The system's library directories by (dev, ino), filled by the agent.
+#[map]
+static LIBRARY_DIRS: HashMap<FileKey, u32> = HashMap::pinned(LIBRARY_DIRS_MAX, 0);
+
+/// Whether one of the first `LIBRARY_DIR_DEPTH` directories above `file` is a library
+/// directory. The walk follows the file's own dentries: a bind mount, a symlink or a path
+/// the loader was given does not change where the file is.
+#[inline(always)]
+fn in_library_dir(file: *const u8, off: &KernelOffsets) -> bool {
+    let Some(mut dentry) = kread::<*const u8>(file, off.file_dentry) else {
+        return false;
+    };
+    for _ in 0..LIBRARY_DIR_DEPTH {
+        let Some(parent) = kread::<*const u8>(dentry, off.dentry_parent) else {
+            return false;
+        };
+        // The root of the file's file system is its own parent.
+        if parent == dentry {
+            return false;
+        }
+        let Some(inode) = kread::<*const u8>(parent, off.dentry_inode) else {
+            return false;
+        };
+        let (dev, ino) = inode_id(inode, off);
+        // SAFETY: only whether the key is there is read.
+        if unsafe { LIBRARY_DIRS.get(FileKey { dev, ino }) }.is_some() {
+            return true;
+        }
+        dentry = parent;
+    }
+    false
+}
+
+/// A rule process maps `file` (null: memory backed by no file) as code. It loses its rule
+/// unless the file is its own executable, or a library directory's file not changed since
+/// the policy loaded. The mapping itself goes on (refusing it would break the daemon), but
+/// for one the taint of which cannot be kept: the verdict, 0 or -EPERM.
+#[inline(always)]
+fn mapped_as_code(file: *const u8) -> i32 {
+    let off = offsets();
+    // SAFETY: the helper returns the current task; it is only read through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let (exe_dev, exe_ino) = task_exe(task, &off);
+    let uid = bpf_get_current_uid_gid() as u32;
+    // Only a process a rule matches has a rule to lose.
+    if !rule_matches(exe_dev, exe_ino, uid) {
+        return 0;
+    }
+    let (reason, dev, ino) = match kread::<*const u8>(file, off.file_inode) {
+        None => (TaintReason::ForeignCode, 0, 0),
+        Some(inode) => {
+            let (dev, ino) = inode_id(inode, &off);
+            if (dev, ino) == (exe_dev, exe_ino) {
+                return 0;
+            }
+            if !in_library_dir(file, &off) {
+                (TaintReason::ForeignCode, dev, ino)
+            } else {
+                let since = clock_state().policy_loaded_sec;
+                let changed = kread::<i64>(inode, off.inode_ctime_sec).unwrap_or(i64::MAX);
+                if since == 0 || changed < since {
+                    return 0;
+                }
+                (TaintReason::ModifiedCode, dev, ino)
+            }
+        }
+    };
+    let kept = taint_as(
+        (bpf_get_current_pid_tgid() >> 32) as u32,
+        Taint {
+            reasons: reason.code(),
+            source_tgid: 0,
+            file_dev: dev,
+            file_ino: ino,
+        },
+    );
+    if kept {
+        0
+    } else {
+        lsm_verdict(Verdict::Deny)
+    }
+}
+
+/// LSM_HOOK(int, 0, mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
+///          unsigned long flags)
+#[lsm(hook = "mmap_file")]
+pub fn identity_mmap_guard(ctx: LsmContext) -> i32 {
+    // Every mmap passes here: only code is looked at.
+    let prot: u64 = ctx.arg(2);
+    let previous: i32 = ctx.arg(4);
+    if prot & PROT_EXEC == 0 || previous != 0 {
+        return previous;
+    }
+    mapped_as_code(ctx.arg(0))
+}
+
+/// LSM_HOOK(int, 0, file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
+///          unsigned long prot): a mapping made executable afterwards is code too.
+#[lsm(hook = "file_mprotect")]
+pub fn identity_mprotect_guard(ctx: LsmContext) -> i32 {
+    let prot: u64 = ctx.arg(2);
+    let previous: i32 = ctx.arg(3);
+    if prot & PROT_EXEC == 0 || previous != 0 {
+        return previous;
+    }
+    let vma: *const u8 = ctx.arg(0);
+    let file = kread::<*const u8>(vma, offsets().vma_file).unwrap_or(core::ptr::null());
+    mapped_as_code(file)
 }
 
 /// sched_process_fork(struct task_struct *parent, struct task_struct *child): a new process

@@ -104,6 +104,12 @@ pub fn decide_for(dev: u64, ino: u64, uid: u32, tgid: u32, req: &Request) -> Opt
     })
 }
 
+/// Whether a rule of the policy in force matches the executable `(dev, ino)` run as `uid`.
+#[inline(always)]
+pub fn rule_matches(dev: u64, ino: u64, uid: u32) -> bool {
+    matches!(consistent_read(dev, ino, uid), Some((_, Some(_))))
+}
+
 /// The header and the rule of one policy, read under the sequence lock; the decision is
 /// made once, after the loop, which keeps the loop small for the verifier.
 #[inline(always)]

@@ -239,7 +239,10 @@ pub fn tamper_ptrace(ctx: LsmContext) -> i32 {
     if verdict == 0 {
         if let Some(tgid) = kread::<u32>(child, offsets().task_tgid) {
             let tracer = (bpf_get_current_pid_tgid() >> 32) as u32;
-            taint(tgid, TaintReason::Traced, tracer);
+            // An attach the taint of which cannot be kept would keep the rule: refused.
+            if !taint(tgid, TaintReason::Traced, tracer) {
+                return lsm_verdict(Verdict::Deny);
+            }
         }
     }
     verdict
@@ -264,7 +267,9 @@ pub fn tamper_traceme(ctx: LsmContext) -> i32 {
         let parent: *const u8 = ctx.arg(0);
         let tracer = kread::<u32>(parent, offsets().task_tgid).unwrap_or(0);
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        taint(tgid, TaintReason::AskedToBeTraced, tracer);
+        if !taint(tgid, TaintReason::AskedToBeTraced, tracer) {
+            return lsm_verdict(Verdict::Deny);
+        }
     }
     verdict
 }

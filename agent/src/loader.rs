@@ -15,6 +15,7 @@ use crate::{
     },
     sensors::{
         clock::Clock,
+        identity::Identity,
         network::Network,
         self_protection::{self, ProtectedFile, SelfProtection},
     },
@@ -49,6 +50,7 @@ pub struct Guard {
     pub unobserved: Vec<String>,
     /// The sensors, each with its maps; what needs the object too goes through `Guard`.
     pub clock: Clock,
+    pub identity: Identity,
     pub network: Network,
     pub self_protection: SelfProtection,
 }
@@ -74,6 +76,7 @@ impl Guard {
         let bpf_hook_args = btf.function_params("bpf_lsm_bpf").unwrap_or(3);
         Ok(Guard {
             clock: Clock::new(&mut object)?,
+            identity: Identity::new(&mut object)?,
             network: Network::new(&mut object)?,
             self_protection: SelfProtection::new(&mut object, bpf_hook_args)?,
             object,

@@ -210,6 +210,234 @@ fn a_rule_process_another_one_acted_as_loses_its_rule() {
     })
 }
 
+/// Traced before the first agent of the boot started: the seed from `TracerPid` taints it.
+#[test]
+fn a_process_traced_before_the_guard_started_has_no_rule() {
+    use std::io::BufRead as _;
+    let go = "/tmp/tg-traced-early.go";
+    let _ = fs::remove_file(go);
+    let tracee = Command::new(ALLOWED)
+        .args(["await", go, "freq", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {ALLOWED}: {e}"));
+    let pid = tracee.id();
+    let mut tracer = Command::new(COPY)
+        .args(["ptrace-hold", &pid.to_string(), go])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {COPY}: {e}"));
+    let tracer_pid = tracer.id();
+    let mut attached = String::new();
+    if let Some(out) = tracer.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut attached);
+    }
+    let played = (|| {
+        if !attached.contains(r#""errno":0"#) {
+            return Err(format!("the attach before the agent: {attached:?}"));
+        }
+        let agent = GuestAgent::start(policies::GUEST)?;
+        fs::write(go, "").map_err(|e| e.to_string())?;
+        let out = tracee
+            .wait_with_output()
+            .map_err(|e| format!("waiting for {ALLOWED}: {e}"))?;
+        let _ = sh(ALLOWED, &["freq", "0"]);
+        let o = outcome(Run {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })?;
+        if o.errno != libc::EPERM {
+            return Err(format!(
+                "traced since before the agent: errno {} (expected EPERM)",
+                o.errno
+            ));
+        }
+        let rec = wait_record("the lost rule of a process traced early", |v| {
+            v["kind"] == "clock"
+                && v["who"]["tgid"] == pid
+                && v["integrity"]["lost_rule"] == "test-allowed"
+                && v["integrity"]["reasons"] == serde_json::json!(["traced"])
+        })?;
+        if rec["integrity"]["source_pid"] != tracer_pid {
+            return Err(format!("the tracer is {tracer_pid}: {rec}"));
+        }
+        drop(agent);
+        Ok(format!(
+            "traced by {tracer_pid} before the agent started: EPERM, lost its rule (traced)"
+        ))
+    })();
+    let _ = fs::write(go, "");
+    let _ = tracer.wait();
+    let _ = fs::remove_file(go);
+    match played {
+        Ok(detail) => println!("{detail}"),
+        Err(detail) => panic!("{detail}"),
+    }
+}
+
+/// A system library the test programs load anyway (`ldd tg-clock`), and where copies of it go.
+const SYSTEM_LIB: &str = "/lib/x86_64-linux-gnu/libgcc_s.so.1";
+const FOREIGN_LIB: &str = "/tmp/tg-foreign.so";
+const MODIFIED_LIB: &str = "/lib/x86_64-linux-gnu/tg-modified.so";
+const BOUND_LIB: &str = "/lib/x86_64-linux-gnu/tg-bound.so";
+
+#[test]
+fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
+    let mounted = std::cell::Cell::new(false);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        scenario(|_| {
+            fs::copy(SYSTEM_LIB, FOREIGN_LIB).map_err(|e| format!("{FOREIGN_LIB}: {e}"))?;
+            // Written into a library directory after the policy loaded.
+            fs::copy(SYSTEM_LIB, MODIFIED_LIB).map_err(|e| format!("{MODIFIED_LIB}: {e}"))?;
+            // A file of the intruder's mounted over a path in a library directory.
+            fs::copy(SYSTEM_LIB, BOUND_LIB).map_err(|e| format!("{BOUND_LIB}: {e}"))?;
+            bind_mount(FOREIGN_LIB, BOUND_LIB)?;
+            mounted.set(true);
+            let mut seen = Vec::new();
+            // The system's own code keeps the rule, preloaded or mapped by hand.
+            for (how, env, args) in [
+                (
+                    "the system library mapped",
+                    None,
+                    vec!["map-code", SYSTEM_LIB, "exec"],
+                ),
+                ("the system library preloaded", Some(SYSTEM_LIB), vec![]),
+            ] {
+                let o = freq_with(env, &args)?;
+                if o.errno != 0 {
+                    return Err(format!(
+                        "{how}: errno {} (expected the rule to hold)",
+                        o.errno
+                    ));
+                }
+                seen.push(format!("{how}: allowed"));
+            }
+            for (how, env, args, reason) in [
+                (
+                    "LD_PRELOAD of a copy in /tmp",
+                    Some(FOREIGN_LIB),
+                    vec![],
+                    "foreign_code",
+                ),
+                (
+                    "a copy in /tmp mapped as code",
+                    None,
+                    vec!["map-code", FOREIGN_LIB, "exec"],
+                    "foreign_code",
+                ),
+                (
+                    "a copy in /tmp made executable",
+                    None,
+                    vec!["map-code", FOREIGN_LIB, "mprotect"],
+                    "foreign_code",
+                ),
+                (
+                    "anonymous memory made code",
+                    None,
+                    vec!["map-code", "anon", "exec"],
+                    "foreign_code",
+                ),
+                (
+                    "a library written since the policy loaded",
+                    Some(MODIFIED_LIB),
+                    vec![],
+                    "modified_code",
+                ),
+                (
+                    "a bind mount over a library path",
+                    Some(BOUND_LIB),
+                    vec![],
+                    "foreign_code",
+                ),
+            ] {
+                let o = freq_with(env, &args)?;
+                if o.errno != libc::EPERM {
+                    let _ = sh(ALLOWED, &["freq", "0"]);
+                    return Err(format!("{how}: errno {} (expected EPERM)", o.errno));
+                }
+                let rec = wait_record(how, |v| {
+                    v["kind"] == "clock"
+                        && v["verdict"] == "deny"
+                        && v["integrity"]["lost_rule"] == "test-allowed"
+                        && v["integrity"]["reasons"] == serde_json::json!([reason])
+                })?;
+                if rec["integrity"].get("source_pid").is_some() {
+                    return Err(format!("{how}: a tracer named: {rec}"));
+                }
+                seen.push(format!("{how}: EPERM, {reason}"));
+            }
+            let st = agent_status()?;
+            let foreign = counted(
+                &st["rules_lost"],
+                &[("rule", "test-allowed"), ("reason", "foreign_code")],
+            );
+            if foreign < 5 {
+                return Err(format!("rules lost counted: {}", st["rules_lost"]));
+            }
+            Ok(format!(
+                "{}; counted foreign_code {foreign}",
+                seen.join("; ")
+            ))
+        })
+    }));
+    if mounted.get() {
+        let target = std::ffi::CString::new(BOUND_LIB).unwrap_or_default();
+        // SAFETY: a NUL-terminated path; the mount this test made.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+    for f in [FOREIGN_LIB, MODIFIED_LIB, BOUND_LIB] {
+        let _ = fs::remove_file(f);
+    }
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// `mount --bind from to`.
+fn bind_mount(from: &str, to: &str) -> Result<(), String> {
+    let c = |p: &str| std::ffi::CString::new(p).map_err(|e| e.to_string());
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: NUL-terminated paths; a bind mount needs no type or data.
+    let r = unsafe {
+        libc::mount(
+            from_c.as_ptr(),
+            to_c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "mount --bind {from} {to}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// The allowed program's frequency change, run with `LD_PRELOAD=env` (if any) and the
+/// wrapper `args` before it; the frequency is put back after.
+fn freq_with(preload: Option<&str>, args: &[&str]) -> Result<clock::Outcome, String> {
+    let mut cmd = Command::new(ALLOWED);
+    cmd.args(args).args(["freq", "5"]);
+    if let Some(lib) = preload {
+        cmd.env("LD_PRELOAD", lib);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot start {ALLOWED}: {e}"))?;
+    let o = outcome(Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    });
+    let _ = sh(ALLOWED, &["freq", "0"]);
+    o
+}
+
 /// Starts the allowed program waiting, attaches to it by ptrace from the denied copy (which
 /// goes through: self-protection audits in the guest policy), then lets it run `then`; its
 /// process id, once it has been refused (EPERM).

@@ -63,6 +63,30 @@ pub fn ptrace_attach(pid: i32) -> Value {
     out
 }
 
+/// Attaches to `pid` and lets it run on traced until `go` exists (at most 120 s); the
+/// tracee is let go when this process exits.
+pub fn ptrace_hold(pid: i32, go: &str) -> Value {
+    // SAFETY: a plain syscall.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) };
+    let out = outcome(rc);
+    if rc >= 0 {
+        // SAFETY: waiting for the stop the attach caused, then letting the tracee go on.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+            libc::ptrace(libc::PTRACE_CONT, pid, 0, 0);
+        }
+        // Said once attached: the test waits for this line.
+        println!("{out}");
+        let start = std::time::Instant::now();
+        while !std::path::Path::new(go).exists()
+            && start.elapsed() < std::time::Duration::from_secs(120)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    out
+}
+
 /// Opens `path` for writing (appending, so that nothing is changed if it succeeds).
 pub fn open_write(path: &str) -> Result<Value, String> {
     let p = c(path)?;

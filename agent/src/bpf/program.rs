@@ -89,7 +89,7 @@ use Sensor::*;
 use When::*;
 
 /// Every program, in the order they attach (and are listed in status and metrics).
-pub const TABLE: [ProgramSpec; 31] = [
+pub const TABLE: [ProgramSpec; 33] = [
     // The clock's decisions and the devices' (PHC, RTC, PPS character devices).
     spec(
         "clock_settime_guard",
@@ -113,6 +113,21 @@ pub const TABLE: [ProgramSpec; 31] = [
         Required,
         Enforcing,
     ),
+    // A new process carries its parent's taint; it goes with the process's last thread.
+    spec(
+        "identity_fork",
+        BtfTracepoint("sched_process_fork"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    spec(
+        "identity_exit",
+        BtfTracepoint("sched_process_exit"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
     // ptrace decides self-protection (while it is on) and taints the processes another one
     // acts as (always): a tainted process loses its rule, so these enforce with the clock.
     spec(
@@ -129,17 +144,18 @@ pub const TABLE: [ProgramSpec; 31] = [
         Required,
         Enforcing,
     ),
-    // A new process carries its parent's taint; it goes with the process's last thread.
+    // Code a rule process maps that is not the system's (preloaded, a library path of
+    // the intruder's, a library changed since the policy loaded) taints it.
     spec(
-        "identity_fork",
-        BtfTracepoint("sched_process_fork"),
+        "identity_mmap_guard",
+        Lsm("mmap_file"),
         Clock,
         Required,
         Enforcing,
     ),
     spec(
-        "identity_exit",
-        BtfTracepoint("sched_process_exit"),
+        "identity_mprotect_guard",
+        Lsm("file_mprotect"),
         Clock,
         Required,
         Enforcing,

@@ -113,6 +113,8 @@ impl Agent {
     /// nothing is decided by it yet, and the policy in force (if any) stays, whole.
     pub(super) fn prepare(&mut self, mut policy: CompiledPolicy) -> anyhow::Result<Pending> {
         self.rule_names.number(&mut policy)?;
+        // Not part of a slot: what the system's libraries are, looked at afresh.
+        self.guard.identity.refresh_library_dirs()?;
         let prepared = self.guard.clock.prepare(&policy)?;
         self.guard
             .network

@@ -159,6 +159,22 @@ pub fn run(options: &Options) -> anyhow::Result<Ended> {
     // Every program is attached before the policy goes live, all of it at once: until the
     // switch nothing is decided (or the policy an earlier agent left stays in force, whole).
     agent.guard.attach()?;
+    // Taints are tracked since the first agent of this boot attached; a first one seeds
+    // them with what is traced already.
+    if inherited == 0 {
+        match agent.guard.identity.seed_traced() {
+            Ok(traced) if !traced.is_empty() => log::warn!(
+                "processes traced before the guard started lose any rule they match (pid by tracer): {}",
+                traced
+                    .iter()
+                    .map(|(pid, tracer)| format!("{pid} by {tracer}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("processes traced before the guard started keep their rules: {e:#}"),
+        }
+    }
     let generation = first_policy_in_force(&mut agent, options, policy)?;
     // enforced whole from here
     let frozen = crate::sensors::self_protection::freeze_kernel_only_maps(&agent.guard.maps_dir());

@@ -199,7 +199,13 @@ impl Agent {
             network: counters::net_counts(&self.guard)?,
             net_alerts: self.network.alerts.iter().map(|(a, n)| (*a, *n)).collect(),
             tamper: counters::tamper_attempts(&self.guard)?,
-            rules_lost: counters::rules_lost(&self.guard, &self.rule_names.ids)?,
+            rules_lost: counters::rules_lost_from_zero(
+                counters::rules_lost(&self.guard, &self.rule_names.ids)?,
+                self.generations
+                    .current()
+                    .into_iter()
+                    .flat_map(|(_, p)| p.rules.iter().map(|r| r.name.as_str())),
+            ),
             dropped: Dropped {
                 thinned: self.guard.clock.events_thinned()?,
                 lost: self.guard.clock.events_lost()?,

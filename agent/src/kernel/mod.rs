@@ -41,7 +41,28 @@ pub fn offsets(btf: &btf::Btf) -> anyhow::Result<KernelOffsets> {
         task_pid: at("task_struct.pid")?,
         task_signal: at("task_struct.signal")?,
         signal_live: at("signal_struct.live")?,
+        file_dentry: at("file.f_path.dentry")?,
+        dentry_parent: at("dentry.d_parent")?,
+        inode_ctime_sec: first_of(
+            btf,
+            &[
+                // 6.11 on: seconds of their own
+                "inode.i_ctime_sec",
+                // 6.6 to 6.10
+                "inode.__i_ctime.tv_sec",
+                "inode.i_ctime.tv_sec",
+            ],
+        )?,
+        vma_file: at("vm_area_struct.vm_file")?,
     })
+}
+
+/// The offset of the first of `fields` this kernel has (a field renamed across versions).
+fn first_of(btf: &btf::Btf, fields: &[&str]) -> anyhow::Result<u32> {
+    fields
+        .iter()
+        .find_map(|f| btf.field_offset(f).ok())
+        .with_context(|| format!("finding any of {} in the kernel's BTF", fields.join(", ")))
 }
 
 /// The character-device major the kernel gave `name` (`/proc/devices`), if it has one now.

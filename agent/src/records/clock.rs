@@ -10,7 +10,7 @@ use agent_common::{
 use super::Who;
 use crate::{
     events::{rfc3339, wall_time},
-    policy::{model::operation_names, CompiledPolicy},
+    policy::{model::operation_names, CompiledPolicy, ExeId},
 };
 
 /// One clock event as a record of the audit trail. Serialized straight from this struct: a
@@ -40,8 +40,14 @@ pub struct ClockRecord<'a> {
 struct Integrity<'a> {
     lost_rule: &'a str,
     reasons: Vec<&'static str>,
-    /// The process that acted as the caller (or as the ancestor it inherited the taint from).
-    source_pid: u32,
+    /// The process that acted as the caller (or as the ancestor it inherited the taint from);
+    /// none when it tainted itself, by the code it mapped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_pid: Option<u32>,
+    /// The first foreign or modified file it mapped as code, as `major:minor:inode` (the
+    /// form of `who.exe_id`): find it with `find / -xdev -inum INODE` on that file system.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_id: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -110,7 +116,14 @@ pub fn clock_record<'a>(
         integrity: (ev.lost_rule_id != 0).then(|| Integrity {
             lost_rule: policy.rule_name(ev.lost_rule_id),
             reasons: reason_names(ev.taint_reasons).collect(),
-            source_pid: ev.taint_source_tgid,
+            source_pid: (ev.taint_source_tgid != 0).then_some(ev.taint_source_tgid),
+            file_id: (ev.taint_file_ino != 0).then(|| {
+                ExeId {
+                    dev: ev.taint_file_dev,
+                    ino: ev.taint_file_ino,
+                }
+                .to_string()
+            }),
         }),
     }
 }
@@ -195,5 +208,18 @@ mod tests {
         assert_eq!(v["integrity"]["reasons"], serde_json::json!(["traced"]));
         assert_eq!(v["integrity"]["source_pid"], 99);
         assert!(v["integrity"]["lost_rule"].is_string(), "{v}");
+        assert!(v["integrity"].get("file_id").is_none(), "{v}");
+        // Code it mapped itself: no tracer, the file named.
+        ev.taint_reasons = agent_common::integrity::TaintReason::ForeignCode.code();
+        ev.taint_source_tgid = 0;
+        ev.taint_file_dev = (8 << 20) | 1;
+        ev.taint_file_ino = 4242;
+        let v = serde_json::to_value(clock_record(&ev, &policy, "h", None)).expect("json");
+        assert_eq!(
+            v["integrity"]["reasons"],
+            serde_json::json!(["foreign_code"])
+        );
+        assert!(v["integrity"].get("source_pid").is_none(), "{v}");
+        assert_eq!(v["integrity"]["file_id"], "8:1:4242");
     }
 }

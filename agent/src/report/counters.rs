@@ -126,6 +126,29 @@ pub fn rules_lost(guard: &Guard, rule_ids: &RuleIds) -> anyhow::Result<Vec<RuleL
         .collect())
 }
 
+/// `lost` with a 0 row for every rule of `rules` and every single reason it has none for:
+/// a series that exists from the start makes the first lost rule an increase.
+pub fn rules_lost_from_zero<'a>(
+    mut lost: Vec<RuleLost>,
+    rules: impl Iterator<Item = &'a str>,
+) -> Vec<RuleLost> {
+    for rule in rules {
+        for reason in agent_common::integrity::TaintReason::ALL {
+            if !lost
+                .iter()
+                .any(|l| l.rule == rule && l.reason == reason.name())
+            {
+                lost.push(RuleLost {
+                    rule: rule.to_string(),
+                    reason: reason.name().to_string(),
+                    count: 0,
+                });
+            }
+        }
+    }
+    lost
+}
+
 pub fn net_counts(guard: &Guard) -> anyhow::Result<Vec<NetCount>> {
     Ok(guard
         .network
@@ -198,6 +221,26 @@ mod tests {
         assert_eq!(reasons_label(both), "traced+asked_to_be_traced");
         assert_eq!(reasons_label(TaintReason::Traced.code()), "traced");
         assert_eq!(reasons_label(0), "unknown");
+    }
+
+    #[test]
+    fn every_rule_starts_at_zero_for_every_reason() {
+        let counted = vec![RuleLost {
+            rule: "chronyd".into(),
+            reason: "traced".into(),
+            count: 3,
+        }];
+        let rows = rules_lost_from_zero(counted, ["chronyd", "ptp4l"].into_iter());
+        let n = agent_common::integrity::TaintReason::ALL.len();
+        assert_eq!(rows.len(), 2 * n);
+        let count = |rule: &str, reason: &str| {
+            rows.iter()
+                .find(|l| l.rule == rule && l.reason == reason)
+                .map(|l| l.count)
+        };
+        assert_eq!(count("chronyd", "traced"), Some(3));
+        assert_eq!(count("chronyd", "foreign_code"), Some(0));
+        assert_eq!(count("ptp4l", "modified_code"), Some(0));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Clock {
     dropped: PerCpuArray<MapData, u64>,
     active_slot: u32,
     generation: u32,
+    /// When the policy in force was loaded (`ClockState::policy_loaded_sec`).
+    policy_loaded_sec: i64,
 }
 
 impl Clock {
@@ -43,7 +45,13 @@ impl Clock {
             dropped: object.take_map(map_names::CLOCK_EVENTS_DROPPED)?,
             active_slot: 0,
             generation: 0,
+            policy_loaded_sec: 0,
         };
+        // An earlier agent's policy stays in force until the switch, and its baseline with it.
+        clock.policy_loaded_sec = clock
+            .state
+            .get(&map_names::ONLY, 0)
+            .map_or(0, |s| s.policy_loaded_sec);
         clock.active_slot = clock.active.get(&map_names::ONLY, 0).unwrap_or(0) % SLOTS;
         clock.generation = clock
             .headers
@@ -120,6 +128,13 @@ impl Clock {
             .context("switching the policy in force")?;
         self.active_slot = prepared.slot;
         self.generation = prepared.generation;
+        // Libraries changed from now on are not the ones this policy was loaded over.
+        self.policy_loaded_sec = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Err(e) = self.refresh_state() {
+            log::warn!("{e:#}");
+        }
         Ok(prepared.generation)
     }
 
@@ -132,6 +147,7 @@ impl Clock {
             tai_offset_ns: crate::events::tai_offset_ns(),
             phc_major: super::devices::phc_major(),
             _pad: 0,
+            policy_loaded_sec: self.policy_loaded_sec,
         };
         self.state
             .set(map_names::ONLY, state, 0)

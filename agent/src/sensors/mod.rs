@@ -5,11 +5,14 @@
 //! - `clock`: the clock policy (slots, header, rules), the switch between slots (the
 //!   network's too), clock state, clock counters;
 //! - `devices`: PHC, RTC and PPS character devices;
+//! - `identity`: the library directories that tell a rule process's own code from foreign
+//!   code (`agent_common::integrity`);
 //! - `network`: NTP/NTS/PTP traffic and time sockets, PTP interfaces followed;
 //! - `self_protection`: the agent, its files, pins and BPF objects.
 
 pub mod clock;
 pub mod devices;
+pub mod identity;
 pub mod network;
 pub mod self_protection;
 

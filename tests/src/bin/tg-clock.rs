@@ -83,6 +83,37 @@ fn run(args: &[String]) -> i32 {
     main_inner(args)
 }
 
+/// Maps one page of `what` (a file, or `anon`) as code, `via` mmap at once (`exec`) or
+/// mprotect after a read-only map (`mprotect`); the page stays mapped.
+fn map_code(what: &str, via: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let file = match what {
+        "anon" => None,
+        path => Some(std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?),
+    };
+    let (fd, flags) = match &file {
+        Some(f) => (f.as_raw_fd(), libc::MAP_PRIVATE),
+        None => (-1, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+    };
+    let first = match via {
+        "exec" => libc::PROT_READ | libc::PROT_EXEC,
+        "mprotect" => libc::PROT_READ,
+        other => return Err(format!("{other}: neither exec nor mprotect")),
+    };
+    // SAFETY: a fresh mapping of one page, never unmapped, never touched here.
+    let page = unsafe { libc::mmap(std::ptr::null_mut(), 4096, first, flags, fd, 0) };
+    if page == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the page just mapped.
+    if via == "mprotect"
+        && unsafe { libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC) } != 0
+    {
+        return Err(format!("mprotect: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// The exit status of child `pid` once it has ended (2 when it cannot be waited for).
 fn wait_exit(pid: libc::pid_t) -> i32 {
     let mut status = 0;
@@ -127,6 +158,15 @@ fn process_wrappers(args: &[String]) -> Option<i32> {
                 }
             }
         }
+        // Maps FILE (or `anon`: memory backed by no file) as code, at once (`exec`) or read
+        // first and then made executable (`mprotect`), then runs the rest.
+        [how, what, via, rest @ ..] if how == "map-code" => match map_code(what, via) {
+            Ok(()) => Some(run(rest)),
+            Err(e) => {
+                eprintln!("tg-clock: map-code {what} {via}: {e}");
+                Some(2)
+            }
+        },
         [how, path, rest @ ..] if how == "traced-exec" => {
             let argv: Result<Vec<CString>, _> = std::iter::once(path.as_str())
                 .chain(rest.iter().map(String::as_str))
@@ -263,6 +303,7 @@ fn main_inner(args: &[String]) -> i32 {
             (Ok(p), Ok(s)) => judged(Ok(tamper::signal(p, s))),
             _ => Err("kill PID SIG".to_string()),
         },
+        ["ptrace-hold", pid, go] => pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| judged(Ok(tamper::ptrace_hold(p, go)))),
         ["ptrace", pid] => pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| judged(Ok(tamper::ptrace_attach(p)))),
         ["open-write", path] => judged(tamper::open_write(path)),
         ["set-exe-file", path] => judged(tamper::set_exe_file(path)),

@@ -136,7 +136,7 @@ impl Metrics {
                 "Attempts on the guard itself, counted exactly in the kernel: action (signal, ptrace, write, unlink, rename, bpf), target (agent, policy, time daemon, pin, map, link), verdict (deny, audit: would have been denied).",
                 &["action", "target", "verdict"])?,
             rules_lost: counter(&r, "timeguard_clock_rule_lost_total",
-                "Clock requests of a process whose executable matched the rule but that lost it, decided by the default instead, counted exactly in the kernel: reason traced (another process attached by ptrace, opened or wrote its memory), asked_to_be_traced (PTRACE_TRACEME), joined by + when several.",
+                "Clock requests of a process whose executable matched the rule but that lost it, decided by the default instead, counted exactly in the kernel: reason traced (another process attached by ptrace, opened or wrote its memory), asked_to_be_traced (PTRACE_TRACEME), foreign_code (it mapped as code a file outside the system's library directories, or memory of no file), modified_code (a library changed since the policy loaded), joined by + when several; 0 from the start for every rule and single reason.",
                 &["rule", "reason"])?,
             dropped: counter(&r, "timeguard_events_dropped_total",
                 "Detailed records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written), packet_thinned and packet_lost (the same for packet records). Counters stay exact.",

@@ -1,0 +1,336 @@
+//! The identity and integrity of rule processes, the agent's half: the system's library
+//! directories, by which the kernel tells a rule process's own code from foreign code
+//! (`agent_common::integrity`; the taints themselves are kept by the kernel alone).
+//!
+//! A library directory is one the dynamic loader searches by default (`/lib`, `/lib64`,
+//! `/usr/lib`, `/usr/lib64`) or one `/etc/ld.so.conf` names (with its `include`s), and
+//! every directory up to `LIBRARY_DIR_DEPTH` below one. A directory that someone other
+//! than root owns or may write is left out, and said.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{
+    integrity::{Taint, TaintReason, LIBRARY_DIRS_MAX},
+    maps as map_names,
+    tamper::FileKey,
+};
+use anyhow::Context as _;
+use aya::maps::{HashMap, MapData};
+
+use crate::{bpf::object::Object, policy::ExeId};
+
+/// Where the dynamic loader looks without being told.
+const DEFAULT_DIRS: [&str; 4] = ["/lib", "/lib64", "/usr/lib", "/usr/lib64"];
+/// The loader's configuration, relative to the root.
+const LD_SO_CONF: &str = "etc/ld.so.conf";
+/// `include` lines followed at most this deep (a loop in the files ends here).
+const INCLUDE_DEPTH: usize = 4;
+
+pub struct Identity {
+    library_dirs: HashMap<MapData, FileKey, u32>,
+    /// Written by the kernel only, but for the seed at a first load (`seed_traced`).
+    process_taint: HashMap<MapData, u32, Taint>,
+}
+
+/// A directory found and whether it counts.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LibraryDir {
+    Counted(PathBuf, ExeId),
+    /// Named, but someone other than root may change what is in it.
+    Untrusted(PathBuf, String),
+}
+
+impl Identity {
+    pub fn new(object: &mut Object) -> anyhow::Result<Self> {
+        Ok(Identity {
+            library_dirs: object.take_map(map_names::LIBRARY_DIRS)?,
+            process_taint: object.take_map(map_names::PROCESS_TAINT)?,
+        })
+    }
+
+    /// At a first load, with the programs attached (from now on an attach taints) and before
+    /// the taints are frozen against userspace: the processes already traced taint as if
+    /// the attach had been seen. Those traced and let go before cannot be known.
+    pub fn seed_traced(&mut self) -> anyhow::Result<Vec<(u32, u32)>> {
+        let traced = traced_processes(Path::new("/proc"));
+        for &(pid, tracer) in &traced {
+            let taint = Taint {
+                reasons: TaintReason::Traced.code(),
+                source_tgid: tracer,
+                file_dev: 0,
+                file_ino: 0,
+            };
+            self.process_taint
+                .insert(pid, taint, 0)
+                .with_context(|| format!("tainting process {pid}, traced by {tracer}"))?;
+        }
+        Ok(traced)
+    }
+
+    /// Tells the kernel the library directories as they are now (at start and at every
+    /// reload), and says which ones count.
+    pub fn refresh_library_dirs(&mut self) -> anyhow::Result<()> {
+        // In the order found: the first LIBRARY_DIRS_MAX count when there are more.
+        let mut counted: Vec<FileKey> = Vec::new();
+        let mut names = Vec::new();
+        for dir in library_dirs(Path::new("/"), 0) {
+            match dir {
+                LibraryDir::Counted(path, id) => {
+                    let key = FileKey {
+                        dev: id.dev,
+                        ino: id.ino,
+                    };
+                    if !counted.contains(&key) {
+                        counted.push(key);
+                        names.push(path.display().to_string());
+                    }
+                }
+                LibraryDir::Untrusted(path, why) => log::warn!(
+                    "{} is not counted as a library directory: {why}; code a rule process maps from it takes its rule",
+                    path.display()
+                ),
+            }
+        }
+        if counted.len() > LIBRARY_DIRS_MAX as usize {
+            log::warn!(
+                "{} library directories, of which the first {LIBRARY_DIRS_MAX} count",
+                counted.len()
+            );
+            counted.truncate(LIBRARY_DIRS_MAX as usize);
+            names.truncate(LIBRARY_DIRS_MAX as usize);
+        }
+        let stale: Vec<FileKey> = self
+            .library_dirs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !counted.contains(k))
+            .collect();
+        for key in stale {
+            self.library_dirs
+                .remove(&key)
+                .context("removing a library directory")?;
+        }
+        for key in &counted {
+            self.library_dirs
+                .insert(key, 1, 0)
+                .context("writing the library directories")?;
+        }
+        log::info!(
+            "library directories (code a rule process maps from elsewhere, or changed there since the policy loaded, takes its rule): {}",
+            names.join(", ")
+        );
+        Ok(())
+    }
+}
+
+/// The processes under `proc` (a procfs) that a tracer holds now: (pid, tracer pid).
+pub fn traced_processes(proc: &Path) -> Vec<(u32, u32)> {
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    let mut traced: Vec<(u32, u32)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            // A process that ended meanwhile is simply not there.
+            let status = std::fs::read_to_string(proc.join(pid.to_string()).join("status")).ok()?;
+            let tracer = status
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))?
+                .trim()
+                .parse::<u32>()
+                .ok()?;
+            (tracer != 0).then_some((pid, tracer))
+        })
+        .collect();
+    traced.sort_unstable();
+    traced
+}
+
+/// The library directories under `root` (`/` but in tests): the defaults, then those
+/// `ld.so.conf` names, each once, those that do not exist left out; those not owned by
+/// `owner` (root but in tests) or that others may write do not count.
+pub fn library_dirs(root: &Path, owner: u32) -> Vec<LibraryDir> {
+    let mut named: Vec<PathBuf> = DEFAULT_DIRS.iter().map(PathBuf::from).collect();
+    conf_dirs(root, &root.join(LD_SO_CONF), 0, &mut named);
+    let mut seen = BTreeSet::new();
+    named
+        .into_iter()
+        .filter(|p| seen.insert(p.clone()))
+        .filter_map(|path| {
+            let on_disk = root.join(path.strip_prefix("/").unwrap_or(&path));
+            // Following symlinks: /lib is usr/lib on a merged /usr, and counts as that.
+            let md = std::fs::metadata(&on_disk).ok()?;
+            if !md.is_dir() {
+                return None;
+            }
+            Some(if md.uid() != owner {
+                LibraryDir::Untrusted(path, format!("it is owned by uid {}", md.uid()))
+            } else if md.mode() & 0o022 != 0 {
+                LibraryDir::Untrusted(
+                    path,
+                    format!("its mode {:o} lets others write", md.mode() & 0o7777),
+                )
+            } else {
+                LibraryDir::Counted(path, ExeId::from_stat(md.dev(), md.ino()))
+            })
+        })
+        .collect()
+}
+
+/// The directories one `ld.so.conf` file names, its `include`s followed.
+fn conf_dirs(root: &Path, file: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if let Some(pattern) = line.strip_prefix("include") {
+            if depth < INCLUDE_DEPTH {
+                for f in glob_files(root, pattern.trim()) {
+                    conf_dirs(root, &f, depth + 1, out);
+                }
+            }
+        } else if line.starts_with('/') {
+            // `dir=TYPE` (libc5 days) names a type after the directory.
+            let dir = line
+                .split(['=', ' ', '\t', ':', ','])
+                .next()
+                .unwrap_or(line);
+            out.push(PathBuf::from(dir));
+        }
+    }
+}
+
+/// The files a pattern of `include` names, sorted: a `*` only in the last component, as
+/// Debian's `include /etc/ld.so.conf.d/*.conf`.
+fn glob_files(root: &Path, pattern: &str) -> Vec<PathBuf> {
+    let pattern = Path::new(pattern);
+    let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name()) else {
+        return Vec::new();
+    };
+    let dir = root.join(dir.strip_prefix("/").unwrap_or(dir));
+    let name = name.to_string_lossy();
+    let (prefix, suffix) = name.split_once('*').unwrap_or((&name, ""));
+    let exact = !name.contains('*');
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| {
+            if exact {
+                f == prefix
+            } else {
+                f.len() >= prefix.len() + suffix.len()
+                    && f.starts_with(prefix)
+                    && f.ends_with(suffix)
+            }
+        })
+        .map(|f| dir.join(f))
+        .collect();
+    files.sort();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn names(dirs: &[LibraryDir]) -> Vec<String> {
+        dirs.iter()
+            .map(|d| match d {
+                LibraryDir::Counted(p, _) => p.display().to_string(),
+                LibraryDir::Untrusted(p, why) => format!("{} ({why})", p.display()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn defaults_then_ld_so_conf_and_its_includes() {
+        let root = scratch("conf");
+        let r = root.as_path();
+        for d in [
+            "lib",
+            "usr/lib",
+            "usr/local/lib",
+            "opt/vendor/lib",
+            "etc/ld.so.conf.d",
+        ] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(
+            r.join("etc/ld.so.conf"),
+            "# comment\ninclude /etc/ld.so.conf.d/*.conf\n/usr/lib\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("etc/ld.so.conf.d/b.conf"),
+            "/opt/vendor/lib # vendor\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("etc/ld.so.conf.d/a.conf"),
+            "/usr/local/lib\n/missing\n",
+        )
+        .unwrap();
+        std::fs::write(r.join("etc/ld.so.conf.d/a.conf.bak"), "/etc\n").unwrap();
+        assert_eq!(
+            names(&library_dirs(r, me())),
+            ["/lib", "/usr/lib", "/usr/local/lib", "/opt/vendor/lib"]
+        );
+        // Owned by someone else, none counts.
+        assert!(library_dirs(r, me() + 1)
+            .iter()
+            .all(|d| matches!(d, LibraryDir::Untrusted(..))));
+    }
+
+    #[test]
+    fn a_directory_others_may_write_does_not_count() {
+        let root = scratch("mode");
+        let r = root.as_path();
+        std::fs::create_dir_all(r.join("usr/lib")).unwrap();
+        std::fs::set_permissions(r.join("usr/lib"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        assert_eq!(
+            names(&library_dirs(r, me())),
+            ["/usr/lib (its mode 1777 lets others write)"]
+        );
+    }
+
+    #[test]
+    fn traced_processes_are_read_from_tracer_pid() {
+        let proc = scratch("proc");
+        for (pid, tracer) in [("10", "0"), ("11", "10"), ("12", "4")] {
+            std::fs::create_dir_all(proc.join(pid)).unwrap();
+            std::fs::write(
+                proc.join(pid).join("status"),
+                format!("Name:\tx\nState:\tS\nTracerPid:\t{tracer}\nUid:\t0\n"),
+            )
+            .unwrap();
+        }
+        // Not a process, and a process without a status.
+        std::fs::create_dir_all(proc.join("self-ish")).unwrap();
+        std::fs::create_dir_all(proc.join("13")).unwrap();
+        assert_eq!(traced_processes(&proc), [(11, 10), (12, 4)]);
+    }
+
+    /// A fresh directory of this test's own.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tg-libdirs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn me() -> u32 {
+        // SAFETY: a getter without arguments.
+        unsafe { libc::geteuid() }
+    }
+}
