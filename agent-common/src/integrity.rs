@@ -24,6 +24,9 @@ crate::codes! {
         /// It mapped as code a file in the library directories that was written, renamed or
         /// linked there since the guard started (its inode's change time is later).
         ModifiedCode = 8 => "modified_code",
+        /// Not a taint but a rule that does not hold: the rule names a systemd unit
+        /// (`match.unit`) and the process is not one the service manager started in it.
+        OutsideUnit = 16 => "outside_unit",
     }
 }
 
@@ -58,6 +61,51 @@ pub struct Taint {
 pub const LIBRARY_DIRS_MAX: u32 = 256;
 pub const LIBRARY_DIR_DEPTH: u32 = 6;
 
+/// The systemd unit a process was started in, as the kernel saw the service manager put it
+/// there (by tgid, map `UNIT_OF`): its cgroup's id, and `unit_hash` of the cgroup's path and
+/// of its parent's (the slice, which names a template unit's instances).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UnitMark {
+    pub cgroup_id: u64,
+    pub unit_hash: u64,
+    pub slice_hash: u64,
+}
+
+/// Processes with a unit tracked at once.
+pub const UNIT_PROCESSES: u32 = 65536;
+/// Cgroup path components hashed, and bytes of each (longer names are cut, on both sides).
+pub const UNIT_PATH_DEPTH: usize = 8;
+pub const UNIT_NAME_MAX: usize = 128;
+
+/// FNV-1a, one byte at a time: the kernel hashes a cgroup's path as it walks it.
+pub const UNIT_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
+#[inline(always)]
+pub const fn unit_hash_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// The hash of a cgroup path (`/system.slice/chrony.service`), as the kernel computes it:
+/// components from the leaf up, each cut to `UNIT_NAME_MAX - 1` bytes and followed by `/`.
+/// 0 never comes out of a real path; it means "no unit".
+pub fn unit_hash(path: &str) -> u64 {
+    let mut h = UNIT_HASH_START;
+    for part in path
+        .rsplit('/')
+        .filter(|p| !p.is_empty())
+        .take(UNIT_PATH_DEPTH)
+    {
+        let bytes = part.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() && i < UNIT_NAME_MAX - 1 {
+            h = unit_hash_step(h, bytes[i]);
+            i += 1;
+        }
+        h = unit_hash_step(h, b'/');
+    }
+    h
+}
+
 /// `mmap`/`mprotect` protection bit of code.
 pub const PROT_EXEC: u64 = 4;
 
@@ -75,7 +123,7 @@ pub struct LostKey {
 /// Tainted processes tracked at once (an entry goes when its process's last thread exits).
 pub const TAINTED_PROCESSES: u32 = 65536;
 
-crate::pod!(Taint, LostKey);
+crate::pod!(Taint, LostKey, UnitMark);
 
 #[cfg(test)]
 mod tests {
@@ -89,5 +137,21 @@ mod tests {
         assert_eq!(names.next(), Some("asked_to_be_traced"));
         assert_eq!(names.next(), None);
         assert_eq!(reason_names(0x8000_0000).count(), 0);
+    }
+
+    #[test]
+    fn a_unit_hash_is_its_path_leaf_first() {
+        let unit = unit_hash("/system.slice/chrony.service");
+        assert_eq!(unit, unit_hash("system.slice/chrony.service/"));
+        assert_ne!(unit, unit_hash("/chrony.service/system.slice"));
+        assert_ne!(unit, unit_hash("/system.slice/chronyd.service"));
+        // Leaf first: a path's hash continues its leaf's.
+        let mut h = UNIT_HASH_START;
+        for b in b"chrony.service/system.slice/" {
+            h = unit_hash_step(h, *b);
+        }
+        assert_eq!(unit, h);
+        let long = "x".repeat(300);
+        assert_eq!(unit_hash(&long), unit_hash(&long[..UNIT_NAME_MAX - 1]));
     }
 }

@@ -58,6 +58,14 @@ pub struct KernelOffsets {
     pub dentry_parent: u32,
     pub inode_ctime_sec: u32,
     pub vma_file: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.parent` (or
+    /// `__parent`), `kernfs_node.name`, `kernfs_node.id`: a process's cgroup and its path.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kn_parent: u32,
+    pub kn_name: u32,
+    pub kn_id: u32,
 }
 
 crate::pod!(KernelOffsets, ClockState);
@@ -77,6 +85,10 @@ pub struct ClockState {
     /// changed later is not the one the operator vouched for by loading it
     /// (`integrity::TaintReason::ModifiedCode`).
     pub policy_loaded_sec: i64,
+    /// The service manager's executable (PID 1's, by device and inode): a process it puts in
+    /// a unit's cgroup is of that unit (`match.unit`).
+    pub service_manager_dev: u64,
+    pub service_manager_ino: u64,
 }
 
 /// `task_struct.flags` bit of a kernel thread.

@@ -49,10 +49,11 @@ pub const TAMPER_EVENTS_DROPPED: &str = "TAMPER_EVENTS_DROPPED";
 pub const TAMPER_SCRATCH: &str = "TAMPER_SCRATCH";
 pub const CLOCK_REQUEST_SCRATCH: &str = "CLOCK_REQUEST_SCRATCH";
 pub const LIBRARY_DIRS: &str = "LIBRARY_DIRS";
+pub const UNIT_OF: &str = "UNIT_OF";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 33] = [
+pub const ALL: [&str; 34] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -62,6 +63,7 @@ pub const ALL: [&str; 33] = [
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
     PROCESS_TAINT,
+    UNIT_OF,
     LIBRARY_DIRS,
     NET_POLICY,
     NET_ADDRS,
@@ -91,11 +93,12 @@ pub const ALL: [&str; 33] = [
 /// Maps only the kernel programs write (counters, budgets, per-source state, scratch): the
 /// agent freezes them against every `bpf()` write from userspace. Ring buffers are left
 /// out (their reader writes its position through a writable mapping).
-pub const KERNEL_ONLY: [&str; 18] = [
+pub const KERNEL_ONLY: [&str; 19] = [
     CLOCK_COUNTERS,
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
     PROCESS_TAINT,
+    UNIT_OF,
     NET_COUNTERS,
     NET_EVENTS_DROPPED,
     NET_EVENT_SCRATCH,

@@ -77,6 +77,12 @@ pub struct ClockRule {
     pub max_step_ns: u64,
     /// Largest frequency offset allowed, in the kernel's unit (ppm << 16); 0: no limit.
     pub max_frequency: u64,
+    /// `match.unit`: the `integrity::unit_hash` the process's `UnitMark` must carry, of its
+    /// unit's cgroup (`unit_hash`) or of a template's slice (`slice_hash`, when `of_slice`);
+    /// 0: any process.
+    pub unit_hash: u64,
+    pub of_slice: u32,
+    pub _pad2: u32,
 }
 
 crate::codes! {
@@ -250,6 +256,7 @@ mod tests {
             _pad: 0,
             max_step_ns: 0,
             max_frequency: 0,
+            ..ClockRule::default()
         };
         assert_eq!(
             decide(
@@ -292,6 +299,7 @@ mod tests {
             _pad: 0,
             max_step_ns: 1_000_000_000,
             max_frequency: 500 << 16,
+            ..ClockRule::default()
         };
         let step = |ns| Request {
             operations: op::STEP,

@@ -42,6 +42,12 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     dentry_parent: 0,
     inode_ctime_sec: 0,
     vma_file: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kn_parent: 0,
+    kn_name: 0,
+    kn_id: 0,
 };
 
 #[inline(always)]

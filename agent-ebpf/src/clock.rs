@@ -140,7 +140,7 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     // read in place (no copy on the stack, which 6.1 caps at 512 bytes for all frames);
     // `black_box` hides what was written, so every field is loaded back from the map.
     let req = unsafe {
-        *slot = *req;
+        req.store(&mut *slot);
         &*core::hint::black_box(slot)
     };
     let off = offsets();
@@ -289,6 +289,26 @@ fn read_long(ptr: u64, off: usize, wide: bool) -> Option<i64> {
 }
 
 impl Request {
+    /// Writes every field into `to`, one by one: a copy of the whole struct would read its
+    /// padding, which 6.1 refuses as a read of an unwritten stack slot.
+    #[inline(always)]
+    fn store(&self, to: &mut Request) {
+        to.hook = self.hook;
+        to.operations = self.operations;
+        to.syscall = self.syscall;
+        to.abi = self.abi;
+        to.clock_id = self.clock_id;
+        to.timex_modes = self.timex_modes;
+        to.time.set = self.time.set;
+        to.time.sec = self.time.sec;
+        to.time.nsec = self.time.nsec;
+        to.step_ns = self.step_ns;
+        to.frequency = self.frequency;
+        to.frequency_abs = self.frequency_abs;
+        to.device = self.device;
+        to.ioctl_cmd = self.ioctl_cmd;
+    }
+
     /// A request carried by a `struct timex` (adjtimex, clock_adjtime).
     #[inline(always)]
     fn timex(hook: Hook, syscall: i64, abi: Abi, clock_id: i32, t: &Timex) -> Self {

@@ -12,14 +12,19 @@
 
 use agent_common::{
     integrity::{
-        Taint, TaintReason, LIBRARY_DIRS_MAX, LIBRARY_DIR_DEPTH, PROT_EXEC, TAINTED_PROCESSES,
+        unit_hash_step, Taint, TaintReason, UnitMark, LIBRARY_DIRS_MAX, LIBRARY_DIR_DEPTH,
+        PROT_EXEC, TAINTED_PROCESSES, UNIT_HASH_START, UNIT_NAME_MAX, UNIT_PATH_DEPTH,
+        UNIT_PROCESSES,
     },
     kernel::KernelOffsets,
     policy::Verdict,
     tamper::{prctl, Action, FileKey, Target},
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes,
+    },
     macros::{btf_tracepoint, lsm, map},
     maps::HashMap,
     programs::{BtfTracePointContext, LsmContext},
@@ -265,13 +270,135 @@ pub fn identity_fork(ctx: BtfTracePointContext) -> i32 {
     if pid != tgid {
         return 0;
     }
-    let inherited = kread::<u32>(parent, off.task_tgid).and_then(taint_of);
-    match inherited {
+    let parent_tgid = kread::<u32>(parent, off.task_tgid).unwrap_or(0);
+    match taint_of(parent_tgid) {
         Some(t) => {
             let _ = PROCESS_TAINT.insert(tgid, t, 0);
         }
         None => {
             let _ = PROCESS_TAINT.remove(tgid);
+        }
+    }
+    // Forked by the service manager (PID 1), the process is of the unit it was made in
+    // (clone3 into the unit's cgroup); forked by a process of a unit, of the same unit while
+    // in the same cgroup.
+    let mark = if parent_tgid == 1 {
+        unit_mark(task_cgroup(child, &off), &off)
+    } else {
+        // SAFETY: copied out at once.
+        match unsafe { UNIT_OF.get(parent_tgid) }.copied() {
+            Some(m) if cgroup_id(task_cgroup(child, &off), &off) == Some(m.cgroup_id) => Some(m),
+            _ => None,
+        }
+    };
+    match mark {
+        Some(m) => {
+            let _ = UNIT_OF.insert(tgid, m, 0);
+        }
+        None => {
+            let _ = UNIT_OF.remove(tgid);
+        }
+    }
+    0
+}
+
+/// Processes by tgid and the unit the service manager started them in (`match.unit`):
+/// written by the kernel only.
+#[map]
+static UNIT_OF: HashMap<u32, UnitMark> = HashMap::pinned(UNIT_PROCESSES, 0);
+
+/// Whether process `tgid`, in the cgroup it runs in now, is of the unit a rule names by
+/// `hash` (of the unit's cgroup, or of a template's slice).
+#[inline(always)]
+pub fn in_unit(tgid: u32, hash: u64, of_slice: bool) -> bool {
+    // SAFETY: copied out at once.
+    let Some(m) = (unsafe { UNIT_OF.get(tgid) }).copied() else {
+        return false;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_get_current_cgroup_id() };
+    let named = if of_slice { m.slice_hash } else { m.unit_hash };
+    named == hash && m.cgroup_id == now
+}
+
+/// A task's cgroup on the unified hierarchy (`task->cgroups->dfl_cgrp`); null when unread.
+#[inline(always)]
+fn task_cgroup(task: *const u8, off: &KernelOffsets) -> *const u8 {
+    kread::<*const u8>(task, off.task_cgroups)
+        .and_then(|cset| kread::<*const u8>(cset, off.css_set_dfl_cgrp))
+        .unwrap_or(core::ptr::null())
+}
+
+/// A cgroup's id (its kernfs node's, as `bpf_get_current_cgroup_id` gives it).
+#[inline(always)]
+fn cgroup_id(cgrp: *const u8, off: &KernelOffsets) -> Option<u64> {
+    let kn = kread::<*const u8>(cgrp, off.cgroup_kn)?;
+    kread::<u64>(kn, off.kn_id)
+}
+
+/// The unit a cgroup is: its id, and the hashes of its path and its parent's, from the leaf
+/// up as `integrity::unit_hash` computes them.
+#[inline(always)]
+fn unit_mark(cgrp: *const u8, off: &KernelOffsets) -> Option<UnitMark> {
+    let mut kn = kread::<*const u8>(cgrp, off.cgroup_kn)?;
+    let cgroup_id = kread::<u64>(kn, off.kn_id)?;
+    let mut hash = UNIT_HASH_START;
+    let mut slice = UNIT_HASH_START;
+    let mut name = [0u8; UNIT_NAME_MAX];
+    for depth in 0..UNIT_PATH_DEPTH {
+        // The root has no parent, and no name in the path.
+        let parent = kread::<*const u8>(kn, off.kn_parent).unwrap_or(core::ptr::null());
+        if parent.is_null() {
+            break;
+        }
+        let text = kread::<*const u8>(kn, off.kn_name)?;
+        // SAFETY: a kernel string, read into a buffer of this program's own.
+        let bytes = unsafe { bpf_probe_read_kernel_str_bytes(text, &mut name) }.ok()?;
+        for &b in bytes.iter().take(UNIT_NAME_MAX - 1) {
+            hash = unit_hash_step(hash, b);
+            if depth > 0 {
+                slice = unit_hash_step(slice, b);
+            }
+        }
+        hash = unit_hash_step(hash, b'/');
+        if depth > 0 {
+            slice = unit_hash_step(slice, b'/');
+        }
+        kn = parent;
+    }
+    Some(UnitMark {
+        cgroup_id,
+        unit_hash: hash,
+        slice_hash: slice,
+    })
+}
+
+/// cgroup_attach_task(struct cgroup *dst_cgrp, const char *path, struct task_struct *task,
+///                    bool threadgroup): a process moved into a cgroup by the service manager
+/// (PID 1, or its child before it executes the service) is of that unit; moved by anyone
+/// else (a root shell writing `cgroup.procs`), of none.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn identity_unit_attach(ctx: BtfTracePointContext) -> i32 {
+    let off = offsets();
+    let dst: *const u8 = ctx.arg(0);
+    let task: *const u8 = ctx.arg(2);
+    let Some(tgid) = kread::<u32>(task, off.task_tgid) else {
+        return 0;
+    };
+    let mover = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let by_manager = mover == 1 || {
+        let state = clock_state();
+        // SAFETY: the helper returns the current task; it is only read through probe reads.
+        let me = unsafe { bpf_get_current_task() } as *const u8;
+        let (dev, ino) = task_exe(me, &off);
+        ino != 0 && (dev, ino) == (state.service_manager_dev, state.service_manager_ino)
+    };
+    match by_manager.then(|| unit_mark(dst, &off)).flatten() {
+        Some(m) => {
+            let _ = UNIT_OF.insert(tgid, m, 0);
+        }
+        None => {
+            let _ = UNIT_OF.remove(tgid);
         }
     }
     0
@@ -291,6 +418,7 @@ pub fn identity_exit(ctx: BtfTracePointContext) -> i32 {
     }
     if let Some(tgid) = kread::<u32>(task, off.task_tgid) {
         let _ = PROCESS_TAINT.remove(tgid);
+        let _ = UNIT_OF.remove(tgid);
     }
     0
 }

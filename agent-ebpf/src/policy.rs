@@ -13,7 +13,9 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 
-use crate::identity::taint_of;
+use agent_common::integrity::TaintReason;
+
+use crate::identity::{in_unit, taint_of};
 
 /// Index `maps::ONLY`: the slot in force, of the clock's policy and the network's alike. The
 /// agent fills the other slot of both, then flips this with one write: the whole policy
@@ -90,7 +92,17 @@ pub fn decide_for(dev: u64, ino: u64, uid: u32, tgid: u32, req: &Request) -> Opt
     let mut taint = Taint::default();
     // Only a process a rule matched is looked up: the default's callers pay nothing.
     if let Some(r) = rule {
-        if let Some(t) = taint_of(tgid) {
+        let lost = match taint_of(tgid) {
+            Some(t) => Some(t),
+            None if r.unit_hash != 0 && !in_unit(tgid, r.unit_hash, r.of_slice != 0) => {
+                Some(Taint {
+                    reasons: TaintReason::OutsideUnit.code(),
+                    ..Taint::default()
+                })
+            }
+            None => None,
+        };
+        if let Some(t) = lost {
             lost_rule_id = r.rule_id;
             taint = t;
             rule = None;

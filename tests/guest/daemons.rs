@@ -1,18 +1,38 @@
-//! A real time daemon (Debian's chronyd) under its rule: its slews go through, a step
-//! beyond its maxStep does not, whatever its own configuration says.
+//! Real time daemons under their rules: Debian's chronyd (its slews go through, a step beyond
+//! its maxStep does not, whatever its own configuration says) and phc2sys (it disciplines
+//! the clock from a PHC, its libraries and all, and keeps its rule).
 
 use timeguard_tests::ntp;
 
 use crate::prelude::*;
 
-const NTP_ADDR: &str = "127.0.0.1:10123";
+pub const NTP_ADDR: &str = "127.0.0.1:10123";
 
 /// Runs chronyd in the foreground with `conf` and `args` until it exits or `secs` pass.
-fn chronyd(conf: &str, args: &[&str], secs: u64) -> Result<String, String> {
+pub fn chronyd(conf: &str, args: &[&str], secs: u64) -> Result<String, String> {
+    chronyd_as(&[], conf, args, secs)
+}
+
+/// The same, started through `launcher` (a command that ends by executing its arguments).
+pub fn chronyd_as(
+    launcher: &[&str],
+    conf: &str,
+    args: &[&str],
+    secs: u64,
+) -> Result<String, String> {
     fs::write("/tmp/chrony.conf", conf).map_err(|e| e.to_string())?;
     let log = fs::File::create("/tmp/chronyd.log").map_err(|e| e.to_string())?;
-    let mut child = Command::new("/usr/sbin/chronyd")
-        .args(["-d", "-u", "root", "-f", "/tmp/chrony.conf"])
+    let mut argv: Vec<&str> = launcher.to_vec();
+    argv.extend([
+        "/usr/sbin/chronyd",
+        "-d",
+        "-u",
+        "root",
+        "-f",
+        "/tmp/chrony.conf",
+    ]);
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
         .args(args)
         .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
         .stderr(Stdio::from(log))
@@ -95,6 +115,79 @@ fn chronyd_is_refused_a_step_beyond_max_step() {
             .to_string();
         Ok(format!(
             "2h step refused (maxStep 1s), clock unchanged; chronyd said: {said}"
+        ))
+    })
+}
+
+/// phc2sys, following the e1000e PHC without stepping, opens the PHC and tunes the clock's
+/// frequency: every call allowed by its rule, none of its records saying it lost the rule.
+#[test]
+fn phc2sys_disciplines_from_a_phc_within_its_rule() {
+    scenario(|_| {
+        let since = records().len();
+        let log = fs::File::create("/tmp/phc2sys.log").map_err(|e| e.to_string())?;
+        let mut child = Command::new("/usr/sbin/phc2sys")
+            .args([
+                "-s",
+                "/dev/ptp0",
+                "-c",
+                "CLOCK_REALTIME",
+                "-O",
+                "0",
+                "-F",
+                "0",
+                "-S",
+                "0",
+            ])
+            .args(["-R", "8", "-m"])
+            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot start phc2sys: {e}"))?;
+        sleep(Duration::from_secs(4));
+        let early = child.try_wait().map_err(|e| e.to_string())?;
+        if early.is_none() {
+            // SAFETY: signalling the phc2sys this scenario started, by its id.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        let reset = outcome(sh(ALLOWED, &["freq", "0"])?)?;
+        let log = fs::read_to_string("/tmp/phc2sys.log").unwrap_or_default();
+        if let Some(status) = early {
+            return Err(format!("phc2sys exited early ({status}):\n{log}"));
+        }
+        let mine: Vec<Value> = records()
+            .into_iter()
+            .skip(since)
+            .filter(|v| v["who"]["comm"] == "phc2sys")
+            .collect();
+        if let Some(v) = mine
+            .iter()
+            .find(|v| v["verdict"] != "allow" || v.get("integrity").is_some())
+        {
+            return Err(format!(
+                "phc2sys was refused or lost its rule: {v}\nphc2sys log:\n{log}"
+            ));
+        }
+        let tuned = mine
+            .iter()
+            .filter(|v| {
+                v["rule"] == "phc2sys" && v["what"]["operations"].to_string().contains("frequency")
+            })
+            .count();
+        if tuned == 0 {
+            return Err(format!(
+                "no frequency change of phc2sys recorded\nphc2sys log:\n{log}"
+            ));
+        }
+        let st = agent_status()?;
+        let lost = counted(&st["rules_lost"], &[("rule", "phc2sys")]);
+        if lost != 0 {
+            return Err(format!("rules lost: {}", st["rules_lost"]));
+        }
+        Ok(format!(
+            "phc2sys: {tuned} frequency changes allowed by its rule, none refused, rule never lost (reset errno {})",
+            reset.errno
         ))
     })
 }

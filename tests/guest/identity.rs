@@ -277,6 +277,144 @@ fn a_process_traced_before_the_guard_started_has_no_rule() {
     }
 }
 
+/// The cgroups of the units `policies::UNIT` names.
+const TG_UNIT: &str = "/sys/fs/cgroup/system.slice/tg-clock.service";
+const CHRONY_UNIT: &str = "/sys/fs/cgroup/system.slice/chrony.service";
+
+/// A command line that starts `argv` the way the guest's service manager would start it in
+/// the unit whose cgroup is `cgroup`: busybox (PID 1's program, as systemd's own child is
+/// systemd) moves itself into the cgroup, then executes the program.
+fn in_unit(cgroup: &str) -> Vec<String> {
+    vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        format!("echo $$ > {cgroup}/cgroup.procs && exec \"$@\""),
+        "unit".into(),
+    ]
+}
+
+#[test]
+fn match_unit_holds_a_rule_to_its_unit() {
+    let mut agent = GuestAgent::start(policies::UNIT).unwrap_or_else(|e| panic!("{e}"));
+    let played = (|| {
+        for cg in [TG_UNIT, CHRONY_UNIT] {
+            fs::create_dir_all(cg).map_err(|e| format!("{cg}: {e}"))?;
+        }
+        let launcher = in_unit(TG_UNIT);
+        let run_in_unit = |args: &[&str]| -> Result<clock::Outcome, String> {
+            let mut argv: Vec<&str> = launcher.iter().map(String::as_str).collect();
+            argv.push(ALLOWED);
+            argv.extend_from_slice(args);
+            outcome(sh(argv[0], &argv[1..])?)
+        };
+        // Only the unit may put the frequency back.
+        let reset = || {
+            let _ = run_in_unit(&["freq", "0"]);
+        };
+        let mut seen = Vec::new();
+        for (how, args) in [
+            ("started as its unit", vec!["freq", "5"]),
+            ("its fork", vec!["in-child", "freq", "5"]),
+        ] {
+            let o = run_in_unit(&args)?;
+            reset();
+            if o.errno != 0 {
+                return Err(format!("{how}: errno {} (expected its rule)", o.errno));
+            }
+            seen.push(format!("{how}: allowed"));
+        }
+        let outside_unit = |what: &str, pid: Option<u32>| {
+            wait_record(what, move |v| {
+                v["kind"] == "clock"
+                    && v["verdict"] == "deny"
+                    && v["integrity"]["reasons"] == serde_json::json!(["outside_unit"])
+                    && pid.is_none_or(|p| v["who"]["tgid"] == p)
+            })
+        };
+        // From a shell: the same program, outside its unit.
+        let shell = outcome(sh(ALLOWED, &["freq", "5"])?)?;
+        if shell.errno != libc::EPERM {
+            return Err(format!(
+                "from a shell: errno {} (expected EPERM)",
+                shell.errno
+            ));
+        }
+        outside_unit("the program from a shell", None)?;
+        seen.push("from a shell: EPERM, outside_unit".into());
+        // Moved into the unit's cgroup by a program that is not the service manager.
+        let go = "/tmp/tg-unit.go";
+        let _ = fs::remove_file(go);
+        let child = Command::new(ALLOWED)
+            .args(["await", go, "freq", "5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {ALLOWED}: {e}"))?;
+        let pid = child.id();
+        let moved = fs::write(format!("{TG_UNIT}/cgroup.procs"), pid.to_string());
+        let _ = fs::write(go, "");
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let _ = fs::remove_file(go);
+        reset();
+        moved.map_err(|e| format!("moving {pid} into {TG_UNIT}: {e}"))?;
+        let o = clock::Outcome::from_json(String::from_utf8_lossy(&out.stdout).trim())
+            .map_err(|e| format!("the moved program: {e}"))?;
+        if o.errno != libc::EPERM {
+            return Err(format!(
+                "moved into the unit's cgroup by hand: errno {} (expected EPERM)",
+                o.errno
+            ));
+        }
+        outside_unit("a process moved into the unit by hand", Some(pid))?;
+        seen.push("moved into its cgroup by hand: EPERM, outside_unit".into());
+        // Real chronyd, from a shell and as its unit.
+        let since = records().len();
+        let server = timeguard_tests::ntp::Server::start(crate::daemons::NTP_ADDR, 300_000_000)
+            .map_err(|e| e.to_string())?;
+        let conf = crate::daemons::chrony_conf("maxslewrate 500\nmaxdrift 500\n");
+        let from_shell = crate::daemons::chronyd(&conf, &[], 6)?;
+        let refused = records().into_iter().skip(since).find(|v| {
+            v["who"]["comm"] == "chronyd"
+                && v["integrity"]["reasons"] == serde_json::json!(["outside_unit"])
+        });
+        if refused.is_none() {
+            return Err(format!("chronyd from a shell was not refused as outside its unit\nchronyd log:\n{from_shell}"));
+        }
+        let since = records().len();
+        let chrony_launcher = in_unit(CHRONY_UNIT);
+        let launcher: Vec<&str> = chrony_launcher.iter().map(String::as_str).collect();
+        let as_unit = crate::daemons::chronyd_as(&launcher, &conf, &[], 12)?;
+        drop(server);
+        reset();
+        let mine: Vec<Value> = records()
+            .into_iter()
+            .skip(since)
+            .filter(|v| v["who"]["comm"] == "chronyd")
+            .collect();
+        if let Some(v) = mine.iter().find(|v| v["verdict"] != "allow") {
+            return Err(format!(
+                "chronyd as its unit was refused: {v}\nchronyd log:\n{as_unit}"
+            ));
+        }
+        if !mine.iter().any(|v| v["rule"] == "chronyd") {
+            return Err(format!(
+                "chronyd as its unit made no change under its rule\nchronyd log:\n{as_unit}"
+            ));
+        }
+        seen.push("chronyd from a shell: refused, outside_unit; chronyd as its unit: slews under its rule".into());
+        Ok(seen.join("; "))
+    })();
+    // Out of the units' cgroups before they go.
+    for cg in [TG_UNIT, CHRONY_UNIT] {
+        let _ = fs::remove_dir(cg);
+    }
+    let _ = agent.finish();
+    match played {
+        Ok(detail) => println!("{detail}"),
+        Err(detail) => panic!("{detail}"),
+    }
+}
+
 /// A system library the test programs load anyway (`ldd tg-clock`), and where copies of it go.
 const SYSTEM_LIB: &str = "/lib/x86_64-linux-gnu/libgcc_s.so.1";
 const FOREIGN_LIB: &str = "/tmp/tg-foreign.so";

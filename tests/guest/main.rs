@@ -50,6 +50,7 @@ mod policies {
     pub const SELF_PROTECTION: &str = include_str!("policies/self-protection.yaml");
     pub const MAY_STEP: &str = include_str!("policies/may-step.yaml");
     pub const NO_STEP: &str = include_str!("policies/no-step.yaml");
+    pub const UNIT: &str = include_str!("policies/unit.yaml");
     /// A policy with a mistake, as an edit gone wrong leaves it.
     pub const BROKEN: &str = include_str!("policies/broken.yaml");
 }

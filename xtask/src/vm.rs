@@ -321,6 +321,11 @@ fn build_initramfs(
         ),
         (hwclock.to_path_buf(), "/usr/sbin/hwclock"),
         (hwclock.to_path_buf(), "/usr/local/bin/hwclock"),
+        // Real phc2sys, disciplining the clock from the e1000e PHC.
+        (
+            setup::unpacked_tool("linuxptp", "/usr/sbin/phc2sys")?,
+            "/usr/sbin/phc2sys",
+        ),
     ];
     let mut binaries = binaries.to_vec();
     match mode {
@@ -349,6 +354,7 @@ fn build_initramfs(
         "init",
         "bin/busybox",
         "usr/sbin/chronyd",
+        "usr/sbin/phc2sys",
         "usr/sbin/hwclock",
         "usr/local/bin/hwclock",
     ] {

@@ -89,7 +89,7 @@ use Sensor::*;
 use When::*;
 
 /// Every program, in the order they attach (and are listed in status and metrics).
-pub const TABLE: [ProgramSpec; 33] = [
+pub const TABLE: [ProgramSpec; 34] = [
     // The clock's decisions and the devices' (PHC, RTC, PPS character devices).
     spec(
         "clock_settime_guard",
@@ -140,6 +140,14 @@ pub const TABLE: [ProgramSpec; 33] = [
     spec(
         "tamper_traceme",
         Lsm("ptrace_traceme"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    // The unit a process is of: the service manager's moves into a unit's cgroup.
+    spec(
+        "identity_unit_attach",
+        BtfTracepoint("cgroup_attach_task"),
         Clock,
         Required,
         Enforcing,

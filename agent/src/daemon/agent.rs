@@ -137,8 +137,13 @@ impl Agent {
             log::warn!("policy: {w}");
         }
         for r in &policy.rules {
+            let unit = r
+                .unit
+                .as_ref()
+                .map(|u| format!(" in unit {} (cgroup {})", u.name, u.cgroup))
+                .unwrap_or_default();
             log::info!(
-                "rule \"{}\": {} ({}) may: {}",
+                "rule \"{}\": {} ({}){unit} may: {}",
                 r.name,
                 r.exe.display(),
                 r.exe_id,

@@ -174,6 +174,10 @@ pub fn run(options: &Options) -> anyhow::Result<Ended> {
             Ok(_) => {}
             Err(e) => log::warn!("processes traced before the guard started keep their rules: {e:#}"),
         }
+        match agent.guard.identity.seed_units() {
+            Ok(n) => log::info!("{n} processes already running in systemd units, as the service manager started them"),
+            Err(e) => log::warn!("processes already running in their units are not known as theirs (match.unit denies them): {e:#}"),
+        }
     }
     let generation = first_policy_in_force(&mut agent, options, policy)?;
     // enforced whole from here

@@ -54,6 +54,13 @@ pub fn offsets(btf: &btf::Btf) -> anyhow::Result<KernelOffsets> {
             ],
         )?,
         vma_file: at("vm_area_struct.vm_file")?,
+        task_cgroups: at("task_struct.cgroups")?,
+        css_set_dfl_cgrp: at("css_set.dfl_cgrp")?,
+        cgroup_kn: at("cgroup.kn")?,
+        // 6.15 on: __parent
+        kn_parent: first_of(btf, &["kernfs_node.parent", "kernfs_node.__parent"])?,
+        kn_name: at("kernfs_node.name")?,
+        kn_id: at("kernfs_node.id")?,
     })
 }
 

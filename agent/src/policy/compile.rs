@@ -13,7 +13,7 @@ use super::{
     diagnostic::{Diagnostic, Sink},
     mode_value,
     model::{self, Action, Mode},
-    network, sources_hash, CompiledPolicy, CompiledRule, ExeId, Host, Parsed,
+    network, sources_hash, CompiledPolicy, CompiledRule, ExeId, Host, Parsed, UnitMatch,
 };
 
 pub(super) fn check_and_compile(
@@ -105,6 +105,17 @@ pub(super) fn check_and_compile(
             let allow = check_operations(rule, &mut sink);
             check_limits(rule, allow, &mut sink);
             let uids = check_match(rule, host, &mut sink);
+            let unit = rule
+                .matches
+                .unit
+                .as_ref()
+                .and_then(|u| match UnitMatch::of(&u.value) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        sink.error(u.referenced, e);
+                        None
+                    }
+                });
             let exe = &rule.matches.exe;
             if !exe.value.is_absolute() {
                 continue;
@@ -143,6 +154,7 @@ pub(super) fn check_and_compile(
                 exe: exe.value.clone(),
                 exe_id,
                 uids,
+                unit,
                 allow,
                 mode: mode_value(rule.mode.unwrap_or(policy_mode)),
                 max_step_ns: rule.max_step.as_ref().map_or(0, |d| d.value.nanos),
@@ -313,9 +325,6 @@ fn check_match(rule: &model::Rule, host: &Host, sink: &mut Sink) -> Vec<u32> {
                 Err(e) => sink.error(user.referenced, e),
             }
         }
-    }
-    if let Some(unit) = &rule.matches.unit {
-        sink.error(unit.referenced, "match.unit is not enforced by this version of timeguard; remove it (the rule would match outside the unit too)");
     }
     uids
 }

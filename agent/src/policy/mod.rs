@@ -57,6 +57,69 @@ impl std::fmt::Display for ExeId {
     }
 }
 
+/// `match.unit`, as the kernel decides it: the unit's cgroup path (or, for a template's
+/// instances, their slice's) and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitMatch {
+    /// As written: `chrony.service`, `phc2sys@.service`, or a cgroup path.
+    pub name: String,
+    /// The cgroup path matched: `/system.slice/chrony.service`, or for `phc2sys@.service`
+    /// the slice its instances run in, `/system.slice/system-phc2sys.slice`.
+    pub cgroup: String,
+    pub of_slice: bool,
+    pub hash: u64,
+}
+
+impl UnitMatch {
+    /// A system unit's cgroup, where systemd puts it: `NAME.service` in `system.slice`, a
+    /// template's instances `T@I.service` in `system.slice/system-T.slice`; a path starting
+    /// with `/` is taken as the cgroup itself (a unit with a `Slice=` of its own).
+    pub fn of(unit: &str) -> Result<Self, String> {
+        const KINDS: [&str; 2] = [".service", ".scope"];
+        let named = |cgroup: String, of_slice: bool| UnitMatch {
+            name: unit.to_string(),
+            hash: agent_common::integrity::unit_hash(&cgroup),
+            cgroup,
+            of_slice,
+        };
+        if unit.starts_with('/') {
+            if unit.split('/').any(|p| p == "." || p == "..") || unit.len() < 2 {
+                return Err(format!("match.unit `{unit}` is not a cgroup path; write one like /system.slice/chrony.service"));
+            }
+            return Ok(named(unit.trim_end_matches('/').to_string(), false));
+        }
+        let Some(kind) = KINDS.iter().find(|k| unit.ends_with(*k)) else {
+            return Err(format!("match.unit `{unit}` is not a service or scope unit; write the unit's full name, e.g. chrony.service"));
+        };
+        let stem = &unit[..unit.len() - kind.len()];
+        if stem.is_empty() || stem.contains('/') {
+            return Err(format!(
+                "match.unit `{unit}` is not a unit name; write one like chrony.service"
+            ));
+        }
+        // systemd's slice of a template's instances: `system-T.slice`, with `-` in T escaped.
+        let slice = |template: &str| {
+            format!(
+                "/system.slice/system-{}.slice",
+                template.replace('-', "\\x2d")
+            )
+        };
+        Ok(match stem.split_once('@') {
+            // Every instance of a template: the slice systemd makes for them.
+            Some((template, "")) if !template.is_empty() => named(slice(template), true),
+            Some((template, _instance)) if !template.is_empty() => {
+                named(format!("{}/{unit}", slice(template)), false)
+            }
+            Some(_) => {
+                return Err(format!(
+                    "match.unit `{unit}` names no template; write one like phc2sys@.service"
+                ))
+            }
+            None => named(format!("/system.slice/{unit}"), false),
+        })
+    }
+}
+
 /// A rule ready for the kernel.
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
@@ -67,6 +130,8 @@ pub struct CompiledRule {
     pub exe_id: ExeId,
     /// The uids the rule is narrowed to (`match.users`); empty: every user.
     pub uids: Vec<u32>,
+    /// The systemd unit the rule is narrowed to (`match.unit`).
+    pub unit: Option<UnitMatch>,
     pub allow: u32,
     pub mode: u32,
     /// Largest step allowed (ns); 0: no limit.
@@ -319,6 +384,49 @@ mod tests {
                 .starts_with("unknown key `alow`; did you mean `allow`?"),
             "{}",
             e[0]
+        );
+    }
+
+    #[test]
+    fn a_unit_is_its_cgroup_where_systemd_puts_it() {
+        let cgroup = |u: &str| UnitMatch::of(u).map(|m| (m.cgroup, m.of_slice));
+        assert_eq!(
+            cgroup("chrony.service"),
+            Ok(("/system.slice/chrony.service".into(), false))
+        );
+        assert_eq!(
+            cgroup("phc2sys@.service"),
+            Ok(("/system.slice/system-phc2sys.slice".into(), true))
+        );
+        assert_eq!(
+            cgroup("phc2sys@eth0.service"),
+            Ok((
+                "/system.slice/system-phc2sys.slice/phc2sys@eth0.service".into(),
+                false
+            ))
+        );
+        assert_eq!(
+            cgroup("ntp-a@.service"),
+            Ok(("/system.slice/system-ntp\\x2da.slice".into(), true))
+        );
+        assert_eq!(
+            cgroup("/custom.slice/chrony.service/"),
+            Ok(("/custom.slice/chrony.service".into(), false))
+        );
+        for bad in [
+            "chrony",
+            "@.service",
+            ".service",
+            "/",
+            "/a/../b",
+            "a/b.service",
+        ] {
+            assert!(UnitMatch::of(bad).is_err(), "{bad}");
+        }
+        let m = UnitMatch::of("chrony.service").unwrap();
+        assert_eq!(
+            m.hash,
+            agent_common::integrity::unit_hash("/system.slice/chrony.service")
         );
     }
 

@@ -97,6 +97,9 @@ impl Clock {
                 _pad: 0,
                 max_step_ns: rule.max_step_ns,
                 max_frequency: rule.max_frequency,
+                unit_hash: rule.unit.as_ref().map_or(0, |u| u.hash),
+                of_slice: rule.unit.as_ref().is_some_and(|u| u.of_slice).into(),
+                _pad2: 0,
             };
             // One entry per user the rule is narrowed to, or one for every user.
             let uids = if rule.uids.is_empty() {
@@ -143,11 +146,15 @@ impl Clock {
     /// watch tick: the offset changes only when a daemon sets it (ADJ_TAI) or at a leap
     /// second, the major when the PTP core is loaded as a module.
     pub fn refresh_state(&mut self) -> anyhow::Result<()> {
+        // PID 1's executable, as it runs now (it may re-execute itself after an upgrade).
+        let manager = crate::policy::ExeId::of(std::path::Path::new("/proc/1/exe")).ok();
         let state = ClockState {
             tai_offset_ns: crate::events::tai_offset_ns(),
             phc_major: super::devices::phc_major(),
             _pad: 0,
             policy_loaded_sec: self.policy_loaded_sec,
+            service_manager_dev: manager.map_or(0, |m| m.dev),
+            service_manager_ino: manager.map_or(0, |m| m.ino),
         };
         self.state
             .set(map_names::ONLY, state, 0)

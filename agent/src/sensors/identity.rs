@@ -14,7 +14,7 @@ use std::{
 };
 
 use agent_common::{
-    integrity::{Taint, TaintReason, LIBRARY_DIRS_MAX},
+    integrity::{unit_hash, Taint, TaintReason, UnitMark, LIBRARY_DIRS_MAX},
     maps as map_names,
     tamper::FileKey,
 };
@@ -32,8 +32,10 @@ const INCLUDE_DEPTH: usize = 4;
 
 pub struct Identity {
     library_dirs: HashMap<MapData, FileKey, u32>,
-    /// Written by the kernel only, but for the seed at a first load (`seed_traced`).
+    /// Written by the kernel only, but for the seeds at a first load (`seed_traced`,
+    /// `seed_units`).
     process_taint: HashMap<MapData, u32, Taint>,
+    unit_of: HashMap<MapData, u32, UnitMark>,
 }
 
 /// A directory found and whether it counts.
@@ -49,7 +51,31 @@ impl Identity {
         Ok(Identity {
             library_dirs: object.take_map(map_names::LIBRARY_DIRS)?,
             process_taint: object.take_map(map_names::PROCESS_TAINT)?,
+            unit_of: object.take_map(map_names::UNIT_OF)?,
         })
+    }
+
+    /// At a first load, with the programs attached: the processes already running in a
+    /// unit's cgroup that the service manager started there (forked by PID 1, or by such a
+    /// process in the same cgroup) are of that unit. One moved there by hand before the
+    /// guard started cannot be told from them if its parent is PID 1 (an orphan).
+    pub fn seed_units(&mut self) -> anyhow::Result<usize> {
+        let units = units_of(&processes(Path::new("/proc")));
+        for (pid, cgroup) in &units {
+            let Some(id) = cgroup_id(cgroup) else {
+                continue;
+            };
+            let parent = cgroup.rsplit_once('/').map_or("", |(p, _)| p);
+            let mark = UnitMark {
+                cgroup_id: id,
+                unit_hash: unit_hash(cgroup),
+                slice_hash: unit_hash(parent),
+            };
+            self.unit_of
+                .insert(pid, mark, 0)
+                .with_context(|| format!("marking process {pid} as of {cgroup}"))?;
+        }
+        Ok(units.len())
     }
 
     /// At a first load, with the programs attached (from now on an attach taints) and before
@@ -149,6 +175,75 @@ pub fn traced_processes(proc: &Path) -> Vec<(u32, u32)> {
         .collect();
     traced.sort_unstable();
     traced
+}
+
+/// A process as /proc shows it: its parent and its cgroup on the unified hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub cgroup: String,
+}
+
+/// Every process under `proc` with its parent and cgroup (those that end meanwhile left out).
+pub fn processes(proc: &Path) -> Vec<Process> {
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let dir = proc.join(pid.to_string());
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok()?;
+            let cgroup = cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))?
+                .to_string();
+            Some(Process { pid, ppid, cgroup })
+        })
+        .collect()
+}
+
+/// The processes of a unit and their cgroups: forked by PID 1 into a cgroup other than the
+/// root, or by a process of a unit in the same cgroup.
+pub fn units_of(procs: &[Process]) -> Vec<(u32, String)> {
+    let by_pid: std::collections::HashMap<u32, &Process> =
+        procs.iter().map(|p| (p.pid, p)).collect();
+    let of_unit = |p: &Process| {
+        let mut at = p;
+        // Up the tree while in the same cgroup, to a child of PID 1; bounded against loops.
+        for _ in 0..procs.len() {
+            if at.ppid == 1 {
+                return at.cgroup != "/";
+            }
+            match by_pid.get(&at.ppid) {
+                Some(parent) if parent.cgroup == p.cgroup => at = parent,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut out: Vec<(u32, String)> = procs
+        .iter()
+        .filter(|p| of_unit(p))
+        .map(|p| (p.pid, p.cgroup.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A cgroup's id: its directory's inode on the cgroup2 file system.
+fn cgroup_id(cgroup: &str) -> Option<u64> {
+    let dir = Path::new("/sys/fs/cgroup").join(cgroup.trim_start_matches('/'));
+    std::fs::metadata(dir).ok().map(|m| m.ino())
 }
 
 /// The library directories under `root` (`/` but in tests): the defaults, then those
@@ -319,6 +414,37 @@ mod tests {
         std::fs::create_dir_all(proc.join("self-ish")).unwrap();
         std::fs::create_dir_all(proc.join("13")).unwrap();
         assert_eq!(traced_processes(&proc), [(11, 10), (12, 4)]);
+    }
+
+    #[test]
+    fn a_unit_is_what_pid_1_started_in_its_cgroup() {
+        let p = |pid, ppid, cgroup: &str| Process {
+            pid,
+            ppid,
+            cgroup: cgroup.into(),
+        };
+        let procs = [
+            p(1, 0, "/init.scope"),
+            // chronyd and its helper child.
+            p(500, 1, "/system.slice/chrony.service"),
+            p(501, 500, "/system.slice/chrony.service"),
+            // sshd, and a root shell of it that moved itself into chrony's cgroup, and its
+            // child there.
+            p(600, 1, "/system.slice/ssh.service"),
+            p(601, 600, "/system.slice/chrony.service"),
+            p(602, 601, "/system.slice/chrony.service"),
+            // A kernel thread's parent is 2, in the root cgroup.
+            p(2, 0, "/"),
+            p(3, 2, "/"),
+        ];
+        assert_eq!(
+            units_of(&procs),
+            [
+                (500, "/system.slice/chrony.service".to_string()),
+                (501, "/system.slice/chrony.service".to_string()),
+                (600, "/system.slice/ssh.service".to_string()),
+            ]
+        );
     }
 
     /// A fresh directory of this test's own.
