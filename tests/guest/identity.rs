@@ -243,11 +243,7 @@ fn a_process_traced_before_the_guard_started_has_no_rule() {
             .wait_with_output()
             .map_err(|e| format!("waiting for {ALLOWED}: {e}"))?;
         let _ = sh(ALLOWED, &["freq", "0"]);
-        let o = outcome(Run {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })?;
+        let o = outcome(run_of(&out))?;
         if o.errno != libc::EPERM {
             return Err(format!(
                 "traced since before the agent: errno {} (expected EPERM)",
@@ -533,6 +529,15 @@ fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
     }
 }
 
+/// What a finished child printed, as `sh` reports a run.
+fn run_of(out: &std::process::Output) -> Run {
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    }
+}
+
 /// `mount --bind from to`.
 fn bind_mount(from: &str, to: &str) -> Result<(), String> {
     let c = |p: &str| std::ffi::CString::new(p).map_err(|e| e.to_string());
@@ -567,11 +572,7 @@ fn freq_with(preload: Option<&str>, args: &[&str]) -> Result<clock::Outcome, Str
     let out = cmd
         .output()
         .map_err(|e| format!("cannot start {ALLOWED}: {e}"))?;
-    let o = outcome(Run {
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    });
+    let o = outcome(run_of(&out));
     let _ = sh(ALLOWED, &["freq", "0"]);
     o
 }
@@ -600,11 +601,7 @@ fn traced_then_asks(then: &[&str]) -> Result<u32, String> {
     if attach? != 0 {
         return Err("the attach was refused: nothing to show".into());
     }
-    let o = outcome(Run {
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })?;
+    let o = outcome(run_of(&out))?;
     if o.errno != libc::EPERM {
         let _ = sh(ALLOWED, &["freq", "0"]);
         return Err(format!(
