@@ -61,6 +61,13 @@ pub struct Taint {
 pub const LIBRARY_DIRS_MAX: u32 = 256;
 pub const LIBRARY_DIR_DEPTH: u32 = 6;
 
+/// Files rule processes run as code (map `RULE_CODE`, by `tamper::FileKey`): their own
+/// executables and the system libraries they mapped, noted by the kernel as they map them
+/// and by the agent from `/proc/PID/maps` for those running before it. While the policy
+/// enforces, none of them is opened for writing as long as it is mapped: a library written
+/// in place changes the code of every process that has it mapped, no mapping later.
+pub const RULE_CODE_FILES: u32 = 16384;
+
 /// The systemd unit a process was started in, as the kernel saw the service manager put it
 /// there (by tgid, map `UNIT_OF`): its cgroup's id, and `unit_hash` of the cgroup's path and
 /// of its parent's (the slice, which names a template unit's instances).
@@ -108,6 +115,9 @@ pub fn unit_hash(path: &str) -> u64 {
 
 /// `mmap`/`mprotect` protection bit of code.
 pub const PROT_EXEC: u64 = 4;
+
+/// `PROT_WRITE`: memory that can be written.
+pub const PROT_WRITE: u64 = 2;
 
 /// Decisions a tainted process lost its rule in are counted per (rule, reasons), from the
 /// clock's counters (`policy::CounterKey`).

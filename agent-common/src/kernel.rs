@@ -58,6 +58,15 @@ pub struct KernelOffsets {
     pub dentry_parent: u32,
     pub inode_ctime_sec: u32,
     pub vma_file: u32,
+    /// `vm_area_struct.anon_vma` (set once a private mapping's page was written: the memory
+    /// is no longer the file's) and `inode.i_writecount` (above 0 while the file is open for
+    /// writing).
+    pub vma_anon_vma: u32,
+    pub inode_writecount: u32,
+    /// `inode.i_mapping` and `address_space.i_mmap` (its tree's root node, the first word,
+    /// is null while no process maps the file).
+    pub inode_mapping: u32,
+    pub mapping_i_mmap: u32,
     /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.parent` (or
     /// `__parent`), `kernfs_node.name`, `kernfs_node.id`: a process's cgroup and its path.
     pub task_cgroups: u32,

@@ -49,11 +49,12 @@ pub const TAMPER_EVENTS_DROPPED: &str = "TAMPER_EVENTS_DROPPED";
 pub const TAMPER_SCRATCH: &str = "TAMPER_SCRATCH";
 pub const CLOCK_REQUEST_SCRATCH: &str = "CLOCK_REQUEST_SCRATCH";
 pub const LIBRARY_DIRS: &str = "LIBRARY_DIRS";
+pub const RULE_CODE: &str = "RULE_CODE";
 pub const UNIT_OF: &str = "UNIT_OF";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 35] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -65,6 +66,7 @@ pub const ALL: [&str; 34] = [
     PROCESS_TAINT,
     UNIT_OF,
     LIBRARY_DIRS,
+    RULE_CODE,
     NET_POLICY,
     NET_ADDRS,
     NET_DAEMONS,

@@ -50,6 +50,11 @@ impl Verdict {
 /// `ExeKey::uid` of a rule that matches every user.
 pub const ANY_UID: u32 = u32::MAX;
 
+/// `ExeKey::slot` bit of an entry that only says the executable has a rule in the slot for
+/// some of its users (with `ANY_UID`), never looked up by a decision: code a process maps
+/// while it runs as another user (chronyd starts as root) is still a rule process's code.
+pub const RULED_EXE: u32 = 0x8000_0000;
+
 /// Key of the rule map: the executable's identity within one policy slot, and the user it
 /// runs as when the rule names users (`ANY_UID` otherwise). A decision looks up the caller's
 /// own uid first, then `ANY_UID`.
@@ -95,6 +100,9 @@ crate::codes! {
         MaxStep = 2 => "step larger than maxStep",
         /// A frequency beyond the rule's maxFrequency.
         MaxFrequency = 3 => "frequency beyond maxFrequency",
+        /// Another task's request took this CPU's slot while this one was decided (a
+        /// preemptible kernel): refused rather than decided on a request not its own.
+        Preempted = 4 => "preempted while deciding",
     }
 }
 

@@ -40,6 +40,9 @@ crate::codes! {
         Link = 6 => "link",
         /// The executable identity every decision rests on (the caller's own process).
         Identity = 7 => "identity",
+        /// A file a rule process runs as code (`integrity::RULE_CODE_FILES`), opened for
+        /// writing while it is mapped. Decided by the clock policy's mode.
+        Code = 8 => "code",
     }
 }
 

@@ -15,9 +15,10 @@ use agent_common::{
     event::{thinning, Abi, ClockEvent, EventBudget, Hook},
     kernel::{classify_syscall, ClockSyscall, TimexLayout, CAP_SYS_TIME, TIMEX64},
     maps::{Dropped, ONLY},
-    policy::{CounterKey, Request as Limits, Verdict},
+    policy::{CounterKey, Reason, Request as Limits, Verdict},
 };
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{kprobe, lsm, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{LsmContext, ProbeContext, TracePointContext},
@@ -46,7 +47,7 @@ static CLOCK_EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(Dropped::COU
 
 /// One request per CPU, the one being decided (`decide_and_record`).
 #[map]
-static CLOCK_REQUEST_SCRATCH: PerCpuArray<Request> = PerCpuArray::pinned(1, 0);
+static CLOCK_REQUEST_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::pinned(1, 0);
 
 /// Event budgets by process (tgid).
 #[map]
@@ -100,6 +101,71 @@ pub(crate) struct Request {
     ioctl_cmd: u32,
 }
 
+/// A CPU's request slot. LSM programs run preemptible (a kernel with `preempt=full`, which
+/// root can also switch to at run time through debugfs): another task's decision on this
+/// CPU can overwrite the slot mid-decision, and the request decided would be the other
+/// task's (a step of zero in place of a step of hours). Each claim writes `owner` first
+/// and `seq` last; a decision whose slot changed either is refused (`Reason::Preempted`).
+#[repr(C)]
+pub(crate) struct Scratch {
+    owner: u64,
+    seq: u64,
+    req: Request,
+}
+
+/// Who claimed a slot, and the sequence number the claim ended with.
+#[derive(Clone, Copy)]
+struct Claim {
+    owner: u64,
+    seq: u64,
+}
+
+impl Scratch {
+    /// Writes `req` into the slot for the current task.
+    ///
+    /// # Safety
+    /// `slot` is this CPU's entry of `CLOCK_REQUEST_SCRATCH`.
+    #[inline(always)]
+    unsafe fn claim(slot: *mut Scratch, req: &Request) -> Claim {
+        use core::{
+            ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+            sync::atomic::{compiler_fence, Ordering::SeqCst},
+        };
+        let owner = bpf_get_current_pid_tgid();
+        // SAFETY: the caller's slot, written and read in place.
+        let seq = unsafe {
+            write_volatile(addr_of_mut!((*slot).owner), owner);
+            compiler_fence(SeqCst);
+            req.store(&mut (*slot).req);
+            compiler_fence(SeqCst);
+            let seq = read_volatile(addr_of!((*slot).seq)).wrapping_add(1);
+            write_volatile(addr_of_mut!((*slot).seq), seq);
+            compiler_fence(SeqCst);
+            seq
+        };
+        Claim { owner, seq }
+    }
+
+    /// Whether nobody else claimed `slot` since `claim`: what was read from it is the
+    /// claimer's own request.
+    ///
+    /// # Safety
+    /// As for `claim`.
+    #[inline(always)]
+    unsafe fn still_held(slot: *const Scratch, claim: Claim) -> bool {
+        use core::{
+            ptr::{addr_of, read_volatile},
+            sync::atomic::{compiler_fence, Ordering::SeqCst},
+        };
+        compiler_fence(SeqCst);
+        // SAFETY: the caller's slot.
+        unsafe {
+            read_volatile(addr_of!((*slot).owner)) == claim.owner
+                && read_volatile(addr_of!((*slot).seq)) == claim.seq
+        }
+    }
+}
+
 /// The wall clock now, in nanoseconds: CLOCK_TAI less the TAI offset the agent reported.
 #[inline(always)]
 fn realtime_now() -> i64 {
@@ -139,9 +205,9 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     // SAFETY: this CPU's own entry, written whole before anything else runs here, then
     // read in place (no copy on the stack, which 6.1 caps at 512 bytes for all frames);
     // `black_box` hides what was written, so every field is loaded back from the map.
-    let req = unsafe {
-        req.store(&mut *slot);
-        &*core::hint::black_box(slot)
+    let (claim, req) = unsafe {
+        let claim = Scratch::claim(slot, req);
+        (claim, &(*core::hint::black_box(slot)).req)
     };
     let off = offsets();
     let mut ev = ClockEvent::EMPTY;
@@ -152,9 +218,14 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
         frequency: req.frequency_abs,
     };
     let who = &ev.caller;
-    let Some(decided) = decide_for(who.exe_dev, who.exe_ino, who.uid, who.tgid, &limits) else {
+    let Some(mut decided) = decide_for(who.exe_dev, who.exe_ino, who.uid, who.tgid, &limits) else {
         return Verdict::Allow;
     };
+    // SAFETY: the slot claimed above; every field the verdict depends on is read by now.
+    if !unsafe { Scratch::still_held(slot, claim) } {
+        decided.decision.verdict = Verdict::Deny;
+        decided.decision.reason = Reason::Preempted;
+    }
     let v = if observe_only {
         Verdict::Observed
     } else {

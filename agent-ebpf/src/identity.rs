@@ -13,8 +13,8 @@
 use agent_common::{
     integrity::{
         unit_hash_step, Taint, TaintReason, UnitMark, LIBRARY_DIRS_MAX, LIBRARY_DIR_DEPTH,
-        PROT_EXEC, TAINTED_PROCESSES, UNIT_HASH_START, UNIT_NAME_MAX, UNIT_PATH_DEPTH,
-        UNIT_PROCESSES,
+        PROT_EXEC, PROT_WRITE, RULE_CODE_FILES, TAINTED_PROCESSES, UNIT_HASH_START, UNIT_NAME_MAX,
+        UNIT_PATH_DEPTH, UNIT_PROCESSES,
     },
     kernel::KernelOffsets,
     policy::Verdict,
@@ -23,7 +23,7 @@ use agent_common::{
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, lsm, map},
     maps::HashMap,
@@ -33,7 +33,7 @@ use aya_ebpf::{
 use crate::{
     caller::{inode_id, kread, offsets, task_exe},
     clock::lsm_verdict,
-    policy::{clock_state, header_in_force, rule_matches},
+    policy::{clock_state, exe_has_rule, header_in_force},
     tamper::{fd_file, refuse_as, Attempt},
 };
 
@@ -175,35 +175,94 @@ fn in_library_dir(file: *const u8, off: &KernelOffsets) -> bool {
     false
 }
 
+/// Files rule processes run as code, by (dev, ino) (`integrity::RULE_CODE_FILES`).
+#[map]
+static RULE_CODE: HashMap<FileKey, u32> = HashMap::pinned(RULE_CODE_FILES, 0);
+
+/// Notes `(dev, ino)` as code a rule process runs; the verdict on the mapping: refused when
+/// the note cannot be kept (the file could then be written under the process).
+#[inline(always)]
+fn vouched(dev: u64, ino: u64) -> i32 {
+    let key = FileKey { dev, ino };
+    // SAFETY: only whether the key is there is read.
+    if unsafe { RULE_CODE.get(key) }.is_some() || RULE_CODE.insert(key, 1, 0).is_ok() {
+        0
+    } else {
+        lsm_verdict(Verdict::Deny)
+    }
+}
+
+/// `file` is being opened for writing: refused (as the clock policy's mode says) when a rule
+/// process runs it as code and it is mapped now. By the inode: another name for the file
+/// (a hard link, a rename) is the same code.
+#[inline(always)]
+pub fn write_to_code(file: *const u8, off: &KernelOffsets) -> i32 {
+    let Some(inode) = kread::<*const u8>(file, off.file_inode) else {
+        return 0;
+    };
+    let (dev, ino) = inode_id(inode, off);
+    // SAFETY: only whether the key is there is read.
+    if unsafe { RULE_CODE.get(FileKey { dev, ino }) }.is_none() {
+        return 0;
+    }
+    // An entry outlives its file: a number reused for a file nobody maps is not code.
+    let mapped = kread::<*const u8>(inode, off.inode_mapping)
+        .and_then(|m| kread::<u64>(m, off.mapping_i_mmap))
+        .unwrap_or(1);
+    if mapped == 0 {
+        return 0;
+    }
+    let Some(policy) = header_in_force() else {
+        return 0;
+    };
+    refuse_as(
+        policy.default_mode,
+        policy.generation,
+        &Attempt {
+            action: Action::Write,
+            target: Target::Code as u32,
+            detail: 0,
+            target_tgid: 0,
+            target_dev: dev,
+            target_ino: ino,
+        },
+    )
+}
+
 /// A rule process maps `file` (null: memory backed by no file) as code. It loses its rule
 /// unless the file is its own executable, or a library directory's file not changed since
-/// the policy loaded. The mapping itself goes on (refusing it would break the daemon), but
-/// for one the taint of which cannot be kept: the verdict, 0 or -EPERM.
+/// the policy loaded and open for writing by nobody, and the memory is the file's own (not
+/// `writable` now, never written). The mapping itself goes on (refusing it would break the
+/// daemon), but for one the taint of which cannot be kept: the verdict, 0 or -EPERM.
 #[inline(always)]
-fn mapped_as_code(file: *const u8) -> i32 {
+fn mapped_as_code(file: *const u8, writable: bool) -> i32 {
     let off = offsets();
     // SAFETY: the helper returns the current task; it is only read through probe reads.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let (exe_dev, exe_ino) = task_exe(task, &off);
-    let uid = bpf_get_current_uid_gid() as u32;
-    // Only a process a rule matches has a rule to lose.
-    if !rule_matches(exe_dev, exe_ino, uid) {
+    // Only a process a rule names has a rule to lose, whatever user it runs as now (it may
+    // become the rule's user later, with the code it mapped).
+    if !exe_has_rule(exe_dev, exe_ino) {
         return 0;
     }
     let (reason, dev, ino) = match kread::<*const u8>(file, off.file_inode) {
         None => (TaintReason::ForeignCode, 0, 0),
         Some(inode) => {
             let (dev, ino) = inode_id(inode, &off);
-            if (dev, ino) == (exe_dev, exe_ino) {
-                return 0;
-            }
-            if !in_library_dir(file, &off) {
+            if writable {
+                // Code that can be (or was) written is not the file's, whatever the file.
+                (TaintReason::ForeignCode, dev, ino)
+            } else if (dev, ino) == (exe_dev, exe_ino) {
+                return vouched(dev, ino);
+            } else if !in_library_dir(file, &off) {
                 (TaintReason::ForeignCode, dev, ino)
             } else {
                 let since = clock_state().policy_loaded_sec;
                 let changed = kread::<i64>(inode, off.inode_ctime_sec).unwrap_or(i64::MAX);
-                if since == 0 || changed < since {
-                    return 0;
+                // Open for writing: changed under the mapping whenever its writer likes.
+                let writers = kread::<i32>(inode, off.inode_writecount).unwrap_or(1);
+                if since != 0 && changed < since && writers <= 0 {
+                    return vouched(dev, ino);
                 }
                 (TaintReason::ModifiedCode, dev, ino)
             }
@@ -235,7 +294,7 @@ pub fn identity_mmap_guard(ctx: LsmContext) -> i32 {
     if prot & PROT_EXEC == 0 || previous != 0 {
         return previous;
     }
-    mapped_as_code(ctx.arg(0))
+    mapped_as_code(ctx.arg(0), prot & PROT_WRITE != 0)
 }
 
 /// LSM_HOOK(int, 0, file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
@@ -248,8 +307,12 @@ pub fn identity_mprotect_guard(ctx: LsmContext) -> i32 {
         return previous;
     }
     let vma: *const u8 = ctx.arg(0);
-    let file = kread::<*const u8>(vma, offsets().vma_file).unwrap_or(core::ptr::null());
-    mapped_as_code(file)
+    let off = offsets();
+    let file = kread::<*const u8>(vma, off.vma_file).unwrap_or(core::ptr::null());
+    // A private mapping written before (its copied pages hang off `anon_vma`) holds what
+    // was written, not the file.
+    let written = kread::<u64>(vma, off.vma_anon_vma).unwrap_or(1) != 0;
+    mapped_as_code(file, prot & PROT_WRITE != 0 || written)
 }
 
 /// sched_process_fork(struct task_struct *parent, struct task_struct *child): a new process

@@ -5,7 +5,8 @@ use agent_common::{
     kernel::ClockState,
     maps::ONLY,
     policy::{
-        decide, ClockRule, Decision, ExeKey, PolicyHeader, Request, ANY_UID, MAX_RULES, SLOTS,
+        decide, ClockRule, Decision, ExeKey, PolicyHeader, Request, ANY_UID, MAX_RULES, RULED_EXE,
+        SLOTS,
     },
 };
 use aya_ebpf::{
@@ -116,10 +117,22 @@ pub fn decide_for(dev: u64, ino: u64, uid: u32, tgid: u32, req: &Request) -> Opt
     })
 }
 
-/// Whether a rule of the policy in force matches the executable `(dev, ino)` run as `uid`.
+/// Whether a rule of the policy in force names the executable `(dev, ino)`, for any user.
 #[inline(always)]
-pub fn rule_matches(dev: u64, ino: u64, uid: u32) -> bool {
-    matches!(consistent_read(dev, ino, uid), Some((_, Some(_))))
+pub fn exe_has_rule(dev: u64, ino: u64) -> bool {
+    let Some(slot) = slot_in_force() else {
+        return false;
+    };
+    let key = |slot| ExeKey {
+        slot,
+        uid: ANY_UID,
+        dev,
+        ino,
+    };
+    // SAFETY: only whether a key is there is read.
+    unsafe {
+        CLOCK_RULES.get(key(slot)).is_some() || CLOCK_RULES.get(key(slot | RULED_EXE)).is_some()
+    }
 }
 
 /// The header and the rule of one policy, read under the sequence lock; the decision is

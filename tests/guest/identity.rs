@@ -416,12 +416,13 @@ const SYSTEM_LIB: &str = "/lib/x86_64-linux-gnu/libgcc_s.so.1";
 const FOREIGN_LIB: &str = "/tmp/tg-foreign.so";
 const MODIFIED_LIB: &str = "/lib/x86_64-linux-gnu/tg-modified.so";
 const BOUND_LIB: &str = "/lib/x86_64-linux-gnu/tg-bound.so";
+const HELD_LIB: &str = "/lib/x86_64-linux-gnu/tg-held.so";
 
 #[test]
 fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
     let mounted = std::cell::Cell::new(false);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        scenario(|_| {
+        scenario(|agent| {
             fs::copy(SYSTEM_LIB, FOREIGN_LIB).map_err(|e| format!("{FOREIGN_LIB}: {e}"))?;
             // Written into a library directory after the policy loaded.
             fs::copy(SYSTEM_LIB, MODIFIED_LIB).map_err(|e| format!("{MODIFIED_LIB}: {e}"))?;
@@ -468,6 +469,18 @@ fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
                     "foreign_code",
                 ),
                 (
+                    "the system library mapped writable and executable",
+                    None,
+                    vec!["map-code", SYSTEM_LIB, "rwx"],
+                    "foreign_code",
+                ),
+                (
+                    "the system library written in a private mapping, then made executable",
+                    None,
+                    vec!["map-code", SYSTEM_LIB, "written"],
+                    "foreign_code",
+                ),
+                (
                     "anonymous memory made code",
                     None,
                     vec!["map-code", "anon", "exec"],
@@ -486,28 +499,38 @@ fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
                     "foreign_code",
                 ),
             ] {
-                let o = freq_with(env, &args)?;
-                if o.errno != libc::EPERM {
-                    let _ = sh(ALLOWED, &["freq", "0"]);
-                    return Err(format!("{how}: errno {} (expected EPERM)", o.errno));
-                }
-                let rec = wait_record(how, |v| {
-                    v["kind"] == "clock"
-                        && v["verdict"] == "deny"
-                        && v["integrity"]["lost_rule"] == "test-allowed"
-                        && v["integrity"]["reasons"] == serde_json::json!([reason])
-                })?;
-                if rec["integrity"].get("source_pid").is_some() {
-                    return Err(format!("{how}: a tracer named: {rec}"));
-                }
-                seen.push(format!("{how}: EPERM, {reason}"));
+                seen.push(loses_rule_mapping(how, env, &args, reason)?);
+            }
+            // A library older than the policy (which is loaded again over it), unchanged,
+            // while another process holds it open for writing: what runs from it can change
+            // under the mapping at any moment.
+            fs::copy(SYSTEM_LIB, HELD_LIB).map_err(|e| format!("{HELD_LIB}: {e}"))?;
+            sleep(Duration::from_millis(1100));
+            agent.reload_to(policies::AUDIT, "vm-test-audit")?;
+            agent.reload_to(policies::GUEST, "vm-test")?;
+            if freq_with(Some(HELD_LIB), &[])?.errno != 0 {
+                return Err(format!(
+                    "{HELD_LIB}, older than the policy: the rule did not hold"
+                ));
+            }
+            {
+                let _writer = fs::OpenOptions::new()
+                    .write(true)
+                    .open(HELD_LIB)
+                    .map_err(|e| format!("{HELD_LIB} for writing: {e}"))?;
+                seen.push(loses_rule_mapping(
+                    "a library older than the policy preloaded while open for writing",
+                    Some(HELD_LIB),
+                    &[],
+                    "modified_code",
+                )?);
             }
             let st = agent_status()?;
             let foreign = counted(
                 &st["rules_lost"],
                 &[("rule", "test-allowed"), ("reason", "foreign_code")],
             );
-            if foreign < 5 {
+            if foreign < 7 {
                 return Err(format!("rules lost counted: {}", st["rules_lost"]));
             }
             Ok(format!(
@@ -521,12 +544,127 @@ fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
         // SAFETY: a NUL-terminated path; the mount this test made.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
-    for f in [FOREIGN_LIB, MODIFIED_LIB, BOUND_LIB] {
+    for f in [FOREIGN_LIB, MODIFIED_LIB, BOUND_LIB, HELD_LIB] {
         let _ = fs::remove_file(f);
     }
     if let Err(p) = result {
         std::panic::resume_unwind(p);
     }
+}
+
+/// The code a rule process runs cannot be written under it: while the policy enforces, a
+/// file a rule process has mapped as code (here a system library it links) is not opened
+/// for writing, by its path or by another name (a hard link); a file nobody maps is. The
+/// refusal is recorded and counted, and the running process keeps its rule.
+#[test]
+fn code_a_rule_process_runs_cannot_be_written() {
+    scenario(|_| {
+        let _ = fs::remove_file(CODE_GO);
+        let result = writes_to_code_refused();
+        // A child still waiting goes on and ends.
+        let _ = fs::write(CODE_GO, "");
+        for f in [CODE_LINK, FOREIGN_LIB] {
+            let _ = fs::remove_file(f);
+        }
+        result
+    })
+}
+
+const CODE_LINK: &str = "/tg-code-link.so";
+const CODE_GO: &str = "/tmp/tg-code.go";
+
+fn writes_to_code_refused() -> Outcome {
+    let child = Command::new(ALLOWED)
+        .args(["await", CODE_GO, "freq", "5"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {ALLOWED}: {e}"))?;
+    let maps = format!("/proc/{}/maps", child.id());
+    timeguard_tests::harness::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        fs::read_to_string(&maps)
+            .is_ok_and(|m| m.contains(SYSTEM_LIB))
+            .then_some(())
+    })
+    .ok_or_else(|| format!("{SYSTEM_LIB} never mapped by the allowed program"))?;
+    fs::hard_link(SYSTEM_LIB, CODE_LINK).map_err(|e| format!("link {CODE_LINK}: {e}"))?;
+    let mut seen = Vec::new();
+    for path in [SYSTEM_LIB, CODE_LINK] {
+        let since = records().len();
+        match fs::OpenOptions::new().write(true).open(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            other => {
+                return Err(format!(
+                    "{path} opened for writing: {other:?} (expected EPERM)"
+                ))
+            }
+        }
+        wait_record_since("a refused write to code", since, |v| {
+            v["kind"] == "tamper"
+                && v["action"] == "write"
+                && v["target"] == "code"
+                && v["verdict"] == "deny"
+        })?;
+        seen.push(format!("{path}: EPERM"));
+    }
+    // A copy nobody maps is an ordinary file.
+    fs::copy(SYSTEM_LIB, FOREIGN_LIB).map_err(|e| format!("{FOREIGN_LIB}: {e}"))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(FOREIGN_LIB)
+        .map_err(|e| format!("{FOREIGN_LIB} (mapped by nobody) for writing: {e}"))?;
+    fs::write(CODE_GO, "").map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let o = outcome(run_of(&out))?;
+    let _ = sh(ALLOWED, &["freq", "0"]);
+    if o.errno != 0 {
+        return Err(format!(
+            "the allowed program lost its rule: errno {}",
+            o.errno
+        ));
+    }
+    let st = agent_status()?;
+    let counted_deny = counted(
+        &st["self_protection"]["attempts"],
+        &[("action", "write"), ("target", "code"), ("verdict", "deny")],
+    );
+    if counted_deny < 2 {
+        return Err(format!("refusals not counted: {}", st["self_protection"]));
+    }
+    Ok(format!(
+        "{}; a copy mapped by nobody: writable; the process kept its rule; counted {counted_deny}",
+        seen.join("; ")
+    ))
+}
+
+/// The allowed program, mapping code as `args` and `preload` say, is refused a frequency
+/// change, and its record names the rule it lost and `reason` alone (no tracer).
+fn loses_rule_mapping(
+    how: &str,
+    preload: Option<&str>,
+    args: &[&str],
+    reason: &str,
+) -> Result<String, String> {
+    let since = records().len();
+    let o = freq_with(preload, args)?;
+    if o.errno != libc::EPERM {
+        return Err(format!("{how}: errno {} (expected EPERM)", o.errno));
+    }
+    let rec = wait_record_since(how, since, |v| {
+        v["kind"] == "clock"
+            && v["verdict"] == "deny"
+            && v["who"]["comm"] == "tg-clock-allowe"
+            && v["integrity"]["lost_rule"] == "test-allowed"
+    })?;
+    if rec["integrity"]["reasons"] != serde_json::json!([reason]) {
+        return Err(format!(
+            "{how}: reasons {} (expected [{reason}])",
+            rec["integrity"]["reasons"]
+        ));
+    }
+    if rec["integrity"].get("source_pid").is_some() {
+        return Err(format!("{how}: a tracer named: {rec}"));
+    }
+    Ok(format!("{how}: EPERM, {reason}"))
 }
 
 /// What a finished child printed, as `sh` reports a run.

@@ -117,3 +117,77 @@ fn a_million_denied_attempts_are_counted_exactly() {
         ))
     })
 }
+
+/// The kernel's preemption model, switched for a test and put back when dropped.
+struct Preemption {
+    was: String,
+}
+
+/// Where a PREEMPT_DYNAMIC kernel (Debian's) lets root change its preemption at run time.
+const SCHED_PREEMPT: &str = "/sys/kernel/debug/sched/preempt";
+
+impl Preemption {
+    /// Makes the kernel fully preemptible: LSM programs can then be preempted mid-decision.
+    fn full() -> Result<Self, String> {
+        let modes =
+            fs::read_to_string(SCHED_PREEMPT).map_err(|e| format!("{SCHED_PREEMPT}: {e}"))?;
+        let was = modes
+            .split_whitespace()
+            .find_map(|m| m.strip_prefix('(')?.strip_suffix(')'))
+            .ok_or_else(|| format!("{SCHED_PREEMPT} names no current mode: {modes:?}"))?
+            .to_string();
+        fs::write(SCHED_PREEMPT, "full").map_err(|e| format!("{SCHED_PREEMPT}: full: {e}"))?;
+        Ok(Preemption { was })
+    }
+}
+
+impl Drop for Preemption {
+    fn drop(&mut self) {
+        let _ = fs::write(SCHED_PREEMPT, &self.was);
+    }
+}
+
+/// Root makes the kernel preemptible at run time and races, on one CPU, a program the
+/// policy denies (steps of zero, each one decided) against the allowed program's steps of
+/// 3h (beyond its maxStep): a decision preempted by the other's never takes the other's
+/// request for its own. Every 3h step is refused, every denied step too.
+#[test]
+fn a_step_raced_on_one_cpu_is_decided_on_its_own_request() {
+    scenario(|_| {
+        const MS: &str = "4000";
+        let _preemption = Preemption::full()?;
+        let since = records().len();
+        let on_cpu0 = |exe: &str, args: &[&str]| {
+            Command::new("busybox")
+                .args(["taskset", "1", exe])
+                .args(args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start {exe} on CPU 0: {e}"))
+        };
+        let racer = on_cpu0(COPY, &["hammer", MS])?;
+        let big = on_cpu0(ALLOWED, &["hammer-steps", "10800", MS])?;
+        let counts = |child: std::process::Child| -> Result<Value, String> {
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("counts: {e}"))
+        };
+        let (racer, big) = (counts(racer)?, counts(big)?);
+        if big["ok"] != 0 || racer["ok"] != 0 {
+            return Err(format!(
+                "went through: {} of the allowed program's 3h steps (net {}s), {} of the denied program's steps",
+                big["ok"], big["net"], racer["ok"]
+            ));
+        }
+        if big["eperm"] == 0 || racer["eperm"] == 0 {
+            return Err(format!("no race: allowed {big}, denied {racer}"));
+        }
+        let preempted = records()[since..]
+            .iter()
+            .filter(|v| v["reason"] == "preempted while deciding")
+            .count();
+        Ok(format!(
+            "on one preemptible CPU: {} 3h steps and {} denied steps of zero, all refused; {preempted} recorded as preempted while deciding",
+            big["eperm"], racer["eperm"]
+        ))
+    })
+}

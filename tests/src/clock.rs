@@ -170,11 +170,14 @@ pub fn set_status(leap_bits: i32) -> Outcome {
 /// Steps CLOCK_REALTIME to itself `n` times; counts {"ok", "eperm", "other"}.
 pub fn flood(n: u64) -> serde_json::Value {
     let mut left = n;
-    settime_loop(|| {
-        let more = left > 0;
-        left = left.saturating_sub(1);
-        more
-    })
+    settime_loop(
+        || {
+            let more = left > 0;
+            left = left.saturating_sub(1);
+            more
+        },
+        step_of_zero,
+    )
 }
 
 /// `procs` processes (forked, so each has its own tgid and its own event budget) each step
@@ -233,7 +236,32 @@ pub fn flood_forked(procs: u32, n: u64) -> Result<serde_json::Value, String> {
 /// as often as it can for `how_long`, and counts the outcomes: {"ok", "eperm", "other"}.
 pub fn hammer(how_long: std::time::Duration) -> serde_json::Value {
     let start = std::time::Instant::now();
-    settime_loop(|| start.elapsed() < how_long)
+    settime_loop(|| start.elapsed() < how_long, step_of_zero)
+}
+
+/// Steps CLOCK_REALTIME by `secs` forward and back in turn for `how_long`, counting the
+/// outcomes like `hammer`, and `net`: how far the steps that went through moved the clock
+/// (undone at the end, as far as the policy lets this program).
+pub fn hammer_steps(secs: i64, how_long: std::time::Duration) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    let (mut n, mut net) = (0u64, 0i64);
+    let mut counts = settime_loop(
+        || start.elapsed() < how_long,
+        || {
+            let s = if n.is_multiple_of(2) { secs } else { -secs };
+            n += 1;
+            let e = step_by(s).errno;
+            if e == 0 {
+                net += s;
+            }
+            e
+        },
+    );
+    if net != 0 {
+        step_by(-net);
+    }
+    counts["net"] = json!(net);
+    counts
 }
 
 /// Sets CLOCK_REALTIME to itself: a step of zero, which still asks the kernel for a step.
@@ -256,10 +284,13 @@ pub fn step_of_zero() -> i32 {
     }
 }
 
-fn settime_loop(mut more: impl FnMut() -> bool) -> serde_json::Value {
+fn settime_loop(
+    mut more: impl FnMut() -> bool,
+    mut step: impl FnMut() -> i32,
+) -> serde_json::Value {
     let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
     while more() {
-        match step_of_zero() {
+        match step() {
             0 => ok += 1,
             libc::EPERM => eperm += 1,
             _ => other += 1,

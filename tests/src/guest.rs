@@ -57,7 +57,16 @@ pub fn started_records() -> usize {
 
 /// Waits for a record that satisfies `pred`, for up to 3 s (events are asynchronous).
 pub fn wait_record(what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
-    crate::harness::wait_record(Path::new(EVENTS), 0, Duration::from_secs(3), pred)
+    wait_record_since(what, 0, pred)
+}
+
+/// The same, among the records after the first `since` (those an attempt just caused).
+pub fn wait_record_since(
+    what: &str,
+    since: usize,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value, String> {
+    crate::harness::wait_record(Path::new(EVENTS), since, Duration::from_secs(3), pred)
         .ok_or_else(|| format!("no event {what} in {EVENTS}"))
 }
 

@@ -380,13 +380,14 @@ fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode, filter: Option<&str>) -> 
     // virtualization. On a real host, TIMEGUARD_VM_ACCEL=kvm is much faster.
     if std::env::var("TIMEGUARD_VM_ACCEL").is_ok_and(|a| a == "kvm") {
         c.args(["-accel", "kvm", "-cpu", "host"]);
-    } else if mode == GuestMode::Bench {
-        // One emulator thread for both vCPUs: bpftrace patches the kernel's text while the
-        // other vCPU runs it, and multi-threaded TCG then hit a stale breakpoint (an int3
-        // oops in syscall_trace_enter, seen on 6.12).
-        c.args(["-accel", "tcg,thread=single", "-cpu", "max"]);
     } else {
-        c.args(["-accel", "tcg", "-cpu", "max"]);
+        // One emulator thread for both vCPUs. Attaching a BPF program patches the kernel's
+        // text (an int3, then the call) while the other vCPU runs it, and multi-threaded TCG
+        // keeps running what it translated before: a vCPU spun at bpf_lsm_settime+0 for
+        // good when the agent attached under the start-up tests' probers (a soft lockup,
+        // 6.1, in CI and here), and bpftrace hit a stale breakpoint (an int3 oops in
+        // syscall_trace_enter, 6.12).
+        c.args(["-accel", "tcg,thread=single", "-cpu", "max"]);
     }
     // The benchmark's guest also holds bpftrace and its LLVM (about 200 MiB, unpacked in RAM).
     let memory = if mode == GuestMode::Bench {
@@ -418,8 +419,10 @@ fn qemu(kernel: &Path, initrd: &Path, mode: GuestMode, filter: Option<&str>) -> 
     .arg("-initrd")
     .arg(initrd)
     .arg("-append")
+    // A soft lockup panics the guest (which then ends at once), with its stack shown
+    // (loglevel 5: `quiet` would hide the registers and the trace).
     .arg(format!(
-        "console=ttyS0 quiet panic=-1 tg.mode={}{}",
+        "console=ttyS0 quiet loglevel=5 softlockup_panic=1 panic=-1 tg.mode={}{}",
         mode.name(),
         filter
             .map(|f| format!(" tg.filter={f}"))

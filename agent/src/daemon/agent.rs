@@ -109,6 +109,30 @@ impl Agent {
         self.switch(pending)
     }
 
+    /// The processes the policy's rules name that ran before it: their code noted or their
+    /// rule taken (`Identity::seed_code`), and said.
+    fn seed_code(&mut self, policy: &CompiledPolicy) {
+        let exes: Vec<_> = policy.rules.iter().map(|r| r.exe_id).collect();
+        let loaded = self.guard.clock.policy_loaded_sec();
+        let seed = self.guard.identity.seed_code(&exes, loaded);
+        if !seed.tainted.is_empty() {
+            log::warn!(
+                "rule processes running code not the system's lose their rules: {}",
+                seed.tainted.join("; ")
+            );
+        }
+        if !seed.untainted.is_empty() {
+            log::error!(
+                "rule processes running code not the system's keep their rules until restarted (the taints are the kernel's alone now): {}",
+                seed.untainted.join("; ")
+            );
+        }
+        log::info!(
+            "{} files noted as code of running rule processes (not opened for writing while mapped)",
+            seed.vouched
+        );
+    }
+
     /// Writes a policy into the slot not in force, the clock's part and the network's:
     /// nothing is decided by it yet, and the policy in force (if any) stays, whole.
     pub(super) fn prepare(&mut self, mut policy: CompiledPolicy) -> anyhow::Result<Pending> {
@@ -136,6 +160,7 @@ impl Agent {
         for w in &policy.warnings {
             log::warn!("policy: {w}");
         }
+        self.seed_code(&policy);
         for r in &policy.rules {
             let unit = r
                 .unit

@@ -185,14 +185,24 @@ pub(super) fn check_and_compile(
         }
         out.extend(sink.found);
     }
-    // The kernel holds one entry per rule and user it is narrowed to, for every file taken
-    // together; the map has room for MAX_RULES per slot. Over that, the kernel would refuse
-    // the policy at install: it is refused here, with the count.
-    let entries: usize = rules.iter().map(|r| r.uids.len().max(1)).sum();
+    // The kernel holds one entry per rule and user it is narrowed to (and one more saying a
+    // narrowed rule's executable has a rule), for every file taken together; the map has
+    // room for MAX_RULES per slot. Over that, the kernel would refuse the policy at install:
+    // it is refused here, with the count.
+    let entries: usize = rules
+        .iter()
+        .map(|r| {
+            if r.uids.is_empty() {
+                1
+            } else {
+                r.uids.len() + 1
+            }
+        })
+        .sum();
     if entries > MAX_RULES as usize {
         let mut sink = Sink::new(parsed[parsed.len() - 1].file.clone());
         sink.whole_file(format!(
-            "the policy's files together need {entries} kernel rule entries (one per rule, or per user a rule names); at most {MAX_RULES} fit"
+            "the policy's files together need {entries} kernel rule entries (one per rule, or per user a rule names and one more); at most {MAX_RULES} fit"
         ));
         out.extend(sink.found);
     }

@@ -6,7 +6,7 @@ use agent_common::{
     integrity::LostKey,
     kernel::ClockState,
     maps as map_names,
-    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, SLOTS},
+    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, RULED_EXE, SLOTS},
 };
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
@@ -88,7 +88,7 @@ impl Clock {
                 ..header
             },
         )?;
-        maps::clear_slot(&mut self.rules, slot, |k| k.slot, "policy")?;
+        maps::clear_slot(&mut self.rules, slot, |k| k.slot & !RULED_EXE, "policy")?;
         for rule in &policy.rules {
             let value = ClockRule {
                 rule_id: rule.id,
@@ -101,13 +101,15 @@ impl Clock {
                 of_slice: rule.unit.as_ref().is_some_and(|u| u.of_slice).into(),
                 _pad2: 0,
             };
-            // One entry per user the rule is narrowed to, or one for every user.
-            let uids = if rule.uids.is_empty() {
-                &[ANY_UID][..]
+            // One entry per user the rule is narrowed to (and one saying the executable has
+            // a rule), or one for every user.
+            let keys: Vec<(u32, u32)> = if rule.uids.is_empty() {
+                vec![(slot, ANY_UID)]
             } else {
-                &rule.uids[..]
+                let users = rule.uids.iter().map(|&uid| (slot, uid));
+                users.chain([(slot | RULED_EXE, ANY_UID)]).collect()
             };
-            for &uid in uids {
+            for (slot, uid) in keys {
                 let key = ExeKey {
                     slot,
                     uid,
@@ -121,6 +123,11 @@ impl Clock {
         }
         self.write_header(slot, header)?;
         Ok(next)
+    }
+
+    /// When the policy in force was loaded (CLOCK_REALTIME seconds; 0 before any).
+    pub fn policy_loaded_sec(&self) -> i64 {
+        self.policy_loaded_sec
     }
 
     /// Puts a prepared policy in force, the clock's and the network's part at once: the one

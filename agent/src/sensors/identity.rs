@@ -14,7 +14,7 @@ use std::{
 };
 
 use agent_common::{
-    integrity::{unit_hash, Taint, TaintReason, UnitMark, LIBRARY_DIRS_MAX},
+    integrity::{unit_hash, Taint, TaintReason, UnitMark, LIBRARY_DIRS_MAX, LIBRARY_DIR_DEPTH},
     maps as map_names,
     tamper::FileKey,
 };
@@ -32,6 +32,11 @@ const INCLUDE_DEPTH: usize = 4;
 
 pub struct Identity {
     library_dirs: HashMap<MapData, FileKey, u32>,
+    /// The library directories that count now (`refresh_library_dirs`).
+    counted_dirs: Vec<FileKey>,
+    /// Files rule processes run as code: noted by the kernel as they are mapped, and here
+    /// for processes that mapped them before a rule named their executable (`seed_code`).
+    rule_code: HashMap<MapData, FileKey, u32>,
     /// Written by the kernel only, but for the seeds at a first load (`seed_traced`,
     /// `seed_units`).
     process_taint: HashMap<MapData, u32, Taint>,
@@ -50,6 +55,8 @@ impl Identity {
     pub fn new(object: &mut Object) -> anyhow::Result<Self> {
         Ok(Identity {
             library_dirs: object.take_map(map_names::LIBRARY_DIRS)?,
+            counted_dirs: Vec::new(),
+            rule_code: object.take_map(map_names::RULE_CODE)?,
             process_taint: object.take_map(map_names::PROCESS_TAINT)?,
             unit_of: object.take_map(map_names::UNIT_OF)?,
         })
@@ -149,28 +156,201 @@ impl Identity {
             "library directories (code a rule process maps from elsewhere, or changed there since the policy loaded, takes its rule): {}",
             names.join(", ")
         );
+        self.counted_dirs = counted;
         Ok(())
+    }
+
+    /// With a policy just in force: the processes its rules name that were running before,
+    /// their code judged as the kernel judges a mapping (`/proc/PID/maps`). Their own
+    /// executable and unchanged system libraries are noted as code no one may write while
+    /// mapped; any other code taints the process. A taint that cannot be written (the map is
+    /// frozen after the first load) is said, with the process to restart.
+    pub fn seed_code(&mut self, rule_exes: &[ExeId], policy_loaded_sec: i64) -> CodeSeed {
+        let mut seed = CodeSeed::default();
+        for (pid, exe) in processes_running(Path::new("/proc"), rule_exes) {
+            for code in mapped_code(Path::new("/proc"), pid) {
+                let judged = judge_code(&code, exe, &|p| self.in_library_dir(p), policy_loaded_sec);
+                let key = FileKey {
+                    dev: code.id.dev,
+                    ino: code.id.ino,
+                };
+                match judged {
+                    None => match self.rule_code.insert(key, 1, 0) {
+                        Ok(()) => seed.vouched += 1,
+                        Err(e) => log::warn!(
+                            "{} (mapped by rule process {pid}) can be written under it: {e}",
+                            code.path
+                        ),
+                    },
+                    Some(reason) => {
+                        // One taint per process is enough: the first code found is named.
+                        if self.process_taint.get(&pid, 0).is_ok() {
+                            continue;
+                        }
+                        let taint = Taint {
+                            reasons: reason.code(),
+                            source_tgid: 0,
+                            file_dev: key.dev,
+                            file_ino: key.ino,
+                        };
+                        let said = format!("process {pid} runs {} ({})", code.path, reason.name());
+                        match self.process_taint.insert(pid, taint, 0) {
+                            Ok(()) => seed.tainted.push(said),
+                            Err(e) => seed.untainted.push(format!("{said}: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+        seed
+    }
+
+    /// Whether `path` lies at most `LIBRARY_DIR_DEPTH` levels below a counted library
+    /// directory, by the directories' identities (as the kernel walks them).
+    fn in_library_dir(&self, path: &Path) -> bool {
+        path.ancestors()
+            .skip(1)
+            .take(LIBRARY_DIR_DEPTH as usize)
+            .filter_map(|dir| ExeId::of(dir).ok())
+            .any(|id| {
+                self.counted_dirs.contains(&FileKey {
+                    dev: id.dev,
+                    ino: id.ino,
+                })
+            })
     }
 }
 
-/// The processes under `proc` (a procfs) that a tracer holds now: (pid, tracer pid).
+/// What `Identity::seed_code` did.
+#[derive(Debug, Default)]
+pub struct CodeSeed {
+    /// Files noted as rule processes' code.
+    pub vouched: usize,
+    /// Processes tainted, each with the code that did it.
+    pub tainted: Vec<String>,
+    /// Processes that run foreign code and keep their rule until restarted (why).
+    pub untainted: Vec<String>,
+}
+
+/// One executable mapping of a process, as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedCode {
+    /// The file's path (` (deleted)` taken off), or the kind of memory (`[anon]`, `[heap]`…).
+    pub path: String,
+    /// The mapped file's identity (0, 0 for memory backed by no file).
+    pub id: ExeId,
+    /// Writable as well as executable.
+    pub writable: bool,
+    /// The mapped inode's change time (seconds), when it could be read.
+    pub ctime: Option<i64>,
+}
+
+/// The processes under `proc` running one of `exes`: (pid, its executable).
+fn processes_running(proc: &Path, exes: &[ExeId]) -> Vec<(u32, ExeId)> {
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let exe = ExeId::of(&proc.join(pid.to_string()).join("exe")).ok()?;
+            exes.contains(&exe).then_some((pid, exe))
+        })
+        .collect()
+}
+
+/// The executable mappings of process `pid`; the file behind each is read through
+/// `map_files`, which names the mapped inode even when its path was replaced.
+fn mapped_code(proc: &Path, pid: u32) -> Vec<MappedCode> {
+    let dir = proc.join(pid.to_string());
+    let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
+        return Vec::new();
+    };
+    maps.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (range, perms, _offset, dev, inode) =
+                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            let path: String = f.collect::<Vec<_>>().join(" ");
+            if !perms.contains('x') {
+                return None;
+            }
+            let inode: u64 = inode.parse().ok()?;
+            let (major, minor) = dev.split_once(':')?;
+            let (major, minor) = (
+                u64::from_str_radix(major, 16).ok()?,
+                u64::from_str_radix(minor, 16).ok()?,
+            );
+            let md = std::fs::metadata(dir.join("map_files").join(range)).ok();
+            Some(MappedCode {
+                path: path.trim_end_matches(" (deleted)").to_string(),
+                id: ExeId {
+                    dev: (major << 20) | minor,
+                    ino: inode,
+                },
+                writable: perms.contains('w'),
+                ctime: md.map(|m| m.ctime()),
+            })
+        })
+        .collect()
+}
+
+/// Judges one executable mapping of a rule process whose executable is `exe`, as the kernel
+/// does (`mapped_as_code`): None when it is the process's own code, or why it is not.
+pub fn judge_code(
+    code: &MappedCode,
+    exe: ExeId,
+    in_library_dir: &dyn Fn(&Path) -> bool,
+    policy_loaded_sec: i64,
+) -> Option<TaintReason> {
+    // The kernel's own pages, in every process.
+    if code.id.ino == 0 && matches!(code.path.as_str(), "[vdso]" | "[vsyscall]" | "[vvar]") {
+        return None;
+    }
+    if code.id.ino == 0 || code.writable {
+        return Some(TaintReason::ForeignCode);
+    }
+    if code.id == exe {
+        return None;
+    }
+    if !in_library_dir(Path::new(&code.path)) {
+        return Some(TaintReason::ForeignCode);
+    }
+    match code.ctime {
+        Some(t) if policy_loaded_sec != 0 && t < policy_loaded_sec => None,
+        _ => Some(TaintReason::ModifiedCode),
+    }
+}
+
+/// The processes under `proc` (a procfs) that a tracer holds now, in any of their threads
+/// (one is attached by its thread id): (pid, tracer pid).
 pub fn traced_processes(proc: &Path) -> Vec<(u32, u32)> {
     let Ok(entries) = std::fs::read_dir(proc) else {
         return Vec::new();
+    };
+    let tracer_of = |status: &Path| {
+        let status = std::fs::read_to_string(status).ok()?;
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))?
+            .trim()
+            .parse::<u32>()
+            .ok()?;
+        (tracer != 0).then_some(tracer)
     };
     let mut traced: Vec<(u32, u32)> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             // A process that ended meanwhile is simply not there.
-            let status = std::fs::read_to_string(proc.join(pid.to_string()).join("status")).ok()?;
-            let tracer = status
-                .lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))?
-                .trim()
-                .parse::<u32>()
-                .ok()?;
-            (tracer != 0).then_some((pid, tracer))
+            let dir = proc.join(pid.to_string());
+            let threads = std::fs::read_dir(dir.join("task")).into_iter().flatten();
+            let tracer = threads
+                .filter_map(Result::ok)
+                .find_map(|t| tracer_of(&t.path().join("status")))
+                .or_else(|| tracer_of(&dir.join("status")))?;
+            Some((pid, tracer))
         })
         .collect();
     traced.sort_unstable();
@@ -410,10 +590,17 @@ mod tests {
             )
             .unwrap();
         }
+        // A process one of whose threads (not the leader) is traced.
+        for (tid, tracer) in [("14", "0"), ("15", "3")] {
+            let task = proc.join("14/task").join(tid);
+            std::fs::create_dir_all(&task).unwrap();
+            std::fs::write(task.join("status"), format!("TracerPid:\t{tracer}\n")).unwrap();
+        }
+        std::fs::write(proc.join("14/status"), "TracerPid:\t0\n").unwrap();
         // Not a process, and a process without a status.
         std::fs::create_dir_all(proc.join("self-ish")).unwrap();
         std::fs::create_dir_all(proc.join("13")).unwrap();
-        assert_eq!(traced_processes(&proc), [(11, 10), (12, 4)]);
+        assert_eq!(traced_processes(&proc), [(11, 10), (12, 4), (14, 3)]);
     }
 
     #[test]
@@ -448,6 +635,117 @@ mod tests {
     }
 
     /// A fresh directory of this test's own.
+    const EXE: ExeId = ExeId {
+        dev: 0xfd << 20 | 1,
+        ino: 42,
+    };
+    const LOADED: i64 = 1_000;
+
+    fn code(path: &str, ino: u64, writable: bool, ctime: Option<i64>) -> MappedCode {
+        MappedCode {
+            path: path.into(),
+            id: ExeId {
+                dev: if ino == 0 { 0 } else { EXE.dev },
+                ino,
+            },
+            writable,
+            ctime,
+        }
+    }
+
+    fn judged(c: &MappedCode) -> Option<&'static str> {
+        let in_lib = |p: &Path| p.starts_with("/usr/lib");
+        judge_code(c, EXE, &in_lib, LOADED).map(TaintReason::name)
+    }
+
+    #[test]
+    fn a_rule_process_keeps_its_own_code_and_unchanged_system_libraries() {
+        assert_eq!(
+            judged(&code("/usr/sbin/chronyd", 42, false, Some(5_000))),
+            None
+        );
+        let libc = code("/usr/lib/x86_64-linux-gnu/libc.so.6", 7, false, Some(999));
+        assert_eq!(judged(&libc), None);
+        assert_eq!(judged(&code("[vdso]", 0, false, None)), None);
+    }
+
+    #[test]
+    fn other_code_takes_the_rule_with_its_reason() {
+        // Outside the library directories, whatever its age.
+        assert_eq!(
+            judged(&code("/tmp/x.so", 9, false, Some(1))),
+            Some("foreign_code")
+        );
+        // Memory of no file, and a system library mapped writable.
+        assert_eq!(judged(&code("", 0, false, None)), Some("foreign_code"));
+        assert_eq!(
+            judged(&code(
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                7,
+                true,
+                Some(1)
+            )),
+            Some("foreign_code")
+        );
+        // Its own executable mapped writable is not its code either.
+        assert_eq!(
+            judged(&code("/usr/sbin/chronyd", 42, true, Some(1))),
+            Some("foreign_code")
+        );
+        // A library changed at or after the policy's load, or of unknown age.
+        for ctime in [Some(LOADED), Some(LOADED + 1), None] {
+            assert_eq!(
+                judged(&code("/usr/lib/libx.so", 8, false, ctime)),
+                Some("modified_code")
+            );
+        }
+        // Before any policy loaded, nothing counts as unchanged.
+        let lib = code("/usr/lib/libx.so", 8, false, Some(1));
+        assert_eq!(
+            judge_code(&lib, EXE, &|_| true, 0).map(TaintReason::name),
+            Some("modified_code")
+        );
+    }
+
+    #[test]
+    fn executable_mappings_are_read_from_proc_maps() {
+        let proc = scratch("maps");
+        std::fs::create_dir_all(proc.join("77")).unwrap();
+        std::fs::write(
+            proc.join("77/maps"),
+            "55d0a0000000-55d0a0010000 r--p 00000000 fd:01 42 /usr/sbin/chronyd\n\
+             55d0a0010000-55d0a0050000 r-xp 00010000 fd:01 42 /usr/sbin/chronyd\n\
+             7f0000000000-7f0000020000 r-xp 00000000 fd:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6 (deleted)\n\
+             7f0000100000-7f0000101000 rwxp 00000000 00:00 0 \n\
+             7f0000200000-7f0000201000 r-xp 00000000 00:1f 9 /tmp/my lib.so\n\
+             7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0 [vdso]\n",
+        )
+        .unwrap();
+        let found = mapped_code(&proc, 77);
+        let seen: Vec<(&str, u64, u64, bool)> = found
+            .iter()
+            .map(|c| (c.path.as_str(), c.id.dev, c.id.ino, c.writable))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("/usr/sbin/chronyd", 0xfd << 20 | 1, 42, false),
+                (
+                    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                    0xfd << 20 | 1,
+                    7,
+                    false
+                ),
+                ("", 0, 0, true),
+                ("/tmp/my lib.so", 0x1f, 9, false),
+                ("[vdso]", 0, 0, false),
+            ]
+        );
+        // No map_files here: the mapped inodes' ages are unknown (modified_code, fail closed).
+        assert!(found.iter().all(|c| c.ctime.is_none()));
+        assert!(mapped_code(&proc, 78).is_empty());
+    }
+
     fn scratch(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("tg-libdirs-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -13,6 +13,8 @@
 //!
 //!   tg-clock compat-step S | compat-stime S | compat-freq PPM   the same through int 0x80
 //!   tg-clock bench WORKLOAD N   time N iterations of a benchmark workload (see bench.rs)
+//!   tg-clock hammer-steps S MS  steps of +S and -S seconds in turn for MS ms, counted (and
+//!                           what went through undone)
 //!   tg-clock flood N        N × clock_settime(CLOCK_REALTIME, now), counted
 //!   tg-clock flood-procs P N  the same in P forked processes at once (each its own budget)
 //!   tg-clock leap insert|none   adjtimex(ADJ_STATUS) with or without STA_INS
@@ -61,6 +63,8 @@
 //!   tg-clock in-child …         run it in a forked child; its exit status
 //!   tg-clock traced-exec PATH … fork; the child asks to be traced (PTRACE_TRACEME) and
 //!                               executes PATH with the rest; detached at its exec
+//!   tg-clock map-code FILE|anon exec|rwx|mprotect|written …   map one page of FILE as code
+//!                               first (see `map_code`)
 //!
 //! Exit status 0 when the call succeeded, 1 when it failed (errno in the output), 2 on usage.
 
@@ -83,8 +87,10 @@ fn run(args: &[String]) -> i32 {
     main_inner(args)
 }
 
-/// Maps one page of `what` (a file, or `anon`) as code, `via` mmap at once (`exec`) or
-/// mprotect after a read-only map (`mprotect`); the page stays mapped.
+/// Maps one page of `what` (a file, or `anon`) as code, `via` mmap at once (`exec`), mmap
+/// writable and executable at once (`rwx`), mprotect after a read-only map (`mprotect`) or
+/// after a private writable map whose first byte was written (`written`); the page stays
+/// mapped.
 fn map_code(what: &str, via: &str) -> Result<(), String> {
     use std::os::fd::AsRawFd as _;
     let file = match what {
@@ -97,16 +103,22 @@ fn map_code(what: &str, via: &str) -> Result<(), String> {
     };
     let first = match via {
         "exec" => libc::PROT_READ | libc::PROT_EXEC,
+        "rwx" => libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
         "mprotect" => libc::PROT_READ,
-        other => return Err(format!("{other}: neither exec nor mprotect")),
+        "written" => libc::PROT_READ | libc::PROT_WRITE,
+        other => return Err(format!("{other}: not exec, rwx, mprotect or written")),
     };
     // SAFETY: a fresh mapping of one page, never unmapped, never touched here.
     let page = unsafe { libc::mmap(std::ptr::null_mut(), 4096, first, flags, fd, 0) };
     if page == libc::MAP_FAILED {
         return Err(format!("mmap: {}", std::io::Error::last_os_error()));
     }
+    if via == "written" {
+        // SAFETY: the first byte of the private, writable page just mapped.
+        unsafe { *(page as *mut u8) ^= 0xff };
+    }
     // SAFETY: the page just mapped.
-    if via == "mprotect"
+    if matches!(via, "mprotect" | "written")
         && unsafe { libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC) } != 0
     {
         return Err(format!("mprotect: {}", std::io::Error::last_os_error()));
@@ -158,8 +170,8 @@ fn process_wrappers(args: &[String]) -> Option<i32> {
                 }
             }
         }
-        // Maps FILE (or `anon`: memory backed by no file) as code, at once (`exec`) or read
-        // first and then made executable (`mprotect`), then runs the rest.
+        // Maps FILE (or `anon`: memory backed by no file) as code (see `map_code`), then runs
+        // the rest.
         [how, what, via, rest @ ..] if how == "map-code" => match map_code(what, via) {
             Ok(()) => Some(run(rest)),
             Err(e) => {
@@ -322,8 +334,15 @@ fn main_inner(args: &[String]) -> i32 {
             .parse::<u64>()
             .map_err(|e| e.to_string())
             .and_then(|ms| counted(clock::hammer(std::time::Duration::from_millis(ms)))),
+        ["hammer-steps", secs, ms] => match (secs.parse::<i64>(), ms.parse::<u64>()) {
+            (Ok(secs), Ok(ms)) => counted(clock::hammer_steps(
+                secs,
+                std::time::Duration::from_millis(ms),
+            )),
+            _ => Err(format!("hammer-steps: seconds and milliseconds, not {secs} {ms}")),
+        },
         ["probe-steps", stop] => counted(clock::probe_step_paths(std::path::Path::new(stop))),
-        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | probe-steps STOPFILE | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | udp-bind ADDR | connect tcp|udp ADDR | sendto ADDR [PORT] | tcp-listen ADDR SECS | packet-open P | packet-bind P | malformed IFACE | truncated-ntp FROM TO | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH … | await PATH … | in-child … | traced-exec PATH …".to_string()),
+        _ => Err("usage: tg-clock step SECONDS | freq PPM | read | same-maxerror | compat-step S | compat-stime S | compat-freq PPM | hammer MS | hammer-steps S MS | probe-steps STOPFILE | bench WORKLOAD N | udp-send FROM TO KIND N | udp-recv ADDR SECS | udp-bind ADDR | connect tcp|udp ADDR | sendto ADDR [PORT] | tcp-listen ADDR SECS | packet-open P | packet-bind P | malformed IFACE | truncated-ntp FROM TO | flood N | leap insert|none | settimeofday S [tz] | timezone | synced yes|no | tick TICK | phc-open DEV | phc-step DEV S | phc-pps DEV on|off | pps-bind DEV on|off | timens S | as-comm NAME … | via-fd PATH … | via-memfd PATH … | await PATH … | in-child … | traced-exec PATH …".to_string()),
     };
     match result {
         Ok(Some(outcome)) => {
