@@ -27,6 +27,11 @@ crate::codes! {
         /// Not a taint but a rule that does not hold: the rule names a systemd unit
         /// (`match.unit`) and the process is not one the service manager started in it.
         OutsideUnit = 16 => "outside_unit",
+        /// Not this process's taint but every rule process's: a taint a fork should have
+        /// carried could not be kept (the map of tainted processes was full), so no rule
+        /// process can be told clean any more (map `TAINTS_LOST`), until the programs are
+        /// unpinned (or the machine restarts).
+        TaintsLost = 32 => "taints_lost",
     }
 }
 

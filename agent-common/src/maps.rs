@@ -50,11 +50,12 @@ pub const TAMPER_SCRATCH: &str = "TAMPER_SCRATCH";
 pub const CLOCK_REQUEST_SCRATCH: &str = "CLOCK_REQUEST_SCRATCH";
 pub const LIBRARY_DIRS: &str = "LIBRARY_DIRS";
 pub const RULE_CODE: &str = "RULE_CODE";
+pub const TAINTS_LOST: &str = "TAINTS_LOST";
 pub const UNIT_OF: &str = "UNIT_OF";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 35] = [
+pub const ALL: [&str; 36] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -67,6 +68,7 @@ pub const ALL: [&str; 35] = [
     UNIT_OF,
     LIBRARY_DIRS,
     RULE_CODE,
+    TAINTS_LOST,
     NET_POLICY,
     NET_ADDRS,
     NET_DAEMONS,
@@ -95,11 +97,12 @@ pub const ALL: [&str; 35] = [
 /// Maps only the kernel programs write (counters, budgets, per-source state, scratch): the
 /// agent freezes them against every `bpf()` write from userspace. Ring buffers are left
 /// out (their reader writes its position through a writable mapping).
-pub const KERNEL_ONLY: [&str; 19] = [
+pub const KERNEL_ONLY: [&str; 20] = [
     CLOCK_COUNTERS,
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
     PROCESS_TAINT,
+    TAINTS_LOST,
     UNIT_OF,
     NET_COUNTERS,
     NET_EVENTS_DROPPED,

@@ -60,11 +60,6 @@ pub fn phc_open_guard(ctx: LsmContext) -> i32 {
     if tampered != 0 {
         return tampered;
     }
-    // Code a rule process runs (`identity`).
-    let code = crate::identity::write_to_code(file, &off);
-    if code != 0 {
-        return code;
-    }
     decide_phc(Hook::FileOpen, file, &off, 0)
 }
 

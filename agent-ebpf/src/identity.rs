@@ -16,7 +16,8 @@ use agent_common::{
         PROT_EXEC, PROT_WRITE, RULE_CODE_FILES, TAINTED_PROCESSES, UNIT_HASH_START, UNIT_NAME_MAX,
         UNIT_PATH_DEPTH, UNIT_PROCESSES,
     },
-    kernel::KernelOffsets,
+    kernel::{KernelOffsets, FMODE_WRITE},
+    maps::ONLY,
     policy::Verdict,
     tamper::{prctl, Action, FileKey, Target},
 };
@@ -26,7 +27,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, lsm, map},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{BtfTracePointContext, LsmContext},
 };
 
@@ -88,6 +89,17 @@ pub fn identity_prctl_guard(ctx: LsmContext) -> i32 {
 /// Tainted processes by tgid (`integrity`): written by the kernel only.
 #[map]
 static PROCESS_TAINT: HashMap<u32, Taint> = HashMap::pinned(TAINTED_PROCESSES, 0);
+
+/// Index 0: the forks whose taint could not be kept (`TaintReason::TaintsLost`), written
+/// by the kernel only.
+#[map]
+static TAINTS_LOST: Array<u64> = Array::pinned(1, 0);
+
+/// Whether a fork's taint was ever lost: then no rule process can be told clean.
+#[inline(always)]
+pub fn taints_lost() -> bool {
+    TAINTS_LOST.get(ONLY).is_some_and(|n| *n != 0)
+}
 
 /// The taint of process `tgid`, if it has one.
 #[inline(always)]
@@ -192,15 +204,27 @@ fn vouched(dev: u64, ino: u64) -> i32 {
     }
 }
 
-/// `file` is being opened for writing: refused (as the clock policy's mode says) when a rule
+/// LSM_HOOK(int, 0, file_open, struct file *file)
+///
+/// A file opened for writing is refused (as the clock policy's mode says) when a rule
 /// process runs it as code and it is mapped now. By the inode: another name for the file
 /// (a hard link, a rename) is the same code.
-#[inline(always)]
-pub fn write_to_code(file: *const u8, off: &KernelOffsets) -> i32 {
+#[lsm(hook = "file_open")]
+pub fn identity_code_write_guard(ctx: LsmContext) -> i32 {
+    // Runs on every open in the system: leave fast.
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let off = offsets();
+    if kread::<u32>(file, off.file_mode).unwrap_or(0) & FMODE_WRITE == 0 {
+        return 0;
+    }
     let Some(inode) = kread::<*const u8>(file, off.file_inode) else {
         return 0;
     };
-    let (dev, ino) = inode_id(inode, off);
+    let (dev, ino) = inode_id(inode, &off);
     // SAFETY: only whether the key is there is read.
     if unsafe { RULE_CODE.get(FileKey { dev, ino }) }.is_none() {
         return 0;
@@ -336,7 +360,15 @@ pub fn identity_fork(ctx: BtfTracePointContext) -> i32 {
     let parent_tgid = kread::<u32>(parent, off.task_tgid).unwrap_or(0);
     match taint_of(parent_tgid) {
         Some(t) => {
-            let _ = PROCESS_TAINT.insert(tgid, t, 0);
+            // A fork cannot be refused from here: a taint it cannot carry takes every rule
+            // process's rule instead (`policy::decide_for`).
+            if PROCESS_TAINT.insert(tgid, t, 0).is_err() {
+                if let Some(n) = TAINTS_LOST.get_ptr_mut(ONLY) {
+                    // SAFETY: the one entry of an array map; a lost increment still leaves it
+                    // above zero.
+                    unsafe { *n += 1 };
+                }
+            }
         }
         None => {
             let _ = PROCESS_TAINT.remove(tgid);

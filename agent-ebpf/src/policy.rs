@@ -16,7 +16,7 @@ use aya_ebpf::{
 
 use agent_common::integrity::TaintReason;
 
-use crate::identity::{in_unit, taint_of};
+use crate::identity::{in_unit, taint_of, taints_lost};
 
 /// Index `maps::ONLY`: the slot in force, of the clock's policy and the network's alike. The
 /// agent fills the other slot of both, then flips this with one write: the whole policy
@@ -101,6 +101,10 @@ pub fn decide_for(dev: u64, ino: u64, uid: u32, tgid: u32, req: &Request) -> Opt
                     ..Taint::default()
                 })
             }
+            None if taints_lost() => Some(Taint {
+                reasons: TaintReason::TaintsLost.code(),
+                ..Taint::default()
+            }),
             None => None,
         };
         if let Some(t) = lost {

@@ -552,6 +552,42 @@ fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
     }
 }
 
+/// A rule for one user is still a rule for the code its executable maps as another: the
+/// allowed program, its rule narrowed to _chrony, preloads foreign code while it runs as
+/// root and then becomes _chrony (as chronyd starts and drops privileges): it has no rule.
+/// Without the foreign code the same change as _chrony goes through.
+#[test]
+fn code_mapped_before_becoming_the_rules_user_takes_the_rule() {
+    scenario(|agent| {
+        agent.reload_to(policies::USERS_CHRONY_ONLY, "vm-test-chrony-only")?;
+        let result = as_chrony_with_and_without_foreign_code();
+        agent.reload_to(policies::GUEST, "vm-test")?;
+        // As root the frequency could not be put back under the narrowed rule.
+        let _ = sh(ALLOWED, &["freq", "0"]);
+        let _ = fs::remove_file(FOREIGN_LIB);
+        result
+    })
+}
+
+fn as_chrony_with_and_without_foreign_code() -> Outcome {
+    let as_chrony = ["as-user", "100"];
+    let plain = freq_with(None, &as_chrony)?;
+    if plain.errno != 0 {
+        return Err(format!(
+            "as _chrony, plainly: errno {} (expected the rule to hold)",
+            plain.errno
+        ));
+    }
+    fs::copy(SYSTEM_LIB, FOREIGN_LIB).map_err(|e| format!("{FOREIGN_LIB}: {e}"))?;
+    let took = loses_rule_mapping(
+        "foreign code preloaded as root, then as _chrony",
+        Some(FOREIGN_LIB),
+        &as_chrony,
+        "foreign_code",
+    )?;
+    Ok(format!("as _chrony, plainly: allowed; {took}"))
+}
+
 /// The code a rule process runs cannot be written under it: while the policy enforces, a
 /// file a rule process has mapped as code (here a system library it links) is not opened
 /// for writing, by its path or by another name (a hard link); a file nobody maps is. The
@@ -601,7 +637,7 @@ fn writes_to_code_refused() -> Outcome {
         wait_record_since("a refused write to code", since, |v| {
             v["kind"] == "tamper"
                 && v["action"] == "write"
-                && v["target"] == "code"
+                && v["what"]["target"] == "code"
                 && v["verdict"] == "deny"
         })?;
         seen.push(format!("{path}: EPERM"));

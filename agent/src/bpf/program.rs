@@ -89,7 +89,7 @@ use Sensor::*;
 use When::*;
 
 /// Every program, in the order they attach (and are listed in status and metrics).
-pub const TABLE: [ProgramSpec; 34] = [
+pub const TABLE: [ProgramSpec; 35] = [
     // The clock's decisions and the devices' (PHC, RTC, PPS character devices).
     spec(
         "clock_settime_guard",
@@ -164,6 +164,15 @@ pub const TABLE: [ProgramSpec; 34] = [
     spec(
         "identity_mprotect_guard",
         Lsm("file_mprotect"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    // A file a rule process runs as code is not written under it (a program of its own on
+    // file_open: with the PHC guard's, 6.1's stack limit is passed).
+    spec(
+        "identity_code_write_guard",
+        Lsm("file_open"),
         Clock,
         Required,
         Enforcing,

@@ -61,6 +61,7 @@
 //! Ways of running the rest of the line that taint a rule's process:
 //!   tg-clock await PATH …       wait (up to 60 s) until PATH exists, then run it here
 //!   tg-clock in-child …         run it in a forked child; its exit status
+//!   tg-clock as-user UID …      become UID keeping CAP_SYS_TIME (as chronyd does), then run it
 //!   tg-clock traced-exec PATH … fork; the child asks to be traced (PTRACE_TRACEME) and
 //!                               executes PATH with the rest; detached at its exec
 //!   tg-clock map-code FILE|anon exec|rwx|mprotect|written …   map one page of FILE as code
@@ -126,6 +127,56 @@ fn map_code(what: &str, via: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Becomes user `uid` (and its group) keeping CAP_SYS_TIME, as chronyd does after it
+/// started as root.
+fn become_user(uid: &str) -> Result<(), String> {
+    let uid: libc::uid_t = uid.parse().map_err(|e| format!("{uid}: {e}"))?;
+    const CAP_SYS_TIME: u32 = 25;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain system calls on this process, with valid arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+            return Err(os("PR_SET_KEEPCAPS"));
+        }
+        if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+            return Err(os("setuid"));
+        }
+        let mut header = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let time = Data {
+            effective: 1 << CAP_SYS_TIME,
+            permitted: 1 << CAP_SYS_TIME,
+            inheritable: 0,
+        };
+        let data = [
+            time,
+            Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+        ];
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+            return Err(os("capset"));
+        }
+    }
+    Ok(())
+}
+
 /// The exit status of child `pid` once it has ended (2 when it cannot be waited for).
 fn wait_exit(pid: libc::pid_t) -> i32 {
     let mut status = 0;
@@ -159,6 +210,13 @@ fn process_wrappers(args: &[String]) -> Option<i32> {
             }
             Some(run(rest))
         }
+        [how, uid, rest @ ..] if how == "as-user" => match become_user(uid) {
+            Ok(()) => Some(run(rest)),
+            Err(e) => {
+                eprintln!("tg-clock: as-user {uid}: {e}");
+                Some(2)
+            }
+        },
         [how, rest @ ..] if how == "in-child" => {
             // SAFETY: this program is single-threaded; the child only runs the command.
             match unsafe { libc::fork() } {
