@@ -55,11 +55,6 @@ pub fn phc_open_guard(ctx: LsmContext) -> i32 {
     if kread::<u32>(file, off.file_mode).unwrap_or(0) & FMODE_WRITE == 0 {
         return 0;
     }
-    // A file the guard trusts (its own executable, the policy, a daemon's executable).
-    let tampered = crate::tamper::file_write(file);
-    if tampered != 0 {
-        return tampered;
-    }
     decide_phc(Hook::FileOpen, file, &off, 0)
 }
 

@@ -16,7 +16,7 @@ use agent_common::{
         PROT_EXEC, PROT_WRITE, RULE_CODE_FILES, TAINTED_PROCESSES, UNIT_HASH_START, UNIT_NAME_MAX,
         UNIT_PATH_DEPTH, UNIT_PROCESSES,
     },
-    kernel::{KernelOffsets, FMODE_WRITE},
+    kernel::KernelOffsets,
     maps::ONLY,
     policy::Verdict,
     tamper::{prctl, Action, FileKey, Target},
@@ -204,27 +204,15 @@ fn vouched(dev: u64, ino: u64) -> i32 {
     }
 }
 
-/// LSM_HOOK(int, 0, file_open, struct file *file)
-///
-/// A file opened for writing is refused (as the clock policy's mode says) when a rule
+/// `file` is opened for writing: refused (as the clock policy's mode says) when a rule
 /// process runs it as code and it is mapped now. By the inode: another name for the file
 /// (a hard link, a rename) is the same code.
-#[lsm(hook = "file_open")]
-pub fn identity_code_write_guard(ctx: LsmContext) -> i32 {
-    // Runs on every open in the system: leave fast.
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let file: *const u8 = ctx.arg(0);
-    let off = offsets();
-    if kread::<u32>(file, off.file_mode).unwrap_or(0) & FMODE_WRITE == 0 {
-        return 0;
-    }
+#[inline(always)]
+pub fn write_to_code(file: *const u8, off: &KernelOffsets) -> i32 {
     let Some(inode) = kread::<*const u8>(file, off.file_inode) else {
         return 0;
     };
-    let (dev, ino) = inode_id(inode, &off);
+    let (dev, ino) = inode_id(inode, off);
     // SAFETY: only whether the key is there is read.
     if unsafe { RULE_CODE.get(FileKey { dev, ino }) }.is_none() {
         return 0;

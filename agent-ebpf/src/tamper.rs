@@ -19,6 +19,7 @@
 use agent_common::{
     event::EventBudget,
     integrity::TaintReason,
+    kernel::FMODE_WRITE,
     maps::{Dropped, ONLY},
     policy::Verdict,
     tamper::{
@@ -300,14 +301,32 @@ fn file_change(act: Action, inode: *const u8) -> i32 {
     )
 }
 
-/// A protected file opened for writing (called by the `file_open` program).
-#[inline(always)]
-pub fn file_write(file: *const u8) -> i32 {
+/// LSM_HOOK(int, 0, file_open, struct file *file)
+///
+/// A file opened for writing: refused when the guard trusts it (its own executable, the
+/// policy, a daemon's executable, as self-protection's mode says) or a rule process runs it
+/// as code (`identity`, as the clock policy's mode says). A program of its own: with the
+/// PHC guard's decision, 6.1's stack limit of 512 bytes is passed.
+#[lsm(hook = "file_open")]
+pub fn file_write_guard(ctx: LsmContext) -> i32 {
+    // Runs on every open in the system: leave fast.
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
     let off = offsets();
-    match kread::<*const u8>(file, off.file_inode) {
+    if kread::<u32>(file, off.file_mode).unwrap_or(0) & FMODE_WRITE == 0 {
+        return 0;
+    }
+    let tampered = match kread::<*const u8>(file, off.file_inode) {
         Some(inode) => file_change(Action::Write, inode),
         None => 0,
+    };
+    if tampered != 0 {
+        return tampered;
     }
+    crate::identity::write_to_code(file, &off)
 }
 
 #[inline(always)]

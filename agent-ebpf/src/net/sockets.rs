@@ -25,6 +25,7 @@ use agent_common::{
     policy::Verdict,
 };
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{cgroup_sock_addr, lsm, map},
     maps::{HashMap, LruHashMap},
     programs::{LsmContext, SockAddrContext},
@@ -35,6 +36,7 @@ use crate::{
     caller::{current_exe, fill_caller, kread, offsets},
     clock::lsm_verdict,
     emit::boot_ns,
+    identity::taint_of,
 };
 
 /// Time daemons by (slot, executable).
@@ -77,7 +79,9 @@ fn sock_addr(ctx: &SockAddrContext, family: u8) -> ([u8; 16], u16) {
     (addr, port)
 }
 
-/// The calling time daemon under the policy of `slot`; rule id 0 when the caller is none.
+/// The calling time daemon under the policy of `slot`; rule id 0 when the caller is none,
+/// or when its process is tainted (`identity`): code another process put in a daemon does
+/// not get the daemon's sockets.
 /// (A plain value, not an Option: 6.1's verifier rejects the undefined payload of a None
 /// that the compiler reads before looking at the tag.)
 #[inline(always)]
@@ -90,7 +94,10 @@ fn calling_daemon(slot: u32) -> (u64, u64, Daemon) {
         ino,
     };
     // SAFETY: copied out at once.
-    let d = unsafe { NET_DAEMONS.get(key) }.copied().unwrap_or_default();
+    let mut d = unsafe { NET_DAEMONS.get(key) }.copied().unwrap_or_default();
+    if d.rule_id != 0 && taint_of((bpf_get_current_pid_tgid() >> 32) as u32).is_some() {
+        d = Daemon::default();
+    }
     (dev, ino, d)
 }
 

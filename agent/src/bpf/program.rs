@@ -168,10 +168,10 @@ pub const TABLE: [ProgramSpec; 35] = [
         Required,
         Enforcing,
     ),
-    // A file a rule process runs as code is not written under it (a program of its own on
-    // file_open: with the PHC guard's, 6.1's stack limit is passed).
+    // Write-opens of what the guard trusts and of code rule processes run (a program of
+    // its own on file_open: with the PHC guard's decision, 6.1's stack limit is passed).
     spec(
-        "identity_code_write_guard",
+        "file_write_guard",
         Lsm("file_open"),
         Clock,
         Required,
