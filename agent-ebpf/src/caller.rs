@@ -3,11 +3,15 @@
 
 use agent_common::{
     event::{Abi, Caller},
-    kernel::{pt_regs, KernelOffsets, PF_KTHREAD, TS_COMPAT},
+    kernel::{pt_regs, KernelOffsets, FMODE_WRITE, PF_KTHREAD, TS_COMPAT},
 };
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
-    bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_user,
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+    },
+    programs::LsmContext,
 };
 
 /// Field offsets of the running kernel, set by the agent at load time from its BTF.
@@ -179,4 +183,21 @@ pub fn fill_caller(c: &mut Caller, exe: impl FnOnce() -> (u64, u64)) {
     let (dev, ino) = exe();
     c.exe_dev = dev;
     c.exe_ino = ino;
+}
+
+/// A `file_open` hook's file and the offsets, when it is opened for writing and nothing
+/// refused the open yet; otherwise the verdict to return at once. Runs on every open in the
+/// system: the cheapest tests first.
+#[inline(always)]
+pub fn opened_for_writing(ctx: &LsmContext) -> Result<(*const u8, KernelOffsets), i32> {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return Err(previous);
+    }
+    let file: *const u8 = ctx.arg(0);
+    let off = offsets();
+    if kread::<u32>(file, off.file_mode).unwrap_or(0) & FMODE_WRITE == 0 {
+        return Err(0);
+    }
+    Ok((file, off))
 }

@@ -9,12 +9,12 @@
 use agent_common::{
     clock::{op, phc_ioctl_operations},
     event::Hook,
-    kernel::{dev_major, KernelOffsets, FMODE_WRITE},
+    kernel::{dev_major, KernelOffsets},
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
-    caller::{current_syscall, kread, offsets},
+    caller::{current_syscall, kread, offsets, opened_for_writing},
     clock::{decide_and_record, lsm_verdict, Request},
     policy::clock_state,
 };
@@ -45,16 +45,10 @@ fn decide_phc(hook: Hook, file: *const u8, off: &KernelOffsets, cmd: u32) -> i32
 /// LSM_HOOK(int, 0, file_open, struct file *file)
 #[lsm(hook = "file_open")]
 pub fn phc_open_guard(ctx: LsmContext) -> i32 {
-    // Runs on every open in the system: leave fast.
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let file: *const u8 = ctx.arg(0);
-    let off = offsets();
-    if kread::<u32>(file, off.file_mode).unwrap_or(0) & FMODE_WRITE == 0 {
-        return 0;
-    }
+    let (file, off) = match opened_for_writing(&ctx) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
     decide_phc(Hook::FileOpen, file, &off, 0)
 }
 

@@ -19,7 +19,6 @@
 use agent_common::{
     event::EventBudget,
     integrity::TaintReason,
-    kernel::FMODE_WRITE,
     maps::{Dropped, ONLY},
     policy::Verdict,
     tamper::{
@@ -35,7 +34,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    caller::{current_exe, fill_caller, inode_id, kread, offsets, task_exe},
+    caller::{current_exe, fill_caller, inode_id, kread, offsets, opened_for_writing, task_exe},
     clock::lsm_verdict,
     emit::{boot_ns, count, Budget, Ring},
     identity::taint,
@@ -309,16 +308,10 @@ fn file_change(act: Action, inode: *const u8) -> i32 {
 /// PHC guard's decision, 6.1's stack limit of 512 bytes is passed.
 #[lsm(hook = "file_open")]
 pub fn file_write_guard(ctx: LsmContext) -> i32 {
-    // Runs on every open in the system: leave fast.
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let file: *const u8 = ctx.arg(0);
-    let off = offsets();
-    if kread::<u32>(file, off.file_mode).unwrap_or(0) & FMODE_WRITE == 0 {
-        return 0;
-    }
+    let (file, off) = match opened_for_writing(&ctx) {
+        Ok(f) => f,
+        Err(verdict) => return verdict,
+    };
     let tampered = match kread::<*const u8>(file, off.file_inode) {
         Some(inode) => file_change(Action::Write, inode),
         None => 0,

@@ -629,9 +629,13 @@ fn writes_to_code_refused() -> Outcome {
         match fs::OpenOptions::new().write(true).open(path) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
             other => {
+                // What became of the process says why its code was not noted.
+                let _ = fs::write(CODE_GO, "");
+                let run = child.wait_with_output().map(|o| run_of(&o).stdout);
+                let last = records().into_iter().rev().find(|v| v["kind"] == "clock");
                 return Err(format!(
-                    "{path} opened for writing: {other:?} (expected EPERM)"
-                ))
+                    "{path} opened for writing: {other:?} (expected EPERM); the process then: {run:?}; last clock record: {last:?}"
+                ));
             }
         }
         wait_record_since("a refused write to code", since, |v| {

@@ -247,12 +247,7 @@ pub struct MappedCode {
 
 /// The processes under `proc` running one of `exes`: (pid, its executable).
 fn processes_running(proc: &Path, exes: &[ExeId]) -> Vec<(u32, ExeId)> {
-    let Ok(entries) = std::fs::read_dir(proc) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    pids(proc)
         .filter_map(|pid| {
             let exe = ExeId::of(&proc.join(pid.to_string()).join("exe")).ok()?;
             exes.contains(&exe).then_some((pid, exe))
@@ -323,12 +318,18 @@ pub fn judge_code(
     }
 }
 
+/// The process ids under `proc` (a procfs); none when it cannot be read.
+fn pids(proc: &Path) -> impl Iterator<Item = u32> {
+    std::fs::read_dir(proc)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
 /// The processes under `proc` (a procfs) that a tracer holds now, in any of their threads
 /// (one is attached by its thread id): (pid, tracer pid).
 pub fn traced_processes(proc: &Path) -> Vec<(u32, u32)> {
-    let Ok(entries) = std::fs::read_dir(proc) else {
-        return Vec::new();
-    };
     let tracer_of = |status: &Path| {
         let status = std::fs::read_to_string(status).ok()?;
         let tracer = status
@@ -339,9 +340,7 @@ pub fn traced_processes(proc: &Path) -> Vec<(u32, u32)> {
             .ok()?;
         (tracer != 0).then_some(tracer)
     };
-    let mut traced: Vec<(u32, u32)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    let mut traced: Vec<(u32, u32)> = pids(proc)
         .filter_map(|pid| {
             // A process that ended meanwhile is simply not there.
             let dir = proc.join(pid.to_string());
@@ -367,12 +366,7 @@ pub struct Process {
 
 /// Every process under `proc` with its parent and cgroup (those that end meanwhile left out).
 pub fn processes(proc: &Path) -> Vec<Process> {
-    let Ok(entries) = std::fs::read_dir(proc) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    pids(proc)
         .filter_map(|pid| {
             let dir = proc.join(pid.to_string());
             let status = std::fs::read_to_string(dir.join("status")).ok()?;
