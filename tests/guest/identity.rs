@@ -617,11 +617,16 @@ fn writes_to_code_refused() -> Outcome {
         .map_err(|e| format!("cannot start {ALLOWED}: {e}"))?;
     let maps = format!("/proc/{}/maps", child.id());
     timeguard_tests::harness::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        // As code: the loader maps the file read-only first, and the hard link below
+        // would change it (its inode's change time) before its code is mapped.
         fs::read_to_string(&maps)
-            .is_ok_and(|m| m.contains(SYSTEM_LIB))
+            .is_ok_and(|m| {
+                m.lines()
+                    .any(|l| l.contains(" r-xp ") && l.ends_with(SYSTEM_LIB))
+            })
             .then_some(())
     })
-    .ok_or_else(|| format!("{SYSTEM_LIB} never mapped by the allowed program"))?;
+    .ok_or_else(|| format!("{SYSTEM_LIB} never mapped as code by the allowed program"))?;
     fs::hard_link(SYSTEM_LIB, CODE_LINK).map_err(|e| format!("link {CODE_LINK}: {e}"))?;
     let mut seen = Vec::new();
     for path in [SYSTEM_LIB, CODE_LINK] {
