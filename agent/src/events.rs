@@ -50,24 +50,36 @@ pub fn step_size_ns(ev: &ClockEvent) -> Option<i128> {
     Some(requested - wall_then)
 }
 
-/// Executable paths by process and file identity, read from /proc once per process within
-/// a batch of records: a burst of events from one process costs one readlink, not one each.
-/// Emptied after each batch, so a path renamed or deleted since shows as the kernel says.
-/// The identity (device and inode, from the kernel) is what decides; the path is for the
-/// reader.
+/// Executable paths (and cgroups) by process and file identity, read from /proc once per
+/// process within a batch of records: a burst of events from one process costs one
+/// readlink, not one each. Emptied after each batch, so a path renamed or deleted since
+/// shows as the kernel says. The identity (device and inode, from the kernel) is what
+/// decides; the path is for the reader.
 #[derive(Default)]
 pub struct ExePaths {
-    paths: std::collections::HashMap<(u32, u64, u64), String>,
+    paths: std::collections::HashMap<(u32, u64, u64), Seen>,
+}
+
+/// A process as /proc shows it while it lives: its executable's path and its cgroup (the
+/// systemd unit it runs in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub exe: String,
+    pub cgroup: Option<String>,
 }
 
 impl ExePaths {
-    pub fn path(&mut self, tgid: u32, exe_dev: u64, exe_ino: u64) -> Option<&str> {
+    pub fn seen(&mut self, tgid: u32, exe_dev: u64, exe_ino: u64) -> Option<&Seen> {
         use std::collections::hash_map::Entry;
         match self.paths.entry((tgid, exe_dev, exe_ino)) {
-            Entry::Occupied(known) => Some(known.into_mut().as_str()),
+            Entry::Occupied(known) => Some(known.into_mut()),
             Entry::Vacant(new) => {
                 // A process already gone has no path: not remembered, it is asked again.
-                Some(new.insert(exe_path(tgid)?).as_str())
+                let exe = exe_path(tgid)?;
+                Some(new.insert(Seen {
+                    exe,
+                    cgroup: cgroup_path(tgid),
+                }))
             }
         }
     }
@@ -83,6 +95,15 @@ pub fn exe_path(tgid: u32) -> Option<String> {
     std::fs::read_link(format!("/proc/{tgid}/exe"))
         .map(|p| p.display().to_string())
         .ok()
+}
+
+/// The cgroup of a process on the unified hierarchy (`/system.slice/chrony.service`) while
+/// the process lives.
+pub fn cgroup_path(tgid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
 }
 
 /// Copies a ring buffer record into its record type (clock, network, tamper), refusing
@@ -103,11 +124,13 @@ mod tests {
     fn a_process_exe_path_is_read_once() {
         let mut paths = ExePaths::default();
         let me = std::process::id();
-        let first = paths.path(me, 1, 2).map(str::to_string);
+        let first = paths.seen(me, 1, 2).cloned();
         assert!(first.is_some());
-        assert_eq!(paths.path(me, 1, 2).map(str::to_string), first);
+        assert_eq!(paths.seen(me, 1, 2).cloned(), first);
+        // Its cgroup, as /proc says it (none where cgroup2 is not mounted).
+        assert_eq!(first.and_then(|s| s.cgroup), cgroup_path(me));
         // A process that does not exist has no path, and says so.
-        assert_eq!(paths.path(u32::MAX, 1, 2), None);
+        assert_eq!(paths.seen(u32::MAX, 1, 2), None);
     }
 
     #[test]

@@ -28,8 +28,8 @@ impl Agent {
         if let Some(p) = self.generations.get_or_current(ev.generation) {
             let trail = &mut self.trail;
             let c = &ev.caller;
-            let exe = trail.exe_paths.path(c.tgid, c.exe_dev, c.exe_ino);
-            let record = records::clock_record(ev, p, &trail.host, exe);
+            let seen = trail.exe_paths.seen(c.tgid, c.exe_dev, c.exe_ino);
+            let record = records::clock_record(ev, p, &trail.host, seen);
             trail.audit.write(&record);
         }
     }

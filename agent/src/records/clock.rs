@@ -9,7 +9,7 @@ use agent_common::{
 
 use super::Who;
 use crate::{
-    events::{rfc3339, wall_time},
+    events::{rfc3339, wall_time, Seen},
     policy::{model::operation_names, CompiledPolicy, ExeId},
 };
 
@@ -76,12 +76,13 @@ struct Timespec {
     nsec: i64,
 }
 
-/// One clock event as a record; `exe` is the caller's executable path, when still known.
+/// One clock event as a record; `seen` is the caller's executable path and cgroup, when
+/// still known.
 pub fn clock_record<'a>(
     ev: &ClockEvent,
     policy: &'a CompiledPolicy,
     host: &'a str,
-    exe: Option<&'a str>,
+    seen: Option<&'a Seen>,
 ) -> ClockRecord<'a> {
     let sets_frequency = agent_common::clock::adj::FREQUENCY | agent_common::clock::adj::TICK;
     let what = What {
@@ -111,7 +112,8 @@ pub fn clock_record<'a>(
         policy: &policy.name,
         generation: ev.generation,
         hook: Hook::name_of(ev.hook),
-        who: Who::of(&ev.caller, exe),
+        who: Who::of(&ev.caller, seen.map(|s| s.exe.as_str()))
+            .in_cgroup(seen.and_then(|s| s.cgroup.as_deref())),
         what,
         integrity: (ev.lost_rule_id != 0).then(|| Integrity {
             lost_rule: policy.rule_name(ev.lost_rule_id),

@@ -15,6 +15,10 @@ pub struct Who<'a> {
     comm: String,
     exe: Option<&'a str>,
     exe_id: String,
+    /// The cgroup it ran in (its systemd unit), read while it lives: what `match.unit`
+    /// decides by is the kernel's own mark, and the reason says when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<&'a str>,
 }
 
 impl<'a> Who<'a> {
@@ -32,7 +36,13 @@ impl<'a> Who<'a> {
                 ino: caller.exe_ino,
             }
             .to_string(),
+            cgroup: None,
         }
+    }
+
+    /// The same, with the cgroup the process runs in.
+    pub fn in_cgroup(self, cgroup: Option<&'a str>) -> Self {
+        Who { cgroup, ..self }
     }
 }
 
