@@ -90,10 +90,11 @@ pub struct ClockState {
     /// `/proc/devices`; 0 while the kernel has none.
     pub phc_major: u32,
     pub _pad: u32,
-    /// CLOCK_REALTIME seconds when the policy in force was loaded (0: not yet): a library
-    /// changed later is not the one the operator vouched for by loading it
-    /// (`integrity::TaintReason::ModifiedCode`).
-    pub policy_loaded_sec: i64,
+    /// CLOCK_REALTIME seconds when the operator last vouched for the libraries in place: the
+    /// first policy put in force, and every reload they asked for (SIGHUP, `timeguard
+    /// apply`), not the reloads the agent makes by itself (0: not yet). A library changed
+    /// later is not one they vouched for (`integrity::TaintReason::ModifiedCode`).
+    pub code_vouched_sec: i64,
     /// The service manager's executable (PID 1's, by device and inode): a process it puts in
     /// a unit's cgroup is of that unit (`match.unit`).
     pub service_manager_dev: u64,

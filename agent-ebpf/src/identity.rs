@@ -269,7 +269,7 @@ fn mapped_as_code(file: *const u8, writable: bool) -> i32 {
             } else if !in_library_dir(file, &off) {
                 (TaintReason::ForeignCode, dev, ino)
             } else {
-                let since = clock_state().policy_loaded_sec;
+                let since = clock_state().code_vouched_sec;
                 let changed = kread::<i64>(inode, off.inode_ctime_sec).unwrap_or(i64::MAX);
                 // Open for writing: changed under the mapping whenever its writer likes.
                 let writers = kread::<i32>(inode, off.inode_writecount).unwrap_or(1);

@@ -588,6 +588,60 @@ fn as_chrony_with_and_without_foreign_code() -> Outcome {
     Ok(format!("as _chrony, plainly: allowed; {took}"))
 }
 
+/// Only the operator's reload vouches for the libraries in place: a library dropped into a
+/// library directory after the policy loaded stays `modified_code` across the reloads the
+/// agent makes by itself (the policy file changed, twice: another policy and back), and is
+/// vouched for by a SIGHUP (`systemctl reload`) with the policy unchanged.
+#[test]
+fn only_the_operators_reload_vouches_for_a_new_library() {
+    scenario(|agent| {
+        let result = reloads_and_a_late_library(agent);
+        let _ = fs::remove_file(LATE_LIB);
+        result
+    })
+}
+
+const LATE_LIB: &str = "/lib/x86_64-linux-gnu/tg-late.so";
+
+fn reloads_and_a_late_library(agent: &GuestAgent) -> Outcome {
+    fs::copy(SYSTEM_LIB, LATE_LIB).map_err(|e| format!("{LATE_LIB}: {e}"))?;
+    // The change times the kernel compares are whole seconds.
+    sleep(Duration::from_millis(1100));
+    let generation = || -> Result<u64, String> {
+        agent_status()?["policy"]["generation"]
+            .as_u64()
+            .ok_or_else(|| "status without generation".to_string())
+    };
+    let mut at = generation()?;
+    for policy in [policies::AUDIT, policies::GUEST] {
+        write_policy(policy)?;
+        at = timeguard_tests::harness::wait_for(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || generation().ok().filter(|&g| g > at),
+        )
+        .ok_or("the agent did not reload the changed policy file by itself within 10 s")?;
+    }
+    let kept = loses_rule_mapping(
+        "a library dropped in, then two reloads the agent made by itself",
+        Some(LATE_LIB),
+        &[],
+        "modified_code",
+    )?;
+    agent.sighup();
+    let vouched = timeguard_tests::harness::wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || freq_with(Some(LATE_LIB), &[]).ok().filter(|o| o.errno == 0),
+    );
+    if vouched.is_none() {
+        return Err(format!(
+            "{kept}; after SIGHUP the library still takes the rule"
+        ));
+    }
+    Ok(format!("{kept}; after SIGHUP (policy unchanged): allowed"))
+}
+
 /// The code a rule process runs cannot be written under it: while the policy enforces, a
 /// file a rule process has mapped as code (here a system library it links) is not opened
 /// for writing, by its path or by another name (a hard link); a file nobody maps is. The

@@ -113,7 +113,7 @@ impl Agent {
     /// rule taken (`Identity::seed_code`), and said.
     fn seed_code(&mut self, policy: &CompiledPolicy) {
         let exes: Vec<_> = policy.rules.iter().map(|r| r.exe_id).collect();
-        let loaded = self.guard.clock.policy_loaded_sec();
+        let loaded = self.guard.clock.code_vouched_sec();
         let seed = self.guard.identity.seed_code(&exes, loaded);
         if !seed.tainted.is_empty() {
             log::warn!(

@@ -142,7 +142,7 @@ impl Agent {
         let (answer, stop) = match Request::parse(&line) {
             Ok(Request::Status) => (serde_json::to_string(&self.status()), false),
             Ok(Request::Reload) => {
-                self.reload("asked on the control socket (timeguard apply)");
+                self.reload_by_operator("asked on the control socket (timeguard apply)");
                 (serde_json::to_string(&self.status()), false)
             }
             Ok(Request::Stop { unpin }) => {

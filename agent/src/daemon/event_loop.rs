@@ -59,7 +59,7 @@ pub(super) async fn event_loop(
             _ = tick(watchdog.as_mut()) => notify::watchdog(),
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => agent.reload("SIGHUP"),
+            _ = hup.recv() => agent.reload_by_operator("SIGHUP"),
             _ = watch.tick() => {
                 if let Err(e) = agent.guard.clock.refresh_state() {
                     log::warn!("refreshing the TAI offset for step limits: {e:#}");

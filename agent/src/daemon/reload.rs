@@ -304,6 +304,14 @@ impl Agent {
         }
     }
 
+    /// A reload the operator asked for (SIGHUP, `timeguard apply`): the libraries in place
+    /// now are the ones they vouch for, whether the policy changed or not.
+    pub(super) fn reload_by_operator(&mut self, why: &str) {
+        self.guard.clock.vouch_for_code_now();
+        log::info!("the libraries in place now are vouched for ({why}): code changed before now keeps rules, code changed later takes them");
+        self.reload(why);
+    }
+
     /// Loads the policy again; a policy that fails validation is rejected and the one in
     /// force stays, whole. While a fallback is in force, a valid configured policy replaces
     /// it, and a rejected one leaves the fallback resolved again against this host (an

@@ -27,8 +27,8 @@ pub struct Clock {
     dropped: PerCpuArray<MapData, u64>,
     active_slot: u32,
     generation: u32,
-    /// When the policy in force was loaded (`ClockState::policy_loaded_sec`).
-    policy_loaded_sec: i64,
+    /// When the policy in force was loaded (`ClockState::code_vouched_sec`).
+    code_vouched_sec: i64,
 }
 
 impl Clock {
@@ -45,13 +45,13 @@ impl Clock {
             dropped: object.take_map(map_names::CLOCK_EVENTS_DROPPED)?,
             active_slot: 0,
             generation: 0,
-            policy_loaded_sec: 0,
+            code_vouched_sec: 0,
         };
         // An earlier agent's policy stays in force until the switch, and its baseline with it.
-        clock.policy_loaded_sec = clock
+        clock.code_vouched_sec = clock
             .state
             .get(&map_names::ONLY, 0)
-            .map_or(0, |s| s.policy_loaded_sec);
+            .map_or(0, |s| s.code_vouched_sec);
         clock.active_slot = clock.active.get(&map_names::ONLY, 0).unwrap_or(0) % SLOTS;
         clock.generation = clock
             .headers
@@ -125,9 +125,21 @@ impl Clock {
         Ok(next)
     }
 
-    /// When the policy in force was loaded (CLOCK_REALTIME seconds; 0 before any).
-    pub fn policy_loaded_sec(&self) -> i64 {
-        self.policy_loaded_sec
+    /// When the operator last vouched for the libraries in place (`ClockState`; CLOCK_REALTIME
+    /// seconds, 0 before any policy).
+    pub fn code_vouched_sec(&self) -> i64 {
+        self.code_vouched_sec
+    }
+
+    /// The libraries in place now are the ones the operator vouches for (a reload they
+    /// asked for).
+    pub fn vouch_for_code_now(&mut self) {
+        self.code_vouched_sec = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Err(e) = self.refresh_state() {
+            log::warn!("{e:#}");
+        }
     }
 
     /// Puts a prepared policy in force, the clock's and the network's part at once: the one
@@ -138,11 +150,13 @@ impl Clock {
             .context("switching the policy in force")?;
         self.active_slot = prepared.slot;
         self.generation = prepared.generation;
-        // Libraries changed from now on are not the ones this policy was loaded over.
-        self.policy_loaded_sec = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        if let Err(e) = self.refresh_state() {
+        // The first policy vouches for the libraries in place; later ones only when the
+        // operator asks (`vouch_for_code_now`): a reload the agent makes by itself (a rule's
+        // executable replaced, a policy file dropped in) must not bless a library an
+        // intruder put there since.
+        if self.code_vouched_sec == 0 {
+            self.vouch_for_code_now();
+        } else if let Err(e) = self.refresh_state() {
             log::warn!("{e:#}");
         }
         Ok(prepared.generation)
@@ -159,7 +173,7 @@ impl Clock {
             tai_offset_ns: crate::events::tai_offset_ns(),
             phc_major: super::devices::phc_major(),
             _pad: 0,
-            policy_loaded_sec: self.policy_loaded_sec,
+            code_vouched_sec: self.code_vouched_sec,
             service_manager_dev: manager.map_or(0, |m| m.dev),
             service_manager_ino: manager.map_or(0, |m| m.ino),
         };

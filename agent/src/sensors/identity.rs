@@ -165,11 +165,11 @@ impl Identity {
     /// executable and unchanged system libraries are noted as code no one may write while
     /// mapped; any other code taints the process. A taint that cannot be written (the map is
     /// frozen after the first load) is said, with the process to restart.
-    pub fn seed_code(&mut self, rule_exes: &[ExeId], policy_loaded_sec: i64) -> CodeSeed {
+    pub fn seed_code(&mut self, rule_exes: &[ExeId], code_vouched_sec: i64) -> CodeSeed {
         let mut seed = CodeSeed::default();
         for (pid, exe) in processes_running(Path::new("/proc"), rule_exes) {
             for code in mapped_code(Path::new("/proc"), pid) {
-                let judged = judge_code(&code, exe, &|p| self.in_library_dir(p), policy_loaded_sec);
+                let judged = judge_code(&code, exe, &|p| self.in_library_dir(p), code_vouched_sec);
                 let key = FileKey {
                     dev: code.id.dev,
                     ino: code.id.ino,
@@ -297,7 +297,7 @@ pub fn judge_code(
     code: &MappedCode,
     exe: ExeId,
     in_library_dir: &dyn Fn(&Path) -> bool,
-    policy_loaded_sec: i64,
+    code_vouched_sec: i64,
 ) -> Option<TaintReason> {
     // The kernel's own pages, in every process.
     if code.id.ino == 0 && matches!(code.path.as_str(), "[vdso]" | "[vsyscall]" | "[vvar]") {
@@ -313,7 +313,7 @@ pub fn judge_code(
         return Some(TaintReason::ForeignCode);
     }
     match code.ctime {
-        Some(t) if policy_loaded_sec != 0 && t < policy_loaded_sec => None,
+        Some(t) if code_vouched_sec != 0 && t < code_vouched_sec => None,
         _ => Some(TaintReason::ModifiedCode),
     }
 }
