@@ -159,32 +159,31 @@ fn taint_as(tgid: u32, new: Taint) -> bool {
 static LIBRARY_DIRS: HashMap<FileKey, u32> = HashMap::pinned(LIBRARY_DIRS_MAX, 0);
 
 /// Whether one of the first `LIBRARY_DIR_DEPTH` directories above `file` is a library
-/// directory. The walk follows the file's own dentries: a bind mount, a symlink or a path
-/// the loader was given does not change where the file is.
+/// directory: then the latest change time (seconds) of the directories between them, 0 for
+/// none. The walk follows the file's own dentries: a bind mount, a symlink or a path the
+/// loader was given does not change where the file is. A directory moved in whole keeps
+/// its files' change times; its own says when it came.
 #[inline(always)]
-fn in_library_dir(file: *const u8, off: &KernelOffsets) -> bool {
-    let Some(mut dentry) = kread::<*const u8>(file, off.file_dentry) else {
-        return false;
-    };
+fn in_library_dir(file: *const u8, off: &KernelOffsets) -> Option<i64> {
+    let mut dentry = kread::<*const u8>(file, off.file_dentry)?;
+    let mut latest = 0i64;
     for _ in 0..LIBRARY_DIR_DEPTH {
-        let Some(parent) = kread::<*const u8>(dentry, off.dentry_parent) else {
-            return false;
-        };
+        let parent = kread::<*const u8>(dentry, off.dentry_parent)?;
         // The root of the file's file system is its own parent.
         if parent == dentry {
-            return false;
+            return None;
         }
-        let Some(inode) = kread::<*const u8>(parent, off.dentry_inode) else {
-            return false;
-        };
+        let inode = kread::<*const u8>(parent, off.dentry_inode)?;
         let (dev, ino) = inode_id(inode, off);
         // SAFETY: only whether the key is there is read.
         if unsafe { LIBRARY_DIRS.get(FileKey { dev, ino }) }.is_some() {
-            return true;
+            return Some(latest);
         }
+        let changed = kread::<i64>(inode, off.inode_ctime_sec).unwrap_or(i64::MAX);
+        latest = latest.max(changed);
         dentry = parent;
     }
-    false
+    None
 }
 
 /// Files rule processes run as code, by (dev, ino) (`integrity::RULE_CODE_FILES`).
@@ -266,17 +265,19 @@ fn mapped_as_code(file: *const u8, writable: bool) -> i32 {
                 (TaintReason::ForeignCode, dev, ino)
             } else if (dev, ino) == (exe_dev, exe_ino) {
                 return vouched(dev, ino);
-            } else if !in_library_dir(file, &off) {
-                (TaintReason::ForeignCode, dev, ino)
-            } else {
+            } else if let Some(dirs_changed) = in_library_dir(file, &off) {
                 let since = clock_state().code_vouched_sec;
-                let changed = kread::<i64>(inode, off.inode_ctime_sec).unwrap_or(i64::MAX);
+                let changed = kread::<i64>(inode, off.inode_ctime_sec)
+                    .unwrap_or(i64::MAX)
+                    .max(dirs_changed);
                 // Open for writing: changed under the mapping whenever its writer likes.
                 let writers = kread::<i32>(inode, off.inode_writecount).unwrap_or(1);
                 if since != 0 && changed < since && writers <= 0 {
                     return vouched(dev, ino);
                 }
                 (TaintReason::ModifiedCode, dev, ino)
+            } else {
+                (TaintReason::ForeignCode, dev, ino)
             }
         }
     };

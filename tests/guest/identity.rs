@@ -417,6 +417,9 @@ const FOREIGN_LIB: &str = "/tmp/tg-foreign.so";
 const MODIFIED_LIB: &str = "/lib/x86_64-linux-gnu/tg-modified.so";
 const BOUND_LIB: &str = "/lib/x86_64-linux-gnu/tg-bound.so";
 const HELD_LIB: &str = "/lib/x86_64-linux-gnu/tg-held.so";
+const STAGED_DIR: &str = "/tg-staged";
+const MOVED_DIR: &str = "/lib/x86_64-linux-gnu/tg-moved";
+const STAGED_NAME: &str = "libtg.so";
 
 #[test]
 fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
@@ -505,6 +508,10 @@ fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
             // while another process holds it open for writing: what runs from it can change
             // under the mapping at any moment.
             fs::copy(SYSTEM_LIB, HELD_LIB).map_err(|e| format!("{HELD_LIB}: {e}"))?;
+            // And a directory of the intruder's, as old, outside (on the same file system).
+            fs::create_dir_all(STAGED_DIR).map_err(|e| format!("{STAGED_DIR}: {e}"))?;
+            fs::copy(SYSTEM_LIB, format!("{STAGED_DIR}/{STAGED_NAME}"))
+                .map_err(|e| format!("{STAGED_DIR}: {e}"))?;
             sleep(Duration::from_millis(1100));
             agent.reload_to(policies::AUDIT, "vm-test-audit")?;
             agent.reload_to(policies::GUEST, "vm-test")?;
@@ -525,6 +532,15 @@ fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
                     "modified_code",
                 )?);
             }
+            // Moved into a library directory whole, the directory keeps its files' change
+            // times; its own says when it came.
+            fs::rename(STAGED_DIR, MOVED_DIR).map_err(|e| format!("{MOVED_DIR}: {e}"))?;
+            seen.push(loses_rule_mapping(
+                "an old library in a directory moved into a library directory",
+                Some(&format!("{MOVED_DIR}/{STAGED_NAME}")),
+                &[],
+                "modified_code",
+            )?);
             let st = agent_status()?;
             let foreign = counted(
                 &st["rules_lost"],
@@ -546,6 +562,9 @@ fn a_rule_process_mapping_code_not_the_systems_loses_its_rule() {
     }
     for f in [FOREIGN_LIB, MODIFIED_LIB, BOUND_LIB, HELD_LIB] {
         let _ = fs::remove_file(f);
+    }
+    for d in [STAGED_DIR, MOVED_DIR] {
+        let _ = fs::remove_dir_all(d);
     }
     if let Err(p) = result {
         std::panic::resume_unwind(p);

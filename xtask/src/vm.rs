@@ -298,6 +298,17 @@ fn build_initramfs(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\n_chrony:x:100:100::/run:/bin/false\n",
     )?;
+    // The loader's configuration as Debian ships it (ld.so.conf and its multiarch drop-in):
+    // the library directories the agent counts are the host's.
+    fs::create_dir_all(root.join("etc/ld.so.conf.d"))?;
+    fs::write(
+        root.join("etc/ld.so.conf"),
+        "include /etc/ld.so.conf.d/*.conf\n",
+    )?;
+    fs::write(
+        root.join("etc/ld.so.conf.d/x86_64-linux-gnu.conf"),
+        "# Multiarch support\n/usr/local/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu\n/usr/lib/x86_64-linux-gnu\n",
+    )?;
     // auditd's log belongs to group adm (Debian's auditd.conf).
     fs::write(
         root.join("etc/group"),

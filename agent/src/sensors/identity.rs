@@ -206,18 +206,23 @@ impl Identity {
     }
 
     /// Whether `path` lies at most `LIBRARY_DIR_DEPTH` levels below a counted library
-    /// directory, by the directories' identities (as the kernel walks them).
-    fn in_library_dir(&self, path: &Path) -> bool {
-        path.ancestors()
-            .skip(1)
-            .take(LIBRARY_DIR_DEPTH as usize)
-            .filter_map(|dir| ExeId::of(dir).ok())
-            .any(|id| {
-                self.counted_dirs.contains(&FileKey {
-                    dev: id.dev,
-                    ino: id.ino,
-                })
-            })
+    /// directory, by the directories' identities (as the kernel walks them): then the latest
+    /// change time of the directories between them (0 for none).
+    fn in_library_dir(&self, path: &Path) -> Option<i64> {
+        let mut latest = 0;
+        for dir in path.ancestors().skip(1).take(LIBRARY_DIR_DEPTH as usize) {
+            let md = std::fs::metadata(dir).ok()?;
+            let id = ExeId::from_stat(md.dev(), md.ino());
+            let key = FileKey {
+                dev: id.dev,
+                ino: id.ino,
+            };
+            if self.counted_dirs.contains(&key) {
+                return Some(latest);
+            }
+            latest = latest.max(md.ctime());
+        }
+        None
     }
 }
 
@@ -296,7 +301,7 @@ fn mapped_code(proc: &Path, pid: u32) -> Vec<MappedCode> {
 pub fn judge_code(
     code: &MappedCode,
     exe: ExeId,
-    in_library_dir: &dyn Fn(&Path) -> bool,
+    in_library_dir: &dyn Fn(&Path) -> Option<i64>,
     code_vouched_sec: i64,
 ) -> Option<TaintReason> {
     // The kernel's own pages, in every process.
@@ -309,11 +314,11 @@ pub fn judge_code(
     if code.id == exe {
         return None;
     }
-    if !in_library_dir(Path::new(&code.path)) {
+    let Some(dirs_changed) = in_library_dir(Path::new(&code.path)) else {
         return Some(TaintReason::ForeignCode);
-    }
+    };
     match code.ctime {
-        Some(t) if code_vouched_sec != 0 && t < code_vouched_sec => None,
+        Some(t) if code_vouched_sec != 0 && t.max(dirs_changed) < code_vouched_sec => None,
         _ => Some(TaintReason::ModifiedCode),
     }
 }
@@ -648,7 +653,15 @@ mod tests {
     }
 
     fn judged(c: &MappedCode) -> Option<&'static str> {
-        let in_lib = |p: &Path| p.starts_with("/usr/lib");
+        // /usr/lib counts; its directory `moved` came after the policy loaded.
+        let in_lib = |p: &Path| {
+            p.starts_with("/usr/lib")
+                .then_some(if p.starts_with("/usr/lib/moved") {
+                    LOADED
+                } else {
+                    0
+                })
+        };
         judge_code(c, EXE, &in_lib, LOADED).map(TaintReason::name)
     }
 
@@ -693,10 +706,15 @@ mod tests {
                 Some("modified_code")
             );
         }
+        // An old file in a directory moved in since.
+        assert_eq!(
+            judged(&code("/usr/lib/moved/libx.so", 8, false, Some(1))),
+            Some("modified_code")
+        );
         // Before any policy loaded, nothing counts as unchanged.
         let lib = code("/usr/lib/libx.so", 8, false, Some(1));
         assert_eq!(
-            judge_code(&lib, EXE, &|_| true, 0).map(TaintReason::name),
+            judge_code(&lib, EXE, &|_| Some(0), 0).map(TaintReason::name),
             Some("modified_code")
         );
     }
