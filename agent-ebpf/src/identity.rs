@@ -242,7 +242,8 @@ pub fn write_to_code(file: *const u8, off: &KernelOffsets) -> i32 {
 
 /// A rule process maps `file` (null: memory backed by no file) as code. It loses its rule
 /// unless the file is its own executable, or a library directory's file not changed since
-/// the policy loaded and open for writing by nobody, and the memory is the file's own (not
+/// the operator vouched for the libraries and open for writing by nobody, and the memory is
+/// the file's own (not
 /// `writable` now, never written). The mapping itself goes on (refusing it would break the
 /// daemon), but for one the taint of which cannot be kept: the verdict, 0 or -EPERM.
 #[inline(always)]

@@ -168,7 +168,18 @@ impl Identity {
     pub fn seed_code(&mut self, rule_exes: &[ExeId], code_vouched_sec: i64) -> CodeSeed {
         let mut seed = CodeSeed::default();
         for (pid, exe) in processes_running(Path::new("/proc"), rule_exes) {
-            for code in mapped_code(Path::new("/proc"), pid) {
+            let codes = mapped_code(Path::new("/proc"), pid);
+            // What /proc calls its executable can have been renamed (PR_SET_MM_EXE_FILE,
+            // before the guard refused it): then the code it runs is not that file.
+            if !runs_its_executable(&codes, exe) {
+                let said = format!("process {pid} does not run its executable {exe} as code (renamed by PR_SET_MM)");
+                let key = FileKey {
+                    dev: exe.dev,
+                    ino: exe.ino,
+                };
+                self.seed_taint(pid, TaintReason::ForeignCode, key, said, &mut seed);
+            }
+            for code in codes {
                 let judged = judge_code(&code, exe, &|p| self.in_library_dir(p), code_vouched_sec);
                 let key = FileKey {
                     dev: code.id.dev,
@@ -183,26 +194,38 @@ impl Identity {
                         ),
                     },
                     Some(reason) => {
-                        // One taint per process is enough: the first code found is named.
-                        if self.process_taint.get(&pid, 0).is_ok() {
-                            continue;
-                        }
-                        let taint = Taint {
-                            reasons: reason.code(),
-                            source_tgid: 0,
-                            file_dev: key.dev,
-                            file_ino: key.ino,
-                        };
                         let said = format!("process {pid} runs {} ({})", code.path, reason.name());
-                        match self.process_taint.insert(pid, taint, 0) {
-                            Ok(()) => seed.tainted.push(said),
-                            Err(e) => seed.untainted.push(format!("{said}: {e}")),
-                        }
+                        self.seed_taint(pid, reason, key, said, &mut seed);
                     }
                 }
             }
         }
         seed
+    }
+
+    /// Taints process `pid` for `reason` and the file `key` unless it is tainted already
+    /// (one taint per process is enough: the first code found is named).
+    fn seed_taint(
+        &mut self,
+        pid: u32,
+        reason: TaintReason,
+        key: FileKey,
+        said: String,
+        seed: &mut CodeSeed,
+    ) {
+        if self.process_taint.get(&pid, 0).is_ok() {
+            return;
+        }
+        let taint = Taint {
+            reasons: reason.code(),
+            source_tgid: 0,
+            file_dev: key.dev,
+            file_ino: key.ino,
+        };
+        match self.process_taint.insert(pid, taint, 0) {
+            Ok(()) => seed.tainted.push(said),
+            Err(e) => seed.untainted.push(format!("{said}: {e}")),
+        }
     }
 
     /// Whether `path` lies at most `LIBRARY_DIR_DEPTH` levels below a counted library
@@ -294,6 +317,13 @@ fn mapped_code(proc: &Path, pid: u32) -> Vec<MappedCode> {
             })
         })
         .collect()
+}
+
+/// Whether a process's executable mappings include its executable file, unwritable: the
+/// kernel maps it at exec, and a process whose executable was renamed afterwards
+/// (`PR_SET_MM_EXE_FILE`, which wants the old image unmapped) does not have it.
+pub fn runs_its_executable(codes: &[MappedCode], exe: ExeId) -> bool {
+    codes.iter().any(|c| c.id == exe && !c.writable)
 }
 
 /// Judges one executable mapping of a rule process whose executable is `exe`, as the kernel
@@ -717,6 +747,25 @@ mod tests {
             judge_code(&lib, EXE, &|_| Some(0), 0).map(TaintReason::name),
             Some("modified_code")
         );
+    }
+
+    #[test]
+    fn a_process_not_running_its_executable_is_told() {
+        let own = [
+            code("/usr/sbin/chronyd", 42, false, None),
+            code("/usr/lib/libc.so.6", 7, false, None),
+        ];
+        assert!(runs_its_executable(&own, EXE));
+        // Renamed by PR_SET_MM_EXE_FILE: the code is a stub of no file, or another file.
+        let renamed = [
+            code("", 0, false, None),
+            code("/usr/lib/libc.so.6", 7, false, None),
+        ];
+        assert!(!runs_its_executable(&renamed, EXE));
+        assert!(!runs_its_executable(
+            &[code("/usr/sbin/chronyd", 42, true, None)],
+            EXE
+        ));
     }
 
     #[test]
