@@ -54,10 +54,12 @@ pub fn ptrace_attach(pid: i32) -> Value {
     let rc = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) };
     let out = outcome(rc);
     if rc >= 0 {
-        // SAFETY: waiting for the stop the attach caused, then detaching.
+        // SAFETY: waiting for the stop the attach caused, detaching, and continuing it: a
+        // tracee whose SIGSTOP became a group stop stays stopped after the detach.
         unsafe {
             libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
             libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+            libc::kill(pid, libc::SIGCONT);
         }
     }
     out
