@@ -610,8 +610,7 @@ fn as_chrony_with_and_without_foreign_code() -> Outcome {
 /// Only the operator's reload vouches for the libraries in place: a library dropped into a
 /// library directory after the policy loaded stays `modified_code` across the reloads the
 /// agent makes by itself (the policy file changed by hand, twice: another policy and back),
-/// and is
-/// vouched for by a SIGHUP (`systemctl reload`) with the policy unchanged.
+/// and is vouched for by a SIGHUP (`systemctl reload`) with the policy unchanged.
 #[test]
 fn only_the_operators_reload_vouches_for_a_new_library() {
     scenario(|agent| {
