@@ -105,7 +105,8 @@ pub(crate) struct Request {
 /// root can also switch to at run time through debugfs): another task's decision on this
 /// CPU can overwrite the slot mid-decision, and the request decided would be the other
 /// task's (a step of zero in place of a step of hours). Each claim writes `owner` first
-/// and `seq` last; a decision whose slot changed either is refused (`Reason::Preempted`).
+/// and `seq` last; a decision whose slot another claim touched is refused
+/// (`Reason::Preempted`).
 #[repr(C)]
 pub(crate) struct Scratch {
     owner: u64,

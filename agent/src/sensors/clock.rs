@@ -27,7 +27,8 @@ pub struct Clock {
     dropped: PerCpuArray<MapData, u64>,
     active_slot: u32,
     generation: u32,
-    /// When the policy in force was loaded (`ClockState::code_vouched_sec`).
+    /// When the operator last vouched for the libraries in place
+    /// (`ClockState::code_vouched_sec`).
     code_vouched_sec: i64,
 }
 
