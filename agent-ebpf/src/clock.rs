@@ -102,11 +102,12 @@ pub(crate) struct Request {
 }
 
 /// A CPU's request slot. LSM programs run preemptible (a kernel with `preempt=full`, which
-/// root can also switch to at run time through debugfs): another task's decision on this
-/// CPU can overwrite the slot mid-decision, and the request decided would be the other
-/// task's (a step of zero in place of a step of hours). Each claim writes `owner` first
-/// and `seq` last; a decision whose slot another claim touched is refused
-/// (`Reason::Preempted`).
+/// root can also switch to at run time through debugfs, or PREEMPT_RT): another task's
+/// decision on this CPU can overwrite the slot mid-decision, and the request decided would
+/// be the other task's (a step of zero in place of a step of hours), or a mix of both.
+/// Each claim writes `owner` first, then the request, then `seq`, and holds only if `seq`
+/// did not move while it wrote: a claim another one ran into is tried again
+/// (`CLAIM_TRIES`), then refused (`Reason::Preempted`).
 #[repr(C)]
 pub(crate) struct Scratch {
     owner: u64,
@@ -114,11 +115,16 @@ pub(crate) struct Scratch {
     req: Request,
 }
 
-/// Who claimed a slot, and the sequence number the claim ended with.
+/// Claims of a slot tried before a decision is refused as preempted.
+const CLAIM_TRIES: u32 = 3;
+
+/// Who claimed a slot, the sequence number the claim ended with, and whether nobody
+/// claimed it meanwhile.
 #[derive(Clone, Copy)]
 struct Claim {
     owner: u64,
     seq: u64,
+    whole: bool,
 }
 
 impl Scratch {
@@ -134,20 +140,23 @@ impl Scratch {
         };
         let owner = bpf_get_current_pid_tgid();
         // SAFETY: the caller's slot, written and read in place.
-        let seq = unsafe {
+        unsafe {
             write_volatile(addr_of_mut!((*slot).owner), owner);
+            compiler_fence(SeqCst);
+            let before = read_volatile(addr_of!((*slot).seq));
             compiler_fence(SeqCst);
             req.store(&mut (*slot).req);
             compiler_fence(SeqCst);
-            let seq = read_volatile(addr_of!((*slot).seq)).wrapping_add(1);
+            // A claim that ended while this one wrote has written fields of its own.
+            let whole = read_volatile(addr_of!((*slot).seq)) == before;
+            let seq = before.wrapping_add(1);
             write_volatile(addr_of_mut!((*slot).seq), seq);
             compiler_fence(SeqCst);
-            seq
-        };
-        Claim { owner, seq }
+            Claim { owner, seq, whole }
+        }
     }
 
-    /// Whether nobody else claimed `slot` since `claim`: what was read from it is the
+    /// Whether nobody else claimed `slot` since `claim` began: what was read from it is the
     /// claimer's own request.
     ///
     /// # Safety
@@ -160,10 +169,11 @@ impl Scratch {
         };
         compiler_fence(SeqCst);
         // SAFETY: the caller's slot.
-        unsafe {
-            read_volatile(addr_of!((*slot).owner)) == claim.owner
-                && read_volatile(addr_of!((*slot).seq)) == claim.seq
-        }
+        claim.whole
+            && unsafe {
+                read_volatile(addr_of!((*slot).owner)) == claim.owner
+                    && read_volatile(addr_of!((*slot).seq)) == claim.seq
+            }
     }
 }
 
@@ -206,24 +216,42 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     // SAFETY: this CPU's own entry, written whole before anything else runs here, then
     // read in place (no copy on the stack, which 6.1 caps at 512 bytes for all frames);
     // `black_box` hides what was written, so every field is loaded back from the map.
-    let (claim, req) = unsafe {
-        let claim = Scratch::claim(slot, req);
-        (claim, &(*core::hint::black_box(slot)).req)
+    // The fields the verdict depends on, read while the claim held; tried again when
+    // another task's claim ran into it.
+    let mut limits = Limits {
+        operations: 0,
+        step_ns: 0,
+        frequency: 0,
     };
+    let mut held = false;
+    for _ in 0..CLAIM_TRIES {
+        // SAFETY: this CPU's own entry (see above).
+        let (claim, r) = unsafe {
+            let claim = Scratch::claim(slot, req);
+            (claim, &(*core::hint::black_box(slot)).req)
+        };
+        limits = Limits {
+            operations: r.operations,
+            step_ns: r.step_ns,
+            frequency: r.frequency_abs,
+        };
+        // SAFETY: the slot just claimed.
+        if unsafe { Scratch::still_held(slot, claim) } {
+            held = true;
+            break;
+        }
+    }
+    // For the record only: what a later claim wrote may show here, never in the verdict.
+    // SAFETY: this CPU's own entry.
+    let req = unsafe { &(*core::hint::black_box(slot)).req };
     let off = offsets();
     let mut ev = ClockEvent::EMPTY;
     fill_caller(&mut ev.caller, || current_exe(&off));
-    let limits = Limits {
-        operations: req.operations,
-        step_ns: req.step_ns,
-        frequency: req.frequency_abs,
-    };
     let who = &ev.caller;
     let Some(mut decided) = decide_for(who.exe_dev, who.exe_ino, who.uid, who.tgid, &limits) else {
         return Verdict::Allow;
     };
-    // SAFETY: the slot claimed above; every field the verdict depends on is read by now.
-    if !unsafe { Scratch::still_held(slot, claim) } {
+    if !held {
         decided.decision.verdict = Verdict::Deny;
         decided.decision.reason = Reason::Preempted;
     }

@@ -265,8 +265,21 @@ fn mapped_as_code(file: *const u8, writable: bool) -> i32 {
                 // Code that can be (or was) written is not the file's, whatever the file.
                 (TaintReason::ForeignCode, dev, ino)
             } else if (dev, ino) == (exe_dev, exe_ino) {
-                return vouched(dev, ino);
+                let noted = vouched(dev, ino);
+                // Open for writing since before (kernels that let a running executable be
+                // written): changed under the mapping whenever its writer likes.
+                let writers = kread::<i32>(inode, off.inode_writecount).unwrap_or(1);
+                if noted != 0 || writers <= 0 {
+                    return noted;
+                }
+                (TaintReason::ModifiedCode, dev, ino)
             } else if let Some(dirs_changed) = in_library_dir(file, &off) {
+                // Noted first, looked at after: a write-open from now on is refused, and
+                // one that came before shows in the count of writers read below.
+                let noted = vouched(dev, ino);
+                if noted != 0 {
+                    return noted;
+                }
                 let since = clock_state().code_vouched_sec;
                 let changed = kread::<i64>(inode, off.inode_ctime_sec)
                     .unwrap_or(i64::MAX)
@@ -274,7 +287,7 @@ fn mapped_as_code(file: *const u8, writable: bool) -> i32 {
                 // Open for writing: changed under the mapping whenever its writer likes.
                 let writers = kread::<i32>(inode, off.inode_writecount).unwrap_or(1);
                 if since != 0 && changed < since && writers <= 0 {
-                    return vouched(dev, ino);
+                    return 0;
                 }
                 (TaintReason::ModifiedCode, dev, ino)
             } else {

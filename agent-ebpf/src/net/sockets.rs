@@ -36,7 +36,7 @@ use crate::{
     caller::{current_exe, fill_caller, kread, offsets},
     clock::lsm_verdict,
     emit::boot_ns,
-    identity::taint_of,
+    identity::{taint_of, taints_lost},
 };
 
 /// Time daemons by (slot, executable).
@@ -95,7 +95,9 @@ fn calling_daemon(slot: u32) -> (u64, u64, Daemon) {
     };
     // SAFETY: copied out at once.
     let mut d = unsafe { NET_DAEMONS.get(key) }.copied().unwrap_or_default();
-    if d.rule_id != 0 && taint_of((bpf_get_current_pid_tgid() >> 32) as u32).is_some() {
+    if d.rule_id != 0
+        && (taint_of((bpf_get_current_pid_tgid() >> 32) as u32).is_some() || taints_lost())
+    {
         d = Daemon::default();
     }
     (dev, ino, d)

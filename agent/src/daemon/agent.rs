@@ -127,6 +127,12 @@ impl Agent {
                 seed.untainted.join("; ")
             );
         }
+        if !seed.unreadable.is_empty() {
+            log::warn!(
+                "the code of processes whose executable cannot be read is not judged (the agent lacks CAP_SYS_PTRACE?): {:?}",
+                seed.unreadable
+            );
+        }
         log::info!(
             "{} files noted as code of running rule processes (not opened for writing while mapped)",
             seed.vouched

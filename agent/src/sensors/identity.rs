@@ -167,7 +167,9 @@ impl Identity {
     /// frozen after the first load) is said, with the process to restart.
     pub fn seed_code(&mut self, rule_exes: &[ExeId], code_vouched_sec: i64) -> CodeSeed {
         let mut seed = CodeSeed::default();
-        for (pid, exe) in processes_running(Path::new("/proc"), rule_exes) {
+        let (running, unreadable) = processes_running(Path::new("/proc"), rule_exes);
+        seed.unreadable = unreadable;
+        for (pid, exe) in running {
             let codes = mapped_code(Path::new("/proc"), pid);
             // What /proc calls its executable can have been renamed (PR_SET_MM_EXE_FILE,
             // before the guard refused it): then the code it runs is not that file.
@@ -258,6 +260,8 @@ pub struct CodeSeed {
     pub tainted: Vec<String>,
     /// Processes that run foreign code and keep their rule until restarted (why).
     pub untainted: Vec<String>,
+    /// Processes whose executable could not be read: not judged.
+    pub unreadable: Vec<u32>,
 }
 
 /// One executable mapping of a process, as /proc shows it.
@@ -273,14 +277,25 @@ pub struct MappedCode {
     pub ctime: Option<i64>,
 }
 
-/// The processes under `proc` running one of `exes`: (pid, its executable).
-fn processes_running(proc: &Path, exes: &[ExeId]) -> Vec<(u32, ExeId)> {
-    pids(proc)
-        .filter_map(|pid| {
-            let exe = ExeId::of(&proc.join(pid.to_string()).join("exe")).ok()?;
-            exes.contains(&exe).then_some((pid, exe))
-        })
-        .collect()
+/// The processes under `proc` running one of `exes`: (pid, its executable); and those whose
+/// executable could not be read (kernel threads have none, and are not counted).
+fn processes_running(proc: &Path, exes: &[ExeId]) -> (Vec<(u32, ExeId)>, Vec<u32>) {
+    let mut running = Vec::new();
+    let mut unreadable = Vec::new();
+    for pid in pids(proc) {
+        let dir = proc.join(pid.to_string());
+        match ExeId::of(&dir.join("exe")) {
+            Ok(exe) if exes.contains(&exe) => running.push((pid, exe)),
+            Ok(_) => {}
+            // A kernel thread has no executable, but a command line of none either; a
+            // process that ended meanwhile has neither.
+            Err(_) if std::fs::read(dir.join("cmdline")).is_ok_and(|c| !c.is_empty()) => {
+                unreadable.push(pid)
+            }
+            Err(_) => {}
+        }
+    }
+    (running, unreadable)
 }
 
 /// The executable mappings of process `pid`; the file behind each is read through
