@@ -213,11 +213,10 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     let Some(slot) = CLOCK_REQUEST_SCRATCH.get_ptr_mut(ONLY) else {
         return Verdict::Deny;
     };
-    // SAFETY: this CPU's own entry, written whole before anything else runs here, then
-    // read in place (no copy on the stack, which 6.1 caps at 512 bytes for all frames);
-    // `black_box` hides what was written, so every field is loaded back from the map.
-    // The fields the verdict depends on, read while the claim held; tried again when
-    // another task's claim ran into it.
+    // The slot is written whole, then read in place (no copy on the stack, which 6.1 caps
+    // at 512 bytes for all frames); `black_box` hides what was written, so every field is
+    // loaded back from the map. The fields the verdict depends on are read while the claim
+    // held, tried again when another task's claim ran into it.
     let mut limits = Limits {
         operations: 0,
         step_ns: 0,
@@ -225,7 +224,7 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     };
     let mut held = false;
     for _ in 0..CLAIM_TRIES {
-        // SAFETY: this CPU's own entry (see above).
+        // SAFETY: this CPU's own entry of the map, claimed and read in place.
         let (claim, r) = unsafe {
             let claim = Scratch::claim(slot, req);
             (claim, &(*core::hint::black_box(slot)).req)

@@ -203,14 +203,11 @@ fn vouched(dev: u64, ino: u64) -> i32 {
     }
 }
 
-/// `file` is opened for writing: refused (as the clock policy's mode says) when a rule
-/// process runs it as code and it is mapped now. By the inode: another name for the file
-/// (a hard link, a rename) is the same code.
+/// A file (`inode`) is opened for writing: refused (as the clock policy's mode says) when a
+/// rule process runs it as code and it is mapped now. By the inode: another name for the
+/// file (a hard link, a rename) is the same code.
 #[inline(always)]
-pub fn write_to_code(file: *const u8, off: &KernelOffsets) -> i32 {
-    let Some(inode) = kread::<*const u8>(file, off.file_inode) else {
-        return 0;
-    };
+pub fn write_to_code(inode: *const u8, off: &KernelOffsets) -> i32 {
     let (dev, ino) = inode_id(inode, off);
     // SAFETY: only whether the key is there is read.
     if unsafe { RULE_CODE.get(FileKey { dev, ino }) }.is_none() {
@@ -240,12 +237,24 @@ pub fn write_to_code(file: *const u8, off: &KernelOffsets) -> i32 {
     )
 }
 
+/// Whether a library's `inode`, and the directories between it and its library directory
+/// (changed last at `dirs_changed`), are unchanged since the operator vouched for the
+/// libraries.
+#[inline(always)]
+fn unchanged_since_vouched(inode: *const u8, dirs_changed: i64, off: &KernelOffsets) -> bool {
+    let since = clock_state().code_vouched_sec;
+    let changed = kread::<i64>(inode, off.inode_ctime_sec)
+        .unwrap_or(i64::MAX)
+        .max(dirs_changed);
+    since != 0 && changed < since
+}
+
 /// A rule process maps `file` (null: memory backed by no file) as code. It loses its rule
 /// unless the file is its own executable, or a library directory's file not changed since
 /// the operator vouched for the libraries and open for writing by nobody, and the memory is
-/// the file's own (not
-/// `writable` now, never written). The mapping itself goes on (refusing it would break the
-/// daemon), but for one the taint of which cannot be kept: the verdict, 0 or -EPERM.
+/// the file's own (not `writable` now, never written). The mapping itself goes on (refusing
+/// it would break the daemon), but for one the taint of which cannot be kept: the verdict,
+/// 0 or -EPERM.
 #[inline(always)]
 fn mapped_as_code(file: *const u8, writable: bool) -> i32 {
     let off = offsets();
@@ -261,32 +270,31 @@ fn mapped_as_code(file: *const u8, writable: bool) -> i32 {
         None => (TaintReason::ForeignCode, 0, 0),
         Some(inode) => {
             let (dev, ino) = inode_id(inode, &off);
-            if writable {
-                // Code that can be (or was) written is not the file's, whatever the file.
-                (TaintReason::ForeignCode, dev, ino)
-            } else if (dev, ino) == (exe_dev, exe_ino) {
-                let noted = vouched(dev, ino);
-                // Open for writing since before (kernels that let a running executable be
-                // written): changed under the mapping whenever its writer likes.
-                let writers = kread::<i32>(inode, off.inode_writecount).unwrap_or(1);
-                if noted != 0 || writers <= 0 {
-                    return noted;
-                }
-                (TaintReason::ModifiedCode, dev, ino)
-            } else if let Some(dirs_changed) = in_library_dir(file, &off) {
+            let own = (dev, ino) == (exe_dev, exe_ino);
+            // Code that can be (or was) written is not the file's, whatever the file; other
+            // code is its own executable's or a library directory's (with the latest change
+            // of the directories between).
+            let dirs_changed = if writable {
+                None
+            } else if own {
+                Some(0)
+            } else {
+                in_library_dir(file, &off)
+            };
+            if let Some(dirs_changed) = dirs_changed {
                 // Noted first, looked at after: a write-open from now on is refused, and
                 // one that came before shows in the count of writers read below.
                 let noted = vouched(dev, ino);
                 if noted != 0 {
                     return noted;
                 }
-                let since = clock_state().code_vouched_sec;
-                let changed = kread::<i64>(inode, off.inode_ctime_sec)
-                    .unwrap_or(i64::MAX)
-                    .max(dirs_changed);
-                // Open for writing: changed under the mapping whenever its writer likes.
+                // Open for writing (a running executable too, on kernels that let it be):
+                // changed under the mapping whenever its writer likes.
                 let writers = kread::<i32>(inode, off.inode_writecount).unwrap_or(1);
-                if since != 0 && changed < since && writers <= 0 {
+                // Its own executable is the one exec vouched for; a library, the one the
+                // operator did (the file and the directories between it and its library
+                // directory unchanged since).
+                if writers <= 0 && (own || unchanged_since_vouched(inode, dirs_changed, &off)) {
                     return 0;
                 }
                 (TaintReason::ModifiedCode, dev, ino)

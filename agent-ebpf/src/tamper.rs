@@ -312,14 +312,14 @@ pub fn file_write_guard(ctx: LsmContext) -> i32 {
         Ok(f) => f,
         Err(verdict) => return verdict,
     };
-    let tampered = match kread::<*const u8>(file, off.file_inode) {
-        Some(inode) => file_change(Action::Write, inode),
-        None => 0,
+    let Some(inode) = kread::<*const u8>(file, off.file_inode) else {
+        return 0;
     };
+    let tampered = file_change(Action::Write, inode);
     if tampered != 0 {
         return tampered;
     }
-    crate::identity::write_to_code(file, &off)
+    crate::identity::write_to_code(inode, &off)
 }
 
 #[inline(always)]
