@@ -40,6 +40,14 @@ impl ExeId {
         Ok(Self::from_stat(md.dev(), md.ino()))
     }
 
+    /// The same identity as the kernel programs key their file maps by.
+    pub fn key(self) -> agent_common::tamper::FileKey {
+        agent_common::tamper::FileKey {
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
     /// Converts userspace's encoding of `st_dev` to the kernel's internal `dev_t`.
     pub fn from_stat(st_dev: u64, ino: u64) -> Self {
         let major = libc::major(st_dev) as u64;

@@ -113,10 +113,7 @@ impl Identity {
         for dir in library_dirs(Path::new("/"), 0) {
             match dir {
                 LibraryDir::Counted(path, id) => {
-                    let key = FileKey {
-                        dev: id.dev,
-                        ino: id.ino,
-                    };
+                    let key = id.key();
                     if !counted.contains(&key) {
                         counted.push(key);
                         names.push(path.display().to_string());
@@ -175,18 +172,11 @@ impl Identity {
             // before the guard refused it): then the code it runs is not that file.
             if !runs_its_executable(&codes, exe) {
                 let said = format!("process {pid} does not run its executable {exe} as code (renamed by PR_SET_MM)");
-                let key = FileKey {
-                    dev: exe.dev,
-                    ino: exe.ino,
-                };
-                self.seed_taint(pid, TaintReason::ForeignCode, key, said, &mut seed);
+                self.seed_taint(pid, TaintReason::ForeignCode, exe.key(), said, &mut seed);
             }
             for code in codes {
                 let judged = judge_code(&code, exe, &|p| self.in_library_dir(p), code_vouched_sec);
-                let key = FileKey {
-                    dev: code.id.dev,
-                    ino: code.id.ino,
-                };
+                let key = code.id.key();
                 match judged {
                     None => match self.rule_code.insert(key, 1, 0) {
                         Ok(()) => seed.vouched += 1,
@@ -237,12 +227,10 @@ impl Identity {
         let mut latest = 0;
         for dir in path.ancestors().skip(1).take(LIBRARY_DIR_DEPTH as usize) {
             let md = std::fs::metadata(dir).ok()?;
-            let id = ExeId::from_stat(md.dev(), md.ino());
-            let key = FileKey {
-                dev: id.dev,
-                ino: id.ino,
-            };
-            if self.counted_dirs.contains(&key) {
+            if self
+                .counted_dirs
+                .contains(&ExeId::from_stat(md.dev(), md.ino()).key())
+            {
                 return Some(latest);
             }
             latest = latest.max(md.ctime());
@@ -316,17 +304,14 @@ fn mapped_code(proc: &Path, pid: u32) -> Vec<MappedCode> {
             }
             let inode: u64 = inode.parse().ok()?;
             let (major, minor) = dev.split_once(':')?;
-            let (major, minor) = (
-                u64::from_str_radix(major, 16).ok()?,
-                u64::from_str_radix(minor, 16).ok()?,
+            let st_dev = libc::makedev(
+                u32::from_str_radix(major, 16).ok()?,
+                u32::from_str_radix(minor, 16).ok()?,
             );
             let md = std::fs::metadata(dir.join("map_files").join(range)).ok();
             Some(MappedCode {
                 path: path.trim_end_matches(" (deleted)").to_string(),
-                id: ExeId {
-                    dev: (major << 20) | minor,
-                    ino: inode,
-                },
+                id: ExeId::from_stat(st_dev, inode),
                 writable: perms.contains('w'),
                 ctime: md.map(|m| m.ctime()),
             })

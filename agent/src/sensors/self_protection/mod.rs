@@ -112,13 +112,7 @@ impl SelfProtection {
         for (path, what) in files {
             // A file missing here (a rule's executable not installed) has nothing to guard.
             if let Ok(id) = ExeId::of(path) {
-                by_id.push((
-                    FileKey {
-                        dev: id.dev,
-                        ino: id.ino,
-                    },
-                    *what,
-                ));
+                by_id.push((id.key(), *what));
             }
         }
         let objects: Vec<ObjectKey> = own_objects(pins)?.into_iter().map(|(_, k)| k).collect();
