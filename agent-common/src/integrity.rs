@@ -84,6 +84,9 @@ pub struct UnitMark {
     pub slice_hash: u64,
 }
 
+/// Processes whose executable at exec is kept at once (map `EXE_AT_EXEC`).
+pub const EXECUTED_PROCESSES: u32 = 65536;
+
 /// Processes with a unit tracked at once.
 pub const UNIT_PROCESSES: u32 = 65536;
 /// Cgroup path components hashed, and bytes of each (longer names are cut, on both sides).

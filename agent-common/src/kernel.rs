@@ -75,6 +75,8 @@ pub struct KernelOffsets {
     pub kn_parent: u32,
     pub kn_name: u32,
     pub kn_id: u32,
+    /// `linux_binprm.file`: the file an exec runs (the identity kept from then on).
+    pub bprm_file: u32,
 }
 
 crate::pod!(KernelOffsets, ClockState);

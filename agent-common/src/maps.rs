@@ -52,10 +52,11 @@ pub const LIBRARY_DIRS: &str = "LIBRARY_DIRS";
 pub const RULE_CODE: &str = "RULE_CODE";
 pub const TAINTS_LOST: &str = "TAINTS_LOST";
 pub const UNIT_OF: &str = "UNIT_OF";
+pub const EXE_AT_EXEC: &str = "EXE_AT_EXEC";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 36] = [
+pub const ALL: [&str; 37] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -66,6 +67,7 @@ pub const ALL: [&str; 36] = [
     EVENT_BUDGETS,
     PROCESS_TAINT,
     UNIT_OF,
+    EXE_AT_EXEC,
     LIBRARY_DIRS,
     RULE_CODE,
     TAINTS_LOST,
@@ -97,13 +99,14 @@ pub const ALL: [&str; 36] = [
 /// Maps only the kernel programs write (counters, budgets, per-source state, scratch): the
 /// agent freezes them against every `bpf()` write from userspace. Ring buffers are left
 /// out (their reader writes its position through a writable mapping).
-pub const KERNEL_ONLY: [&str; 20] = [
+pub const KERNEL_ONLY: [&str; 21] = [
     CLOCK_COUNTERS,
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
     PROCESS_TAINT,
     TAINTS_LOST,
     UNIT_OF,
+    EXE_AT_EXEC,
     NET_COUNTERS,
     NET_EVENTS_DROPPED,
     NET_EVENT_SCRATCH,

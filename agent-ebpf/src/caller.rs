@@ -14,6 +14,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 
+use crate::identity::exe_at_exec;
+
 /// Field offsets of the running kernel, set by the agent at load time from its BTF.
 /// Named `maps::KERNEL_OFFSETS` on the agent's side.
 #[unsafe(no_mangle)]
@@ -56,6 +58,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     kn_parent: 0,
     kn_name: 0,
     kn_id: 0,
+    bprm_file: 0,
 };
 
 #[inline(always)]
@@ -98,14 +101,28 @@ pub fn uread<T>(base: u64, off: usize) -> Option<T> {
 /// The (device, inode) of the current task's executable; (0, 0) for a kernel thread.
 #[inline(always)]
 pub fn current_exe(off: &KernelOffsets) -> (u64, u64) {
+    if let Some(exe) = exe_at_exec(&((bpf_get_current_pid_tgid() >> 32) as u32)) {
+        return (exe.dev, exe.ino);
+    }
     // SAFETY: the helper returns the current task; it is only read through probe reads.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    task_exe(task, off)
+    exe_file(task, off)
 }
 
-/// The (device, inode) of a task's executable; (0, 0) for a kernel thread.
+/// The (device, inode) of a task's executable, as it was executed (`identity::EXE_AT_EXEC`);
+/// (0, 0) for a kernel thread.
 #[inline(always)]
 pub fn task_exe(task: *const u8, off: &KernelOffsets) -> (u64, u64) {
+    if let Some(exe) = kread::<u32>(task, off.task_tgid).and_then(|tgid| exe_at_exec(&tgid)) {
+        return (exe.dev, exe.ino);
+    }
+    exe_file(task, off)
+}
+
+/// The (device, inode) of `mm->exe_file`: the identity of a process executed before the
+/// guard was loaded.
+#[inline(always)]
+fn exe_file(task: *const u8, off: &KernelOffsets) -> (u64, u64) {
     let Some(mm) = kread::<*const u8>(task, off.task_mm) else {
         return (0, 0);
     };
@@ -168,11 +185,25 @@ pub fn current_syscall(off: &KernelOffsets) -> Syscall {
 }
 
 /// Fills the caller block of a record (every record has one): the current task's ids and
-/// name, then its executable from `exe` (`current_exe`, or what the decision read). The ids
-/// first: the executable read last needs no registers kept across the helper calls, which
-/// keeps the clock's `capable` program within the 6.1 verifier's budget.
+/// name, then its executable (`current_exe`). The ids first: the executable read last
+/// needs no registers kept across the helper calls, and its lookup is keyed by the block's
+/// own `tgid`, which keeps the clock's `capable` program within the 6.1 verifier's budget.
 #[inline(always)]
-pub fn fill_caller(c: &mut Caller, exe: impl FnOnce() -> (u64, u64)) {
+pub fn fill_caller(c: &mut Caller, off: &KernelOffsets) {
+    fill_ids(c);
+    if let Some(exe) = exe_at_exec(&c.tgid) {
+        c.exe_dev = exe.dev;
+        c.exe_ino = exe.ino;
+    } else {
+        // SAFETY: the helper returns the current task; it is only read through probe reads.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        (c.exe_dev, c.exe_ino) = exe_file(task, off);
+    }
+}
+
+/// The ids and name of the current task, into a record's caller block.
+#[inline(always)]
+pub fn fill_ids(c: &mut Caller) {
     let pid_tgid = bpf_get_current_pid_tgid();
     c.pid = pid_tgid as u32;
     c.tgid = (pid_tgid >> 32) as u32;
@@ -180,9 +211,6 @@ pub fn fill_caller(c: &mut Caller, exe: impl FnOnce() -> (u64, u64)) {
     c.uid = uid_gid as u32;
     c.gid = (uid_gid >> 32) as u32;
     c.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let (dev, ino) = exe();
-    c.exe_dev = dev;
-    c.exe_ino = ino;
 }
 
 /// A `file_open` hook's file and the offsets, when it is opened for writing and nothing

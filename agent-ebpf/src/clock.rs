@@ -26,8 +26,8 @@ use aya_ebpf::{
 
 use crate::{
     caller::{
-        current_exe, current_syscall, fill_caller, in_kernel_thread, kread, nullable_arg, offsets,
-        uread, Syscall,
+        current_syscall, fill_caller, in_kernel_thread, kread, nullable_arg, offsets, uread,
+        Syscall,
     },
     emit::{boot_ns, count, tai_ns, Budget, Ring},
     policy::{clock_state, decide_for},
@@ -245,7 +245,7 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
     let req = unsafe { &(*core::hint::black_box(slot)).req };
     let off = offsets();
     let mut ev = ClockEvent::EMPTY;
-    fill_caller(&mut ev.caller, || current_exe(&off));
+    fill_caller(&mut ev.caller, &off);
     let who = &ev.caller;
     let Some(mut decided) = decide_for(who.exe_dev, who.exe_ino, who.uid, who.tgid, &limits) else {
         return Verdict::Allow;

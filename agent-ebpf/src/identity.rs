@@ -1,9 +1,11 @@
-//! The identity every decision rests on: the executable file the kernel says a process runs
-//! (`mm->exe_file`), set when the program was executed. Root can rewrite it without an exec:
-//! `prctl(PR_SET_MM, PR_SET_MM_EXE_FILE | PR_SET_MM_MAP, ...)` names any file as the
-//! executable, once the process has unmapped its own image. Under a policy that enforces,
-//! nobody may: only checkpoint/restore tools (CRIU) need it, and the agent never does.
-//! Refusals and, in audit mode, the attempts are counted and recorded on the tamper ring.
+//! The identity every decision rests on: the executable file a process was executed from,
+//! kept here at its exec (`EXE_AT_EXEC`) and carried to its forks. The kernel's own field
+//! (`mm->exe_file`) is only read for a process executed before the guard was loaded: root
+//! can rewrite that field without an exec (`prctl(PR_SET_MM, PR_SET_MM_EXE_FILE |
+//! PR_SET_MM_MAP, ...)` names any file as the executable once the process has unmapped its
+//! own image). Under a policy that enforces, nobody may: only checkpoint/restore tools
+//! (CRIU) need it, and the agent never does. Refusals and, in audit mode, the attempts are
+//! counted and recorded on the tamper ring.
 //!
 //! And the integrity of a rule's process (`agent_common::integrity`): a process another one
 //! acted as (ptrace and the like, decided in `tamper`), or a rule process that maps code
@@ -12,9 +14,9 @@
 
 use agent_common::{
     integrity::{
-        unit_hash_step, Taint, TaintReason, UnitMark, LIBRARY_DIRS_MAX, LIBRARY_DIR_DEPTH,
-        PROT_EXEC, PROT_WRITE, RULE_CODE_FILES, TAINTED_PROCESSES, UNIT_HASH_START, UNIT_NAME_MAX,
-        UNIT_PATH_DEPTH, UNIT_PROCESSES,
+        unit_hash_step, Taint, TaintReason, UnitMark, EXECUTED_PROCESSES, LIBRARY_DIRS_MAX,
+        LIBRARY_DIR_DEPTH, PROT_EXEC, PROT_WRITE, RULE_CODE_FILES, TAINTED_PROCESSES,
+        UNIT_HASH_START, UNIT_NAME_MAX, UNIT_PATH_DEPTH, UNIT_PROCESSES,
     },
     kernel::KernelOffsets,
     maps::ONLY,
@@ -84,6 +86,41 @@ pub fn identity_prctl_guard(ctx: LsmContext) -> i32 {
             target_ino: ino,
         },
     )
+}
+
+/// The executable each process was executed from, by tgid, and carried to its forks:
+/// written by the kernel only. A process without an entry was executed before the guard
+/// was loaded (or when the map was full): its identity is then `mm->exe_file`, which only
+/// the refused `PR_SET_MM` can change.
+#[map]
+static EXE_AT_EXEC: HashMap<u32, FileKey> = HashMap::pinned(EXECUTED_PROCESSES, 0);
+
+/// The executable process `tgid` was executed from, when kept. The key by reference: a
+/// record's own `tgid` field serves, with no copy in the frame (the clock's `capable`
+/// program is at the stack limit).
+#[inline(always)]
+pub fn exe_at_exec(tgid: &u32) -> Option<&'static FileKey> {
+    // SAFETY: an entry of a map that only the kernel programs write; read at once.
+    unsafe { EXE_AT_EXEC.get(tgid) }
+}
+
+/// sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm):
+/// the file the kernel executed (for a script, its interpreter, as `mm->exe_file`) is the
+/// process's identity until its next exec, whatever is later written into its `mm`.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn identity_exec(ctx: BtfTracePointContext) -> i32 {
+    let off = offsets();
+    let bprm: *const u8 = ctx.arg(2);
+    let Some(inode) = kread::<*const u8>(bprm, off.bprm_file)
+        .and_then(|file| kread::<*const u8>(file, off.file_inode))
+    else {
+        return 0;
+    };
+    let (dev, ino) = inode_id(inode, &off);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // A full map leaves the process to `mm->exe_file`, set by this same exec.
+    let _ = EXE_AT_EXEC.insert(tgid, FileKey { dev, ino }, 0);
+    0
 }
 
 /// Tainted processes by tgid (`integrity`): written by the kernel only.
@@ -369,6 +406,16 @@ pub fn identity_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let parent_tgid = kread::<u32>(parent, off.task_tgid).unwrap_or(0);
+    // A fork runs its parent's executable: the identity its parent was executed with.
+    // SAFETY: copied out at once.
+    match unsafe { EXE_AT_EXEC.get(parent_tgid) }.copied() {
+        Some(exe) => {
+            let _ = EXE_AT_EXEC.insert(tgid, exe, 0);
+        }
+        None => {
+            let _ = EXE_AT_EXEC.remove(tgid);
+        }
+    }
     match taint_of(parent_tgid) {
         Some(t) => {
             // A fork cannot be refused from here: a taint it cannot carry takes every rule
@@ -525,6 +572,7 @@ pub fn identity_exit(ctx: BtfTracePointContext) -> i32 {
     if let Some(tgid) = kread::<u32>(task, off.task_tgid) {
         let _ = PROCESS_TAINT.remove(tgid);
         let _ = UNIT_OF.remove(tgid);
+        let _ = EXE_AT_EXEC.remove(tgid);
     }
     0
 }

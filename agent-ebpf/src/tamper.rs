@@ -142,7 +142,7 @@ pub(crate) fn refuse_as(mode: u32, generation: u32, a: &Attempt) -> i32 {
         ev.action = a.action as u8;
         ev.verdict = v as u8;
         ev.target = a.target;
-        fill_caller(&mut ev.caller, || current_exe(&offsets()));
+        fill_caller(&mut ev.caller, &offsets());
         ev.detail = a.detail;
         ev.target_tgid = a.target_tgid;
         ev.target_dev = a.target_dev;

@@ -4,7 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use agent_common::{clock::op, event::ClockEvent};
+use agent_common::{
+    clock::op,
+    event::{Caller, ClockEvent},
+};
 
 /// Reads a POSIX clock in nanoseconds.
 pub fn clock_ns(clock: libc::clockid_t) -> u64 {
@@ -75,7 +78,12 @@ impl ExePaths {
             Entry::Occupied(known) => Some(known.into_mut()),
             Entry::Vacant(new) => {
                 // A process already gone has no path: not remembered, it is asked again.
-                let exe = exe_path(tgid)?;
+                let exe = exe_path(&Caller {
+                    tgid,
+                    exe_dev,
+                    exe_ino,
+                    ..Caller::default()
+                })?;
                 Some(new.insert(Seen {
                     exe,
                     cgroup: cgroup_path(tgid),
@@ -89,12 +97,15 @@ impl ExePaths {
     }
 }
 
-/// The path of a process's executable while the process lives. For the reader: what
-/// decides is the identity (device and inode) the kernel gave.
-pub fn exe_path(tgid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{tgid}/exe"))
-        .map(|p| p.display().to_string())
-        .ok()
+/// The path of a process's executable while the process lives, when it names the file the
+/// kernel decided by (the one the process was executed from). For the reader: what decides
+/// is the identity (device and inode). A process whose executable was renamed since its
+/// exec (`PR_SET_MM`) has no path: /proc would name the file it claims to be.
+pub fn exe_path(caller: &Caller) -> Option<String> {
+    let link = format!("/proc/{}/exe", caller.tgid);
+    let path = std::fs::read_link(&link).ok()?;
+    let now = crate::policy::ExeId::of(std::path::Path::new(&link)).ok()?;
+    (now.dev == caller.exe_dev && now.ino == caller.exe_ino).then(|| path.display().to_string())
 }
 
 /// The cgroup of a process on the unified hierarchy (`/system.slice/chrony.service`) while
@@ -118,19 +129,25 @@ pub fn parse<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
     fn a_process_exe_path_is_read_once() {
         let mut paths = ExePaths::default();
         let me = std::process::id();
-        let first = paths.seen(me, 1, 2).cloned();
+        let exe = crate::policy::ExeId::of(Path::new("/proc/self/exe")).expect("own exe");
+        let first = paths.seen(me, exe.dev, exe.ino).cloned();
         assert!(first.is_some());
-        assert_eq!(paths.seen(me, 1, 2).cloned(), first);
+        assert_eq!(paths.seen(me, exe.dev, exe.ino).cloned(), first);
         // Its cgroup, as /proc says it (none where cgroup2 is not mounted).
         assert_eq!(first.and_then(|s| s.cgroup), cgroup_path(me));
         // A process that does not exist has no path, and says so.
-        assert_eq!(paths.seen(u32::MAX, 1, 2), None);
+        assert_eq!(paths.seen(u32::MAX, exe.dev, exe.ino), None);
+        // Nor does one whose /proc link names a file other than the one it was executed
+        // from (PR_SET_MM_EXE_FILE).
+        assert_eq!(paths.seen(me, exe.dev, exe.ino + 1), None);
     }
 
     #[test]

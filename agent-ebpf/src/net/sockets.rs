@@ -33,7 +33,7 @@ use aya_ebpf::{
 
 use super::{count, emit, listed, policy_in_force, verdict_for};
 use crate::{
-    caller::{current_exe, fill_caller, kread, offsets},
+    caller::{current_exe, fill_ids, kread, offsets},
     clock::lsm_verdict,
     emit::boot_ns,
     identity::{taint_of, taints_lost},
@@ -130,7 +130,9 @@ fn record(d: &SocketDecision, generation: u32, dev: u64, ino: u64, daemon: Daemo
         ev.alert = d.alert as u8;
         ev.dst = d.addr;
         ev.dport = d.port;
-        fill_caller(&mut ev.caller, || (dev, ino));
+        fill_ids(&mut ev.caller);
+        ev.caller.exe_dev = dev;
+        ev.caller.exe_ino = ino;
         ev.rule_id = daemon.rule_id;
         ev.protocol = d.protocol;
     });

@@ -89,7 +89,7 @@ use Sensor::*;
 use When::*;
 
 /// Every program, in the order they attach (and are listed in status and metrics).
-pub const TABLE: [ProgramSpec; 35] = [
+pub const TABLE: [ProgramSpec; 36] = [
     // The clock's decisions and the devices' (PHC, RTC, PPS character devices).
     spec(
         "clock_settime_guard",
@@ -113,7 +113,16 @@ pub const TABLE: [ProgramSpec; 35] = [
         Required,
         Enforcing,
     ),
-    // A new process carries its parent's taint; it goes with the process's last thread.
+    // The executable a process was executed from is its identity until its next exec.
+    spec(
+        "identity_exec",
+        BtfTracepoint("sched_process_exec"),
+        Clock,
+        Required,
+        Enforcing,
+    ),
+    // A new process carries its parent's identity and taint; they go with the process's
+    // last thread.
     spec(
         "identity_fork",
         BtfTracepoint("sched_process_fork"),

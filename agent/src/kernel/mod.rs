@@ -65,6 +65,7 @@ pub fn offsets(btf: &btf::Btf) -> anyhow::Result<KernelOffsets> {
         kn_parent: first_of(btf, &["kernfs_node.parent", "kernfs_node.__parent"])?,
         kn_name: at("kernfs_node.name")?,
         kn_id: at("kernfs_node.id")?,
+        bprm_file: at("linux_binprm.file")?,
     })
 }
 

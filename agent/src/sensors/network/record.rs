@@ -309,7 +309,7 @@ pub fn net_json(
     rule_name: &dyn Fn(u32) -> String,
 ) -> Value {
     let exe = names_a_process(ev)
-        .then(|| events::exe_path(ev.caller.tgid))
+        .then(|| events::exe_path(&ev.caller))
         .flatten();
     let daemon = (ev.rule_id != 0).then(|| rule_name(ev.rule_id));
     serde_json::json!(net_record(ev, policy, host, exe.as_deref(), daemon))

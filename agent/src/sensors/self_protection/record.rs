@@ -178,7 +178,7 @@ pub fn tamper_json(
     host: &str,
     path_of: &dyn Fn(u64, u64) -> Option<PathBuf>,
 ) -> Value {
-    let exe = events::exe_path(ev.caller.tgid);
+    let exe = events::exe_path(&ev.caller);
     serde_json::json!(tamper_record(ev, policy, host, exe.as_deref(), path_of))
 }
 
