@@ -2,6 +2,8 @@
 //! a memfd gain nothing; `match.users` narrows a rule by the caller's uid; a process another one
 //! acted as (ptrace) loses its rule.
 
+use std::os::unix::fs::MetadataExt as _;
+
 use crate::prelude::*;
 
 #[test]
@@ -128,6 +130,78 @@ fn rewriting_the_executable_identity_is_refused() {
         wait_record("a rewrite_identity audit record", |v| offered(v, "audit"))?;
         Ok(format!(
             "enforce: EPERM, counted {counted_deny}, recorded; audit: reached the kernel (EBUSY), recorded"
+        ))
+    })
+}
+
+/// The identity is the file a process was executed from, kept at its exec: a swap done while
+/// the guard only audits (the denied copy unmaps its own image, running from anonymous
+/// memory, and names the allowed program as its executable, which the kernel then shows in
+/// /proc) gains nothing once the policy enforces. Its frequency request is decided as the
+/// copy's, by the default; the record names the copy's identity and no path (/proc's link
+/// names the other file).
+#[test]
+fn an_executable_renamed_while_audited_stays_what_it_was_executed_as() {
+    scenario(|agent| {
+        let (ready, go) = ("/tmp/tg-swap.ready", "/tmp/tg-swap.go");
+        let _ = fs::remove_file(ready);
+        let _ = fs::remove_file(go);
+        agent.reload_to(policies::AUDIT, "vm-test-audit")?;
+        let child = Command::new(COPY)
+            .args(["swap-exe", ALLOWED, ready, go, "7"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {COPY}: {e}"));
+        let renamed = child.and_then(|c| {
+            timeguard_tests::harness::wait_for(
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || std::path::Path::new(ready).exists().then_some(()),
+            )
+            .map(|()| c)
+            .ok_or_else(|| "the copy never renamed its executable".to_string())
+        });
+        let enforced = agent.reload_to(policies::GUEST, "vm-test");
+        let _ = fs::write(go, "");
+        let out = renamed.and_then(|c| finished_within(c, Duration::from_secs(60)));
+        let _ = fs::remove_file(ready);
+        let _ = fs::remove_file(go);
+        enforced?;
+        let run = run_of(&out?);
+        let v: Value = serde_json::from_str(&run.stdout)
+            .map_err(|e| format!("{e}: {:?} (stderr: {})", run.stdout, run.stderr))?;
+        if v["rename_errno"] != 0 {
+            return Err(format!("the rename itself failed under audit: {v}"));
+        }
+        if v["errno"] != libc::EPERM {
+            let _ = sh(ALLOWED, &["freq", "0"]);
+            return Err(format!(
+                "renamed to {ALLOWED}, its frequency request: {v} (expected EPERM)"
+            ));
+        }
+        let pid = v["pid"].as_u64().unwrap_or(0);
+        let md = fs::metadata(COPY).map_err(|e| format!("{COPY}: {e}"))?;
+        let copy_id = format!(
+            "{}:{}:{}",
+            libc::major(md.dev()),
+            libc::minor(md.dev()),
+            md.ino()
+        );
+        let rec = wait_record("the renamed copy's refusal", |r| {
+            r["kind"] == "clock" && r["verdict"] == "deny" && r["who"]["tgid"] == pid
+        })?;
+        if rec["who"]["exe_id"] != copy_id.as_str() || rec["rule"] != "default" {
+            return Err(format!(
+                "decided as {} by rule {} (the copy is {copy_id}): {rec}",
+                rec["who"]["exe_id"], rec["rule"]
+            ));
+        }
+        if !rec["who"]["exe"].is_null() {
+            return Err(format!("the record names a path: {}", rec["who"]));
+        }
+        Ok(format!(
+            "renamed under audit; enforcing: EPERM, decided as {copy_id} by the default"
         ))
     })
 }

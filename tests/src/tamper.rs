@@ -182,3 +182,169 @@ pub fn bpf_link_detach(id: u32) -> Value {
     unsafe { libc::close(fd) };
     out
 }
+
+/// What a forked child shares with the code it runs from anonymous memory once its own
+/// image is gone (`exe_swapped`): the ranges to unmap, the descriptor to name as its
+/// executable, the request to make, and the answers.
+#[repr(C)]
+struct SwapBlock {
+    ranges: u64,
+    range: [[u64; 2]; 8],
+    fd: u64,
+    timex: libc::timex,
+    prctl_rc: i64,
+    adjtimex_rc: i64,
+    go: u64,
+    pause: libc::timespec,
+}
+
+/// x86-64, position independent, `rdi` = the block: munmap each range, then
+/// prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, fd) (its result stored), then nanosleep until `go`
+/// is set, then adjtimex(&timex) (its result stored), then exit_group(0). Assembled from
+/// (Intel syntax): mov r12,rdi; mov r13,[r12]; lea r14,[r12+8]; 1: test r13,r13; jz 2f;
+/// mov eax,11; mov rdi,[r14]; mov rsi,[r14+8]; syscall; add r14,16; dec r13; jmp 1b;
+/// 2: mov eax,157; mov edi,35; mov esi,13; mov rdx,[r12+136]; xor r10d,r10d; xor r8d,r8d;
+/// syscall; mov [r12+352],rax; 3: cmp qword [r12+368],0; jne 4f; mov eax,35;
+/// lea rdi,[r12+376]; xor esi,esi; syscall; jmp 3b; 4: mov eax,159; lea rdi,[r12+144];
+/// syscall; mov [r12+360],rax; mov eax,231; xor edi,edi; syscall; jmp 4b.
+const SWAP_STUB: [u8; 143] = [
+    0x49, 0x89, 0xfc, 0x4d, 0x8b, 0x2c, 0x24, 0x4d, 0x8d, 0x74, 0x24, 0x08, 0x4d, 0x85, 0xed, 0x74,
+    0x17, 0xb8, 0x0b, 0x00, 0x00, 0x00, 0x49, 0x8b, 0x3e, 0x49, 0x8b, 0x76, 0x08, 0x0f, 0x05, 0x49,
+    0x83, 0xc6, 0x10, 0x49, 0xff, 0xcd, 0xeb, 0xe4, 0xb8, 0x9d, 0x00, 0x00, 0x00, 0xbf, 0x23, 0x00,
+    0x00, 0x00, 0xbe, 0x0d, 0x00, 0x00, 0x00, 0x49, 0x8b, 0x94, 0x24, 0x88, 0x00, 0x00, 0x00, 0x45,
+    0x31, 0xd2, 0x45, 0x31, 0xc0, 0x0f, 0x05, 0x49, 0x89, 0x84, 0x24, 0x60, 0x01, 0x00, 0x00, 0x49,
+    0x83, 0xbc, 0x24, 0x70, 0x01, 0x00, 0x00, 0x00, 0x75, 0x13, 0xb8, 0x23, 0x00, 0x00, 0x00, 0x49,
+    0x8d, 0xbc, 0x24, 0x78, 0x01, 0x00, 0x00, 0x31, 0xf6, 0x0f, 0x05, 0xeb, 0xe2, 0xb8, 0x9f, 0x00,
+    0x00, 0x00, 0x49, 0x8d, 0xbc, 0x24, 0x90, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x49, 0x89, 0x84, 0x24,
+    0x68, 0x01, 0x00, 0x00, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05, 0xeb, 0xde,
+];
+
+// The stub's offsets, checked against the block's layout.
+const _: () = {
+    assert!(std::mem::offset_of!(SwapBlock, range) == 8);
+    assert!(std::mem::offset_of!(SwapBlock, fd) == 136);
+    assert!(std::mem::offset_of!(SwapBlock, timex) == 144);
+    assert!(std::mem::offset_of!(SwapBlock, prctl_rc) == 352);
+    assert!(std::mem::offset_of!(SwapBlock, adjtimex_rc) == 360);
+    assert!(std::mem::offset_of!(SwapBlock, go) == 368);
+    assert!(std::mem::offset_of!(SwapBlock, pause) == 376);
+};
+
+/// The exe_file swap as an intruder does it: a forked child unmaps its own image, running
+/// from anonymous memory, and names `path` as its executable (`PR_SET_MM_EXE_FILE`). Then,
+/// once `ready` was created here and `go` exists (the test changes the policy meanwhile),
+/// it sets the frequency to `ppm`. Output: the frequency request's errno, and the rename's.
+pub fn exe_swapped(path: &str, ready: &str, go: &str, ppm: i64) -> Result<Value, String> {
+    let p = c(path)?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return Err(format!("cannot open {path}: errno {}", errno()));
+    }
+    let me = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+    let image: Vec<[u64; 2]> = maps
+        .lines()
+        .filter(|l| l.split_whitespace().nth(5) == Some(me.to_str().unwrap_or("")))
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            Some([a, b - a])
+        })
+        .collect();
+    if image.is_empty() || image.len() > 8 {
+        return Err(format!("{} mappings of {}", image.len(), me.display()));
+    }
+    let size = std::mem::size_of::<SwapBlock>();
+    // SAFETY: fresh mappings: the block shared with the child, and one page of code.
+    let (block, code) = unsafe {
+        let block = libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        let code = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        (block, code)
+    };
+    if block == libc::MAP_FAILED || code == libc::MAP_FAILED {
+        return Err(format!("mmap: errno {}", errno()));
+    }
+    let block = block as *mut SwapBlock;
+    // SAFETY: the block and the page just mapped, written before the child exists.
+    unsafe {
+        std::ptr::write_bytes(block, 0, 1);
+        (*block).ranges = image.len() as u64;
+        (&mut (*block).range)[..image.len()].copy_from_slice(&image);
+        (*block).fd = fd as u64;
+        (*block).timex.modes = libc::ADJ_FREQUENCY;
+        (*block).timex.freq = ppm << 16;
+        // No syscall answers 1: "not yet".
+        (*block).prctl_rc = 1;
+        (*block).adjtimex_rc = 1;
+        (*block).pause.tv_nsec = 10_000_000;
+        std::ptr::copy_nonoverlapping(SWAP_STUB.as_ptr(), code as *mut u8, SWAP_STUB.len());
+        if libc::mprotect(code, 4096, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            return Err(format!("mprotect: errno {}", errno()));
+        }
+    }
+    // SAFETY: the child runs only the stub, which never returns; the parent goes on.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(format!("fork: errno {}", errno()));
+    }
+    if child == 0 {
+        // SAFETY: the stub's entry takes the block in rdi and never returns.
+        let stub: extern "C" fn(*mut SwapBlock) -> ! = unsafe { std::mem::transmute(code) };
+        stub(block);
+    }
+    // SAFETY: fields of the shared block; the child writes each answer once.
+    let (prctl_rc, adjtimex_rc, go_flag) = unsafe {
+        (
+            std::ptr::addr_of!((*block).prctl_rc),
+            std::ptr::addr_of!((*block).adjtimex_rc),
+            std::ptr::addr_of_mut!((*block).go),
+        )
+    };
+    // SAFETY: read volatile: the child writes them.
+    let read = |field: *const i64| unsafe { std::ptr::read_volatile(field) };
+    let waited = |what: &str, done: &dyn Fn() -> bool| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            if std::time::Instant::now() > until {
+                // SAFETY: our own child.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                return Err(format!("timed out waiting for {what}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
+    };
+    waited("the rename", &|| read(prctl_rc) != 1)?;
+    eprintln!("tg-clock: PR_SET_MM_EXE_FILE answered {}", read(prctl_rc));
+    std::fs::write(ready, "").map_err(|e| format!("{ready}: {e}"))?;
+    waited(go, &|| std::path::Path::new(go).exists())?;
+    // SAFETY: the shared block; the child polls it.
+    unsafe { std::ptr::write_volatile(go_flag, 1) };
+    waited("the request", &|| read(adjtimex_rc) != 1)?;
+    // SAFETY: our own child, which exits right after.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    let errno_in = |rc: i64| if rc < 0 { -rc } else { 0 };
+    Ok(json!({
+        "errno": errno_in(read(adjtimex_rc)),
+        "rename_errno": errno_in(read(prctl_rc)),
+        "pid": child,
+    }))
+}

@@ -49,6 +49,8 @@
 //!   tg-clock ptrace PID                PTRACE_ATTACH (detached again at once)
 //!   tg-clock open-write PATH           open for writing (appending nothing)
 //!   tg-clock set-exe-file PATH         prctl(PR_SET_MM_EXE_FILE) naming PATH as its executable
+//!   tg-clock swap-exe PATH READY GO PPM   a child unmaps its image, names PATH as its
+//!                           executable, and once GO exists sets the frequency to PPM
 //!   tg-clock unlink PATH | rename FROM TO
 //!   tg-clock bpf-map-update ID         zeros into the first entry of map ID
 //!   tg-clock bpf-link-detach ID        BPF_LINK_DETACH of link ID
@@ -377,6 +379,7 @@ fn main_inner(args: &[String]) -> i32 {
         ["ptrace", pid] => pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| judged(Ok(tamper::ptrace_attach(p)))),
         ["open-write", path] => judged(tamper::open_write(path)),
         ["set-exe-file", path] => judged(tamper::set_exe_file(path)),
+        ["swap-exe", path, ready, go, ppm] => ppm.parse::<i64>().map_err(|e| e.to_string()).and_then(|n| judged(tamper::exe_swapped(path, ready, go, n))),
         ["unlink", path] => judged(tamper::unlink(path)),
         ["rename", from, to] => judged(tamper::rename(from, to)),
         ["bpf-map-update", id] => id.parse::<u32>().map_err(|e| e.to_string()).and_then(|i| judged(Ok(tamper::bpf_map_update(i)))),
