@@ -104,13 +104,15 @@ pub fn exe_at_exec(tgid: &u32) -> Option<&'static FileKey> {
     unsafe { EXE_AT_EXEC.get(tgid) }
 }
 
-/// sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm):
-/// the file the kernel executed (for a script, its interpreter, as `mm->exe_file`) is the
-/// process's identity until its next exec, whatever is later written into its `mm`.
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn identity_exec(ctx: BtfTracePointContext) -> i32 {
+/// LSM_HOOK(void, LSM_RET_VOID, bprm_committed_creds, const struct linux_binprm *bprm):
+/// at the end of `begin_new_exec`, past the point of no return and before the new image and
+/// its interpreter are mapped (`mmap_file` then judges them as the new program's). The file
+/// the kernel executed (for a script, its interpreter, as `mm->exe_file`) is the process's
+/// identity until its next exec, whatever is later written into its `mm`.
+#[lsm(hook = "bprm_committed_creds")]
+pub fn identity_exec(ctx: LsmContext) -> i32 {
     let off = offsets();
-    let bprm: *const u8 = ctx.arg(2);
+    let bprm: *const u8 = ctx.arg(0);
     let Some(inode) = kread::<*const u8>(bprm, off.bprm_file)
         .and_then(|file| kread::<*const u8>(file, off.file_inode))
     else {

@@ -116,7 +116,7 @@ pub const TABLE: [ProgramSpec; 36] = [
     // The executable a process was executed from is its identity until its next exec.
     spec(
         "identity_exec",
-        BtfTracepoint("sched_process_exec"),
+        Lsm("bprm_committed_creds"),
         Clock,
         Required,
         Enforcing,
