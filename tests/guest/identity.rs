@@ -206,6 +206,42 @@ fn an_executable_renamed_while_audited_stays_what_it_was_executed_as() {
     })
 }
 
+/// A rule program executed by another rule program is decided as itself from its first
+/// instruction: its image is judged as its own code when the kernel maps it during the
+/// exec, not as code the program that executed it maps (which would strip the new one's
+/// rule as foreign code). The allowed test program executes hwclock, whose rule allows
+/// setting the RTC; the write is allowed by the hwclock rule, with no rule lost.
+#[test]
+fn a_rule_program_executed_by_another_keeps_its_own_rule() {
+    scenario(|_| {
+        if !std::path::Path::new("/dev/rtc0").exists() {
+            return Err("/dev/rtc0 is missing".into());
+        }
+        let since = records().len();
+        let run = sh(
+            ALLOWED,
+            &[
+                "via-fd",
+                HWCLOCK_ALLOWED,
+                "--systohc",
+                "--utc",
+                "--noadjfile",
+            ],
+        )?;
+        if run.status != 0 {
+            return Err(format!(
+                "hwclock --systohc executed by {ALLOWED}: exit {} ({})",
+                run.status, run.stderr
+            ));
+        }
+        let rec = clock_event_since(since, "", "allow", "rtc")?;
+        if rec["rule"] != "hwclock" || !rec["integrity"]["lost_rule"].is_null() {
+            return Err(format!("decided by rule {}: {rec}", rec["rule"]));
+        }
+        Ok("hwclock executed by the allowed program: RTC set under its own rule".into())
+    })
+}
+
 /// A rule's rights stay with the program's own code: once another process has acted as
 /// the allowed program (ptrace attach, the way code is injected), that process is decided by
 /// the default for the rest of its life, and so is a child it forks; so is the allowed
