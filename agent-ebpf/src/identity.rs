@@ -409,8 +409,7 @@ pub fn identity_fork(ctx: BtfTracePointContext) -> i32 {
     }
     let parent_tgid = kread::<u32>(parent, off.task_tgid).unwrap_or(0);
     // A fork runs its parent's executable: the identity its parent was executed with.
-    // SAFETY: copied out at once.
-    match unsafe { EXE_AT_EXEC.get(parent_tgid) }.copied() {
+    match exe_at_exec(&parent_tgid).copied() {
         Some(exe) => {
             let _ = EXE_AT_EXEC.insert(tgid, exe, 0);
         }
