@@ -1,6 +1,10 @@
 //! Real time daemons under their rules: Debian's chronyd (its slews go through, a step beyond
 //! its maxStep does not, whatever its own configuration says) and phc2sys (it disciplines
-//! the clock from a PHC, its libraries and all, and keeps its rule).
+//! the clock from a PHC, its libraries and all, and keeps its rule); NTPsec's ntpd,
+//! systemd-timesyncd and ptp4l started as their units start them, under the bundled
+//! policies, keep their rules with all the code glibc loads for them.
+
+use std::collections::BTreeSet;
 
 use timeguard_tests::ntp;
 
@@ -190,4 +194,262 @@ fn phc2sys_disciplines_from_a_phc_within_its_rule() {
             reset.errno
         ))
     })
+}
+
+/// A command line that starts `argv` the way the guest's service manager would start it in
+/// the unit whose cgroup is `cgroup`: busybox (PID 1's program, as systemd's own child is
+/// systemd) moves itself into the cgroup, then executes the program.
+pub fn in_unit(cgroup: &str) -> Vec<String> {
+    vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        format!("echo $$ > {cgroup}/cgroup.procs && exec \"$@\""),
+        "unit".into(),
+    ]
+}
+
+/// A real daemon as its unit starts it, under the bundled policy that names it.
+struct Unit<'a> {
+    policy: &'a str,
+    /// The unit's cgroup, where systemd would put it.
+    cgroup: &'a str,
+    /// The unit's `ExecStart=`.
+    argv: &'a [&'a str],
+    /// Where the daemon logs (its output goes there too).
+    log: &'a str,
+    /// Its rule in the policy, and the process name its records carry.
+    rule: &'a str,
+    comm: &'a str,
+    /// The changes it must make under its rule (one of them, allowed, ends the wait).
+    changes: &'a [&'a str],
+    secs: u64,
+}
+
+/// The NTP server the NTP daemons follow: on a loopback address of its own, port 123 as
+/// theirs (timesyncd has no other), so that ntpd, bound to 127.0.0.1:123, leaves it be.
+const NTP_SERVER_ADDR: &str = "127.0.0.2:123";
+
+impl Unit<'_> {
+    /// Starts the daemon in its unit under its policy until it makes one of its changes
+    /// (or `secs` pass), stops every process of the unit, and checks its records: every
+    /// call allowed by its rule, none saying it lost the rule, none lost in the status.
+    fn keeps_its_rule(&self) -> Outcome {
+        let mut agent = GuestAgent::start(self.policy)?;
+        let played = self.played();
+        // The unit's processes stop while the agent still decides what they do.
+        stop_unit(self.cgroup);
+        let _ = agent.finish();
+        let log = fs::read_to_string(self.log).unwrap_or_default();
+        played.map_err(|e| format!("{e}\n{} log:\n{log}", self.comm))
+    }
+
+    fn played(&self) -> Outcome {
+        fs::create_dir_all(self.cgroup).map_err(|e| format!("{}: {e}", self.cgroup))?;
+        let since = records().len();
+        let log = fs::File::create(self.log).map_err(|e| format!("{}: {e}", self.log))?;
+        let launcher = in_unit(self.cgroup);
+        let mut argv: Vec<&str> = launcher.iter().map(String::as_str).collect();
+        argv.extend_from_slice(self.argv);
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.argv[0]))?;
+        let mine = |v: &Value| v["rule"] == self.rule || v["who"]["comm"] == self.comm;
+        let changed = |v: &Value| {
+            v["kind"] == "clock"
+                && v["verdict"] == "allow"
+                && v["rule"] == self.rule
+                && v["what"]["operations"]
+                    .as_array()
+                    .is_some_and(|ops| ops.iter().any(|o| self.changes.iter().any(|c| o == c)))
+        };
+        let deadline = Instant::now() + Duration::from_secs(self.secs);
+        while Instant::now() < deadline && !records().iter().skip(since).any(changed) {
+            sleep(Duration::from_millis(250));
+        }
+        // The launcher exits when a daemon forks into the background (ntpd); reaped here.
+        let _ = child.try_wait();
+        let seen: Vec<Value> = records().into_iter().skip(since).filter(mine).collect();
+        if let Some(v) = seen
+            .iter()
+            .find(|v| v["verdict"] != "allow" || v.get("integrity").is_some())
+        {
+            return Err(format!("{} was refused or lost its rule: {v}", self.comm));
+        }
+        let changes: Vec<&Value> = seen.iter().filter(|v| changed(v)).collect();
+        if changes.is_empty() {
+            return Err(format!(
+                "{} made none of {:?} under its rule within {} s (records: {seen:?})",
+                self.comm, self.changes, self.secs
+            ));
+        }
+        let st = agent_status()?;
+        let lost = counted(&st["rules_lost"], &[("rule", self.rule)]);
+        if lost != 0 {
+            return Err(format!("rules lost: {}", st["rules_lost"]));
+        }
+        let ops: BTreeSet<String> = changes
+            .iter()
+            .filter_map(|v| v["what"]["operations"].as_array())
+            .flatten()
+            .map(|o| o.as_str().unwrap_or_default().to_string())
+            .collect();
+        Ok(format!(
+            "{} as {} under the bundled {} policy: {} calls allowed by its rule ({}), none refused, rule never lost",
+            self.comm,
+            self.cgroup.trim_start_matches("/sys/fs/cgroup/"),
+            agent_status()?["policy"]["name"],
+            seen.len(),
+            ops.into_iter().collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
+
+/// busybox's `ip` with `args`, which must succeed.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let mut argv = vec!["ip"];
+    argv.extend_from_slice(args);
+    let r = sh("/bin/busybox", &argv)?;
+    if r.status != 0 {
+        return Err(format!("ip {}: {}", args.join(" "), r.stderr));
+    }
+    Ok(())
+}
+
+/// Ends what this scenario started in the unit `cgroup` (a daemon that forked is there
+/// too), by id, and removes the cgroup.
+fn stop_unit(cgroup: &str) {
+    let procs = || -> Vec<i32> {
+        fs::read_to_string(format!("{cgroup}/cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    for (signal, wait) in [(libc::SIGTERM, 5), (libc::SIGKILL, 5)] {
+        for pid in procs() {
+            // SAFETY: signalling a process of the unit this scenario started, by its id.
+            unsafe { libc::kill(pid, signal) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(wait);
+        while Instant::now() < deadline && !procs().is_empty() {
+            sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = fs::remove_dir(cgroup);
+}
+
+/// Debian's ntpsec.service: its wrapper starts ntpd with `-g -N` (/etc/default/ntpsec) as
+/// user ntpsec (initgroups: systemd's NSS module is loaded), and ntpd forks. Its source is
+/// 20 ms off: ntpd slews through the kernel's PLL, every call allowed by its rule.
+#[test]
+fn ntpd_as_its_unit_keeps_its_rule() {
+    let conf = format!(
+        "driftfile /tmp/ntp.drift\nlogfile /tmp/ntpd.log\ninterface ignore wildcard\ninterface listen 127.0.0.1\nserver {} iburst minpoll 0 maxpoll 0\n",
+        NTP_SERVER_ADDR.trim_end_matches(":123")
+    );
+    let played = (|| {
+        for dir in ["/etc/ntpsec", "/etc/default", "/run/lock"] {
+            fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+        }
+        fs::write("/etc/ntpsec/ntp.conf", &conf).map_err(|e| e.to_string())?;
+        fs::write("/etc/default/ntpsec", "NTPD_OPTS='-g -N'\n").map_err(|e| e.to_string())?;
+        let _server = ntp::Server::start(NTP_SERVER_ADDR, 20_000_000).map_err(|e| e.to_string())?;
+        Unit {
+            policy: policies::NTPSEC,
+            cgroup: "/sys/fs/cgroup/system.slice/ntpsec.service",
+            argv: &["/usr/libexec/ntpsec/ntp-systemd-wrapper"],
+            log: "/tmp/ntpd.log",
+            rule: "ntpd",
+            comm: "ntpd",
+            changes: &["slew"],
+            secs: 40,
+        }
+        .keeps_its_rule()
+    })();
+    let _ = sh(ALLOWED, &["freq", "0"]);
+    report(played);
+}
+
+/// Debian's systemd-timesyncd.service starts it as root where ambient capabilities are not
+/// to be had (`!!`): it looks its user up (systemd's NSS module beside the files) and drops
+/// to it, keeping CAP_SYS_TIME. Its source is 2 s ahead: it steps, within maxStep (10 s).
+#[test]
+fn systemd_timesyncd_as_its_unit_keeps_its_rule() {
+    // systemd-timesync in the guest's /etc/passwd (xtask's vm.rs).
+    const TIMESYNC_ID: u32 = 102;
+    const HOST_ADDR: &str = "192.0.2.10/24";
+    let played = (|| {
+        fs::create_dir_all("/etc/systemd").map_err(|e| e.to_string())?;
+        // Its StateDirectory= and RuntimeDirectory=, which systemd makes its user's.
+        for dir in ["/var/lib/systemd/timesync", "/run/systemd/timesync"] {
+            fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+            std::os::unix::fs::chown(dir, Some(TIMESYNC_ID), Some(TIMESYNC_ID))
+                .map_err(|e| format!("{dir}: {e}"))?;
+        }
+        fs::write(
+            "/etc/systemd/timesyncd.conf",
+            format!("[Time]\nNTP={}\n", NTP_SERVER_ADDR.trim_end_matches(":123")),
+        )
+        .map_err(|e| e.to_string())?;
+        // It resolves its server with AI_ADDRCONFIG: no IPv4 address but loopback's, no
+        // IPv4 server. A host's address on the (unplugged) NIC, as a time server has one.
+        ip(&["addr", "add", HOST_ADDR, "dev", "eth0"])?;
+        let _server =
+            ntp::Server::start(NTP_SERVER_ADDR, 2_000_000_000).map_err(|e| e.to_string())?;
+        Unit {
+            policy: policies::TIMESYNCD,
+            cgroup: "/sys/fs/cgroup/system.slice/systemd-timesyncd.service",
+            // Its log to its output, not to the kernel's (there is no journal here).
+            argv: &[
+                "/bin/busybox",
+                "env",
+                "SYSTEMD_LOG_TARGET=console",
+                "SYSTEMD_LOG_LEVEL=debug",
+                "/usr/lib/systemd/systemd-timesyncd",
+            ],
+            log: "/tmp/timesyncd.log",
+            rule: "systemd-timesyncd",
+            comm: "systemd-timesyn",
+            changes: &["step"],
+            secs: 30,
+        }
+        .keeps_its_rule()
+    })();
+    // Back to the time it had (no guard runs now), and the NIC without an address.
+    let _ = sh(ALLOWED, &["step", "-2"]);
+    let _ = ip(&["addr", "del", HOST_ADDR, "dev", "eth0"]);
+    report(played);
+}
+
+/// Debian's ptp4l@eth0.service, on the e1000e (hardware time stamps, its PHC /dev/ptp0),
+/// with Debian's ptp4l.conf: it tunes its PHC as it starts, allowed by its rule.
+#[test]
+fn ptp4l_as_its_unit_keeps_its_rule() {
+    let played = (|| {
+        ip(&["link", "set", "eth0", "up"])?;
+        Unit {
+            policy: policies::LINUXPTP,
+            cgroup: "/sys/fs/cgroup/system.slice/system-ptp4l.slice/ptp4l@eth0.service",
+            argv: &[
+                "/usr/sbin/ptp4l",
+                "-f",
+                "/etc/linuxptp/ptp4l.conf",
+                "-i",
+                "eth0",
+                "-m",
+            ],
+            log: "/tmp/ptp4l.log",
+            rule: "ptp4l",
+            comm: "ptp4l",
+            changes: &["phc"],
+            secs: 20,
+        }
+        .keeps_its_rule()
+    })();
+    let _ = fs::remove_dir("/sys/fs/cgroup/system.slice/system-ptp4l.slice");
+    report(played);
 }

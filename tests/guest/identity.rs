@@ -377,28 +377,12 @@ fn a_process_traced_before_the_guard_started_has_no_rule() {
     let _ = fs::write(go, "");
     let _ = tracer.wait();
     let _ = fs::remove_file(go);
-    match played {
-        Ok(detail) => println!("{detail}"),
-        Err(detail) => panic!("{detail}"),
-    }
+    report(played);
 }
 
 /// The cgroups of the units `policies::UNIT` names.
 const TG_UNIT: &str = "/sys/fs/cgroup/system.slice/tg-clock.service";
 const CHRONY_UNIT: &str = "/sys/fs/cgroup/system.slice/chrony.service";
-
-/// A command line that starts `argv` the way the guest's service manager would start it in
-/// the unit whose cgroup is `cgroup`: busybox (PID 1's program, as systemd's own child is
-/// systemd) moves itself into the cgroup, then executes the program.
-fn in_unit(cgroup: &str) -> Vec<String> {
-    vec![
-        "/bin/busybox".into(),
-        "sh".into(),
-        "-c".into(),
-        format!("echo $$ > {cgroup}/cgroup.procs && exec \"$@\""),
-        "unit".into(),
-    ]
-}
 
 #[test]
 fn match_unit_holds_a_rule_to_its_unit() {
@@ -407,7 +391,7 @@ fn match_unit_holds_a_rule_to_its_unit() {
         for cg in [TG_UNIT, CHRONY_UNIT] {
             fs::create_dir_all(cg).map_err(|e| format!("{cg}: {e}"))?;
         }
-        let launcher = in_unit(TG_UNIT);
+        let launcher = crate::daemons::in_unit(TG_UNIT);
         let run_in_unit = |args: &[&str]| -> Result<clock::Outcome, String> {
             let mut argv: Vec<&str> = launcher.iter().map(String::as_str).collect();
             argv.push(ALLOWED);
@@ -487,7 +471,7 @@ fn match_unit_holds_a_rule_to_its_unit() {
             return Err(format!("chronyd from a shell was not refused as outside its unit\nchronyd log:\n{from_shell}"));
         }
         let since = records().len();
-        let chrony_launcher = in_unit(CHRONY_UNIT);
+        let chrony_launcher = crate::daemons::in_unit(CHRONY_UNIT);
         let launcher: Vec<&str> = chrony_launcher.iter().map(String::as_str).collect();
         let as_unit = crate::daemons::chronyd_as(&launcher, &conf, &[], 12)?;
         drop(server);
@@ -515,10 +499,7 @@ fn match_unit_holds_a_rule_to_its_unit() {
         let _ = fs::remove_dir(cg);
     }
     let _ = agent.finish();
-    match played {
-        Ok(detail) => println!("{detail}"),
-        Err(detail) => panic!("{detail}"),
-    }
+    report(played);
 }
 
 /// A system library the test programs load anyway (`ldd tg-clock`), and where copies of it go.

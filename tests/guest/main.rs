@@ -35,7 +35,7 @@ mod prelude {
         harness::{counted, sh, Run},
     };
 
-    pub(crate) use crate::{policies, scenario, scenario_with};
+    pub(crate) use crate::{policies, report, scenario, scenario_with};
 }
 
 /// The policies the tests start their agent with, or reload to.
@@ -51,6 +51,11 @@ mod policies {
     pub const MAY_STEP: &str = include_str!("policies/may-step.yaml");
     pub const NO_STEP: &str = include_str!("policies/no-step.yaml");
     pub const UNIT: &str = include_str!("policies/unit.yaml");
+    /// The bundled policies, as the package installs them: the real daemons' tests run on
+    /// these.
+    pub const NTPSEC: &str = include_str!("../../policies/ntpsec.yaml");
+    pub const TIMESYNCD: &str = include_str!("../../policies/systemd-timesyncd.yaml");
+    pub const LINUXPTP: &str = include_str!("../../policies/linuxptp.yaml");
     /// A policy with a mistake, as an edit gone wrong leaves it.
     pub const BROKEN: &str = include_str!("policies/broken.yaml");
 }
@@ -65,7 +70,12 @@ fn scenario(play: impl FnOnce(&mut GuestAgent) -> Outcome) {
 fn scenario_with(args: &[&str], play: impl FnOnce(&mut GuestAgent) -> Outcome) {
     let mut agent = GuestAgent::start_with(policies::GUEST, args)
         .unwrap_or_else(|e| panic!("the agent did not start: {e}"));
-    match play(&mut agent) {
+    report(play(&mut agent));
+}
+
+/// What a scenario saw, printed; what went wrong fails the test.
+fn report(outcome: Outcome) {
+    match outcome {
         Ok(detail) => println!("{detail}"),
         Err(detail) => panic!("{detail}"),
     }

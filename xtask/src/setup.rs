@@ -229,9 +229,21 @@ pub fn unpacked_tool(package: &str, path_in_package: &str) -> anyhow::Result<Pat
     Ok(tool)
 }
 
+/// A program this host has installed (its libraries then match it), else the same program
+/// unpacked from its Debian package, as `unpacked_tool`: for a daemon that must not be
+/// installed here only to be copied into the guest.
+pub fn installed_or_unpacked(package: &str, path_in_package: &str) -> anyhow::Result<PathBuf> {
+    let installed = Path::new(path_in_package);
+    if installed.exists() {
+        return Ok(installed.to_path_buf());
+    }
+    unpacked_tool(package, path_in_package)
+}
+
 /// QEMU, a static busybox for the guest, cpio for its initramfs, xz for compressed kernel
-/// modules, util-linux's hwclock and the libraries chronyd links (chronyd itself is only
-/// unpacked for the guest, never installed: it would start disciplining this host's clock).
+/// modules, util-linux's hwclock and the libraries the guest's time daemons link (chronyd,
+/// ntpd, systemd-timesyncd and systemd's NSS module): the daemons themselves are only
+/// unpacked for the guest, never installed, as they would start disciplining this host's clock.
 pub fn ensure_vm_tools() -> anyhow::Result<()> {
     ensure_debs(
         &[
@@ -244,6 +256,10 @@ pub fn ensure_vm_tools() -> anyhow::Result<()> {
             "libnettle8".into(),
             "libcap2".into(),
             "libseccomp2".into(),
+            "libssl3".into(),
+            "libbsd0".into(),
+            "libsystemd-shared".into(),
+            "libnss-systemd".into(),
         ],
         "the VM tests",
     )

@@ -296,7 +296,13 @@ fn build_initramfs(
     // chronyd looks its user up; hwclock and chronyd need nothing else from /etc.
     fs::write(
         root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\n_chrony:x:100:100::/run:/bin/false\n",
+        "root:x:0:0:root:/root:/bin/sh\n_chrony:x:100:100::/run:/bin/false\nntpsec:x:101:101::/nonexistent:/usr/sbin/nologin\nsystemd-timesync:x:102:102::/:/usr/sbin/nologin\n",
+    )?;
+    // Debian's name service switch: the daemons that drop to their users (ntpd -u,
+    // systemd-timesyncd) load systemd's NSS module beside the files, as on a real host.
+    fs::write(
+        root.join("etc/nsswitch.conf"),
+        "passwd: files systemd\ngroup: files systemd\nshadow: files systemd\nhosts: files dns\n",
     )?;
     // The loader's configuration as Debian ships it (ld.so.conf and its multiarch drop-in):
     // the library directories the agent counts are the host's.
@@ -312,7 +318,7 @@ fn build_initramfs(
     // auditd's log belongs to group adm (Debian's auditd.conf).
     fs::write(
         root.join("etc/group"),
-        "root:x:0:\nadm:x:4:\n_chrony:x:100:\n",
+        "root:x:0:\nadm:x:4:\n_chrony:x:100:\nntpsec:x:101:\nsystemd-timesync:x:102:\n",
     )?;
     for module in &kernel.modules {
         let name = module.file_name().unwrap_or_default().to_string_lossy();
@@ -332,10 +338,39 @@ fn build_initramfs(
         ),
         (hwclock.to_path_buf(), "/usr/sbin/hwclock"),
         (hwclock.to_path_buf(), "/usr/local/bin/hwclock"),
-        // Real phc2sys, disciplining the clock from the e1000e PHC.
+        // Real phc2sys, disciplining the clock from the e1000e PHC, and ptp4l on that NIC.
         (
             setup::unpacked_tool("linuxptp", "/usr/sbin/phc2sys")?,
             "/usr/sbin/phc2sys",
+        ),
+        (
+            setup::unpacked_tool("linuxptp", "/usr/sbin/ptp4l")?,
+            "/usr/sbin/ptp4l",
+        ),
+        (
+            setup::unpacked_tool("linuxptp", "/etc/linuxptp/ptp4l.conf")?,
+            "/etc/linuxptp/ptp4l.conf",
+        ),
+        // NTPsec's ntpd and the wrapper its unit starts it with (which takes util-linux's
+        // flock: busybox has none).
+        (PathBuf::from("/usr/bin/flock"), "/usr/bin/flock"),
+        (
+            setup::unpacked_tool("ntpsec", "/usr/sbin/ntpd")?,
+            "/usr/sbin/ntpd",
+        ),
+        (
+            setup::unpacked_tool("ntpsec", "/usr/libexec/ntpsec/ntp-systemd-wrapper")?,
+            "/usr/libexec/ntpsec/ntp-systemd-wrapper",
+        ),
+        // systemd-timesyncd where the bundled policy names it (/lib is usr/lib on Debian),
+        // and systemd's NSS module (its libraries come with it).
+        (
+            setup::installed_or_unpacked("systemd-timesyncd", "/lib/systemd/systemd-timesyncd")?,
+            "/usr/lib/systemd/systemd-timesyncd",
+        ),
+        (
+            PathBuf::from("/lib/x86_64-linux-gnu/libnss_systemd.so.2"),
+            "/lib/x86_64-linux-gnu/libnss_systemd.so.2",
         ),
     ];
     let mut binaries = binaries.to_vec();
@@ -366,6 +401,10 @@ fn build_initramfs(
         "bin/busybox",
         "usr/sbin/chronyd",
         "usr/sbin/phc2sys",
+        "usr/sbin/ptp4l",
+        "usr/sbin/ntpd",
+        "usr/libexec/ntpsec/ntp-systemd-wrapper",
+        "usr/lib/systemd/systemd-timesyncd",
         "usr/sbin/hwclock",
         "usr/local/bin/hwclock",
     ] {
