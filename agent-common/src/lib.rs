@@ -103,6 +103,6 @@ mod codes_tests {
         assert_eq!(Alert::name_of(Alert::KissOfDeath.code()), "kiss_of_death");
         assert_eq!(Target::name_of(0), "");
         assert_eq!(net::NtpMode::name_of(0), "reserved");
-        assert_eq!(net::List::COUNT, 4);
+        assert_eq!(net::List::COUNT, 5);
     }
 }

@@ -26,7 +26,9 @@ pub const NET_POLICY: &str = "NET_POLICY";
 pub const NET_ADDRS: &str = "NET_ADDRS";
 pub const NET_DAEMONS: &str = "NET_DAEMONS";
 pub const PTP_GRANDMASTERS: &str = "PTP_GRANDMASTERS";
-// What the network guard remembers, per source, destination and grandmaster.
+// What the network guard remembers, per source, destination and grandmaster, and the time
+// daemons' UDP sockets (by socket cookie), whose replies are NTP whatever their port.
+pub const NET_TIME_SOCKETS: &str = "NET_TIME_SOCKETS";
 pub const NET_UPSTREAMS: &str = "NET_UPSTREAMS";
 pub const NET_BUCKETS: &str = "NET_BUCKETS";
 pub const NET_DESTINATIONS: &str = "NET_DESTINATIONS";
@@ -56,7 +58,7 @@ pub const EXE_AT_EXEC: &str = "EXE_AT_EXEC";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 37] = [
+pub const ALL: [&str; 38] = [
     ACTIVE_SLOT,
     POLICY,
     CLOCK_STATE,
@@ -78,6 +80,7 @@ pub const ALL: [&str; 37] = [
     NET_UPSTREAMS,
     NET_BUCKETS,
     NET_DESTINATIONS,
+    NET_TIME_SOCKETS,
     PTP_ANNOUNCED,
     PTP_MESSAGE,
     NET_COUNTERS,
@@ -99,7 +102,7 @@ pub const ALL: [&str; 37] = [
 /// Maps only the kernel programs write (counters, budgets, per-source state, scratch): the
 /// agent freezes them against every `bpf()` write from userspace. Ring buffers are left
 /// out (their reader writes its position through a writable mapping).
-pub const KERNEL_ONLY: [&str; 21] = [
+pub const KERNEL_ONLY: [&str; 22] = [
     CLOCK_COUNTERS,
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,
@@ -114,6 +117,7 @@ pub const KERNEL_ONLY: [&str; 21] = [
     NET_UPSTREAMS,
     NET_BUCKETS,
     NET_DESTINATIONS,
+    NET_TIME_SOCKETS,
     PTP_ANNOUNCED,
     PTP_MESSAGE,
     TAMPER_COUNTERS,

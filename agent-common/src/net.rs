@@ -9,6 +9,7 @@ pub const NTP_PORT: u16 = 123;
 pub const CHRONY_COMMAND_PORT: u16 = 323;
 /// NTS key establishment (RFC 8915), TCP.
 pub const NTS_KE_PORT: u16 = 4460;
+/// DNS, which a time daemon's resolver also speaks, from sockets of the daemon's own.
 pub const DNS_PORT: u16 = 53;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -188,6 +189,9 @@ crate::codes! {
         Control = 2 => "control",
         /// Where one time daemon may connect (`egress`), by its rule id and the port.
         Egress = 3 => "egress",
+        /// The host's name servers (`/etc/resolv.conf`, not the policy): their replies from
+        /// port 53 to a time daemon's socket are its name lookups, not NTP.
+        NameServers = 4 => "name_servers",
     }
 }
 

@@ -51,6 +51,7 @@ mod policies {
     pub const MAY_STEP: &str = include_str!("policies/may-step.yaml");
     pub const NO_STEP: &str = include_str!("policies/no-step.yaml");
     pub const UNIT: &str = include_str!("policies/unit.yaml");
+    pub const NTP_SERVERS: &str = include_str!("policies/ntp-servers.yaml");
     /// The bundled policies, as the package installs them: the real daemons' tests run on
     /// these.
     pub const NTPSEC: &str = include_str!("../../policies/ntpsec.yaml");

@@ -7,19 +7,23 @@
 //! 6/7 queries and chronyc commands against `ntp.control`; requests are also held to a
 //! per-source token bucket. An NTS-KE connection (TCP 4460) is decided at its opening: a
 //! client's SYN by `ntp.clients`, a server's SYN-ACK by `ntp.servers`.
+//! NTP is known by its port (123) or by the socket it reaches: a time daemon's UDP socket
+//! (`sockets::is_time_socket`) gets NTP from any port, loopback included, but for the
+//! replies of the host's name servers from port 53 (its name lookups).
 //! A refused packet is dropped (enforce) or delivered and recorded (audit).
 
 use agent_common::{
     alert::Alert,
     maps::NetBudget,
     net::{
-        list_for_mode, parse_ntp, take_token, upstream_alert, Bucket, Kind, List, NetCounterKey,
-        NetPolicy, NtpHeader, NtpMode, Reason, Upstream, CHRONY_COMMAND_PORT, IPPROTO_TCP,
-        NTP_PORT, NTS_KE_PORT,
+        is_time_port, list_for_mode, parse_ntp, take_token, upstream_alert, Bucket, Kind, List,
+        NetCounterKey, NetPolicy, NtpHeader, NtpMode, Reason, Upstream, CHRONY_COMMAND_PORT,
+        DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, NTP_PORT, NTS_KE_PORT,
     },
     policy::Verdict,
 };
 use aya_ebpf::{
+    helpers::bpf_get_socket_cookie,
     macros::{cgroup_skb, map},
     maps::LruHashMap,
     programs::SkBuffContext,
@@ -28,7 +32,9 @@ use aya_ebpf::{
 use super::{
     count, emit, listed,
     packet::{parse_flow, payload_len, tcp, Flow},
-    policy_in_force, verdict_for,
+    policy_in_force,
+    sockets::is_time_socket,
+    verdict_for,
 };
 use crate::emit::boot_ns;
 
@@ -93,7 +99,7 @@ fn decide(ctx: &SkBuffContext) -> Option<i32> {
             mode: NtpMode::ChronyCommand.code(),
             ..NtpHeader::default()
         }
-    } else if flow.sport == NTP_PORT || flow.dport == NTP_PORT {
+    } else if flow.sport == NTP_PORT || flow.dport == NTP_PORT || ntp_by_socket(ctx, &flow) {
         match ntp_header(ctx, flow.payload) {
             Some(h) => h,
             // An empty datagram, or one the packet does not really hold.
@@ -187,13 +193,37 @@ fn nts_ke(ctx: &SkBuffContext, flow: &Flow) -> Option<i32> {
     Some(if v == Verdict::Deny { DROP } else { PASS })
 }
 
+/// Whether the socket a datagram reaches is a time daemon's (its NTP from any port), and
+/// the datagram is not a name server's answer. PTP's ports are PTP's (`ptp`).
+#[inline(always)]
+fn ntp_by_socket(ctx: &SkBuffContext, flow: &Flow) -> bool {
+    if flow.proto != IPPROTO_UDP || is_time_port(flow.sport) || is_time_port(flow.dport) {
+        return false;
+    }
+    if !on_time_socket(ctx) {
+        return false;
+    }
+    flow.sport != DNS_PORT
+        || policy_in_force()
+            .is_none_or(|(slot, _)| !listed(slot, List::NameServers, 0, 0, flow.src))
+}
+
+/// Whether the packet reaches a time daemon's socket.
+#[inline(always)]
+fn on_time_socket(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the helper reads the socket of the context the kernel passed.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
+    is_time_socket(cookie)
+}
+
 /// A packet the parser gave up on (too many IPv6 extension headers, a header cut short),
-/// arriving at an NTP or chronyc command socket: refused when a network policy is in force,
-/// so that no header trick carries a query past the lists. Elsewhere, not decided.
+/// arriving at an NTP or chronyc command socket or a time daemon's: refused when a network
+/// policy is in force, so that no header trick carries a query or a reply past the lists.
+/// Elsewhere, not decided.
 #[inline(always)]
 fn refuse_unparsed(ctx: &SkBuffContext) -> Option<i32> {
     let port = ctx.skb.local_port();
-    if port != NTP_PORT as u32 && port != CHRONY_COMMAND_PORT as u32 {
+    if port != NTP_PORT as u32 && port != CHRONY_COMMAND_PORT as u32 && !on_time_socket(ctx) {
         return None;
     }
     let (_, policy) = policy_in_force()?;

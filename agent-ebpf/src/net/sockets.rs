@@ -10,7 +10,9 @@
 //! - cgroup sock_addr `connect4/6` and `sendmsg4/6`: a time daemon's connections and
 //!   unconnected datagrams go only to its `egress` destinations (its own host's loopback
 //!   always; a server's reply from a time port to a client by `ntp.clients`). Each
-//!   destination a daemon uses for the first time is recorded as `new_destination`.
+//!   destination a daemon uses for the first time is recorded as `new_destination`. The
+//!   same calls note the UDP sockets of every process a clock rule names (its time
+//!   daemons), whatever port they use: what arrives on them is NTP (`ntp`).
 //!
 //! Who asks is the executable file (device and inode), as for the clock.
 
@@ -25,7 +27,7 @@ use agent_common::{
     policy::Verdict,
 };
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, lsm, map},
     maps::{HashMap, LruHashMap},
     programs::{LsmContext, SockAddrContext},
@@ -37,6 +39,7 @@ use crate::{
     clock::lsm_verdict,
     emit::boot_ns,
     identity::{taint_of, taints_lost},
+    policy::exe_has_rule,
 };
 
 /// Time daemons by (slot, executable).
@@ -49,6 +52,18 @@ static NET_DAEMONS: HashMap<DaemonKey, Daemon> = HashMap::pinned(
 /// Destinations each daemon has used (least recently used forgotten first).
 #[map]
 static NET_DESTINATIONS: LruHashMap<Destination, u8> = LruHashMap::pinned(4096, 0);
+
+/// The UDP sockets of time daemons, by socket cookie (never reused: a closed socket's entry
+/// only waits to be forgotten, least recently used first).
+#[map]
+static NET_TIME_SOCKETS: LruHashMap<u64, u8> = LruHashMap::pinned(4096, 0);
+
+/// Whether the socket of `cookie` is a time daemon's (`note_time_socket`).
+#[inline(always)]
+pub fn is_time_socket(cookie: u64) -> bool {
+    // SAFETY: only whether the key is there is read.
+    unsafe { NET_TIME_SOCKETS.get(cookie) }.is_some()
+}
 
 /// sock_addr programs: 1 lets the call go on, 0 fails it with EPERM.
 const ALLOW: i32 = 1;
@@ -237,6 +252,11 @@ fn connect(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
     let Some((slot, policy)) = policy_in_force() else {
         return ALLOW;
     };
+    // SAFETY: the context the kernel passed.
+    let proto = unsafe { (*ctx.sock_addr).protocol };
+    if proto == IPPROTO_UDP as u32 && policy.restricted & NTP_LISTS != 0 {
+        note_time_socket(ctx, datagram);
+    }
     // Unconnected datagrams are decided only when egress is: they are the hot path of an
     // NTP server's replies.
     if datagram && policy.restricted & restrict::EGRESS == 0 {
@@ -246,8 +266,6 @@ fn connect(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
     if dm.rule_id == 0 {
         return ALLOW;
     }
-    // SAFETY: the context the kernel passed.
-    let proto = unsafe { (*ctx.sock_addr).protocol };
     let (addr, port) = sock_addr(ctx, family);
     let why = if dm.flags & daemon::EGRESS_LISTED == 0 || is_loopback(&addr) {
         Reason::None
@@ -290,6 +308,30 @@ fn connect(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
         record(&decision, policy.generation, dev, ino, dm);
     }
     sock_addr_verdict(v)
+}
+
+/// The address lists that hold what arrives at NTP sockets.
+const NTP_LISTS: u32 =
+    List::Servers.restricts() | List::Clients.restricts() | List::Control.restricts();
+
+/// A UDP socket connected, or sent from, by a process a clock rule names is a time daemon's:
+/// a server's reply to it is NTP from whatever port it comes (`server x port 10123`), held
+/// to `ntp.servers` (`ntp::decide`). Datagrams sent from a time port are left out: replies
+/// to those arrive at a time port, and they are an NTP server's hot path.
+#[inline(always)]
+fn note_time_socket(ctx: &SockAddrContext, datagram: bool) {
+    if datagram && is_time_port(local_port(ctx)) {
+        return;
+    }
+    let (dev, ino) = current_exe(&offsets());
+    if !exe_has_rule(dev, ino) {
+        return;
+    }
+    // SAFETY: the helper reads the socket of the context the kernel passed.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+    if !is_time_socket(cookie) {
+        let _ = NET_TIME_SOCKETS.insert(cookie, 1, 0);
+    }
 }
 
 /// `Alert::NewDestination` the first time a daemon uses a destination.

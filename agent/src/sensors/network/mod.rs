@@ -46,6 +46,49 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// The resolver's configuration, read at each policy install.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// How many name servers the resolver uses (glibc's MAXNS); later ones are never asked.
+const NAME_SERVERS_USED: usize = 3;
+
+/// The name servers of a `resolv.conf`, as the resolver uses them: the first three
+/// `nameserver` addresses (v4-mapped for IPv4; an IPv6 zone `%eth0` left off), in order.
+pub fn name_servers(text: &str) -> Vec<[u8; 16]> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next()? == "nameserver").then_some(words.next()?)
+        })
+        .filter_map(|a| {
+            let a = a.split('%').next().unwrap_or(a);
+            match a.parse::<std::net::IpAddr>().ok()? {
+                std::net::IpAddr::V4(v4) => Some(agent_common::net::v4_mapped(v4.octets())),
+                std::net::IpAddr::V6(v6) => Some(v6.octets()),
+            }
+        })
+        .take(NAME_SERVERS_USED)
+        .collect()
+}
+
+/// This host's name servers: their replies from port 53 to a time daemon's socket are its
+/// name lookups; from anywhere else, the socket's datagrams are NTP, held to the lists.
+fn host_name_servers() -> Vec<[u8; 16]> {
+    let servers = match std::fs::read_to_string(RESOLV_CONF) {
+        Ok(text) => name_servers(&text),
+        Err(e) => {
+            log::warn!("{RESOLV_CONF}: {e}: no name server is counted, and a time daemon's name lookups are held to the NTP lists");
+            return Vec::new();
+        }
+    };
+    let shown: Vec<String> = servers.iter().map(|a| record::address(4, a)).collect();
+    log::info!(
+        "name servers (their answers from port 53 to a time daemon's socket are not NTP; the rest is, from any port): {}",
+        if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
+    );
+    servers
+}
+
 /// The interfaces of the agent's network namespace, loopback left out.
 pub fn interfaces() -> Vec<String> {
     let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
@@ -129,6 +172,14 @@ impl Network {
         }
         let ntp = net.map(|n| &n.entries[..]).unwrap_or_default();
         let ntp = ntp.iter().map(|(l, a, p)| (*l, 0, 0, *a, *p));
+        // Only a policy with NTP lists holds a time daemon's sockets to them.
+        let resolvers = match net {
+            Some(n) if !n.entries.is_empty() => host_name_servers(),
+            _ => Vec::new(),
+        };
+        let resolvers = resolvers
+            .into_iter()
+            .map(|a| (List::NameServers.code(), 0, 0, a, 128));
         let egress = net.map(|n| &n.egress[..]).unwrap_or_default();
         let egress = egress.iter().filter_map(|e| {
             Some((
@@ -139,7 +190,7 @@ impl Network {
                 e.prefix,
             ))
         });
-        for (which, scope, port, addr, prefix) in ntp.chain(egress) {
+        for (which, scope, port, addr, prefix) in ntp.chain(egress).chain(resolvers) {
             let key = Key::new(
                 ADDR_KEY_FIXED_BITS + prefix,
                 AddrKey {
@@ -331,5 +382,23 @@ pub fn alert_label(k: u8, a: u8) -> &'static str {
         (Some(Kind::Ptp), Some(Alert::NewSource)) => "new_grandmaster",
         (Some(Kind::Ptp), Some(Alert::UpstreamChanged)) => "grandmaster_changed",
         _ => Alert::name_of(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_servers_are_the_resolvers_first_three() {
+        let conf = "# generated\nsearch example.org\nnameserver 192.0.2.53\n nameserver\t2001:db8::53\nnameserver fe80::1%eth0\nnameserver 198.51.100.53\nnameserver not-an-address\noptions edns0\n";
+        let got: Vec<String> = name_servers(conf)
+            .iter()
+            .map(|a| record::address(4, a))
+            .collect();
+        assert_eq!(got, ["192.0.2.53", "2001:db8::53", "fe80::1"]);
+        assert!(name_servers("search example.org\n").is_empty());
+        // A comment or another keyword is no name server.
+        assert!(name_servers("#nameserver 192.0.2.1\nnameservers 192.0.2.2\n").is_empty());
     }
 }

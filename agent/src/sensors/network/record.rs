@@ -138,7 +138,8 @@ enum Socket {
     },
 }
 
-fn address(family: u8, bytes: &[u8; 16]) -> String {
+/// An address of the maps in its usual notation (IPv4 for a v4-mapped one of family 4).
+pub(super) fn address(family: u8, bytes: &[u8; 16]) -> String {
     let v6 = std::net::Ipv6Addr::from(*bytes);
     match (family, v6.to_ipv4_mapped()) {
         (4, Some(v4)) => v4.to_string(),
