@@ -1,10 +1,11 @@
 //! Real time daemons under their rules: Debian's chronyd (its slews go through, a step beyond
 //! its maxStep does not, whatever its own configuration says) and phc2sys (it disciplines
-//! the clock from a PHC, its libraries and all, and keeps its rule); NTPsec's ntpd,
+//! the clock from a PHC, its libraries and all, and keeps its rule); a jump of hours asked of
+//! chronyd through chronyc is refused; NTPsec's ntpd,
 //! systemd-timesyncd and ptp4l started as their units start them, under the bundled
 //! policies, keep their rules with all the code glibc loads for them.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, process::Child};
 
 use timeguard_tests::ntp;
 
@@ -24,24 +25,7 @@ pub fn chronyd_as(
     args: &[&str],
     secs: u64,
 ) -> Result<String, String> {
-    fs::write("/tmp/chrony.conf", conf).map_err(|e| e.to_string())?;
-    let log = fs::File::create("/tmp/chronyd.log").map_err(|e| e.to_string())?;
-    let mut argv: Vec<&str> = launcher.to_vec();
-    argv.extend([
-        "/usr/sbin/chronyd",
-        "-d",
-        "-u",
-        "root",
-        "-f",
-        "/tmp/chrony.conf",
-    ]);
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
-        .args(args)
-        .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map_err(|e| format!("cannot start chronyd: {e}"))?;
+    let mut child = start_chronyd(launcher, conf, args)?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if child.try_wait().map_err(|e| e.to_string())?.is_some() {
@@ -55,6 +39,29 @@ pub fn chronyd_as(
         let _ = child.wait();
     }
     Ok(fs::read_to_string("/tmp/chronyd.log").unwrap_or_default())
+}
+
+/// Starts chronyd in the foreground through `launcher` with `conf` and `args`, logging to
+/// /tmp/chronyd.log.
+fn start_chronyd(launcher: &[&str], conf: &str, args: &[&str]) -> Result<Child, String> {
+    fs::write("/tmp/chrony.conf", conf).map_err(|e| e.to_string())?;
+    let log = fs::File::create("/tmp/chronyd.log").map_err(|e| e.to_string())?;
+    let mut argv: Vec<&str> = launcher.to_vec();
+    argv.extend([
+        "/usr/sbin/chronyd",
+        "-d",
+        "-u",
+        "root",
+        "-f",
+        "/tmp/chrony.conf",
+    ]);
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .args(args)
+        .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| format!("cannot start chronyd: {e}"))
 }
 
 /// chronyd's configuration: the test NTP server on loopback, polled fast, no command port.
@@ -224,6 +231,132 @@ struct Unit<'a> {
     /// The changes it must make under its rule (one of them, allowed, ends the wait).
     changes: &'a [&'a str],
     secs: u64,
+}
+
+/// chrony.service's cgroup, where systemd would put chronyd.
+pub const CHRONY_UNIT: &str = "/sys/fs/cgroup/system.slice/chrony.service";
+
+/// Where chronyd listens for chronyc: root's commands, `chronyc settime` and `makestep`.
+const CHRONYD_SOCKET: &str = "/run/chrony/chronyd.sock";
+
+/// The intruder has chronyd make the jump: chronyd, run as its unit under the bundled chrony
+/// policy, is given a correction of 3 h (by a source 3 h ahead, the intruder's as after
+/// `chronyc add server`; or by `chronyc settime` to a time 3 h ahead, with `manual` on), which
+/// it slews; a root shell's `chronyc makestep` then asks it to step the rest at once. The
+/// step is chronyd's, under its rule, and larger than its maxStep (10 s): refused in the
+/// kernel, the clock unchanged.
+#[test]
+fn a_jump_of_hours_relayed_through_chronyd_is_refused() {
+    let played = (|| {
+        let _server =
+            ntp::Server::start(NTP_ADDR, 3 * 3600 * 1_000_000_000).map_err(|e| e.to_string())?;
+        let mut agent = GuestAgent::start(policies::CHRONY)?;
+        let mut seen = Vec::new();
+        let relayed = (|| {
+            for (how, conf, settime) in [
+                (
+                    "a source 3 h ahead",
+                    "server 127.0.0.1 port 10123 iburst minpoll -6 maxpoll -6\n",
+                    false,
+                ),
+                ("settime 3 h ahead", "manual\n", true),
+            ] {
+                seen.push(step_relayed_through_chronyd(how, conf, settime)?);
+            }
+            Ok(())
+        })();
+        stop_unit(CHRONY_UNIT);
+        let _ = agent.finish();
+        let log = fs::read_to_string("/tmp/chronyd.log").unwrap_or_default();
+        relayed.map_err(|e: String| format!("{e}\nchronyd log:\n{log}"))?;
+        Ok(seen.join("; "))
+    })();
+    let _ = sh(ALLOWED, &["freq", "0"]);
+    report(played);
+}
+
+/// chronyd as its unit with `conf`, given its 3 h correction (by `settime`, or by the
+/// source `conf` names), then asked by chronyc to step it.
+fn step_relayed_through_chronyd(how: &str, conf: &str, settime: bool) -> Outcome {
+    stop_unit(CHRONY_UNIT);
+    fs::create_dir_all(CHRONY_UNIT).map_err(|e| format!("{CHRONY_UNIT}: {e}"))?;
+    let conf = format!(
+        "{conf}cmdport 0\nbindcmdaddress {CHRONYD_SOCKET}\npidfile /tmp/chronyd.pid\nmaxslewrate 500\n"
+    );
+    let launcher = in_unit(CHRONY_UNIT);
+    let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
+    let mut chronyd = start_chronyd(&launcher, &conf, &[])?;
+    let before = realtime_ns();
+    let chronyc = |args: &[&str]| -> Result<String, String> {
+        let mut argv = vec!["-h", CHRONYD_SOCKET];
+        argv.extend_from_slice(args);
+        let r = sh("/usr/bin/chronyc", &argv)?;
+        Ok(format!("{}{}", r.stdout, r.stderr).trim().to_string())
+    };
+    // chronyd has the correction once `System time` in its tracking report (seconds, CSV
+    // field 5) shows it; settime is asked once chronyd answers.
+    let mut asked = !settime;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let offset = loop {
+        let tracking = chronyc(&["-c", "tracking"])?;
+        let offset = tracking
+            .split(',')
+            .nth(4)
+            .and_then(|f| f.parse::<f64>().ok());
+        if !asked && offset.is_some() {
+            let said = chronyc(&["settime", &utc_in(3 * 3600)])?;
+            if !said.starts_with("200 OK") {
+                return Err(format!("chronyc settime: {said}"));
+            }
+            asked = true;
+        }
+        if let Some(offset) = offset.filter(|o| o.abs() > 3600.0) {
+            break offset;
+        }
+        if Instant::now() > deadline || chronyd.try_wait().is_ok_and(|s| s.is_some()) {
+            return Err(format!(
+                "{how}: chronyd did not take up the 3 h correction (tracking: {tracking})"
+            ));
+        }
+        sleep(Duration::from_millis(500));
+    };
+    let since = records().len();
+    let said = chronyc(&["makestep"])?;
+    let refused = wait_record_since(&format!("{how}: chronyd's step"), since, |v| {
+        v["kind"] == "clock"
+            && v["who"]["comm"] == "chronyd"
+            && v["rule"] == "chronyd"
+            && v["verdict"] == "deny"
+            && v["what"]["operations"]
+                .as_array()
+                .is_some_and(|ops| ops.iter().any(|o| o == "step"))
+    })
+    .map_err(|e| format!("{e} (chronyc makestep said: {said})"))?;
+    if refused["reason"] != "step larger than maxStep" {
+        return Err(format!("{how}: refused for {}", refused["reason"]));
+    }
+    clock_unchanged(before).map_err(|e| format!("{how}, then makestep: {e}"))?;
+    Ok(format!(
+        "{how}: chronyd as its unit slewing {offset:.0} s, makestep's step refused (step larger than maxStep, chronyc said {said:?}), clock unchanged"
+    ))
+}
+
+/// The UTC time `secs` from now, as chronyc's settime reads it.
+fn utc_in(secs: i64) -> String {
+    let t = (realtime_ns() / 1_000_000_000) as libc::time_t + secs as libc::time_t;
+    // SAFETY: a zeroed tm is a valid value for gmtime_r to fill.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: gmtime_r writes the broken-down time of `t` into `tm`, both ours.
+    unsafe { libc::gmtime_r(&t, &mut tm) };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 /// The NTP server the NTP daemons follow: on a loopback address of its own, port 123 as

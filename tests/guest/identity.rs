@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::MetadataExt as _;
 
+use crate::daemons::CHRONY_UNIT;
 use crate::prelude::*;
 
 #[test]
@@ -380,9 +381,8 @@ fn a_process_traced_before_the_guard_started_has_no_rule() {
     report(played);
 }
 
-/// The cgroups of the units `policies::UNIT` names.
+/// The cgroups of the units `policies::UNIT` names (chronyd's is `CHRONY_UNIT`).
 const TG_UNIT: &str = "/sys/fs/cgroup/system.slice/tg-clock.service";
-const CHRONY_UNIT: &str = "/sys/fs/cgroup/system.slice/chrony.service";
 
 #[test]
 fn match_unit_holds_a_rule_to_its_unit() {

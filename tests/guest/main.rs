@@ -54,6 +54,7 @@ mod policies {
     pub const NTP_SERVERS: &str = include_str!("policies/ntp-servers.yaml");
     /// The bundled policies, as the package installs them: the real daemons' tests run on
     /// these.
+    pub const CHRONY: &str = include_str!("../../policies/chrony.yaml");
     pub const NTPSEC: &str = include_str!("../../policies/ntpsec.yaml");
     pub const TIMESYNCD: &str = include_str!("../../policies/systemd-timesyncd.yaml");
     pub const LINUXPTP: &str = include_str!("../../policies/linuxptp.yaml");

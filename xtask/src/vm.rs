@@ -336,6 +336,11 @@ fn build_initramfs(
             setup::unpacked_tool("chrony", "/usr/sbin/chronyd")?,
             "/usr/sbin/chronyd",
         ),
+        // chronyc: a root shell's requests relayed through chronyd.
+        (
+            setup::unpacked_tool("chrony", "/usr/bin/chronyc")?,
+            "/usr/bin/chronyc",
+        ),
         (hwclock.to_path_buf(), "/usr/sbin/hwclock"),
         (hwclock.to_path_buf(), "/usr/local/bin/hwclock"),
         // Real phc2sys, disciplining the clock from the e1000e PHC, and ptp4l on that NIC.
@@ -400,6 +405,7 @@ fn build_initramfs(
         "init",
         "bin/busybox",
         "usr/sbin/chronyd",
+        "usr/bin/chronyc",
         "usr/sbin/phc2sys",
         "usr/sbin/ptp4l",
         "usr/sbin/ntpd",
