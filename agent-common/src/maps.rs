@@ -12,6 +12,8 @@ pub const ACTIVE_SLOT: &str = "ACTIVE_SLOT";
 pub const POLICY: &str = "POLICY";
 pub const CLOCK_STATE: &str = "CLOCK_STATE";
 pub const CLOCK_RULES: &str = "CLOCK_RULES";
+// Set at the first policy in force, then frozen: from then on no policy is no allow.
+pub const POLICY_ARMED: &str = "POLICY_ARMED";
 // The clock's counters and records.
 pub const CLOCK_COUNTERS: &str = "CLOCK_COUNTERS";
 pub const CLOCK_EVENTS: &str = "CLOCK_EVENTS";
@@ -58,9 +60,10 @@ pub const EXE_AT_EXEC: &str = "EXE_AT_EXEC";
 pub const TAMPER_BUDGET: &str = "TAMPER_BUDGET";
 
 /// Every map of the kernel programs.
-pub const ALL: [&str; 38] = [
+pub const ALL: [&str; 39] = [
     ACTIVE_SLOT,
     POLICY,
+    POLICY_ARMED,
     CLOCK_STATE,
     CLOCK_RULES,
     CLOCK_COUNTERS,
@@ -99,10 +102,12 @@ pub const ALL: [&str; 38] = [
     TAMPER_BUDGET,
 ];
 
-/// Maps only the kernel programs write (counters, budgets, per-source state, scratch): the
-/// agent freezes them against every `bpf()` write from userspace. Ring buffers are left
+/// Maps only the kernel programs write (counters, budgets, per-source state, scratch), and
+/// the fail-closed latch the agent sets once before: the agent freezes them against every
+/// `bpf()` write from userspace. Ring buffers are left
 /// out (their reader writes its position through a writable mapping).
-pub const KERNEL_ONLY: [&str; 22] = [
+pub const KERNEL_ONLY: [&str; 23] = [
+    POLICY_ARMED,
     CLOCK_COUNTERS,
     CLOCK_EVENTS_DROPPED,
     EVENT_BUDGETS,

@@ -103,6 +103,10 @@ crate::codes! {
         /// Another task's request took this CPU's slot while this one was decided (a
         /// preemptible kernel): refused rather than decided on a request not its own.
         Preempted = 4 => "preempted while deciding",
+        /// Once a policy was in force, none could be read (a slot's generation is 0 or its
+        /// header unreadable: rewritten by another writer of the maps): refused, since
+        /// nothing decides it. An internal error, counted (`policy_unreadable`).
+        PolicyUnreadable = 5 => "policy unreadable",
     }
 }
 
@@ -156,7 +160,8 @@ pub struct CounterKey {
     /// (`integrity::TaintReason` bits).
     pub lost_rule_id: u32,
     pub lost_reasons: u32,
-    pub _pad: u32,
+    /// Why it was refused (`Reason`), so that internal errors are counted exactly.
+    pub reason: u32,
 }
 
 crate::pod!(ExeKey, ClockRule, PolicyHeader, CounterKey);

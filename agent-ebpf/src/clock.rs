@@ -265,7 +265,7 @@ pub(crate) fn decide_and_record(req: &Request, observe_only: bool) -> Verdict {
         verdict: v as u32,
         lost_rule_id: decided.lost_rule_id,
         lost_reasons: decided.taint.reasons,
-        _pad: 0,
+        reason: decided.decision.reason.code() as u32,
     };
     count(&CLOCK_COUNTERS, &key);
     ev.boot_ns = boot_ns();

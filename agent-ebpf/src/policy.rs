@@ -5,8 +5,8 @@ use agent_common::{
     kernel::ClockState,
     maps::ONLY,
     policy::{
-        decide, ClockRule, Decision, ExeKey, PolicyHeader, Request, ANY_UID, MAX_RULES, RULED_EXE,
-        SLOTS,
+        decide, ClockRule, Decision, ExeKey, PolicyHeader, Reason, Request, Verdict, ANY_UID,
+        DEFAULT_RULE, MAX_RULES, RULED_EXE, SLOTS,
     },
 };
 use aya_ebpf::{
@@ -52,6 +52,18 @@ pub fn clock_state() -> ClockState {
 #[map]
 static CLOCK_RULES: HashMap<ExeKey, ClockRule> = HashMap::pinned(SLOTS * MAX_RULES, 0);
 
+/// Index `maps::ONLY`: 1 once a policy is in force, set by the agent at its first switch and
+/// then frozen against userspace with the kernel-only maps: from then on, a slot found empty
+/// is a policy someone else rewrote, and decides deny, never allow.
+#[map]
+static POLICY_ARMED: Array<u32> = Array::pinned(1, 0);
+
+/// Whether a policy was ever in force (`POLICY_ARMED`).
+#[inline(always)]
+fn armed() -> bool {
+    POLICY_ARMED.get(ONLY).is_some_and(|a| *a != 0)
+}
+
 /// A decision and the generation of the policy that made it.
 pub struct Decided {
     pub decision: Decision,
@@ -81,14 +93,27 @@ fn generation_now(slot: u32) -> u32 {
 /// generation, then the rule, then the generation again, and starts over if the slot was
 /// being rewritten: a decision that began just before a flip and was delayed past the next
 /// reload never mixes two policies.
-/// Before any policy is loaded (no generation anywhere) nothing is decided: `None`.
+/// Before any policy is loaded (no generation anywhere) nothing is decided: `None`. Once
+/// one was, a policy that cannot be read (its generation 0 on every try) is refused:
+/// `Reason::PolicyUnreadable`, by the default.
 ///
 /// A rule holds only for a process whose code is its program's own: a tainted process
 /// (`identity`) is decided by the default, and the rule it lost is said (and counted with
 /// the decision).
 #[inline(always)]
 pub fn decide_for(dev: u64, ino: u64, uid: u32, tgid: u32, req: &Request) -> Option<Decided> {
-    let (header, mut rule) = consistent_read(dev, ino, uid)?;
+    let Some((header, mut rule)) = consistent_read(dev, ino, uid) else {
+        return armed().then_some(Decided {
+            decision: Decision {
+                verdict: Verdict::Deny,
+                rule_id: DEFAULT_RULE,
+                reason: Reason::PolicyUnreadable,
+            },
+            generation: 0,
+            lost_rule_id: 0,
+            taint: Taint::default(),
+        });
+    };
     let mut lost_rule_id = 0;
     let mut taint = Taint::default();
     // Only a process a rule matched is looked up: the default's callers pay nothing.

@@ -204,3 +204,92 @@ fn self_protection_attempts(agent: &GuestAgent) -> Outcome {
         "signals, ptrace (agent and a running chronyd), writes (/usr/sbin/chronyd, hwclock, the policy), unpin, renames over the policy and the agent, map update, link detach: all EPERM and recorded; counts {counts:?}"
     ))
 }
+
+/// Under `selfProtection: audit` (the guest policy's), root can still stop the agent and write
+/// the policy maps: it zeroes both clock policy slots, as `bpftool map update` would. The
+/// guard fails closed: the allowed program's change and the copy's are refused, `policy
+/// unreadable`, counted as an internal error, where before they were allowed as if no policy
+/// had ever loaded. The agent, let go on, sees its policy gone from the kernel within a
+/// second and writes it again: the rule holds once more.
+#[test]
+fn a_policy_zeroed_behind_the_agent_refuses_instead_of_allowing() {
+    scenario(|agent| {
+        let st = agent_status()?;
+        let generation = st["policy"]["generation"].as_u64().unwrap_or(0);
+        let map_id = st["self_protection"]["objects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["name"] == "POLICY")
+            .and_then(|o| o["id"].as_u64())
+            .ok_or_else(|| format!("no POLICY map in {}", st["self_protection"]))?
+            .to_string();
+        let since = records().len();
+        let pid = agent.pid() as i32;
+        // SAFETY: signalling the agent this test started, by its id.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let zeroed_and_refused = (|| {
+            for slot in ["0", "1"] {
+                let r = sh(COPY, &["bpf-map-update", &map_id, slot])?;
+                let errno = serde_json::from_str::<Value>(&r.stdout)
+                    .ok()
+                    .and_then(|v| v["errno"].as_i64());
+                if errno != Some(0) {
+                    return Err(format!("zeroing slot {slot}: {} {}", r.stdout, r.stderr));
+                }
+            }
+            for (who, program) in [("the allowed program", ALLOWED), ("the copy", COPY)] {
+                let o = outcome(sh(program, &["freq", "5"])?)?;
+                if o.errno != libc::EPERM {
+                    return Err(format!(
+                        "{who}'s frequency change with no policy readable: errno {} (expected EPERM)",
+                        o.errno
+                    ));
+                }
+            }
+            Ok(())
+        })();
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        zeroed_and_refused?;
+        let mut seen = vec![
+            "agent stopped, both policy slots zeroed (bpf() update, audited)".to_string(),
+            "the allowed program and the copy: EPERM".to_string(),
+        ];
+        // The agent writes its policy again by itself, as a new generation.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent_status()?["policy"]["generation"]
+            .as_u64()
+            .unwrap_or(0)
+            <= generation
+        {
+            if Instant::now() > deadline {
+                return Err("the agent did not write its policy again within 10 s".into());
+            }
+            sleep(Duration::from_millis(100));
+        }
+        let refused = records()
+            .into_iter()
+            .skip(since)
+            .filter(|v| v["kind"] == "clock" && v["reason"] == "policy unreadable")
+            .count();
+        let counted = agent_status()?["policy_unreadable"].as_u64().unwrap_or(0);
+        if refused < 2 || counted < 2 {
+            return Err(format!(
+                "{refused} records say policy unreadable, status counts {counted} (expected 2 each)"
+            ));
+        }
+        seen.push(format!(
+            "{refused} records: policy unreadable, {counted} counted"
+        ));
+        let o = outcome(sh(ALLOWED, &["freq", "0"])?)?;
+        if o.errno != 0 {
+            return Err(format!(
+                "after the agent wrote its policy again, the allowed program: errno {}",
+                o.errno
+            ));
+        }
+        seen.push("the agent wrote its policy again by itself; the rule holds".into());
+        Ok(seen.join("; "))
+    })
+}

@@ -141,8 +141,9 @@ fn fd_by_id(cmd: i64, id: u32) -> Result<i32, Value> {
     }
 }
 
-/// Updates the first entry of map `id` with zeros (what `bpftool map update` does).
-pub fn bpf_map_update(id: u32) -> Value {
+/// Updates entry `index` (a u32 key, the rest of it zeros) of map `id` with zeros (what
+/// `bpftool map update` does).
+pub fn bpf_map_update(id: u32, index: u32) -> Value {
     let fd = match fd_by_id(BPF_MAP_GET_FD_BY_ID, id) {
         Ok(fd) => fd,
         Err(v) => return v,
@@ -157,7 +158,10 @@ pub fn bpf_map_update(id: u32) -> Value {
         return json!({"errno": errno(), "stage": "map info"});
     }
     let size = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
-    let (key, value) = (vec![0u8; size(8) as usize], vec![0u8; size(12) as usize]);
+    let (mut key, value) = (vec![0u8; size(8) as usize], vec![0u8; size(12) as usize]);
+    for (k, b) in key.iter_mut().zip(index.to_ne_bytes()) {
+        *k = b;
+    }
     let mut attr = [0u8; 128];
     attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());

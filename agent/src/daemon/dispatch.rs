@@ -25,6 +25,12 @@ impl Agent {
                 size_ns: events::step_size_ns(ev),
             });
         }
+        if ev.reason == agent_common::policy::Reason::PolicyUnreadable.code() {
+            log::error!(
+                "internal error: no policy readable in the kernel (its maps were rewritten by another writer); a clock request by pid {} refused, as every one is until a policy is loaded again (timeguard apply, or SIGHUP)",
+                ev.caller.tgid
+            );
+        }
         if let Some(p) = self.generations.get_or_current(ev.generation) {
             let trail = &mut self.trail;
             let c = &ev.caller;

@@ -64,6 +64,7 @@ pub(super) async fn event_loop(
                 if let Err(e) = agent.guard.clock.refresh_state() {
                     log::warn!("refreshing the TAI offset for step limits: {e:#}");
                 }
+                agent.follow_kernel_policy();
                 agent.follow_changes();
                 agent.follow_ptp_interfaces_now();
             }

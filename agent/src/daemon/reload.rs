@@ -304,6 +304,30 @@ impl Agent {
         }
     }
 
+    /// Writes the policy in force again when the kernel no longer holds it as written (its
+    /// slot zeroed or switched by another writer of the maps): until then the programs refuse
+    /// every clock change (`policy unreadable`), or decide by what was written there.
+    pub(super) fn follow_kernel_policy(&mut self) {
+        match self.guard.clock.in_force_as_written() {
+            Ok(true) => {}
+            Ok(false) => {
+                let Some((generation, p)) = self.generations.current() else {
+                    return;
+                };
+                log::error!(
+                    "the policy in force (generation {generation}) was rewritten in the kernel's maps by another writer: writing it again"
+                );
+                let p = p.clone();
+                self.put_in_force(
+                    p,
+                    self.reloading.source,
+                    "the policy in the kernel was rewritten",
+                );
+            }
+            Err(e) => log::warn!("checking the policy in force in the kernel: {e:#}"),
+        }
+    }
+
     /// A reload the operator asked for (SIGHUP, `timeguard apply`): the libraries in place
     /// now are the ones they vouch for, whether the policy changed or not.
     pub(super) fn reload_by_operator(&mut self, why: &str) {

@@ -90,6 +90,7 @@ impl Agent {
                         .collect()
                 })
                 .unwrap_or_default(),
+            policy_unreadable: self.guard.clock.policy_unreadable().unwrap_or(0),
         }
     }
 
@@ -206,6 +207,7 @@ impl Agent {
                     .into_iter()
                     .flat_map(|(_, p)| p.rules.iter().map(|r| r.name.as_str())),
             ),
+            policy_unreadable: self.guard.clock.policy_unreadable()?,
             dropped: Dropped {
                 thinned: self.guard.clock.events_thinned()?,
                 lost: self.guard.clock.events_lost()?,

@@ -36,6 +36,10 @@ pub struct Status {
     /// Decisions in which a process lost its rule because another process acted as it.
     #[serde(default)]
     pub rules_lost: Vec<RuleLostCount>,
+    /// Clock requests refused because no policy could be read once one was in force (an
+    /// internal error: the policy maps were rewritten by another writer).
+    #[serde(default)]
+    pub policy_unreadable: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,6 +270,13 @@ impl Status {
                 l.rule, l.reason, l.count
             )?;
         }
+        if self.policy_unreadable != 0 {
+            writeln!(
+                out,
+                "  refused with no policy readable (internal error: the policy maps were rewritten): {}",
+                self.policy_unreadable
+            )?;
+        }
         writeln!(
             out,
             "events thinned: {} (over {} per process per second), lost: {}",
@@ -303,6 +314,7 @@ mod tests {
                 "pins": "/sys/fs/bpf/timeguard/x", "objects": [{"name": "POLICY", "kind": "map", "id": 12}],
                 "attempts": [{"action": "signal", "target": "agent", "verdict": "deny", "count": 1}]},
             "rules_lost": [{"rule": "chronyd", "reason": "traced", "count": 2}],
+            "policy_unreadable": 1,
         })
     }
 

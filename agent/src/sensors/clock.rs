@@ -6,7 +6,7 @@ use agent_common::{
     integrity::LostKey,
     kernel::ClockState,
     maps as map_names,
-    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, ANY_UID, RULED_EXE, SLOTS},
+    policy::{ClockRule, CounterKey, ExeKey, PolicyHeader, Reason, ANY_UID, RULED_EXE, SLOTS},
 };
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
@@ -25,6 +25,9 @@ pub struct Clock {
     state: Array<MapData, ClockState>,
     counters: PerCpuHashMap<MapData, CounterKey, u64>,
     dropped: PerCpuArray<MapData, u64>,
+    /// Set once a policy is in force, then frozen with the kernel-only maps
+    /// (`maps::POLICY_ARMED`): a policy unreadable after that is refused, not allowed.
+    armed: Array<MapData, u32>,
     active_slot: u32,
     generation: u32,
     /// When the operator last vouched for the libraries in place
@@ -44,6 +47,7 @@ impl Clock {
             state: object.take_map(map_names::CLOCK_STATE)?,
             counters: object.take_map(map_names::CLOCK_COUNTERS)?,
             dropped: object.take_map(map_names::CLOCK_EVENTS_DROPPED)?,
+            armed: object.take_map(map_names::POLICY_ARMED)?,
             active_slot: 0,
             generation: 0,
             code_vouched_sec: 0,
@@ -151,6 +155,7 @@ impl Clock {
             .context("switching the policy in force")?;
         self.active_slot = prepared.slot;
         self.generation = prepared.generation;
+        self.arm();
         // The first policy vouches for the libraries in place; later ones only when the
         // operator asks (`vouch_for_code_now`): a reload the agent makes by itself (a rule's
         // executable replaced, a policy file dropped in) must not bless a library an
@@ -161,6 +166,37 @@ impl Clock {
             log::warn!("{e:#}");
         }
         Ok(prepared.generation)
+    }
+
+    /// Whether the kernel still holds the policy this agent put in force: the slot in force
+    /// and its generation, as written. Someone else's `bpf()` write (under
+    /// `selfProtection: audit`) can zero or switch them; the agent then writes its policy again.
+    pub fn in_force_as_written(&self) -> anyhow::Result<bool> {
+        let slot = self
+            .active
+            .get(&map_names::ONLY, 0)
+            .context("reading the slot in force")?;
+        let generation = self
+            .headers
+            .get(&self.active_slot, 0)
+            .context("reading the policy header in force")?
+            .generation;
+        Ok(self.generation == 0 || (slot == self.active_slot && generation == self.generation))
+    }
+
+    /// Arms the kernel's fail-closed latch at the first policy in force; the map is frozen
+    /// right after (`freeze_kernel_only_maps`), so nobody can disarm it. An adopted latch is
+    /// set already.
+    fn arm(&mut self) {
+        if self.armed.get(&map_names::ONLY, 0).is_ok_and(|a| a != 0) {
+            return;
+        }
+        if let Err(e) = self.armed.set(map_names::ONLY, 1, 0) {
+            log::error!(
+                "NOT ENFORCED: a policy zeroed in the kernel's maps would be decided as no policy (allow): the fail-closed latch {} cannot be set ({e}; frozen unset by another process?)",
+                map_names::POLICY_ARMED
+            );
+        }
     }
 
     /// Tells the programs the kernel's TAI offset, so they can measure a step against the
@@ -231,6 +267,17 @@ impl Clock {
             .into_iter()
             .map(|((rule_id, reasons), n)| (LostKey { rule_id, reasons }, n))
             .collect())
+    }
+
+    /// Requests refused because no policy could be read once one had been in force
+    /// (`Reason::PolicyUnreadable`): internal errors, exact.
+    pub fn policy_unreadable(&self) -> anyhow::Result<u64> {
+        let code = u32::from(Reason::PolicyUnreadable.code());
+        Ok(maps::summed(&self.counters, "clock counters")?
+            .into_iter()
+            .filter(|(key, _)| key.reason == code)
+            .map(|(_, n)| n)
+            .sum())
     }
 
     /// Detailed events that did not fit in the ring buffer.

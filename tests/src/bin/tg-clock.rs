@@ -52,7 +52,7 @@
 //!   tg-clock swap-exe PATH READY GO PPM   a child unmaps its image, names PATH as its
 //!                           executable, and once GO exists sets the frequency to PPM
 //!   tg-clock unlink PATH | rename FROM TO
-//!   tg-clock bpf-map-update ID         zeros into the first entry of map ID
+//!   tg-clock bpf-map-update ID [INDEX] zeros into entry INDEX (0) of map ID
 //!   tg-clock bpf-link-detach ID        BPF_LINK_DETACH of link ID
 //!
 //! Ways of running a program that must not change who it is, taking the rest of the line:
@@ -382,7 +382,11 @@ fn main_inner(args: &[String]) -> i32 {
         ["swap-exe", path, ready, go, ppm] => ppm.parse::<i64>().map_err(|e| e.to_string()).and_then(|n| judged(tamper::exe_swapped(path, ready, go, n))),
         ["unlink", path] => judged(tamper::unlink(path)),
         ["rename", from, to] => judged(tamper::rename(from, to)),
-        ["bpf-map-update", id] => id.parse::<u32>().map_err(|e| e.to_string()).and_then(|i| judged(Ok(tamper::bpf_map_update(i)))),
+        ["bpf-map-update", id, index @ ..] if index.len() <= 1 => id
+            .parse::<u32>()
+            .and_then(|i| Ok((i, index.first().map_or(Ok(0), |k| k.parse::<u32>())?)))
+            .map_err(|e| e.to_string())
+            .and_then(|(i, k)| judged(Ok(tamper::bpf_map_update(i, k)))),
         ["bpf-link-detach", id] => id.parse::<u32>().map_err(|e| e.to_string()).and_then(|i| judged(Ok(tamper::bpf_link_detach(i)))),
         ["flood", n] => n.parse::<u64>().map_err(|e| e.to_string()).and_then(|n| counted(clock::flood(n))),
         ["flood-procs", procs, n] => procs

@@ -34,6 +34,7 @@ enum Series {
     NewDestinations,
     Tamper,
     RulesLost,
+    InternalErrors,
     Dropped,
     Reloads,
 }
@@ -50,6 +51,7 @@ pub struct Metrics {
     new_destinations: IntCounterVec,
     tamper: IntCounterVec,
     rules_lost: IntCounterVec,
+    internal_errors: IntCounterVec,
     dropped: IntCounterVec,
     generation: IntGauge,
     policy_source: IntGaugeVec,
@@ -138,6 +140,9 @@ impl Metrics {
             rules_lost: counter(&r, "timeguard_clock_rule_lost_total",
                 "Clock requests of a process whose executable matched the rule but that lost it, decided by the default instead, counted exactly in the kernel: reason traced (another process attached by ptrace, opened or wrote its memory), asked_to_be_traced (PTRACE_TRACEME), foreign_code (it mapped as code a file outside the system's library directories, or memory of no file), modified_code (a library changed since the policy loaded), joined by + when several; 0 from the start for every rule and single reason.",
                 &["rule", "reason"])?,
+            internal_errors: counter(&r, "timeguard_internal_errors_total",
+                "Requests the kernel refused because the guard itself failed, counted exactly: error policy_unreadable (once a policy was in force, none could be read: the policy maps were rewritten by another writer; clock requests are refused, not allowed); 0 from the start.",
+                &["error"])?,
             dropped: counter(&r, "timeguard_events_dropped_total",
                 "Detailed records not delivered: thinned (over the per-process budget), lost (ring buffer full), audit_write (the audit trail file could not be written), packet_thinned and packet_lost (the same for packet records). Counters stay exact.",
                 &["reason"])?,
@@ -196,6 +201,7 @@ impl Metrics {
             Series::NewDestinations => &self.new_destinations,
             Series::Tamper => &self.tamper,
             Series::RulesLost => &self.rules_lost,
+            Series::InternalErrors => &self.internal_errors,
             Series::Dropped => &self.dropped,
             Series::Reloads => &self.reloads,
         }
@@ -255,6 +261,11 @@ impl Metrics {
         for l in &snap.rules_lost {
             self.add_counter(Series::RulesLost, &[&l.rule, &l.reason], l.count);
         }
+        self.add_counter(
+            Series::InternalErrors,
+            &["policy_unreadable"],
+            snap.policy_unreadable,
+        );
         let d = &snap.dropped;
         for (reason, n) in [
             ("tamper_lost", d.tamper_lost),
@@ -381,6 +392,7 @@ mod tests {
                 verdict: "deny",
                 count: 3,
             }],
+            policy_unreadable: 4,
             rules_lost: vec![RuleLost {
                 rule: "chronyd".into(),
                 reason: "traced".into(),
@@ -432,6 +444,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"timeguard_events_dropped_total{reason="lost"} 6"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"timeguard_internal_errors_total{error="policy_unreadable"} 4"#),
             "{text}"
         );
         assert!(

@@ -15,6 +15,8 @@ pub struct Snapshot {
     pub tamper: Vec<TamperAttempts>,
     /// Decisions tainted processes lost their rules in, exact.
     pub rules_lost: Vec<RuleLost>,
+    /// Clock requests refused because no policy could be read once one was in force.
+    pub policy_unreadable: u64,
     pub dropped: Dropped,
     pub generation: u32,
     /// Where the policy in force comes from (configured, last_known_good,
