@@ -27,7 +27,7 @@ impl Agent {
         }
         if ev.reason == agent_common::policy::Reason::PolicyUnreadable.code() {
             log::error!(
-                "internal error: no policy readable in the kernel (its maps were rewritten by another writer); a clock request by pid {} refused, as every one is until a policy is loaded again (timeguard apply, or SIGHUP)",
+                "internal error: no policy readable in the kernel (its maps were rewritten by another writer); a clock request by pid {} refused, as every one is until the agent writes its policy again (its check each second)",
                 ev.caller.tgid
             );
         }
