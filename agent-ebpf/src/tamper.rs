@@ -177,17 +177,51 @@ pub fn tamper_signal(ctx: LsmContext) -> i32 {
     if info <= 1 || sender == s.agent_tgid || sender == s.manager_tgid || sender == 1 {
         return 0;
     }
+    refuse_signal(&s, target_tgid, sig as u32)
+}
+
+/// A signal that would stop the agent: refused and recorded.
+#[inline(always)]
+fn refuse_signal(s: &SelfState, target_tgid: u32, sig: u32) -> i32 {
     refuse(
-        &s,
+        s,
         &Attempt {
             action: Action::Signal,
             target: Target::Agent as u32,
-            detail: sig as u32,
+            detail: sig,
             target_tgid,
             target_dev: s.agent_dev,
             target_ino: s.agent_ino,
         },
     )
+}
+
+/// SIGIO, or the signal `F_SETSIG` chose, sent to a file's owner (`F_SETOWN`) when the file
+/// is ready: the kernel sends it without `task_kill`, so root naming the agent the owner of
+/// a pipe it writes to would otherwise stop it.
+///
+/// LSM_HOOK(int, 0, file_send_sigiotask, struct task_struct *tsk, struct fown_struct *fown,
+/// int sig)
+#[lsm(hook = "file_send_sigiotask")]
+pub fn tamper_sigio(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    const SIGIO: u32 = 29;
+    let sig: i32 = ctx.arg(2);
+    // 0: no F_SETSIG, plain SIGIO (whose default action ends the process).
+    let sig = if sig == 0 { SIGIO } else { sig as u32 };
+    let Some(s) = state() else { return 0 };
+    if s.agent_tgid == 0 || !stops_the_agent(sig) {
+        return 0;
+    }
+    let target: *const u8 = ctx.arg(0);
+    let target_tgid = kread::<u32>(target, offsets().task_tgid).unwrap_or(0);
+    if target_tgid != s.agent_tgid || (bpf_get_current_pid_tgid() >> 32) as u32 == s.agent_tgid {
+        return 0;
+    }
+    refuse_signal(&s, target_tgid, sig)
 }
 
 /// A process the guard protects from tracing: the agent, or a time daemon.

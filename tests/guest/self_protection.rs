@@ -6,7 +6,8 @@ use crate::daemons::chrony_conf;
 use crate::prelude::*;
 
 /// Self-protection enforced: an intruder with root (a process that is neither the agent
-/// nor its service manager) cannot stop the agent, trace it or chronyd, write chronyd's or
+/// nor its service manager) cannot stop the agent (kill, or a pipe's F_SETOWN signal),
+/// trace it or chronyd, write chronyd's or
 /// another daemon's executable, the policy or the last known good one, unpin, rename over the
 /// policy, the last known good or the agent,
 /// update a map or detach a link; each refusal is EPERM, counted and recorded. The agent's own
@@ -97,9 +98,14 @@ fn self_protection_attempts(agent: &GuestAgent) -> Outcome {
     let eperm = i64::from(libc::EPERM);
     // A running executable is refused for writing by the kernel itself (ETXTBSY); the
     // guard decides the files that are not running, and renames and unlinks.
-    let cases: [(&[&str], i64); 15] = [
+    // A signal sent through F_SETOWN is not the sender's call to fail: the write goes
+    // through (0), the agent must live on (its status after the cases).
+    let cases: [(&[&str], i64); 18] = [
         (&["kill", &agent, "15"], eperm),
         (&["kill", &agent, "9"], eperm),
+        (&["kill", &agent, "19"], eperm),
+        (&["sigio", &agent, "9"], 0),
+        (&["sigio", &agent, "0"], 0),
         (&["kill", &agent, "1"], 0),
         (&["ptrace", &agent], eperm),
         (&["ptrace", &daemon_pid], eperm),
@@ -176,7 +182,7 @@ fn self_protection_attempts(agent: &GuestAgent) -> Outcome {
         )
     };
     let counts: Vec<(&str, u64, u64)> = [
-        ("signal", 2),
+        ("signal", 5),
         ("ptrace", 2),
         ("write", 4),
         ("unlink", 1),
@@ -201,7 +207,7 @@ fn self_protection_attempts(agent: &GuestAgent) -> Outcome {
         ));
     }
     Ok(format!(
-        "signals, ptrace (agent and a running chronyd), writes (/usr/sbin/chronyd, hwclock, the policy), unpin, renames over the policy and the agent, map update, link detach: all EPERM and recorded; counts {counts:?}"
+        "signals (kill: TERM, KILL, STOP; F_SETOWN: KILL, IO), ptrace (agent and a running chronyd), writes (/usr/sbin/chronyd, hwclock, the policy), unpin, renames over the policy and the agent, map update, link detach: all EPERM and recorded; counts {counts:?}"
     ))
 }
 

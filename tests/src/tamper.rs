@@ -28,6 +28,39 @@ pub fn signal(pid: i32, sig: i32) -> Value {
     outcome(unsafe { libc::kill(pid, sig) }.into())
 }
 
+/// Signal `sig` (0: plain SIGIO) sent to `pid` the way `F_SETOWN` does it, not by kill():
+/// `pid` is made the owner of a pipe's read end with O_ASYNC, and a byte written to the pipe
+/// has the kernel signal it. `{"errno": 0}` once the byte is written: whether the signal
+/// went out is for the receiver to show.
+pub fn sigio(pid: i32, sig: i32) -> Value {
+    // <linux/fcntl.h>; the libc crate leaves it out.
+    const F_SETSIG: libc::c_int = 10;
+    let mut fds = [0; 2];
+    // SAFETY: a two-descriptor array for pipe().
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return json!({"errno": errno(), "stage": "pipe"});
+    }
+    let (r, w) = (fds[0], fds[1]);
+    // SAFETY: fcntl on the pipe this call made.
+    let set = unsafe {
+        libc::fcntl(r, libc::F_SETOWN, pid) == 0
+            && libc::fcntl(r, F_SETSIG, sig) == 0
+            && libc::fcntl(r, libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
+    };
+    let out = if !set {
+        json!({"errno": errno(), "stage": "fcntl"})
+    } else {
+        // SAFETY: one byte from a static buffer into the pipe's write end.
+        outcome(unsafe { libc::write(w, b"x".as_ptr().cast(), 1) } as i64 - 1)
+    };
+    // SAFETY: the descriptors this call opened.
+    unsafe {
+        libc::close(r);
+        libc::close(w);
+    }
+    out
+}
+
 /// `prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, fd)` with a descriptor of `path`: naming another
 /// file as this process's executable. The kernel itself answers EBUSY while the process's
 /// own image is still mapped; the guard decides before the kernel looks.

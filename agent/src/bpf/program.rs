@@ -89,7 +89,7 @@ use Sensor::*;
 use When::*;
 
 /// Every program, in the order they attach (and are listed in status and metrics).
-pub const TABLE: [ProgramSpec; 36] = [
+pub const TABLE: [ProgramSpec; 37] = [
     // The clock's decisions and the devices' (PHC, RTC, PPS character devices).
     spec(
         "clock_settime_guard",
@@ -227,6 +227,13 @@ pub const TABLE: [ProgramSpec; 36] = [
     spec(
         "tamper_signal",
         Lsm("task_kill"),
+        SelfProtection,
+        BestEffort,
+        WithEnforcement,
+    ),
+    spec(
+        "tamper_sigio",
+        Lsm("file_send_sigiotask"),
         SelfProtection,
         BestEffort,
         WithEnforcement,

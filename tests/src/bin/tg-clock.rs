@@ -46,6 +46,7 @@
 //!
 //! Against the guard itself (self-protection):
 //!   tg-clock kill PID SIG              kill(PID, SIG)
+//!   tg-clock sigio PID SIG             SIG (0: SIGIO) to PID through F_SETOWN on a pipe
 //!   tg-clock ptrace PID                PTRACE_ATTACH (detached again at once)
 //!   tg-clock open-write PATH           open for writing (appending nothing)
 //!   tg-clock set-exe-file PATH         prctl(PR_SET_MM_EXE_FILE) naming PATH as its executable
@@ -374,6 +375,10 @@ fn main_inner(args: &[String]) -> i32 {
         ["kill", pid, sig] => match (pid.parse::<i32>(), sig.parse::<i32>()) {
             (Ok(p), Ok(s)) => judged(Ok(tamper::signal(p, s))),
             _ => Err("kill PID SIG".to_string()),
+        },
+        ["sigio", pid, sig] => match (pid.parse::<i32>(), sig.parse::<i32>()) {
+            (Ok(p), Ok(s)) => judged(Ok(tamper::sigio(p, s))),
+            _ => Err("sigio PID SIG".to_string()),
         },
         ["ptrace-hold", pid, go] => pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| judged(Ok(tamper::ptrace_hold(p, go)))),
         ["ptrace", pid] => pid.parse::<i32>().map_err(|e| e.to_string()).and_then(|p| judged(Ok(tamper::ptrace_attach(p)))),
