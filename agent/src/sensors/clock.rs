@@ -29,7 +29,9 @@ pub struct Clock {
     /// (`maps::POLICY_ARMED`): a policy unreadable after that is refused, not allowed.
     armed: Array<MapData, u32>,
     active_slot: u32,
-    generation: u32,
+    /// Each slot's header as this agent last wrote it (or found it, adopted): the one in
+    /// force says its generation (0: none), and what the kernel must still hold.
+    written: [PolicyHeader; SLOTS as usize],
     /// When the operator last vouched for the libraries in place
     /// (`ClockState::code_vouched_sec`).
     code_vouched_sec: i64,
@@ -49,7 +51,7 @@ impl Clock {
             dropped: object.take_map(map_names::CLOCK_EVENTS_DROPPED)?,
             armed: object.take_map(map_names::POLICY_ARMED)?,
             active_slot: 0,
-            generation: 0,
+            written: [PolicyHeader::default(); SLOTS as usize],
             code_vouched_sec: 0,
         };
         // An earlier agent's policy stays in force until the switch, and its baseline with it.
@@ -58,23 +60,21 @@ impl Clock {
             .get(&map_names::ONLY, 0)
             .map_or(0, |s| s.code_vouched_sec);
         clock.active_slot = clock.active.get(&map_names::ONLY, 0).unwrap_or(0) % SLOTS;
-        clock.generation = clock
-            .headers
-            .get(&clock.active_slot, 0)
-            .map_or(0, |h| h.generation);
+        clock.written[clock.active_slot as usize] =
+            clock.headers.get(&clock.active_slot, 0).unwrap_or_default();
         Ok(clock)
     }
 
     /// The generation in force (0: none yet).
     pub fn generation(&self) -> u32 {
-        self.generation
+        self.written[self.active_slot as usize].generation
     }
 
     /// Writes a policy into the slot not in force; nothing decides by it until `switch`.
     /// The network's part goes into the same slot (`Network::prepare`).
     pub fn prepare(&mut self, policy: &CompiledPolicy) -> anyhow::Result<Prepared> {
         self.refresh_state()?;
-        let next = Prepared::after(self.active_slot, self.generation);
+        let next = Prepared::after(self.active_slot, self.generation());
         let slot = next.slot;
         let header = PolicyHeader {
             generation: next.generation,
@@ -154,7 +154,6 @@ impl Clock {
             .set(map_names::ONLY, prepared.slot, 0)
             .context("switching the policy in force")?;
         self.active_slot = prepared.slot;
-        self.generation = prepared.generation;
         self.arm();
         // The first policy vouches for the libraries in place; later ones only when the
         // operator asks (`vouch_for_code_now`): a reload the agent makes by itself (a rule's
@@ -169,19 +168,20 @@ impl Clock {
     }
 
     /// Whether the kernel still holds the policy this agent put in force: the slot in force
-    /// and its generation, as written. Someone else's `bpf()` write (under
-    /// `selfProtection: audit`) can zero or switch them; the agent then writes its policy again.
+    /// and its header (generation and defaults), as written. Someone else's `bpf()` write
+    /// (under `selfProtection: audit`) can zero, switch or rewrite them; the agent then writes
+    /// its policy again.
     pub fn in_force_as_written(&self) -> anyhow::Result<bool> {
         let slot = self
             .active
             .get(&map_names::ONLY, 0)
             .context("reading the slot in force")?;
-        let generation = self
+        let header = self
             .headers
             .get(&self.active_slot, 0)
-            .context("reading the policy header in force")?
-            .generation;
-        Ok(self.generation == 0 || (slot == self.active_slot && generation == self.generation))
+            .context("reading the policy header in force")?;
+        let written = self.written[self.active_slot as usize];
+        Ok(written.generation == 0 || (slot == self.active_slot && header == written))
     }
 
     /// Arms the kernel's fail-closed latch at the first policy in force; the map is frozen
@@ -222,7 +222,9 @@ impl Clock {
     fn write_header(&mut self, slot: u32, header: PolicyHeader) -> anyhow::Result<()> {
         self.headers
             .set(slot, header, 0)
-            .context("writing the policy header")
+            .context("writing the policy header")?;
+        self.written[slot as usize] = header;
+        Ok(())
     }
 
     /// Exact counters per (rule, single operation, verdict), summed over CPUs: the kernel
