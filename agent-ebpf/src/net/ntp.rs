@@ -33,7 +33,7 @@ use super::{
     count, emit, listed,
     packet::{parse_flow, payload_len, tcp, Flow},
     policy_in_force,
-    sockets::is_time_socket,
+    sockets::{is_time_socket, NTP_LISTS},
     verdict_for,
 };
 use crate::emit::boot_ns;
@@ -194,18 +194,21 @@ fn nts_ke(ctx: &SkBuffContext, flow: &Flow) -> Option<i32> {
 }
 
 /// Whether the socket a datagram reaches is a time daemon's (its NTP from any port), and
-/// the datagram is not a name server's answer. PTP's ports are PTP's (`ptp`).
+/// the datagram is not a name server's answer. PTP's ports are PTP's (`ptp`). Only a policy
+/// with NTP lists notes time sockets, and only then is the socket looked up: the rest of
+/// the host's UDP pays nothing more.
 #[inline(always)]
 fn ntp_by_socket(ctx: &SkBuffContext, flow: &Flow) -> bool {
     if flow.proto != IPPROTO_UDP || is_time_port(flow.sport) || is_time_port(flow.dport) {
         return false;
     }
-    if !on_time_socket(ctx) {
+    let Some((slot, policy)) = policy_in_force() else {
+        return false;
+    };
+    if policy.restricted & NTP_LISTS == 0 || !on_time_socket(ctx) {
         return false;
     }
-    flow.sport != DNS_PORT
-        || policy_in_force()
-            .is_none_or(|(slot, _)| !listed(slot, List::NameServers, 0, 0, flow.src))
+    flow.sport != DNS_PORT || !listed(slot, List::NameServers, 0, 0, flow.src)
 }
 
 /// Whether the packet reaches a time daemon's socket.

@@ -311,7 +311,7 @@ fn connect(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
 }
 
 /// The address lists that hold what arrives at NTP sockets.
-const NTP_LISTS: u32 =
+pub const NTP_LISTS: u32 =
     List::Servers.restricts() | List::Clients.restricts() | List::Control.restricts();
 
 /// A UDP socket connected, or sent from, by a process a clock rule names is a time daemon's:
